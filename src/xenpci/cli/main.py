@@ -1,0 +1,27 @@
+"""The ``xenpci`` command: a thin shell over the toolstack and the layers below.
+
+Each subcommand group lives in its own module and adds itself to the app
+through ``register(app)``, so groups can grow without touching this file.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from xenpci.cli import demo, machine, pci, xenstored, xl
+
+app = typer.Typer(
+    name="xenpci",
+    help="Xen PCI passthrough for PV guests, modelled end to end (no hypervisor needed).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _group in (demo, xenstored, pci, machine, xl):
+    _group.register(app)
+
+
+def main() -> None:
+    """Entry point for ``python -m xenpci``."""
+    app()
