@@ -12,11 +12,11 @@ from __future__ import annotations
 import ctypes
 from typing import Final
 
-grant_ref_t = ctypes.c_uint32  # noqa: N816 - the C name
-domid_t = ctypes.c_uint16  # noqa: N816 - the C name
+grant_ref_t = ctypes.c_uint32
+domid_t = ctypes.c_uint16
 
 
-class grant_entry_v1(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
+class grant_entry_v1(ctypes.LittleEndianStructure):
     """``struct grant_entry_v1``: flags, the grantee domain and the granted frame."""
 
     _fields_ = (
@@ -60,6 +60,8 @@ _GNTMAP_application_map: Final = 3
 GNTMAP_application_map: Final = 1 << _GNTMAP_application_map
 _GNTMAP_contains_pte: Final = 4
 GNTMAP_contains_pte: Final = 1 << _GNTMAP_contains_pte
+_GNTMAP_guest_avail0: Final = 16
+GNTMAP_guest_avail_mask: Final = (0xFFFFFFFF << _GNTMAP_guest_avail0) & 0xFFFFFFFF
 
 GNTST_okay: Final = 0
 GNTST_general_error: Final = -1

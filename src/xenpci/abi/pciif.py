@@ -58,7 +58,7 @@ XEN_PCI_ERR_NAMES: Final[dict[int, str]] = {
 }
 
 
-class xen_msix_entry(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
+class xen_msix_entry(ctypes.LittleEndianStructure):
     """``struct xen_msix_entry``: one MSI-X table entry and the vector it got."""
 
     _fields_ = (
@@ -67,7 +67,7 @@ class xen_msix_entry(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
     )
 
 
-class xen_pci_op(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
+class xen_pci_op(ctypes.LittleEndianStructure):
     """``struct xen_pci_op``: one request from pcifront, answered in place."""
 
     _fields_ = (
@@ -84,7 +84,7 @@ class xen_pci_op(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
     )
 
 
-class xen_pcie_aer_op(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
+class xen_pcie_aer_op(ctypes.LittleEndianStructure):
     """``struct xen_pcie_aer_op``: an AER request from pciback to pcifront."""
 
     _fields_ = (
@@ -96,7 +96,7 @@ class xen_pcie_aer_op(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
     )
 
 
-class xen_pci_sharedinfo(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
+class xen_pci_sharedinfo(ctypes.LittleEndianStructure):
     """``struct xen_pci_sharedinfo``: the layout of the granted page."""
 
     _fields_ = (

@@ -10,12 +10,12 @@ the header. Behaviour lives in :mod:`xenpci.xenstore`; nothing here acts.
 from __future__ import annotations
 
 import ctypes
-import errno
 import enum
+import errno
 from typing import Final
 
 
-class xsd_sockmsg_type(enum.IntEnum):  # noqa: N801 - the C name
+class xsd_sockmsg_type(enum.IntEnum):
     """``enum xsd_sockmsg_type``: the ``type`` field of every message."""
 
     XS_CONTROL = 0
@@ -103,7 +103,7 @@ xsd_errors: Final[tuple[tuple[int, str], ...]] = tuple(
 XSD_ERROR_NAMES: Final[frozenset[str]] = frozenset(name for _, name in xsd_errors)
 
 
-class xsd_sockmsg(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
+class xsd_sockmsg(ctypes.LittleEndianStructure):
     """``struct xsd_sockmsg``: the 16-byte header before every payload."""
 
     _fields_ = (
@@ -114,7 +114,7 @@ class xsd_sockmsg(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
     )
 
 
-class xs_watch_type(enum.IntEnum):  # noqa: N801 - the C name
+class xs_watch_type(enum.IntEnum):
     """``enum xs_watch_type``: field order of an XS_WATCH_EVENT payload."""
 
     XS_WATCH_PATH = 0
@@ -128,12 +128,12 @@ XENSTORE_RING_SIZE: Final = 1024
 XENSTORE_RING_IDX = ctypes.c_uint32
 
 
-def MASK_XENSTORE_IDX(idx: int) -> int:  # noqa: N802 - the C macro's name
+def MASK_XENSTORE_IDX(idx: int) -> int:
     """The header's ``MASK_XENSTORE_IDX``: a free-running index to a ring offset."""
     return idx & (XENSTORE_RING_SIZE - 1)
 
 
-class xenstore_domain_interface(ctypes.LittleEndianStructure):  # noqa: N801 - the C name
+class xenstore_domain_interface(ctypes.LittleEndianStructure):
     """``struct xenstore_domain_interface``: the ring page shared with xenstored."""
 
     _fields_ = (
