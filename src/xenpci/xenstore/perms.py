@@ -1,0 +1,119 @@
+"""XenStore node permissions: the ``<letter><domid>`` lists of ``xenstore.txt``.
+
+Mirrors ``struct xs_permissions`` and ``xs_strings_to_perms``/``xs_perm_to_string``
+(``tools/xenstore/xs_lib.c``): entry 0 names the owner and the access of every
+domain without an entry of its own; later entries grant per domain. Letters:
+``n`` none, ``r`` read, ``w`` write, ``b`` both. Duplicates are kept verbatim,
+as the C server keeps them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from xenpci.xenstore.errors import XsError
+
+DOMID_MAX = 0x7FFF  # domid_t is 16 bits; DOMID_FIRST_RESERVED is 0x7ff0
+
+
+class Access(enum.IntFlag):
+    """``XS_PERM_READ``/``XS_PERM_WRITE`` bits (``n`` is neither)."""
+
+    NONE = 0
+    READ = 1
+    WRITE = 2
+    BOTH = 3
+
+
+_LETTER_TO_ACCESS = {"n": Access.NONE, "r": Access.READ, "w": Access.WRITE, "b": Access.BOTH}
+_ACCESS_TO_LETTER = {v: k for k, v in _LETTER_TO_ACCESS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Perm:
+    """One entry: a domain and its access, wire form ``"r5"``."""
+
+    domid: int
+    access: Access
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.domid <= 0xFFFF:
+            raise ValueError(f"domid {self.domid} out of range")
+
+    @classmethod
+    def parse(cls, text: str) -> Perm:
+        """Parse ``"b0"``; EINVAL as the server answers for a bad string."""
+        if len(text) < 2 or text[0] not in _LETTER_TO_ACCESS:
+            raise XsError("EINVAL", f"bad permission {text!r}")
+        digits = text[1:]
+        # libxenstore uses strtol(.., 0); we accept plain decimal, all clients send that.
+        if not digits.isdigit() or not digits.isascii():
+            raise XsError("EINVAL", f"bad permission {text!r}")
+        domid = int(digits)
+        if domid > 0xFFFF:
+            raise XsError("EINVAL", f"domid in {text!r} out of range")
+        return cls(domid, _LETTER_TO_ACCESS[text[0]])
+
+    def __str__(self) -> str:
+        return f"{_ACCESS_TO_LETTER[self.access]}{self.domid}"
+
+
+@dataclass(frozen=True, slots=True)
+class Perms:
+    """A node's ACL: owner entry first, then per-domain grants (at least one entry)."""
+
+    entries: tuple[Perm, ...]
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            raise ValueError("a permission list needs at least the owner entry")
+
+    @classmethod
+    def of(cls, *texts: str) -> Perms:
+        """``Perms.of("n0", "r5")``."""
+        return cls(tuple(Perm.parse(t) for t in texts))
+
+    @classmethod
+    def owner_only(cls, domid: int, access: Access = Access.NONE) -> Perms:
+        return cls((Perm(domid, access),))
+
+    @classmethod
+    def from_wire(cls, payload: bytes) -> Perms:
+        """Parse ``"n0\\0r5\\0"`` (each entry NUL-terminated); EINVAL if empty or bad."""
+        parts = payload.split(b"\0")
+        if parts[-1] != b"":
+            raise XsError("EINVAL", "permission list not NUL-terminated")
+        parts = parts[:-1]
+        if not parts:
+            raise XsError("EINVAL", "empty permission list")
+        try:
+            texts = [p.decode("ascii") for p in parts]
+        except UnicodeDecodeError:
+            raise XsError("EINVAL", "non-ASCII permission") from None
+        return cls(tuple(Perm.parse(t) for t in texts))
+
+    def to_wire(self) -> bytes:
+        """``"n0\\0r5\\0"``, the GET_PERMS reply form."""
+        return b"".join(str(p).encode() + b"\0" for p in self.entries)
+
+    @property
+    def owner(self) -> int:
+        return self.entries[0].domid
+
+    def access_for(self, domid: int) -> Access:
+        """Access of unprivileged ``domid`` (``perm_for_conn`` steps 2-4)."""
+        if domid == self.owner:
+            return Access.BOTH
+        for p in self.entries[1:]:
+            if p.domid == domid:
+                return p.access
+        return self.entries[0].access
+
+    def with_owner(self, domid: int) -> Perms:
+        """The same list with entry 0's domid replaced (new nodes of an unprivileged creator)."""
+        first = self.entries[0]
+        return Perms((Perm(domid, first.access), *self.entries[1:]))
+
+    def __str__(self) -> str:
+        return " ".join(str(p) for p in self.entries)
