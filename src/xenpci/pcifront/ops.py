@@ -1,0 +1,264 @@
+"""pcifront's request path: ``do_pci_op`` and the ops built on it.
+
+Models ``do_pci_op``, ``pcifront_bus_read``/``pcifront_bus_write``,
+``errno_to_pcibios_err`` and ``pci_frontend_{enable,disable}_msi{,x}`` of
+Linux ``drivers/pci/xen-pcifront.c`` (fact sheet §2.2, §2.3).
+
+The shared page is the granted frame (a live ``memoryview``); the op goes in,
+``_XEN_PCIF_active`` is set, the backend is notified, and the frontend waits
+for the bit to clear, at most ``timeout`` seconds (2 s in Linux; a parameter
+here so tests are fast). On timeout it clears the bit itself and reports
+``XEN_PCI_ERR_dev_not_found`` (-1), as Linux does.
+
+Deliberate differences: Linux polls the event channel with
+``xen_poll_irq_timeout``; here the event-channel handler (which runs on the
+guest's vCPU) sets a ``threading.Event`` that the caller waits on, so an op
+must not be issued from the guest's vCPU thread itself (it would wait for its
+own upcall): :class:`PciOpChannel` refuses that with :class:`NotConnected`
+rather than deadlocking.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from xenpci.abi import pciif
+from xenpci.abi.pciif import SH_INFO_MAX_VEC, xen_pci_op, xen_pci_sharedinfo
+from xenpci.pcifront.errors import BackendTimeout, NotConnected, PciOpError
+
+#: Linux ``include/linux/pci.h`` PCIBIOS codes (what the guest PCI core returns).
+PCIBIOS_SUCCESSFUL: Final = 0x00
+PCIBIOS_FUNC_NOT_SUPPORTED: Final = 0x81
+PCIBIOS_BAD_VENDOR_ID: Final = 0x83
+PCIBIOS_DEVICE_NOT_FOUND: Final = 0x86
+PCIBIOS_BAD_REGISTER_NUMBER: Final = 0x87
+PCIBIOS_SET_FAILED: Final = 0x88
+PCIBIOS_BUFFER_TOO_SMALL: Final = 0x89
+
+ENODEV: Final = 19
+EINVAL: Final = 22
+
+#: Linux pcifront's default deadline for one op, in seconds.
+DEFAULT_OP_TIMEOUT: Final = 2.0
+
+_OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
+_OP_SIZE: Final = ctypes.sizeof(xen_pci_op)
+
+
+def errno_to_pcibios_err(err: int) -> int:
+    """``errno_to_pcibios_err``: wire error -> PCIBIOS code; raw errnos pass through."""
+    if err == pciif.XEN_PCI_ERR_success:
+        return PCIBIOS_SUCCESSFUL
+    if err == pciif.XEN_PCI_ERR_dev_not_found:
+        return PCIBIOS_DEVICE_NOT_FOUND
+    if err in (pciif.XEN_PCI_ERR_invalid_offset, pciif.XEN_PCI_ERR_op_failed):
+        return PCIBIOS_BAD_REGISTER_NUMBER
+    if err == pciif.XEN_PCI_ERR_not_implemented:
+        return PCIBIOS_FUNC_NOT_SUPPORTED
+    if err == pciif.XEN_PCI_ERR_access_denied:
+        return PCIBIOS_SET_FAILED
+    return err
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult:
+    """What came back in the shared op (a private copy of it)."""
+
+    err: int
+    value: int
+    #: ``msix_entries`` as (entry, vector) pairs, only the ones the caller sent.
+    msix: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def pcibios(self) -> int:
+        return errno_to_pcibios_err(self.err)
+
+
+class PciOpChannel:
+    """One shared page and one event channel: strictly one op at a time.
+
+    ``page`` is the frontend's live view of its granted frame; ``notify``
+    sends on the event channel bound to the backend; ``on_vcpu`` tells whether
+    the caller is on the guest's vCPU thread (where waiting would deadlock).
+    Call :meth:`on_event` from the event-channel handler.
+    """
+
+    def __init__(
+        self,
+        page: memoryview,
+        notify: Callable[[], None],
+        *,
+        timeout: float = DEFAULT_OP_TIMEOUT,
+        on_vcpu: Callable[[], bool] = lambda: False,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("op timeout must be positive")
+        self._page = page
+        self._info = xen_pci_sharedinfo.from_buffer(page)
+        self._notify = notify
+        self._on_vcpu = on_vcpu
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._event = threading.Event()
+        self.timeouts = 0
+        self.ops = 0
+
+    def on_event(self) -> None:
+        """The event-channel upcall: the backend answered (or an AER request arrived)."""
+        self._event.set()
+
+    def do_pci_op(self, op: xen_pci_op, name: str = "") -> xen_pci_op:
+        """Post ``op``, wait for the answer, return a private copy of the shared op.
+
+        Raises :class:`BackendTimeout` (after clearing the active bit) when the
+        backend does not answer; callers that want Linux's -1 use :meth:`call`.
+        """
+        if self._on_vcpu():
+            raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
+        with self._lock:
+            info = self._info
+            ctypes.memmove(ctypes.addressof(info) + _OP_OFFSET, ctypes.addressof(op), _OP_SIZE)
+            self._event.clear()
+            info.flags |= pciif.XEN_PCIF_active
+            self.ops += 1
+            self._notify()
+            # Wait for the backend to clear the bit; a spurious upcall (or one
+            # for AER) just loops. The deadline is absolute, as in Linux.
+            deadline = time.monotonic() + self.timeout
+            while info.flags & pciif.XEN_PCIF_active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    info.flags &= ~pciif.XEN_PCIF_active
+                    self.timeouts += 1
+                    opname = name or pciif.XEN_PCI_OP_NAMES.get(op.cmd, "?")
+                    raise BackendTimeout(opname, self.timeout)
+                self._event.wait(left)
+                self._event.clear()
+            reply = xen_pci_op()
+            ctypes.memmove(ctypes.addressof(reply), ctypes.addressof(info) + _OP_OFFSET, _OP_SIZE)
+            return reply
+
+    def call(self, op: xen_pci_op) -> OpResult:
+        """:meth:`do_pci_op` with Linux's timeout behaviour: a lost backend reads as -1."""
+        nvec = op.value if op.cmd == pciif.XEN_PCI_OP_enable_msix else 0
+        try:
+            reply = self.do_pci_op(op)
+        except BackendTimeout:
+            return OpResult(pciif.XEN_PCI_ERR_dev_not_found, op.value)
+        msix = tuple(
+            (reply.msix_entries[i].entry, reply.msix_entries[i].vector)
+            for i in range(min(nvec, SH_INFO_MAX_VEC))
+        )
+        return OpResult(reply.err, reply.value, msix)
+
+
+def make_op(
+    cmd: int,
+    domain: int,
+    bus: int,
+    devfn: int,
+    *,
+    offset: int = 0,
+    size: int = 0,
+    value: int = 0,
+    info: int = 0,
+) -> xen_pci_op:
+    """A fresh ``xen_pci_op`` (ctypes truncates like C assignments would)."""
+    op = xen_pci_op()
+    op.cmd, op.domain, op.bus, op.devfn = cmd, domain, bus, devfn
+    op.offset, op.size, op.value, op.info = offset, size, value, info
+    return op
+
+
+def conf_read(
+    chan: PciOpChannel, domain: int, bus: int, devfn: int, offset: int, size: int
+) -> tuple[int, int]:
+    """``pcifront_bus_read``: returns (PCIBIOS code, value).
+
+    A raw ``-ENODEV`` from the backend is turned into success with value 0, as
+    Linux does; on any other error the value is 0 and the PCI core shows ~0.
+    """
+    res = chan.call(
+        make_op(pciif.XEN_PCI_OP_conf_read, domain, bus, devfn, offset=offset, size=size)
+    )
+    if res.err == -ENODEV:
+        return PCIBIOS_SUCCESSFUL, 0
+    if res.err != 0:
+        return res.pcibios, 0
+    # pciback never truncates (a 1-byte read at 0x10 returns the whole BAR);
+    # the PCI core keeps the access size.
+    mask = (1 << (8 * size)) - 1 if size in (1, 2, 4) else 0
+    return PCIBIOS_SUCCESSFUL, res.value & mask
+
+
+def conf_write(
+    chan: PciOpChannel, domain: int, bus: int, devfn: int, offset: int, size: int, value: int
+) -> int:
+    """``pcifront_bus_write``: returns the PCIBIOS code."""
+    res = chan.call(
+        make_op(
+            pciif.XEN_PCI_OP_conf_write,
+            domain,
+            bus,
+            devfn,
+            offset=offset,
+            size=size,
+            value=value & 0xFFFFFFFF,
+        )
+    )
+    return res.pcibios
+
+
+def enable_msi(chan: PciOpChannel, domain: int, bus: int, devfn: int) -> int:
+    """``pci_frontend_enable_msi``: the pirq of the one MSI vector.
+
+    Any failure, and a zero pirq, is ``-EINVAL`` in Linux: raised as
+    :class:`PciOpError` carrying the wire code.
+    """
+    res = chan.call(make_op(pciif.XEN_PCI_OP_enable_msi, domain, bus, devfn))
+    if res.err != 0:
+        raise PciOpError("enable_msi", res.err, res.pcibios)
+    if res.value == 0:
+        raise PciOpError("enable_msi", -EINVAL, -EINVAL, "backend returned pirq 0")
+    return res.value
+
+
+def disable_msi(chan: PciOpChannel, domain: int, bus: int, devfn: int) -> int:
+    """``pci_frontend_disable_msi``: the error code (Linux only logs it)."""
+    return chan.call(make_op(pciif.XEN_PCI_OP_disable_msi, domain, bus, devfn)).err
+
+
+def enable_msix(
+    chan: PciOpChannel, domain: int, bus: int, devfn: int, entries: Sequence[int]
+) -> list[int]:
+    """``pci_frontend_enable_msix``: one pirq per MSI-X table entry in ``entries``.
+
+    More than ``SH_INFO_MAX_VEC`` entries is refused locally (-EINVAL) without
+    an op, as Linux does. A zero vector for an entry is refused too.
+    """
+    nvec = len(entries)
+    if nvec > SH_INFO_MAX_VEC:
+        raise PciOpError("enable_msix", -EINVAL, -EINVAL, f"{nvec} vectors > {SH_INFO_MAX_VEC}")
+    op = make_op(pciif.XEN_PCI_OP_enable_msix, domain, bus, devfn, value=nvec)
+    for i, entry in enumerate(entries):
+        op.msix_entries[i].entry = entry
+        op.msix_entries[i].vector = 0xFFFF  # "useless" in Linux: the backend fills it
+    res = chan.call(op)
+    if res.err != 0:
+        raise PciOpError("enable_msix", res.err, res.pcibios)
+    if res.value != 0:
+        raise PciOpError("enable_msix", res.value, res.value, "backend refused the vectors")
+    pirqs = [vector for _entry, vector in res.msix]
+    if any(v == 0 for v in pirqs):
+        raise PciOpError("enable_msix", -EINVAL, -EINVAL, "backend returned vector 0")
+    return pirqs
+
+
+def disable_msix(chan: PciOpChannel, domain: int, bus: int, devfn: int) -> int:
+    """``pci_frontend_disable_msix``: the error code (Linux only logs it)."""
+    return chan.call(make_op(pciif.XEN_PCI_OP_disable_msix, domain, bus, devfn)).err

@@ -1,0 +1,200 @@
+"""Pure pieces of the split driver: pcifront's op channel and the guest PCI core.
+
+Truth: Linux's ``errno_to_pcibios_err`` table and 2 s timeout rule (fact sheet
+§2.2), the PCI spec's all-ones BAR sizing against a config space whose write
+masks encode the BAR sizes (P's ``apply_standard_masks``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+
+import pytest
+
+from xenpci.abi import pciif
+from xenpci.guest.pci_core import GuestPciBus
+from xenpci.pci import regs
+from xenpci.pci.config import ConfigSpace, apply_standard_masks
+from xenpci.pcifront import ops
+from xenpci.pcifront.errors import NotConnected, PciOpError
+
+pytestmark = pytest.mark.timeout(20)
+
+
+@pytest.mark.parametrize(
+    ("err", "pcibios"),
+    [
+        (0, 0x00),
+        (pciif.XEN_PCI_ERR_dev_not_found, 0x86),
+        (pciif.XEN_PCI_ERR_invalid_offset, 0x87),
+        (pciif.XEN_PCI_ERR_op_failed, 0x87),
+        (pciif.XEN_PCI_ERR_not_implemented, 0x81),
+        (pciif.XEN_PCI_ERR_access_denied, 0x88),
+        (-22, -22),  # raw errnos pass through unchanged
+        (-114, -114),
+    ],
+)
+def test_errno_to_pcibios(err: int, pcibios: int) -> None:
+    assert ops.errno_to_pcibios_err(err) == pcibios
+
+
+def _page() -> tuple[bytearray, memoryview]:
+    buf = bytearray(4096)
+    return buf, memoryview(buf)
+
+
+def test_silent_backend_times_out_with_minus_one_and_clears_active() -> None:
+    buf, page = _page()
+    sent: list[int] = []
+    chan = ops.PciOpChannel(page, lambda: sent.append(1), timeout=0.05)
+    t0 = time.monotonic()
+    err, value = ops.conf_read(chan, 0, 0, 0, 0, 4)
+    assert time.monotonic() - t0 >= 0.05
+    assert err == ops.PCIBIOS_DEVICE_NOT_FOUND and value == 0
+    info = pciif.xen_pci_sharedinfo.from_buffer(buf)
+    assert info.flags & pciif.XEN_PCIF_active == 0
+    assert sent == [1] and chan.timeouts == 1
+
+
+def _serving_backend(
+    buf: bytearray, answer: dict[str, int]
+) -> tuple[ops.PciOpChannel, threading.Thread, threading.Event]:
+    """A toy backend thread answering every op with ``answer`` (value/err)."""
+    info = pciif.xen_pci_sharedinfo.from_buffer(buf)
+    kick = threading.Event()
+    stop = threading.Event()
+    chan: ops.PciOpChannel
+
+    def loop() -> None:
+        while not stop.is_set():
+            if not kick.wait(0.01):
+                continue
+            kick.clear()
+            if info.flags & pciif.XEN_PCIF_active:
+                info.op.err = answer.get("err", 0)
+                info.op.value = answer.get("value", info.op.offset)
+                for i in range(min(info.op.value, 128) if info.op.cmd == 4 else 0):
+                    info.op.msix_entries[i].vector = 100 + i
+                if info.op.cmd == 4:
+                    info.op.value = 0
+                info.flags &= ~pciif.XEN_PCIF_active
+                chan.on_event()
+
+    chan = ops.PciOpChannel(memoryview(buf), kick.set, timeout=2.0)
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
+    return chan, th, stop
+
+
+def test_round_trip_truncates_to_access_size_and_maps_errors() -> None:
+    buf = bytearray(4096)
+    answer = {"value": 0x12345678}
+    chan, th, stop = _serving_backend(buf, answer)
+    try:
+        assert ops.conf_read(chan, 0, 0, 8, 0x10, 1) == (0, 0x78)
+        assert ops.conf_read(chan, 0, 0, 8, 0x10, 4) == (0, 0x12345678)
+        answer["err"] = pciif.XEN_PCI_ERR_access_denied
+        assert ops.conf_write(chan, 0, 0, 8, 0x4, 2, 7) == ops.PCIBIOS_SET_FAILED
+        answer["err"] = -19  # raw -ENODEV reads as success with value 0 (Linux)
+        assert ops.conf_read(chan, 0, 0, 8, 0x0, 4) == (0, 0)
+        answer["err"] = 0
+        assert ops.enable_msix(chan, 0, 0, 8, [0, 1, 2]) == [100, 101, 102]
+    finally:
+        stop.set()
+        th.join()
+
+
+def test_msix_above_max_vec_refused_locally() -> None:
+    _buf, page = _page()
+    sent: list[int] = []
+    chan = ops.PciOpChannel(page, lambda: sent.append(1), timeout=0.05)
+    with pytest.raises(PciOpError) as ei:
+        ops.enable_msix(chan, 0, 0, 0, list(range(pciif.SH_INFO_MAX_VEC + 1)))
+    assert ei.value.err == -22 and sent == []
+
+
+def test_op_from_vcpu_thread_refused_not_deadlocked() -> None:
+    _buf, page = _page()
+    chan = ops.PciOpChannel(page, lambda: None, on_vcpu=lambda: True)
+    with pytest.raises(NotConnected):
+        chan.do_pci_op(ops.make_op(0, 0, 0, 0, size=4))
+
+
+def test_op_written_into_page_at_c_offsets() -> None:
+    buf, page = _page()
+    chan = ops.PciOpChannel(page, lambda: None, timeout=0.01)
+    ops.conf_write(chan, 0, 3, 0x11, 0x3C, 1, 0xAB)
+    # offsets from pciif.h: op at 4; cmd@0 domain@8 bus@12 devfn@16 offset@20 size@24 value@28
+    raw = bytes(buf)
+    assert int.from_bytes(raw[4:8], "little") == pciif.XEN_PCI_OP_conf_write
+    assert int.from_bytes(raw[16:20], "little") == 3
+    assert int.from_bytes(raw[20:24], "little") == 0x11
+    assert int.from_bytes(raw[24:28], "little") == 0x3C
+    assert int.from_bytes(raw[28:32], "little") == 1
+    assert int.from_bytes(raw[32:36], "little") == 0xAB
+    assert ctypes.sizeof(pciif.xen_pci_op) == 548
+
+
+class _FakeBus:
+    """PciOps over plain config spaces: absent devfns answer -1 -> PCIBIOS 0x86."""
+
+    def __init__(self, devs: dict[int, ConfigSpace]) -> None:
+        self.devs = devs
+        self.reads = 0
+
+    def read(self, domain: int, bus: int, devfn: int, offset: int, size: int) -> tuple[int, int]:
+        self.reads += 1
+        cs = self.devs.get(devfn)
+        if cs is None:
+            return ops.PCIBIOS_DEVICE_NOT_FOUND, 0
+        return 0, cs.read(offset, size)
+
+    def write(self, domain: int, bus: int, devfn: int, offset: int, size: int, value: int) -> int:
+        cs = self.devs.get(devfn)
+        if cs is None:
+            return ops.PCIBIOS_DEVICE_NOT_FOUND
+        cs.write(offset, size, value)
+        return 0
+
+
+def _device(bars: dict[int, tuple[int, int]]) -> ConfigSpace:
+    data = bytearray(256)
+    data[0:4] = (0x100E8086).to_bytes(4, "little")
+    data[0x0B] = 0x02
+    for idx, (val, _size) in bars.items():
+        off = regs.PCI_BASE_ADDRESS_0 + 4 * idx
+        data[off : off + 4] = (val & 0xFFFFFFFF).to_bytes(4, "little")
+        if val >> 32:
+            data[off + 4 : off + 8] = (val >> 32).to_bytes(4, "little")
+    cs = ConfigSpace(bytes(data))
+    apply_standard_masks(cs, {i: s for i, (_v, s) in bars.items()})
+    return cs
+
+
+def test_scan_probes_every_devfn_and_sizes_bars() -> None:
+    lone_fn3 = _device({0: (0xFEB00000, 0x20000), 2: (0xC001, 0x20)})
+    wide = _device({0: (0x38000000000C, 0x10000000)})  # 64-bit prefetchable 256 MiB
+    bus = _FakeBus({(4 << 3) | 3: lone_fn3, 9 << 3: wide})
+    root = GuestPciBus(0, 0, bus)
+    found = root.scan()
+    assert sorted(d.devfn for d in found) == [(4 << 3) | 3, 9 << 3]
+    dev = root.devices[(4 << 3) | 3]
+    assert [(b.index, b.kind, b.address, b.size) for b in dev.bars] == [
+        (0, "mem32", 0xFEB00000, 0x20000),
+        (2, "io", 0xC000, 0x20),
+    ]
+    assert str(dev.sbdf) == "0000:00:04.3"
+    big = root.devices[9 << 3].bars[0]
+    assert (big.kind, big.prefetchable, big.size, big.address) == (
+        "mem64",
+        True,
+        0x10000000,
+        0x380000000000,
+    )
+    # sizing restored the BARs
+    assert lone_fn3.read(0x10, 4) == 0xFEB00000
+    before = bus.reads
+    assert root.scan() == []  # a rescan probes only unknown devfns
+    assert bus.reads - before == 254
