@@ -1,0 +1,239 @@
+"""xl.cfg and PCI_SPEC_STRING parsing.
+
+Truth: the examples of xl-pci-configuration(5) and xl.cfg(5) (quoted in
+pciback.md §3.1), libxlu_pci.c's rules (vslot is ``%x`` and at most 0x1f,
+exactly one of bdf/name, unknown option rejected), and generated specs whose
+fields are known before they are printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xenpci.pci.address import SBDF
+from xenpci.toolstack.xlcfg import (
+    DomainConfig,
+    PciDefaults,
+    PciSpec,
+    XlCfgError,
+    load_domain_config,
+    load_domain_config_file,
+    parse_cfg,
+    parse_pci_spec,
+)
+
+# -- the man page examples -------------------------------------------------
+
+
+def test_man_page_equivalent_forms() -> None:
+    # xl-pci-configuration(5): "these strings are equivalent"
+    forms = ["36:00.0@20,seize=1", "36:00.0,vslot=20,seize=1", "bdf=36:00.0,vslot=20,seize=1"]
+    # ...and all three carry vslot 0x20, which libxlu's parse_vslot rejects
+    # (val > 0x1f): the same refusal for each form.
+    reasons = set()
+    for form in forms:
+        with pytest.raises(XlCfgError) as ei:
+            parse_pci_spec(form)
+        reasons.add(ei.value.reason)
+        assert form[ei.value.column - 1 :].startswith("20")
+    assert reasons == {"bad vslot '20': 0x20 > 0x1f"}
+    ok = [f.replace("20", "1f") for f in forms]
+    specs = {parse_pci_spec(f) for f in ok}
+    assert specs == {PciSpec(SBDF(0, 0x36, 0, 0), vslot=0x1F, seize=True)}
+    assert parse_pci_spec(ok[0]).vdevfn == 0x1F << 3
+
+
+def test_domain_file_with_globals_and_every_key(tmp_path: Path) -> None:
+    text = """# PV guest with passthrough
+name = "pvguest"
+memory = 0x400   # hex, as xl.cfg(5) NUMBER allows
+vcpus = 2; type = 'pv'
+kernel = "/boot/vmlinuz"
+pci_permissive = 1
+pci_seize = 1
+rdm = "strategy=host,policy=relaxed"
+pci = [ '01:02.1', "0000:02:03.0@5",
+        "bdf=03:00.0,permissive=0,msitranslate=1,power_mgmt=1,rdm_policy=strict,seize=0",
+        'name=nic0,vslot=0x1a',
+        '04:00.*@7',
+      ]
+disk = [ 'phy:/dev/vg/g,xvda,w' ]
+"""
+    f = tmp_path / "guest.cfg"
+    f.write_text(text)
+    cfg = load_domain_config_file(f)
+    assert (cfg.name, cfg.memory_mib, cfg.vcpus) == ("pvguest", 1024, 2)
+    assert cfg.extra == {
+        "type": "pv",
+        "kernel": "/boot/vmlinuz",
+        "disk": ["phy:/dev/vg/g,xvda,w"],
+    }
+    glob = {"permissive": True, "seize": True, "rdm_policy": "relaxed"}
+    assert cfg.pci == (
+        PciSpec(SBDF(0, 1, 2, 1), **glob),  # type: ignore[arg-type]
+        PciSpec(SBDF(0, 2, 3, 0), vslot=5, **glob),  # type: ignore[arg-type]
+        PciSpec(SBDF(0, 3, 0, 0), msitranslate=True, power_mgmt=True),
+        PciSpec(None, vslot=0x1A, name="nic0", **glob),  # type: ignore[arg-type]
+        PciSpec(SBDF(0, 4, 0, 0), vslot=7, all_functions=True, **glob),  # type: ignore[arg-type]
+    )
+
+
+def test_minimal_file_defaults() -> None:
+    cfg = load_domain_config('name="a"\n')
+    assert cfg == DomainConfig("a")
+    assert cfg.memory_mib is None and cfg.vcpus == 1 and cfg.pci == ()
+
+
+def test_empty_value_means_default_and_trailing_comma() -> None:
+    d = PciDefaults(permissive=True, rdm_policy="relaxed")
+    spec = parse_pci_spec("01:00.0,permissive=,rdm_policy=,", d)
+    assert spec.permissive and spec.rdm_policy == "relaxed"
+
+
+def test_numbers_octal_and_plus_equals() -> None:
+    s = parse_cfg("memory = 010\nextra = 'a'\nextra += \"b\"\nl=[1]\nl+=[2,[3]]\n")
+    assert s["memory"].value.plain() == 8
+    assert s["extra"].value.plain() == "ab"
+    assert s["l"].value.plain() == [1, 2, [3]]
+
+
+def test_string_escapes() -> None:
+    s = parse_cfg(r'a = "x\"y\\z\x41\101\n"')
+    assert s["a"].value.plain() == 'x"y\\zAA\n'
+
+
+# -- hostile input: each error with line:column ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "col", "reason"),
+    [
+        ('name = "abc\n', 1, 8, "unterminated string"),
+        ("name = 'a'\npci = ['01:00.0'\n", 2, 7, "unterminated list"),
+        ('name="a"\nname="b"\n', 2, 1, "duplicate key 'name' (first set at 1:1)"),
+        ('name="a"\npci=["01:0.0"]\n', 2, 7, "bad BDF '01:0.0'"),
+        ('name="a"\npci=["01:00.0,foo=1"]\n', 2, 15, "unknown PCI_SPEC_STRING option 'foo'"),
+        ('name="a"\npci=["01:00.0,seize=1,seize=0"]\n', 2, 23, "'seize' given more than once"),
+        ('name="a"\npci=["01:00.0,seize=yes"]\n', 2, 21, "seize='yes' is not an integer"),
+        ('name="a"\npci=["01:00.0,rdm_policy=lax"]\n', 2, 26, "unknown RDM policy 'lax'"),
+        ('name="a"\n  pci = [ "name=x,bdf=01:00.0" ]\n', 2, 12, "exactly one of bdf and name"),
+        ('name="a"\npci=["seize=1"]\n', 2, 7, "exactly one of bdf and name"),
+        ('name="a"\npci=["01:00.0,,seize=1"]\n', 2, 15, "empty parameter"),
+        ('name="a"\npci=["seize=1,01:00.0"]\n', 2, 15, "positional parameter '01:00.0'"),
+        ('name="a"\npci=["01:00.0@zz"]\n', 2, 15, "bad vslot 'zz'"),
+        ('name="a"\npci=["\\x30\\x31:00.0,foo=1"]\n', 2, 21, "unknown PCI_SPEC_STRING option"),
+        ('name="a"\npci="01:00.0"\n', 2, 5, "pci must be a list"),
+        ('name="a"\npci=[1]\n', 2, 6, "each pci entry must be a string"),
+        ('name="a"\nmemory="lots"\n', 2, 8, "memory must be a number"),
+        ('name="a"\nvcpus=0\n', 2, 7, "vcpus must be at least 1"),
+        ('name="a"\nmemory=09\n', 2, 8, "bad number '09'"),
+        ("memory=1\n", 1, 1, "mandatory key 'name' is missing"),
+        ('name=""\n', 1, 6, "name is empty"),
+        ('name="a" x\n', 1, 10, "expected end of setting"),
+        ('name="a"\n= 3\n', 2, 1, "expected a key"),
+        ('name "a"\n', 1, 6, "expected '=' after 'name'"),
+        ('name="a"\nx = $\n', 2, 5, "unexpected character '$'"),
+        ('name="a\\q"\n', 1, 8, "unknown escape sequence \\q"),
+        ('name="a"\nrdm="policy=lax"\n', 2, 6, "unknown RDM policy 'lax'"),
+        ('name="a"\nx=[1 2]\n', 2, 6, "expected ',' or ']'"),
+        ("name='a'\nx='1'\nx+=2\n", 3, 2, "'+=' on 'x' needs two lists or two strings"),
+    ],
+)
+def test_hostile_inputs_name_line_and_column(text: str, line: int, col: int, reason: str) -> None:
+    with pytest.raises(XlCfgError) as ei:
+        load_domain_config(text, "g.cfg")
+    e = ei.value
+    assert reason in e.reason
+    assert (e.line, e.column) == (line, col), str(e)
+    assert str(e).startswith(f"g.cfg:{line}:{col}: ")
+
+
+def test_bdf_limits_from_the_spec() -> None:
+    for bad in ("01:20.0", "01:00.8", "10000:01:00.0", "1:00.0", "01:00.0.0", "01:00"):
+        with pytest.raises(XlCfgError, match="bad BDF"):
+            parse_pci_spec(bad)
+    with pytest.raises(XlCfgError, match="bad BDF"):
+        parse_pci_spec("bdf=01:00.0@3")  # '@' only after a positional BDF
+
+
+# -- properties ----------------------------------------------------------------
+
+sbdfs = st.builds(
+    SBDF,
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFF),
+    st.integers(0, 0x1F),
+    st.integers(0, 7),
+)
+flag = st.booleans()
+
+
+@given(
+    sbdf=sbdfs,
+    vslot=st.none() | st.integers(0, 0x1F),
+    perm=flag,
+    msi=flag,
+    seize=flag,
+    pm=flag,
+    rdm=st.sampled_from(["strict", "relaxed"]),
+    form=st.sampled_from(["positional", "bdf="]),
+    short=st.booleans(),
+)
+def test_generated_specs_parse_to_their_fields(
+    sbdf: SBDF,
+    vslot: int | None,
+    perm: bool,
+    msi: bool,
+    seize: bool,
+    pm: bool,
+    rdm: str,
+    form: str,
+    short: bool,
+) -> None:
+    addr = sbdf.bdf if short and sbdf.segment == 0 else str(sbdf)
+    parts = [addr if form == "positional" else f"bdf={addr}"]
+    if vslot is not None:
+        if form == "positional":
+            parts[0] += f"@{vslot:x}"
+        else:
+            parts.append(f"vslot={vslot:#x}")
+    parts += [
+        f"permissive={int(perm)}",
+        f"msitranslate={int(msi)}",
+        f"seize={int(seize)}",
+        f"power_mgmt={int(pm)}",
+        f"rdm_policy={rdm}",
+    ]
+    spec = parse_pci_spec(",".join(parts))
+    assert spec.sbdf == sbdf and spec.vslot == vslot
+    assert (spec.permissive, spec.msitranslate, spec.seize, spec.power_mgmt) == (
+        perm,
+        msi,
+        seize,
+        pm,
+    )
+    assert spec.rdm_policy == rdm and spec.name is None and not spec.all_functions
+
+
+@given(st.text(max_size=40))
+def test_arbitrary_text_never_crashes(text: str) -> None:
+    """Any input either parses or raises XlCfgError located inside the text."""
+    try:
+        load_domain_config(text, "f")
+    except XlCfgError as e:
+        assert 1 <= e.line <= text.count("\n") + 1
+        assert e.column >= 1
+
+
+@given(st.text(alphabet="0123456789abcdef:.,@=*xbdfvslotnamepriz", max_size=30))
+def test_arbitrary_spec_never_crashes(text: str) -> None:
+    try:
+        spec = parse_pci_spec(text)
+    except XlCfgError as e:
+        assert 1 <= e.column <= len(text) + 1
+    else:
+        assert (spec.sbdf is None) != (spec.name is None)
