@@ -1,9 +1,68 @@
-"""``xenpci xenstored``: not yet built (see the open issues)."""
+"""``xenpci xenstored``: run the XenStore daemon in the foreground.
+
+Serves :class:`xenpci.xenstore.XenStore` on a Unix socket that Debian's
+``xenstore-utils`` and ``pyxs`` reach through ``XENSTORED_PATH``; SIGTERM or
+SIGINT stops it cleanly (sockets unlinked).
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+from types import FrameType
+from typing import Annotated
+
 import typer
+
+from xenpci.xenstore import XenStore
+from xenpci.xenstore.server import XenstoredServer
+
+
+def _parse_domain_socket(spec: str) -> tuple[int, str]:
+    domid, sep, path = spec.partition(":")
+    if not sep or not domid.isdigit() or not path or int(domid) == 0 or int(domid) >= 0x7FF0:
+        raise typer.BadParameter(f"expected DOMID:PATH with 0 < DOMID < 32752, got {spec!r}")
+    return int(domid), path
+
+
+def xenstored(
+    socket_path: Annotated[
+        str | None,
+        typer.Option(
+            "--socket", help="Socket path (default: $XENSTORED_PATH, else ./xenstored.sock)"
+        ),
+    ] = None,
+    ro_socket: Annotated[
+        str | None, typer.Option("--ro-socket", help="Read-only socket (writes get EROFS)")
+    ] = None,
+    domain_socket: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--domain-socket",
+            help="DOMID:PATH, a socket whose clients act as unprivileged domain DOMID "
+            "(test hook for permissions and quotas); repeatable",
+        ),
+    ] = None,
+) -> None:
+    """Run a XenStore daemon (wire-compatible with C xenstored 4.17) in the foreground."""
+    path = socket_path or os.environ.get("XENSTORED_PATH") or "xenstored.sock"
+    domains = dict(_parse_domain_socket(s) for s in domain_socket or [])
+    server = XenstoredServer(XenStore(), path, ro_socket, domains)
+    server.start()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        server._stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    typer.echo(f"xenstored: listening on {path}", err=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.stop()
+        typer.echo("xenstored: stopped", err=True)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this command group to the ``xenpci`` app (nothing yet)."""
+    """Add ``xenstored`` to the ``xenpci`` app."""
+    app.command("xenstored")(xenstored)

@@ -1,1 +1,49 @@
-"""xenpci.xenstore."""
+"""xenpci.xenstore: a wire-compatible xenstored, its transports, and a client.
+
+Public API (other layers use only these names):
+
+* :class:`XenStore` -- the sans-IO store and request handler.
+  ``XenStore(dom0_nodes=True, quotas=None)``;
+  ``.connection(domid, readonly=False) -> Connection``;
+  ``Connection.feed(data: bytes) -> list[bytes]`` (replies and watch events),
+  ``Connection.take_output()``, ``Connection.notify`` (callback when events are
+  queued by other connections), ``Connection.close()``;
+  ``.introduce_domain(domid, gfn=0, evtchn=1)``, ``.release_domain(domid)``,
+  ``.is_introduced(domid)``.
+* :class:`xenpci.xenstore.server.XenstoredServer` ``(store, socket_path,
+  ro_socket_path=None, domain_sockets={domid: path})`` with ``start()``,
+  ``stop()``, ``serve_forever()``; also a context manager.
+* :class:`xenpci.xenstore.client.XsClient`: ``XsClient.unix(path)``,
+  ``XsClient.in_process(store, domid)``, ``XsClient.ring(transport)``;
+  ``read(path) -> bytes``, ``write(path, value)``, ``ls(path) -> list[str]``,
+  ``rm``, ``mkdir``, ``exists``, ``get_perms -> Perms``, ``set_perms(path,
+  Perms)``, ``watch(path, token, callback=None)``, ``unwatch(path, token)``,
+  ``events(timeout) -> Iterator[WatchEvent]``, ``next_event(timeout)``,
+  ``transaction()`` (context manager: commit on exit, XsError("EAGAIN") on
+  conflict), ``retry_transaction(fn)``.
+* :class:`Perms` / :class:`Perm` / :class:`Access`: ACL values, wire form
+  ``Perms.of("b0", "r5")``, ``Perms.from_wire``, ``.to_wire()``, ``str()``.
+* :class:`XsError` (``.code`` is the xs_wire.h name), :class:`ProtocolError`,
+  :class:`ConnectionClosed`, all under :class:`XenstoreError`.
+
+Modules mirror C xenstored: ``core`` (xenstored_core.c), ``transaction``,
+``domain`` (domains and quotas), ``control``, ``tree`` (nodes and paths),
+``wire`` (the codec both sides share), ``server`` (Unix sockets), ``ring``
+(the xenstore_domain_interface page), ``client`` (libxenstore's role).
+"""
+
+from xenpci.xenstore.core import Connection, XenStore
+from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XenstoreError, XsError
+from xenpci.xenstore.perms import Access, Perm, Perms
+
+__all__ = [
+    "Access",
+    "Connection",
+    "ConnectionClosed",
+    "Perm",
+    "Perms",
+    "ProtocolError",
+    "XenStore",
+    "XenstoreError",
+    "XsError",
+]

@@ -1,0 +1,385 @@
+"""A XenStore client (``tools/libs/store/xs.c`` in spirit), over socket, ring or in-process.
+
+The request/reply logic is the sans-IO codec of :mod:`xenpci.xenstore.wire`,
+the same one xenstored uses; a transport only moves frames. Like libxenstore
+it keeps one request in flight per client and files watch events aside as
+they arrive (on a reader thread for sockets and rings). Events reach the
+caller either as an iterator (:meth:`XsClient.events`) or through a callback
+registered with :meth:`XsClient.watch`, run on a dispatcher thread the client
+owns (what XenBus needs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import socket
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from xenpci.abi import xs_wire as w
+from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XsError
+from xenpci.xenstore.perms import Perms
+from xenpci.xenstore.wire import Frame, FrameDecoder, check_reply, encode, strings
+
+if TYPE_CHECKING:
+    from xenpci.xenstore.core import Connection, XenStore
+
+T = TypeVar("T")
+WatchCallback = Callable[["WatchEvent"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One XS_WATCH_EVENT: the changed path (as the watch reports it) and the token."""
+
+    path: str
+    token: str
+
+
+class Transport(Protocol):
+    """Moves one request frame and returns its reply; events go to ``on_event``."""
+
+    on_event: Callable[[Frame], None]
+
+    def request(self, data: bytes) -> Frame: ...
+
+    def close(self) -> None: ...
+
+
+class _StreamTransport:
+    """A byte stream (Unix socket, ring) with a reader thread splitting replies from events."""
+
+    def __init__(self, recv: Callable[[], bytes], send: Callable[[bytes], None]) -> None:
+        self._recv = recv
+        self._send = send
+        self._replies: queue.Queue[Frame | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.on_event: Callable[[Frame], None] = lambda f: None
+        self._reader = threading.Thread(target=self._read_loop, name="xs-reader", daemon=True)
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        decoder = FrameDecoder()
+        while True:
+            try:
+                data = self._recv()
+            except OSError:
+                data = b""
+            if not data:
+                self._replies.put(None)
+                return
+            try:
+                frames = decoder.feed(data)
+            except ProtocolError:
+                self._replies.put(None)
+                return
+            for f in frames:
+                if f.type == w.XS_WATCH_EVENT:
+                    self.on_event(f)
+                else:
+                    self._replies.put(f)
+
+    def request(self, data: bytes) -> Frame:
+        with self._lock:
+            if self._closed:
+                raise ConnectionClosed("transport closed")
+            try:
+                self._send(data)
+            except OSError as e:
+                raise ConnectionClosed(str(e)) from e
+            reply = self._replies.get()
+            if reply is None:
+                self._closed = True
+                raise ConnectionClosed("xenstored closed the connection")
+            return reply
+
+    def join(self) -> None:
+        self._reader.join(timeout=5)
+
+
+class _SocketTransport(_StreamTransport):
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        super().__init__(lambda: self.sock.recv(65536), self.sock.sendall)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.join()
+        self.sock.close()
+
+
+class _InProcessTransport:
+    """A direct :class:`Connection`: no bytes leave the process, but they are real frames."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.on_event: Callable[[Frame], None] = lambda f: None
+        self._lock = threading.Lock()
+        self._decoder = FrameDecoder()
+        conn.notify = self._drain
+
+    def _drain(self) -> None:
+        # Called under the store lock when another connection fires our watch.
+        for data in self.conn.take_output():
+            for f in FrameDecoder().feed(data):
+                self.on_event(f)
+
+    def request(self, data: bytes) -> Frame:
+        with self._lock:
+            if self.conn.closed:
+                raise ConnectionClosed(self.conn.close_reason)
+            reply: Frame | None = None
+            for out in self.conn.feed(data):
+                for f in self._decoder.feed(out):
+                    if f.type == w.XS_WATCH_EVENT:
+                        self.on_event(f)
+                    else:
+                        reply = f
+            if reply is None:
+                raise ConnectionClosed(self.conn.close_reason or "no reply")
+            return reply
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class XsTransaction:
+    """An open transaction: the client's tree operations bound to its id."""
+
+    def __init__(self, client: XsClient, tx_id: int) -> None:
+        self.client = client
+        self.id = tx_id
+        self.done = False
+
+    def read(self, path: str) -> bytes:
+        return self.client.read(path, tx=self.id)
+
+    def write(self, path: str, value: bytes | str) -> None:
+        self.client.write(path, value, tx=self.id)
+
+    def ls(self, path: str) -> list[str]:
+        return self.client.ls(path, tx=self.id)
+
+    def rm(self, path: str) -> None:
+        self.client.rm(path, tx=self.id)
+
+    def mkdir(self, path: str) -> None:
+        self.client.mkdir(path, tx=self.id)
+
+    def exists(self, path: str) -> bool:
+        return self.client.exists(path, tx=self.id)
+
+    def get_perms(self, path: str) -> Perms:
+        return self.client.get_perms(path, tx=self.id)
+
+    def set_perms(self, path: str, perms: Perms) -> None:
+        self.client.set_perms(path, perms, tx=self.id)
+
+    def commit(self) -> None:
+        """TRANSACTION_END "T"; raises XsError("EAGAIN") on conflict."""
+        self.done = True
+        self.client._call(w.XS_TRANSACTION_END, strings("T"), tx=self.id)
+
+    def abort(self) -> None:
+        self.done = True
+        self.client._call(w.XS_TRANSACTION_END, strings("F"), tx=self.id)
+
+    def __enter__(self) -> XsTransaction:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if self.done:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            with contextlib.suppress(XsError, ConnectionClosed):
+                self.abort()
+
+
+class XsClient:
+    """XenStore client. Build with :meth:`unix`, :meth:`in_process` or :meth:`ring`."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+        self._req_ids = itertools.count()
+        self._events: queue.Queue[WatchEvent] = queue.Queue()
+        self._callbacks: dict[str, WatchCallback] = {}
+        self._cb_queue: queue.Queue[tuple[WatchCallback, WatchEvent] | None] = queue.Queue()
+        self._cb_thread: threading.Thread | None = None
+        self._cb_lock = threading.Lock()
+        transport.on_event = self._on_event
+
+    # -- constructors ------------------------------------------------------------
+    @classmethod
+    def unix(cls, path: str) -> XsClient:
+        """Connect to xenstored's Unix socket (what ``XENSTORED_PATH`` names)."""
+        return cls(_SocketTransport(path))
+
+    @classmethod
+    def in_process(cls, store: XenStore, domid: int = 0, readonly: bool = False) -> XsClient:
+        """A connection inside this process acting as ``domid`` (dom0 is privileged)."""
+        return cls(_InProcessTransport(store.connection(domid, readonly)))
+
+    @classmethod
+    def ring(cls, transport: Transport) -> XsClient:
+        """Over a guest's ring page (see :mod:`xenpci.xenstore.ring`)."""
+        return cls(transport)
+
+    def close(self) -> None:
+        self._t.close()
+        if self._cb_thread is not None:
+            self._cb_queue.put(None)
+            if threading.current_thread() is not self._cb_thread:
+                self._cb_thread.join(timeout=5)
+            self._cb_thread = None
+
+    def __enter__(self) -> XsClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- requests ----------------------------------------------------------------
+    def _call(self, type_: int, payload: bytes, tx: int = 0) -> bytes:
+        req_id = next(self._req_ids) & 0xFFFFFFFF
+        reply = self._t.request(encode(type_, req_id, tx, payload))
+        return check_reply(type_, reply)
+
+    def read(self, path: str, *, tx: int = 0) -> bytes:
+        return self._call(w.XS_READ, strings(path), tx)
+
+    def write(self, path: str, value: bytes | str, *, tx: int = 0) -> None:
+        data = value.encode() if isinstance(value, str) else value
+        self._call(w.XS_WRITE, path.encode() + b"\0" + data, tx)
+
+    def ls(self, path: str, *, tx: int = 0) -> list[str]:
+        return [n.decode() for n in self._call(w.XS_DIRECTORY, strings(path), tx).split(b"\0")[:-1]]
+
+    def rm(self, path: str, *, tx: int = 0) -> None:
+        self._call(w.XS_RM, strings(path), tx)
+
+    def mkdir(self, path: str, *, tx: int = 0) -> None:
+        self._call(w.XS_MKDIR, strings(path), tx)
+
+    def exists(self, path: str, *, tx: int = 0) -> bool:
+        try:
+            self.read(path, tx=tx)
+        except XsError as e:
+            if e.code == "ENOENT":
+                return False
+            raise
+        return True
+
+    def get_perms(self, path: str, *, tx: int = 0) -> Perms:
+        return Perms.from_wire(self._call(w.XS_GET_PERMS, strings(path), tx))
+
+    def set_perms(self, path: str, perms: Perms, *, tx: int = 0) -> None:
+        self._call(w.XS_SET_PERMS, path.encode() + b"\0" + perms.to_wire(), tx)
+
+    def get_domain_path(self, domid: int) -> str:
+        return self._call(w.XS_GET_DOMAIN_PATH, strings(str(domid))).rstrip(b"\0").decode()
+
+    def is_domain_introduced(self, domid: int) -> bool:
+        return self._call(w.XS_IS_DOMAIN_INTRODUCED, strings(str(domid))) != b"F\0"
+
+    def introduce_domain(self, domid: int, gfn: int, evtchn: int) -> None:
+        self._call(w.XS_INTRODUCE, strings(str(domid), str(gfn), str(evtchn)))
+
+    def release_domain(self, domid: int) -> None:
+        self._call(w.XS_RELEASE, strings(str(domid)))
+
+    def control(self, *args: str) -> bytes:
+        return self._call(w.XS_CONTROL, strings(*args))
+
+    # -- watches -----------------------------------------------------------------
+    def watch(self, path: str, token: str, callback: WatchCallback | None = None) -> None:
+        """Register a watch; its events go to ``callback`` (on the client's thread) or
+        to :meth:`events`. The first event (the watch path itself) arrives at once."""
+        if callback is not None:
+            self._callbacks[token] = callback
+            self._ensure_cb_thread()
+        try:
+            self._call(w.XS_WATCH, strings(path, token))
+        except BaseException:
+            self._callbacks.pop(token, None)
+            raise
+
+    def unwatch(self, path: str, token: str) -> None:
+        self._call(w.XS_UNWATCH, strings(path, token))
+        self._callbacks.pop(token, None)
+
+    def events(self, timeout: float | None = None) -> Iterator[WatchEvent]:
+        """Watch events as they arrive; stops after ``timeout`` seconds of silence."""
+        while True:
+            try:
+                yield self._events.get(timeout=timeout)
+            except queue.Empty:
+                return
+
+    def next_event(self, timeout: float | None = None) -> WatchEvent:
+        """The next event (``queue.Empty`` after ``timeout``)."""
+        return self._events.get(timeout=timeout)
+
+    def _on_event(self, frame: Frame) -> None:
+        parts = frame.payload.split(b"\0")
+        if len(parts) < 3:
+            return  # malformed event: drop it, as xs_check_watch would refuse it
+        ev = WatchEvent(parts[0].decode("ascii", "replace"), parts[1].decode("ascii", "replace"))
+        cb = self._callbacks.get(ev.token)
+        if cb is not None:
+            self._cb_queue.put((cb, ev))
+        else:
+            self._events.put(ev)
+
+    def _ensure_cb_thread(self) -> None:
+        with self._cb_lock:
+            if self._cb_thread is None:
+                self._cb_thread = threading.Thread(
+                    target=self._cb_loop, name="xs-watch-callbacks", daemon=True
+                )
+                self._cb_thread.start()
+
+    def _cb_loop(self) -> None:
+        while True:
+            item = self._cb_queue.get()
+            if item is None:
+                return
+            cb, ev = item
+            try:
+                cb(ev)
+            except Exception:  # a broken callback must not kill event delivery
+                traceback.print_exc()
+
+    # -- transactions ------------------------------------------------------------
+    def transaction(self) -> XsTransaction:
+        """TRANSACTION_START; use as a context manager (commit on success, abort on error)."""
+        tid = int(self._call(w.XS_TRANSACTION_START, b"\0").rstrip(b"\0"))
+        return XsTransaction(self, tid)
+
+    def retry_transaction(self, fn: Callable[[XsTransaction], T], attempts: int = 100) -> T:
+        """Run ``fn`` in a transaction, retrying the whole of it on EAGAIN (as xenstore-write)."""
+        for _ in range(attempts):
+            t = self.transaction()
+            try:
+                result = fn(t)
+            except BaseException:
+                with contextlib.suppress(XsError, ConnectionClosed):
+                    t.abort()
+                raise
+            try:
+                t.commit()
+            except XsError as e:
+                if e.code == "EAGAIN":
+                    continue
+                raise
+            return result
+        raise XsError("EAGAIN", f"still conflicting after {attempts} attempts")
