@@ -1,0 +1,147 @@
+"""A domain and its one virtual CPU.
+
+Models ``struct domain`` / ``struct vcpu`` (``xen/include/xen/sched.h``) as far
+as this project needs: a domid, a name, whether it is privileged (dom0, the
+hardware domain), its memory (``P2M``) and a single vCPU. The vCPU is a thread
+with a run queue: everything a domain's kernel does (boot code, event-channel
+upcalls) runs on that thread, one thing at a time, as on a one-vCPU guest.
+Deliberate differences: no scheduler, no preemption, no SMP guests; an upcall
+is a queued Python call rather than an interrupt on the vCPU's stack.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from xenpci.hv.errors import HvError
+from xenpci.hv.memory import P2M
+
+if TYPE_CHECKING:
+    from xenpci.hv.hypercalls import Hypercalls
+
+T = TypeVar("T")
+
+#: ``DOMID_FIRST_RESERVED`` in ``xen/include/public/xen.h``: domids at or above are special.
+DOMID_FIRST_RESERVED = 0x7FF0
+DOMID_SELF = 0x7FF0
+
+
+class DomainDead(HvError):
+    """Work was queued on a domain whose vCPU has stopped: ``ESRCH``."""
+
+    default_errno = "ESRCH"
+
+
+class Vcpu:
+    """One worker thread draining a queue of calls (a deque under a Condition).
+
+    The deque + Condition pair is the whole event path: ``post`` appends and
+    notifies, the thread pops and runs. An exception in a queued call is handed
+    to ``on_error`` and the vCPU keeps running (a buggy handler must not kill
+    the domain, let alone the machine).
+    """
+
+    def __init__(self, name: str, on_error: Callable[[BaseException], None]) -> None:
+        self._queue: deque[Callable[[], None]] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._on_error = on_error
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def ident(self) -> int | None:
+        return self._thread.ident
+
+    def on_this_vcpu(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
+    def post(self, item: Callable[[], None]) -> None:
+        with self._cond:
+            if self._stopping:
+                raise DomainDead(f"vCPU {self._thread.name} has stopped")
+            self._queue.append(item)
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        queue, cond = self._queue, self._cond
+        while True:
+            with cond:
+                while not queue:
+                    if self._stopping:
+                        return
+                    cond.wait()
+                item = queue.popleft()
+            try:
+                item()
+            except BaseException as exc:
+                self._on_error(exc)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Finish queued work, then end the thread (idempotent)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if not self.on_this_vcpu():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+class Domain:
+    """A domain: identity, memory, one vCPU and its hypercall handle."""
+
+    def __init__(
+        self,
+        domid: int,
+        name: str,
+        p2m: P2M,
+        *,
+        privileged: bool,
+        on_error: Callable[[int, BaseException], None],
+    ) -> None:
+        self.domid = domid
+        self.name = name
+        self.privileged = privileged
+        self.p2m = p2m
+        self.dying = False
+        self.hypercalls: Hypercalls  # set by the hypervisor right after construction
+        self.vcpu = Vcpu(f"d{domid}v0-{name}", lambda exc: on_error(domid, exc))
+
+    @property
+    def nr_pages(self) -> int:
+        return self.p2m.nr_pages
+
+    def run(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Queue ``fn(*args)`` on this domain's vCPU; the Future carries its result."""
+        fut: Future[T] = Future()
+
+        def item() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        self.vcpu.post(item)
+        return fut
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = 30.0) -> T:
+        """Run ``fn(*args)`` on this domain's vCPU and wait for its result.
+
+        Called from the vCPU itself it runs inline (waiting would deadlock).
+        """
+        if self.vcpu.on_this_vcpu():
+            return fn(*args)
+        return self.run(fn, *args).result(timeout)
+
+    def __repr__(self) -> str:
+        kind = "privileged" if self.privileged else "guest"
+        return f"Domain(d{self.domid} {self.name!r} {kind} {self.nr_pages} pages)"

@@ -1,0 +1,340 @@
+"""A domain's only door to the machine: its hypercall handle, bound to its domid.
+
+Models the hypercall entry points a PV kernel uses (``HYPERVISOR_grant_table_op``,
+``HYPERVISOR_event_channel_op``, ``HYPERVISOR_domctl``, ``HYPERVISOR_physdev_op``,
+``HYPERVISOR_mmu_update`` for MMIO mappings) as one method each, named after the
+real sub-op. The caller's identity comes from the handle, never from an
+argument, so a guest cannot act as another domain. Privileged sub-ops check
+that the caller is privileged (``XSM``'s ``xsm_domctl`` default policy: dom0
+only) and raise ``PermissionDenied`` naming the call and the caller.
+
+Every call is recorded in the trace with its arguments, its result or its
+errno; ``path`` is ``dom0`` for calls made by the privileged domain (the
+control plane) and ``direct`` for a guest's own calls (its data plane).
+MMIO and port accesses are counted, not stored (see ``xenpci.trace``).
+
+Deliberate differences: guest memory is read and written through the handle
+(there are no guest page tables); ``mmio_map`` re-checks the capability on
+every access, so revoking ``iomem_permission`` cuts an existing mapping off at
+once (Xen relies on the toolstack/guest to tear such mappings down).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+from xenpci.hv.errors import HvError, MmioDenied, NoSuchDomain, PermissionDenied
+from xenpci.hv.event_channel import Handler, PortInfo
+from xenpci.hv.grant_table import GrantMapping
+from xenpci.hv.iobus import check_access
+from xenpci.hv.memory import PAGE_SHIFT, PAGE_SIZE
+from xenpci.hv.permissions import check_iomem, check_ioports
+
+if TYPE_CHECKING:
+    from xenpci.hv.domain import Domain
+    from xenpci.hv.hypervisor import Hypervisor
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def hypercall(
+    fn: Callable[Concatenate[Hypercalls, P], R],
+) -> Callable[Concatenate[Hypercalls, P], R]:
+    """Trace one call: its name, caller, named arguments and result or errno."""
+    names = list(inspect.signature(fn).parameters)[1:]
+    kind = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(self: Hypercalls, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        trace = self._hv.trace
+        if not trace.enabled:
+            return fn(self, *args, **kwargs)
+        rec: dict[str, Any] = dict(zip(names, args, strict=False))
+        rec.update(kwargs)
+        try:
+            result = fn(self, *args, **kwargs)
+        except HvError as exc:
+            trace.record(kind, self.domid, self._path, **rec, error=exc.errno)
+            raise
+        if isinstance(result, int) and not isinstance(result, bool):
+            rec["result"] = result
+        elif isinstance(result, GrantMapping):
+            rec["handle"] = result.handle
+        elif hasattr(result, "domid"):
+            rec["result"] = result.domid  # a new Domain
+        trace.record(kind, self.domid, self._path, **rec)
+        return result
+
+    return wrapper
+
+
+class MmioMapping:
+    """A domain's mapping of machine MMIO frames (a BAR), used straight from the guest."""
+
+    __slots__ = ("_hc", "first_mfn", "gfn", "mapped", "nr_mfns")
+
+    def __init__(self, hc: Hypercalls, first_mfn: int, nr_mfns: int, gfn: int | None) -> None:
+        self._hc = hc
+        self.first_mfn = first_mfn
+        self.nr_mfns = nr_mfns
+        self.gfn = gfn
+        self.mapped = True
+
+    @property
+    def size(self) -> int:
+        return self.nr_mfns * PAGE_SIZE
+
+    def _paddr(self, offset: int, size: int) -> int:
+        if not self.mapped:
+            raise MmioDenied("MMIO mapping was unmapped", op="mmio", domid=self._hc.domid)
+        check_access(offset, size)
+        if offset + size > self.size:
+            raise MmioDenied(
+                f"offset {offset:#x}+{size} outside the {self.size:#x}-byte mapping",
+                errno="EINVAL",
+                op="mmio",
+                domid=self._hc.domid,
+                offset=offset,
+            )
+        paddr = (self.first_mfn << PAGE_SHIFT) + offset
+        mfn = paddr >> PAGE_SHIFT
+        hv = self._hc._hv
+        if not hv.permissions.iomem_permitted(self._hc.domid, mfn, mfn):
+            raise MmioDenied(
+                f"d{self._hc.domid} lost access to mfn {mfn:#x}",
+                op="mmio",
+                domid=self._hc.domid,
+                mfn=mfn,
+            )
+        return paddr
+
+    def read(self, offset: int, size: int) -> int:
+        paddr = self._paddr(offset, size)
+        hv = self._hc._hv
+        hv.trace.record("mmio_read", self._hc.domid, "direct", paddr=paddr, size=size)
+        return hv.iobus.mmio_read(paddr, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        paddr = self._paddr(offset, size)
+        check_access(offset, size, value)
+        hv = self._hc._hv
+        hv.trace.record("mmio_write", self._hc.domid, "direct", paddr=paddr, size=size)
+        hv.iobus.mmio_write(paddr, size, value)
+
+    def unmap(self) -> None:
+        if self.mapped:
+            self.mapped = False
+            self._hc._hv.trace.record(
+                "mmio_unmap",
+                self._hc.domid,
+                self._hc._path,
+                first_mfn=self.first_mfn,
+                nr_mfns=self.nr_mfns,
+            )
+
+
+class Hypercalls:
+    """The hypercall handle of one domain."""
+
+    def __init__(self, hv: Hypervisor, domain: Domain) -> None:
+        self._hv = hv
+        self._dom = domain
+        self.domid = domain.domid
+        self._path = "dom0" if domain.privileged else "direct"
+
+    # -- helpers ----------------------------------------------------------
+    def _privileged(self, op: str) -> None:
+        if not self._dom.privileged:
+            raise PermissionDenied(f"d{self.domid} is not privileged", op=op, domid=self.domid)
+
+    def _alive(self, op: str) -> None:
+        if self._dom.dying:
+            raise NoSuchDomain(f"d{self.domid} is dying", op=op, domid=self.domid)
+
+    # -- memory -----------------------------------------------------------
+    def read(self, gpaddr: int, n: int) -> bytes:
+        """Read the domain's own memory at guest-physical ``gpaddr``."""
+        self._alive("read")
+        return self._dom.p2m.read(gpaddr, n)
+
+    def write(self, gpaddr: int, data: bytes) -> None:
+        self._alive("write")
+        self._dom.p2m.write(gpaddr, data)
+
+    def page(self, gfn: int) -> memoryview:
+        """A live view of one of the domain's own frames."""
+        self._alive("page")
+        return memoryview(self._dom.p2m.frame(gfn))
+
+    @hypercall
+    def alloc_page(self) -> int:
+        self._alive("alloc_page")
+        return self._dom.p2m.alloc_page()
+
+    @hypercall
+    def free_page(self, gfn: int) -> None:
+        self._alive("free_page")
+        self._dom.p2m.free_page(gfn)
+
+    # -- grant tables -----------------------------------------------------
+    @hypercall
+    def gnttab_grant_foreign_access(self, domid: int, gfn: int, readonly: bool) -> int:
+        self._alive("gnttab_grant_foreign_access")
+        return self._hv.grants.grant(self.domid, domid, gfn, readonly)
+
+    @hypercall
+    def gnttab_end_foreign_access(self, gref: int) -> None:
+        self._hv.grants.end_access(self.domid, gref)
+
+    @hypercall
+    def gnttab_map_grant_ref(self, granter: int, gref: int, readonly: bool) -> GrantMapping:
+        self._alive("gnttab_map_grant_ref")
+        return self._hv.grants.map(self.domid, granter, gref, readonly)
+
+    @hypercall
+    def gnttab_unmap_grant_ref(self, handle: int) -> None:
+        self._hv.grants.unmap(self.domid, handle)
+
+    # -- event channels ---------------------------------------------------
+    @hypercall
+    def evtchn_alloc_unbound(self, remote_domid: int) -> int:
+        return self._hv.evtchn.alloc_unbound(self.domid, remote_domid)
+
+    @hypercall
+    def evtchn_bind_interdomain(self, remote_domid: int, remote_port: int) -> int:
+        return self._hv.evtchn.bind_interdomain(self.domid, remote_domid, remote_port)
+
+    @hypercall
+    def evtchn_send(self, port: int) -> None:
+        self._hv.evtchn.send(self.domid, port)
+
+    @hypercall
+    def evtchn_close(self, port: int) -> None:
+        self._hv.evtchn.close(self.domid, port)
+
+    @hypercall
+    def evtchn_mask(self, port: int) -> None:
+        self._hv.evtchn.mask(self.domid, port)
+
+    @hypercall
+    def evtchn_unmask(self, port: int) -> None:
+        self._hv.evtchn.unmask(self.domid, port)
+
+    def evtchn_pending(self, port: int) -> bool:
+        # A read of the shared-info pending bitmap, not a hypercall: untraced.
+        return self._hv.evtchn.pending(self.domid, port)
+
+    def evtchn_clear_pending(self, port: int) -> bool:
+        return self._hv.evtchn.clear_pending(self.domid, port)
+
+    def evtchn_status(self, port: int) -> PortInfo:
+        return self._hv.evtchn.status(self.domid, port)
+
+    def evtchn_set_handler(self, port: int, callback: Handler | None) -> None:
+        """Install the kernel's handler for ``port``; it runs on this domain's vCPU."""
+        self._hv.evtchn.set_handler(self.domid, port, callback)
+
+    @hypercall
+    def evtchn_bind_pirq(self, pirq: int) -> int:
+        self._hv.check_pirq_bindable(self.domid, pirq)
+        return self._hv.evtchn.bind_pirq(self.domid, pirq)
+
+    # -- privileged (domctl / physdev) -----------------------------------
+    @hypercall
+    def domctl_createdomain(self, name: str, memory_kib: int, domid: int | None = None) -> Domain:
+        self._privileged("domctl_createdomain")
+        return self._hv._create_domain(name, memory_kib, domid)
+
+    @hypercall
+    def domctl_destroydomain(self, domid: int) -> None:
+        self._privileged("domctl_destroydomain")
+        self._hv._destroy_domain(domid)
+
+    @hypercall
+    def iomem_permission(self, domid: int, first_mfn: int, nr_mfns: int, allow: bool) -> None:
+        self._privileged("iomem_permission")
+        self._hv._iomem_permission(self.domid, domid, first_mfn, nr_mfns, allow)
+
+    @hypercall
+    def ioport_permission(self, domid: int, first_port: int, nr_ports: int, allow: bool) -> None:
+        self._privileged("ioport_permission")
+        self._hv._ioport_permission(self.domid, domid, first_port, nr_ports, allow)
+
+    @hypercall
+    def irq_permission(self, domid: int, pirq: int, allow: bool) -> None:
+        self._privileged("irq_permission")
+        self._hv._irq_permission(self.domid, domid, pirq, allow)
+
+    @hypercall
+    def assign_device(self, domid: int, sbdf: int) -> None:
+        self._privileged("assign_device")
+        self._hv.domain(domid)
+        self._hv.iommu.assign(domid, sbdf)
+
+    @hypercall
+    def deassign_device(self, domid: int, sbdf: int) -> None:
+        self._privileged("deassign_device")
+        self._hv.domain(domid)
+        self._hv.iommu.deassign(domid, sbdf)
+
+    @hypercall
+    def map_pirq(self, domid: int, source: int | str) -> int:
+        self._privileged("map_pirq")
+        return self._hv._map_pirq(domid, source)
+
+    @hypercall
+    def unmap_pirq(self, domid: int, pirq: int) -> None:
+        self._privileged("unmap_pirq")
+        self._hv._unmap_pirq(domid, pirq)
+
+    # -- data path --------------------------------------------------------
+    @hypercall
+    def mmio_map(self, first_mfn: int, nr_mfns: int, gfn_hint: int | None = None) -> MmioMapping:
+        last = check_iomem(first_mfn, nr_mfns)
+        if not self._hv.permissions.iomem_permitted(self.domid, first_mfn, last):
+            # arch/x86/mm.c: "non-privileged attempt to map MMIO space".
+            raise MmioDenied(
+                f"d{self.domid} may not map mfns {first_mfn:#x}..{last:#x}",
+                op="mmio_map",
+                domid=self.domid,
+                first_mfn=first_mfn,
+                nr_mfns=nr_mfns,
+            )
+        return MmioMapping(self, first_mfn, nr_mfns, gfn_hint)
+
+    def _ioport_check(self, port: int, size: int, op: str) -> None:
+        check_access(port, size)
+        last = check_ioports(port, size)
+        if not self._hv.permissions.ioports_permitted(self.domid, port, last):
+            raise MmioDenied(
+                f"d{self.domid} may not access ports {port:#x}..{last:#x}",
+                op=op,
+                domid=self.domid,
+                port=port,
+                size=size,
+            )
+
+    def ioport_read(self, port: int, size: int) -> int:
+        self._ioport_check(port, size, "ioport_read")
+        self._hv.trace.record("ioport_read", self.domid, "direct", port=port, size=size)
+        return self._hv.iobus.io_read(port, size)
+
+    def ioport_write(self, port: int, size: int, value: int) -> None:
+        self._ioport_check(port, size, "ioport_write")
+        check_access(port, size, value)
+        self._hv.trace.record("ioport_write", self.domid, "direct", port=port, size=size)
+        self._hv.iobus.io_write(port, size, value)
+
+    # -- queries ----------------------------------------------------------
+    def iomem_access_permitted(self, domid: int, first_mfn: int, last_mfn: int) -> bool:
+        return self._hv.permissions.iomem_permitted(domid, first_mfn, last_mfn)
+
+    def ioports_access_permitted(self, domid: int, first_port: int, last_port: int) -> bool:
+        return self._hv.permissions.ioports_permitted(domid, first_port, last_port)
+
+    def irq_access_permitted(self, domid: int, pirq: int) -> bool:
+        return self._hv.permissions.irq_permitted(domid, pirq)

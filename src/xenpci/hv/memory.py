@@ -1,0 +1,189 @@
+"""Machine memory in 4 KiB frames and each domain's guest-frame -> machine-frame map.
+
+Models Xen's page allocator (``common/page_alloc.c``) and the PV phys-to-machine
+table (``arch/x86/mm.c``'s ``get_page``/``put_page`` reference counting) in the
+small: machine RAM is a sparse set of ``bytearray(4096)`` frames indexed by
+machine frame number (mfn), allocated lazily; a domain's memory is a dense
+gfn -> mfn list fixed at creation. Deliberate differences: no ballooning, no
+superpages, and frames are scrubbed (zeroed) when allocated rather than freed.
+
+RAM mfns start at ``RAM_BASE_MFN`` so that machine addresses of RAM never
+collide with the MMIO window devices register on the I/O bus (below 4 GiB,
+``MMIO_BASE``), as on a PC where BARs sit in the PCI hole.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from xenpci.hv.errors import InvalidArgument, OutOfMemory
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+#: First machine frame handed out as RAM (4 GiB): BARs live below, in the PCI hole.
+RAM_BASE_MFN = 0x100000
+#: Default machine RAM (in frames): 1 GiB; frames only cost memory once touched.
+DEFAULT_RAM_FRAMES = 1 << 18
+#: The PCI hole where device BARs are placed.
+MMIO_BASE = 0xE000_0000
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRange:
+    """An inclusive range of frame numbers ``[first, last]`` (Xen's rangeset convention)."""
+
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if self.first < 0 or self.last < self.first:
+            raise InvalidArgument(f"bad frame range [{self.first:#x}, {self.last:#x}]")
+
+    @classmethod
+    def of(cls, first: int, nr: int) -> FrameRange:
+        if nr <= 0:
+            raise InvalidArgument(f"frame count must be positive, got {nr}", nr=nr)
+        return cls(first, first + nr - 1)
+
+
+class MachineMemory:
+    """All machine RAM frames: allocation, freeing and access by mfn (thread-safe)."""
+
+    def __init__(self, nr_frames: int = DEFAULT_RAM_FRAMES) -> None:
+        if nr_frames <= 0:
+            raise InvalidArgument("machine needs at least one RAM frame")
+        self.nr_frames = nr_frames
+        self._lock = threading.Lock()
+        self._frames: dict[int, bytearray] = {}
+        self._next = RAM_BASE_MFN
+        self._freed: list[int] = []
+        self._owner: dict[int, int] = {}
+
+    @property
+    def end_mfn(self) -> int:
+        return RAM_BASE_MFN + self.nr_frames
+
+    def is_ram(self, mfn: int) -> bool:
+        return RAM_BASE_MFN <= mfn < self.end_mfn
+
+    def allocate(self, count: int, owner: int) -> list[int]:
+        """``count`` zeroed frames for domain ``owner`` (all or nothing)."""
+        if count < 0:
+            raise InvalidArgument(f"negative frame count {count}")
+        with self._lock:
+            available = len(self._freed) + (self.end_mfn - self._next)
+            if count > available:
+                raise OutOfMemory(f"{count} frames requested, {available} free", requested=count)
+            out: list[int] = []
+            while len(out) < count and self._freed:
+                out.append(self._freed.pop())
+            fresh = count - len(out)
+            out.extend(range(self._next, self._next + fresh))
+            self._next += fresh
+            for mfn in out:
+                # Scrub on allocation: a new owner never sees the previous owner's bytes.
+                frame = self._frames.get(mfn)
+                if frame is not None:
+                    frame[:] = bytes(PAGE_SIZE)
+                self._owner[mfn] = owner
+            return out
+
+    def free(self, mfns: list[int]) -> None:
+        with self._lock:
+            for mfn in mfns:
+                if self._owner.pop(mfn, None) is not None:
+                    self._freed.append(mfn)
+
+    def owner(self, mfn: int) -> int | None:
+        """The domain owning RAM frame ``mfn`` (``None`` if free or not RAM)."""
+        with self._lock:
+            return self._owner.get(mfn)
+
+    def frame(self, mfn: int) -> bytearray:
+        """The live bytes of an allocated frame (created on first touch)."""
+        frame = self._frames.get(mfn)
+        if frame is not None:
+            return frame
+        with self._lock:
+            if mfn not in self._owner:
+                raise InvalidArgument(f"mfn {mfn:#x} is not allocated RAM", mfn=mfn)
+            return self._frames.setdefault(mfn, bytearray(PAGE_SIZE))
+
+    @property
+    def allocated(self) -> int:
+        with self._lock:
+            return len(self._owner)
+
+
+class P2M:
+    """One domain's guest-physical memory: gfn -> mfn, plus which gfns are handed out.
+
+    ``alloc_page`` gives the guest kernel a free frame of its own memory (as its
+    page allocator would); the map itself never changes after creation.
+    """
+
+    def __init__(self, machine: MachineMemory, mfns: list[int]) -> None:
+        self.machine = machine
+        self.mfns = mfns
+        self._lock = threading.Lock()
+        # Hand pages out from the top so low gfns stay free for the "kernel image".
+        self._free = list(range(len(mfns)))
+        self._free.reverse()
+        self._in_use: set[int] = set()
+
+    @property
+    def nr_pages(self) -> int:
+        return len(self.mfns)
+
+    def mfn(self, gfn: int) -> int:
+        if not 0 <= gfn < len(self.mfns):
+            raise InvalidArgument(
+                f"gfn {gfn:#x} outside the domain's {len(self.mfns)} pages", gfn=gfn
+            )
+        return self.mfns[gfn]
+
+    def frame(self, gfn: int) -> bytearray:
+        return self.machine.frame(self.mfn(gfn))
+
+    def alloc_page(self) -> int:
+        with self._lock:
+            if not self._free:
+                raise OutOfMemory("no free page left in the domain's memory")
+            gfn = self._free.pop()
+            self._in_use.add(gfn)
+        self.frame(gfn)[:] = bytes(PAGE_SIZE)
+        return gfn
+
+    def free_page(self, gfn: int) -> None:
+        self.mfn(gfn)
+        with self._lock:
+            if gfn not in self._in_use:
+                raise InvalidArgument(f"gfn {gfn:#x} was not allocated", gfn=gfn)
+            self._in_use.remove(gfn)
+            self._free.append(gfn)
+
+    def spans(self, gpaddr: int, n: int) -> list[tuple[int, int, int]]:
+        """Split ``[gpaddr, gpaddr+n)`` into ``(gfn, offset, length)`` pieces, all checked."""
+        if gpaddr < 0 or n < 0:
+            raise InvalidArgument("negative address or length", gpaddr=gpaddr, n=n)
+        out: list[tuple[int, int, int]] = []
+        addr, end = gpaddr, gpaddr + n
+        while addr < end:
+            gfn, off = addr >> PAGE_SHIFT, addr & (PAGE_SIZE - 1)
+            length = min(PAGE_SIZE - off, end - addr)
+            self.mfn(gfn)
+            out.append((gfn, off, length))
+            addr += length
+        return out
+
+    def read(self, gpaddr: int, n: int) -> bytes:
+        pieces = self.spans(gpaddr, n)
+        return b"".join(bytes(self.frame(g)[o : o + ln]) for g, o, ln in pieces)
+
+    def write(self, gpaddr: int, data: bytes) -> None:
+        pieces = self.spans(gpaddr, len(data))
+        pos = 0
+        for g, o, ln in pieces:
+            self.frame(g)[o : o + ln] = data[pos : pos + ln]
+            pos += ln

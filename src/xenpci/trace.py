@@ -1,0 +1,171 @@
+"""The machine-wide trace: every cross-domain event, with its time and domain.
+
+Models what ``xentrace``/``xenalyze`` give a Xen engineer (a timestamped record
+per hypercall, event-channel send, grant map, DMA and fault), simplified: one
+in-process list of frozen records instead of per-CPU trace buffers. Each record
+also says which *path* it took (``dom0`` for the control plane, ``direct`` for
+the guest's own data plane, ``hypervisor`` for Xen-internal work), so a run
+shows the split between control plane and data plane.
+
+Hot data-path kinds (MMIO, port IO) can be put in counter-only mode: they are
+counted but not stored, so a benchmark measures the device, not the trace.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+PATHS = frozenset({"dom0", "direct", "hypervisor"})
+
+#: Kinds counted but not stored unless asked (one record per register access would
+#: dwarf everything else and slow the data path).
+DEFAULT_COUNT_ONLY = frozenset({"mmio_read", "mmio_write", "ioport_read", "ioport_write"})
+
+
+def _jsonable(value: Any) -> Any:
+    """Arguments as JSON: bytes as hex, other unknown objects by ``str``."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceEvent:
+    """One record: ``t`` seconds since the trace started, ``seq`` its order."""
+
+    t: float
+    seq: int
+    kind: str
+    domid: int
+    path: str = "hypervisor"
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.kind:
+            raise ValueError("trace event kind must be non-empty")
+        if self.path not in PATHS:
+            raise ValueError(f"trace path {self.path!r} not one of {sorted(PATHS)}")
+        if self.seq < 0 or self.t < 0:
+            raise ValueError("trace time and sequence are non-negative")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "t": round(self.t, 9),
+            "seq": self.seq,
+            "kind": self.kind,
+            "domid": self.domid,
+            "path": self.path,
+            "args": _jsonable(dict(self.args)),
+        }
+
+
+class Trace:
+    """A thread-safe, append-only trace.
+
+    ``enabled=False`` makes ``record`` a no-op (not even counted);
+    ``count_only`` kinds are counted but not stored; ``max_events`` bounds memory
+    (oldest records are dropped, counts stay exact).
+    """
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        count_only: Iterable[str] = DEFAULT_COUNT_ONLY,
+        max_events: int | None = None,
+    ) -> None:
+        if max_events is not None and max_events <= 0:
+            raise ValueError("max_events must be positive")
+        self.enabled = enabled
+        self.count_only = frozenset(count_only)
+        self.max_events = max_events
+        self._lock = threading.Lock()
+        self._events: list[TraceEvent] = []
+        self._counts: Counter[tuple[str, int]] = Counter()
+        self._seq = 0
+        self._t0 = time.perf_counter()
+
+    def record(self, kind: str, domid: int, path: str = "hypervisor", /, **args: Any) -> None:
+        """Record one event (or just count it, for count-only kinds)."""
+        if not self.enabled:
+            return
+        if kind in self.count_only:
+            with self._lock:
+                self._counts[kind, domid] += 1
+            return
+        t = time.perf_counter() - self._t0
+        with self._lock:
+            ev = TraceEvent(t, self._seq, kind, domid, path, args)
+            self._seq += 1
+            self._counts[kind, domid] += 1
+            self._events.append(ev)
+            if self.max_events is not None and len(self._events) > self.max_events:
+                del self._events[: len(self._events) - self.max_events]
+
+    @property
+    def events(self) -> list[TraceEvent]:
+        """A snapshot of the stored records, in order."""
+        with self._lock:
+            return list(self._events)
+
+    def count(self, kind: str | None = None, domid: int | None = None) -> int:
+        """How many events (stored or count-only) match ``kind`` and ``domid``."""
+        with self._lock:
+            return sum(
+                n
+                for (k, d), n in self._counts.items()
+                if (kind is None or k == kind) and (domid is None or d == domid)
+            )
+
+    def counts(self) -> dict[str, int]:
+        """Totals per kind."""
+        out: Counter[str] = Counter()
+        with self._lock:
+            for (k, _d), n in self._counts.items():
+                out[k] += n
+        return dict(sorted(out.items()))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._events.clear()
+            self._counts.clear()
+
+    def to_jsonl(self, path: str | Path) -> int:
+        """Write the stored records as JSON lines; return how many were written."""
+        events = self.events
+        with Path(path).open("w", encoding="utf-8") as f:
+            for ev in events:
+                f.write(json.dumps(ev.to_json(), sort_keys=True) + "\n")
+        return len(events)
+
+    def render(self, *, kinds: Iterable[str] | None = None, limit: int | None = None) -> Table:
+        """A rich table of the stored records (optionally filtered, last ``limit``)."""
+        wanted = frozenset(kinds) if kinds is not None else None
+        events = [e for e in self.events if wanted is None or e.kind in wanted]
+        if limit is not None:
+            events = events[-limit:] if limit > 0 else []
+        table = Table(title="xenpci trace")
+        for col, justify in (("seq", "right"), ("t (ms)", "right"), ("dom", "right")):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        table.add_column("path")
+        table.add_column("kind")
+        table.add_column("args")
+        for e in events:
+            args = " ".join(f"{k}={_jsonable(v)}" for k, v in e.args.items())
+            table.add_row(str(e.seq), f"{e.t * 1e3:.3f}", f"d{e.domid}", e.path, e.kind, args)
+        return table
