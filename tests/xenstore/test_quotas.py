@@ -1,0 +1,71 @@
+"""Quotas: C xenstored 4.17 defaults and errors, for unprivileged domains only."""
+
+from __future__ import annotations
+
+from xenpci.abi import xs_wire as w
+from xenpci.xenstore import XenStore
+from xenpci.xenstore.wire import strings
+
+from .conftest import Sans
+from .test_store import err
+
+
+def guest(store: XenStore, domid: int = 5) -> Sans:
+    store.introduce_domain(domid)
+    dom0 = Sans(store)
+    dom0.one(w.XS_MKDIR, strings(f"/local/domain/{domid}"))
+    dom0.one(w.XS_SET_PERMS, strings(f"/local/domain/{domid}", f"n{domid}"))
+    return Sans(store, domid)
+
+
+def test_watch_quota_e2big_after_129(store: XenStore) -> None:
+    g = guest(store)
+    for i in range(129):  # 4.17 checks count > 128 before adding: 129 fit
+        assert g.req(w.XS_WATCH, strings("/local", f"t{i}"))[0].payload == b"OK\0"
+    assert err(g.one(w.XS_WATCH, strings("/local", "one-more"))) == "E2BIG"
+    # Dom0 is not bound.
+    d = Sans(store)
+    for i in range(200):
+        assert d.req(w.XS_WATCH, strings("/local", f"t{i}"))[0].payload == b"OK\0"
+
+
+def test_transaction_quota_enospc_after_11(store: XenStore) -> None:
+    g = guest(store)
+    for _ in range(11):
+        assert g.one(w.XS_TRANSACTION_START, b"\0").type == w.XS_TRANSACTION_START
+    assert err(g.one(w.XS_TRANSACTION_START, b"\0")) == "ENOSPC"
+
+
+def test_node_size_quota(store: XenStore) -> None:
+    g = guest(store)
+    assert g.one(w.XS_WRITE, b"ok\0" + b"v" * 2015).payload == b"OK\0"
+    assert err(g.one(w.XS_WRITE, b"big\0" + b"v" * 2016)) == "ENOSPC"
+    assert Sans(store).one(w.XS_WRITE, b"/dom0big\0" + b"v" * 4000).payload == b"OK\0"
+
+
+def test_nodes_quota(store: XenStore) -> None:
+    g = guest(store)
+    store.quotas["nodes"] = 10
+    results = [err(g.one(w.XS_WRITE, f"n{i}\0v".encode())) for i in range(12)]
+    # /local/domain/5 itself is owned by dom5: 1 + 9 new fit.
+    assert results[:9] == [None] * 9
+    assert results[9:] == ["ENOSPC"] * 3
+
+
+def test_permissions_quota(store: XenStore) -> None:
+    g = guest(store)
+    g.one(w.XS_WRITE, b"p\0v")
+    assert g.one(w.XS_SET_PERMS, strings("p", "n5", "r1", "r2", "r3", "r4")).payload == b"OK\0"
+    assert err(g.one(w.XS_SET_PERMS, strings("p", "n5", "r1", "r2", "r3", "r4", "r6"))) == (
+        "ENOSPC"
+    )
+
+
+def test_never_equota(store: XenStore) -> None:
+    names = {n for _, n in w.xsd_errors}
+    g = guest(store)
+    store.quotas["nodes"] = 2
+    for i in range(5):
+        f = g.one(w.XS_WRITE, f"q{i}\0v".encode())
+        if f.type == w.XS_ERROR:
+            assert f.payload.rstrip(b"\0").decode() in names

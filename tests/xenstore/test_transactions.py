@@ -1,0 +1,129 @@
+"""Transactions: snapshot isolation, EAGAIN on conflict, watches at commit,
+and the cases of Xen's xs-test ("ta err", "ta rmw") and pyxs's retry test."""
+
+from __future__ import annotations
+
+from xenpci.abi import xs_wire as w
+from xenpci.xenstore import XenStore
+from xenpci.xenstore.wire import strings
+
+from .conftest import Sans
+from .test_store import err
+
+
+def start(c: Sans) -> int:
+    f = c.one(w.XS_TRANSACTION_START, b"\0")
+    assert f.tx_id == 0  # the reply header carries 0; the id is in the payload
+    return int(f.payload.rstrip(b"\0"))
+
+
+def test_ids_are_nonzero_and_per_connection(store: XenStore) -> None:
+    a, b = Sans(store), Sans(store)
+    t1, t2 = start(a), start(a)
+    assert 0 not in (t1, t2) and t1 != t2
+    # Another connection cannot use a's id; reply echoes the tx_id.
+    f = b.one(w.XS_READ, strings("/local"), tx=t1)
+    assert err(f) == "ENOENT" and f.tx_id == t1
+    assert err(a.one(w.XS_TRANSACTION_START, b"\0", tx=t1)) == "EBUSY"
+    assert err(a.one(w.XS_TRANSACTION_START, b"\0", tx=999)) == "ENOENT"
+    assert err(a.one(w.XS_TRANSACTION_END, strings("T"))) == "ENOENT"
+    assert err(a.one(w.XS_TRANSACTION_END, strings("X"), tx=t1)) == "EINVAL"
+
+
+def test_ta_rmw_and_isolation(store: XenStore) -> None:
+    c, other = Sans(store), Sans(store)
+    c.one(w.XS_WRITE, b"/x\0a")
+    t = start(c)
+    assert c.one(w.XS_READ, strings("/x"), tx=t).payload == b"a"
+    c.one(w.XS_WRITE, b"/x\0b", tx=t)
+    c.one(w.XS_WRITE, b"/new/n\0z", tx=t)
+    assert c.one(w.XS_READ, strings("/x"), tx=t).payload == b"b"
+    # Nothing visible outside before commit.
+    assert other.one(w.XS_READ, strings("/x")).payload == b"a"
+    assert err(other.one(w.XS_READ, strings("/new"))) == "ENOENT"
+    assert c.one(w.XS_TRANSACTION_END, strings("T"), tx=t).payload == b"OK\0"
+    assert other.one(w.XS_READ, strings("/x")).payload == b"b"
+    assert other.one(w.XS_READ, strings("/new/n")).payload == b"z"
+
+
+def test_ta_err_conflict_eagain(store: XenStore) -> None:
+    c, other = Sans(store), Sans(store)
+    c.one(w.XS_WRITE, b"/x\0a")
+    t = start(c)
+    assert c.one(w.XS_READ, strings("/x"), tx=t).payload == b"a"
+    other.one(w.XS_WRITE, b"/x\0b")
+    assert c.one(w.XS_READ, strings("/x"), tx=t).payload == b"a"  # snapshot
+    c.one(w.XS_WRITE, b"/x\0c", tx=t)
+    assert c.one(w.XS_READ, strings("/x"), tx=t).payload == b"c"
+    assert err(c.one(w.XS_TRANSACTION_END, strings("T"), tx=t)) == "EAGAIN"
+    assert other.one(w.XS_READ, strings("/x")).payload == b"b"
+    # The transaction is gone after EAGAIN.
+    assert err(c.one(w.XS_READ, strings("/x"), tx=t)) == "ENOENT"
+
+
+def test_full_snapshot_at_start(store: XenStore) -> None:
+    """pyxs test_transaction_commit_retry: the outside write precedes the first access."""
+    c, other = Sans(store), Sans(store)
+    t = start(c)
+    other.one(w.XS_WRITE, b"/foo/bar\0outside")
+    assert err(c.one(w.XS_READ, strings("/foo/bar"), tx=t)) == "ENOENT"  # snapshot
+    c.one(w.XS_WRITE, b"/foo/bar\0inside", tx=t)
+    assert err(c.one(w.XS_TRANSACTION_END, strings("T"), tx=t)) == "EAGAIN"
+    assert other.one(w.XS_READ, strings("/foo/bar")).payload == b"outside"
+
+
+def test_unrelated_writes_do_not_conflict(store: XenStore) -> None:
+    c, other = Sans(store), Sans(store)
+    t = start(c)
+    c.one(w.XS_WRITE, b"/tool/mine\0v", tx=t)
+    other.one(w.XS_WRITE, b"/local/domain/0/other\0v")
+    assert c.one(w.XS_TRANSACTION_END, strings("T"), tx=t).payload == b"OK\0"
+
+
+def test_rm_conflicts_with_write_below(store: XenStore) -> None:
+    c, other = Sans(store), Sans(store)
+    c.one(w.XS_WRITE, b"/s/a/b\0v")
+    t = start(c)
+    c.one(w.XS_RM, strings("/s"), tx=t)
+    other.one(w.XS_WRITE, b"/s/a/b/c\0deep")
+    assert err(c.one(w.XS_TRANSACTION_END, strings("T"), tx=t)) == "EAGAIN"
+    assert other.one(w.XS_READ, strings("/s/a/b/c")).payload == b"deep"
+
+
+def test_sibling_creation_conflicts(store: XenStore) -> None:
+    a, b = Sans(store), Sans(store)
+    a.one(w.XS_MKDIR, strings("/p"))
+    ta, tb = start(a), start(b)
+    a.one(w.XS_WRITE, b"/p/x\0v", tx=ta)
+    b.one(w.XS_WRITE, b"/p/y\0v", tx=tb)
+    assert a.one(w.XS_TRANSACTION_END, strings("T"), tx=ta).payload == b"OK\0"
+    assert err(b.one(w.XS_TRANSACTION_END, strings("T"), tx=tb)) == "EAGAIN"
+
+
+def test_abort_and_watches_fire_at_commit_only(store: XenStore) -> None:
+    c, watcher = Sans(store), Sans(store)
+    watcher.req(w.XS_WATCH, strings("/wt", "tok"))
+    t = start(c)
+    c.one(w.XS_WRITE, b"/wt/a\0v", tx=t)
+    assert watcher.events() == []
+    c.one(w.XS_TRANSACTION_END, strings("F"), tx=t)
+    assert watcher.events() == []
+    assert err(c.one(w.XS_READ, strings("/wt/a"))) == "ENOENT"
+    t = start(c)
+    c.one(w.XS_WRITE, b"/wt/a\0v", tx=t)
+    c.one(w.XS_WRITE, b"/wt/b\0v", tx=t)
+    c.one(w.XS_TRANSACTION_END, strings("T"), tx=t)
+    assert watcher.events() == [(b"/wt/a", b"tok"), (b"/wt/b", b"tok")]
+
+
+def test_reset_watches_and_close_drop_transactions(store: XenStore) -> None:
+    c = Sans(store)
+    t = start(c)
+    c.one(w.XS_WRITE, b"/gone\0v", tx=t)
+    assert c.one(w.XS_RESET_WATCHES, b"\0").payload == b"OK\0"
+    assert err(c.one(w.XS_READ, strings("/gone"), tx=t)) == "ENOENT"
+    t = start(c)
+    c.one(w.XS_WRITE, b"/gone\0v", tx=t)
+    c.conn.close()  # client vanishes mid-transaction
+    assert err(Sans(store).one(w.XS_READ, strings("/gone"))) == "ENOENT"
+    assert c.conn.feed(b"\0" * 16) == []
