@@ -1,0 +1,151 @@
+"""The XenBus shell over the real XenStore: libxl (toolstack) writes, both ends react.
+
+The toolstack side is xenpci.toolstack.libxl_pci (create/hot-plug exactly as
+libxl writes them); the two ends are XenbusWatch shells on separate clients,
+the frontend acting as the guest domain with the guest's permissions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from xenpci.abi.xenbus import XenbusState as S
+from xenpci.pci.address import SBDF
+from xenpci.toolstack import libxl_pci as lp
+from xenpci.xenbus.state import DriverCallback as CB
+from xenpci.xenbus.state import InvalidStateValue, Role, StateError, XenbusDevice
+from xenpci.xenbus.watch import XenbusWatch
+from xenpci.xenstore.client import XsClient
+from xenpci.xenstore.core import XenStore
+
+pytestmark = pytest.mark.timeout(30)
+DOMID = 7
+BE = lp.backend_path(DOMID)
+FE = lp.frontend_path(DOMID)
+
+
+class Pair:
+    def __init__(self) -> None:
+        self.store = XenStore()
+        self.tool = XsClient.in_process(self.store, 0)
+        self.xs_be = XsClient.in_process(self.store, 0)
+        self.xs_fe = XsClient.in_process(self.store, DOMID)
+        lp.device_pci_add_xenstore(
+            self.tool, DOMID, "guest", lp.PciBackendDevice(SBDF(0, 3, 0, 0)), starting=True
+        )
+        self.be = XenbusWatch(
+            self.xs_be, XenbusDevice(Role.BACKEND), BE, FE, error_path=f"{BE}/error"
+        )
+        self.fe = XenbusWatch(self.xs_fe, XenbusDevice(Role.FRONTEND), FE, BE)
+
+    def close(self) -> None:
+        for w in (self.be, self.fe):
+            w.close()
+        for c in (self.tool, self.xs_be, self.xs_fe):
+            c.close()
+
+    def state(self, path: str) -> bytes:
+        return self.tool.read(f"{path}/state")
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    p = Pair()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def connected(dev: XenbusDevice) -> bool:
+    return dev.state is S.XenbusStateConnected
+
+
+def test_initial_connect_over_xenstore(pair: Pair) -> None:
+    pair.be.start()
+    pair.fe.start()
+    assert pair.be.wait_for(connected) and pair.fe.wait_for(connected)
+    assert pair.be.device.history == [1, 2, 3, 4]
+    assert pair.fe.device.history == [1, 3, 4]
+    assert pair.state(BE) == b"4" and pair.state(FE) == b"4"
+    assert pair.be.calls == [CB.SETUP, CB.CONNECT]
+    assert pair.fe.calls == [CB.PUBLISH, CB.CONNECT]
+    assert pair.be.errors == [] and pair.fe.errors == []
+
+
+def test_hotplug_driven_by_libxl(pair: Pair) -> None:
+    pair.fe.start()
+    pair.be.start()
+    assert pair.be.wait_for(connected) and pair.fe.wait_for(connected)
+    # libxl hot-plug: waits for 4, writes dev-1 and state = 7 in one transaction
+    idx = lp.device_pci_add_xenstore(
+        pair.tool, DOMID, "guest", lp.PciBackendDevice(SBDF(0, 4, 0, 0)), starting=False
+    )
+    assert idx == 1
+
+    def cycled(d: XenbusDevice) -> bool:
+        return d.history[-3:] == [7, 8, 4]
+
+    assert pair.be.wait_for(cycled)
+    assert pair.fe.wait_for(lambda d: d.history == [1, 3, 4, 7, 4])
+    assert pair.be.device.history == [1, 2, 3, 4, 7, 8, 4]
+    # and libxl's next operation would see Connected
+    lp.wait_for_backend_state(pair.tool, DOMID, S.XenbusStateConnected, timeout=5)
+    assert pair.be.errors == []
+
+
+def test_frontend_closes_then_domain_released(pair: Pair) -> None:
+    pair.be.start()
+    pair.fe.start()
+    assert pair.be.wait_for(connected) and pair.fe.wait_for(connected)
+    pair.fe.switch_state(S.XenbusStateClosing)
+    assert pair.be.wait_for(lambda d: d.state is S.XenbusStateClosing)
+    pair.fe.switch_state(S.XenbusStateClosed)
+    assert pair.be.wait_for(lambda d: d.state is S.XenbusStateClosed)
+    assert pair.state(BE) == b"6"
+    # online = 1: the backend stays until the frontend's node vanishes
+    pair.tool.rm(FE)
+    assert pair.be.wait_for(lambda d: d.state is S.XenbusStateUnknown)
+    assert pair.be.calls[-2:] == [CB.DISCONNECT, CB.REMOVE]
+    assert pair.be.device.history == [1, 2, 3, 4, 5, 6, 0]
+
+
+def test_hostile_frontend_state_values(pair: Pair) -> None:
+    pair.be.start()
+    pair.fe.start()
+    assert pair.be.wait_for(connected)
+    # out-of-enum number: recorded, ignored (no case for it in Linux either)
+    pair.xs_fe.write(f"{FE}/state", "99")
+    assert pair.be.wait_for(lambda _d: len(pair.be.errors) == 1)
+    assert isinstance(pair.be.errors[0], InvalidStateValue)
+    assert pair.be.device.state is S.XenbusStateConnected
+    # garbage reads as Unknown (xenbus_read_driver_state): the guest only
+    # tears down its own connection
+    pair.xs_fe.write(f"{FE}/state", "connected!")
+    assert pair.be.wait_for(lambda d: d.state is S.XenbusStateUnknown)
+    assert CB.REMOVE in pair.be.calls
+
+
+def test_toolstack_illegal_backend_state_is_refused(pair: Pair) -> None:
+    pair.be.start()
+    pair.fe.start()
+    assert pair.be.wait_for(connected)
+    pair.tool.write(f"{BE}/state", "2")  # Connected -> InitWait is no edge
+    assert pair.be.wait_for(lambda _d: any(isinstance(e, StateError) for e in pair.be.errors))
+    assert pair.be.device.state is S.XenbusStateConnected
+
+
+def test_driver_failure_is_xenbus_dev_fatal(pair: Pair) -> None:
+    from xenpci.errors import XenpciError
+
+    def driver(cb: CB) -> None:
+        if cb is CB.SETUP:
+            raise XenpciError("no such device 0000:03:00.0")
+
+    pair.be.driver = driver
+    pair.be.start()
+    assert pair.be.device.state is S.XenbusStateClosing
+    assert pair.tool.read(f"{BE}/error") == b"setup: no such device 0000:03:00.0"
+    assert pair.state(BE) == b"5"
