@@ -1,0 +1,566 @@
+"""The toolstack library: domains and PCI passthrough as libxl does them for PV guests.
+
+Mirrors ``tools/libs/light``: ``libxl_domain_create_new`` / ``libxl_domain_destroy``
+(``libxl_create.c``, ``libxl_domain.c``), ``libxl_device_pci_assignable_add/remove/list``,
+``libxl__device_pci_add`` (``do_pci_add``, ``pci_add_dm_done``) and
+``libxl__device_pci_remove_common`` (``do_pci_remove``, ``pci_remove_detached``) of
+``libxl_pci.c`` (fact sheet pciback.md §3.2-§3.7). The XenStore keys are
+:mod:`xenpci.toolstack.libxl_pci`'s; dom0's privileged hypercalls are
+``xenpci.hv``'s; the machine (host devices, pciback's pool, guest kernels) is
+reached through the small :class:`Platform` protocol.
+
+Deliberate differences from libxl (each also said where it happens):
+
+- Refusals beyond libxl, unless ``allow_unsafe``: a memory BAR smaller than a
+  page that shares its page with another device's BAR (XSA-461: the guest would
+  be granted the neighbour's registers), and a device that can DMA on a machine
+  without an IOMMU (the guest becomes as trusted as dom0); and always: the
+  functions of one device split between two guests (they share fate in the
+  IOMMU and via function-level reset).
+- ``*`` (all functions): libxl HEAD attaches only the first function it finds;
+  we attach every present function.
+- Detach asks the guest to let go first (the XenStore Closing handshake) and
+  revokes permissions and the IOMMU context afterwards; libxl revokes first,
+  cutting off a driver that may still be doing DMA. With ``force`` an
+  unresponsive guest loses the device anyway.
+- Permissions are granted for every page a BAR touches (libxl computes
+  ``(size + 0xfff) >> 12`` from the truncated start frame, which misses the
+  last page of an unaligned BAR that crosses a page boundary) and a failed
+  attach rolls back every grant it made (libxl leaves earlier grants behind).
+- No quarantine: the hypervisor model has no ``DOMID_IO``; assignable devices
+  stay with dom0 (owned by pciback) until assigned, as with ``iommu=no-quarantine``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from xenpci.hv import Hypercalls, Hypervisor
+from xenpci.hv.errors import HvError
+from xenpci.hv.memory import PAGE_SHIFT, PAGE_SIZE
+from xenpci.pci import regs
+from xenpci.pci.address import SBDF
+from xenpci.pci.function import PciFunction
+from xenpci.toolstack import libxl_pci as lp
+from xenpci.toolstack.errors import LibxlErrorCode, Refused, ToolstackError
+from xenpci.toolstack.xlcfg import DomainConfig, PciSpec
+from xenpci.xenstore.client import XsClient
+from xenpci.xenstore.errors import XsError
+
+DEFAULT_MEMORY_MIB = 128  # libxl's default for a PV guest without ``memory=``
+PCIBACK_DRIVER_PATH = "/sys/bus/pci/drivers/pciback"
+
+
+class Platform(Protocol):
+    """What the toolstack needs from the machine it runs on (dom0's view of it)."""
+
+    hv: Hypervisor
+
+    def host_functions(self) -> list[PciFunction]:
+        """Every PCI function on the host (``/sys/bus/pci/devices``)."""
+        ...
+
+    def pciback_bound(self) -> set[SBDF]:
+        """Functions currently bound to pciback (``/sys/bus/pci/drivers/pciback``)."""
+        ...
+
+    def pciback_bind(self, sbdf: SBDF) -> None:
+        """Seize a function for passthrough (pciback ``new_slot`` + ``bind``)."""
+        ...
+
+    def pciback_unbind(self, sbdf: SBDF) -> None:
+        """Give a function back to dom0 (``unbind`` + ``remove_slot``)."""
+        ...
+
+    def pciback_set_permissive(self, sbdf: SBDF) -> None:
+        """``echo BDF > pciback/permissive``."""
+        ...
+
+    def reset_device(self, sbdf: SBDF) -> str | None:
+        """``echo 1 > /sys/bus/pci/devices/BDF/reset``: the method used, or None if none works."""
+        ...
+
+    def start_guest(self, name: str, memory_kib: int) -> int:
+        """Create a PV domain running a guest kernel (XenBus, pcifront); return its domid."""
+        ...
+
+    def stop_guest(self, domid: int) -> None:
+        """Shut the guest kernel down and destroy the domain."""
+        ...
+
+
+@dataclass(slots=True)
+class DomainRecord:
+    """What the toolstack remembers of a guest it created (libxl's domain userdata)."""
+
+    domid: int
+    name: str
+    memory_mib: int
+    vcpus: int
+    allow_unsafe: bool = False
+    # host BDF -> the grants made for it, so detach revokes exactly those
+    grants: dict[SBDF, Grants] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Grants:
+    """Permissions one attach gave a guest: iomem (first_mfn, nr), ioports (first, nr), pirq."""
+
+    iomem: tuple[tuple[int, int], ...] = ()
+    ioports: tuple[tuple[int, int], ...] = ()
+    pirq: int | None = None
+    assigned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DomainInfo:
+    """One line of ``xl list``."""
+
+    name: str
+    domid: int
+    memory_mib: int
+    vcpus: int
+    state: str = "-b----"
+
+
+@dataclass(frozen=True, slots=True)
+class AssignableDevice:
+    sbdf: SBDF
+    name: str | None
+
+
+def bar_page_ranges(fn: PciFunction) -> list[tuple[str, int, int]]:
+    """The resource ranges libxl grants for ``fn``: ("iomem", first_mfn, nr) or ("ioport", ...).
+
+    Walks the six BARs and the ROM (``PROC_PCI_NUM_RESOURCES``), skipping
+    unassigned ones (address 0) and unknown sizes.
+    """
+    out: list[tuple[str, int, int]] = []
+    for bar in fn.bars:
+        if not bar.address or not bar.size:
+            continue
+        if bar.is_io:
+            out.append(("ioport", bar.address, bar.size))
+        else:
+            first = bar.address >> PAGE_SHIFT
+            last = (bar.address + bar.size - 1) >> PAGE_SHIFT
+            out.append(("iomem", first, last - first + 1))
+    return out
+
+
+def legacy_irq(fn: PciFunction) -> int | None:
+    """dom0's IRQ for the function's INTx (``/sys/bus/pci/devices/BDF/irq``), if any."""
+    if fn.config.known_size <= regs.PCI_INTERRUPT_PIN:
+        return None
+    if not fn.config.read(regs.PCI_INTERRUPT_PIN, 1):
+        return None
+    irq = fn.config.read(regs.PCI_INTERRUPT_LINE, 1)
+    return irq if 0 < irq < 0xFF else None
+
+
+def shared_page_neighbours(fn: PciFunction, others: Iterable[PciFunction]) -> list[str]:
+    """Other functions' BARs that share a 4 KiB page with one of ``fn``'s sub-page memory BARs."""
+    mine = [
+        (b.address >> PAGE_SHIFT, b.index)
+        for b in fn.bars
+        if b.address and b.size and not b.is_io and b.size < PAGE_SIZE
+    ]
+    hits: list[str] = []
+    for other in others:
+        if other.sbdf == fn.sbdf:
+            continue
+        for ob in other.bars:
+            if not ob.address or not ob.size or ob.is_io:
+                continue
+            o_first = ob.address >> PAGE_SHIFT
+            o_last = (ob.address + ob.size - 1) >> PAGE_SHIFT
+            for page, idx in mine:
+                if o_first <= page <= o_last:
+                    hits.append(f"BAR{idx} of {fn.sbdf} shares page 0x{page:x} with {other.sbdf}")
+    return hits
+
+
+def is_dma_capable(fn: PciFunction) -> bool:
+    """Can the function master the bus? Any endpoint can; a bridge forwards, it does not master.
+
+    (A type-1 header is a bridge; everything else may set Bus Master and DMA.)
+    """
+    header = fn.config.read(regs.PCI_HEADER_TYPE, 1) & 0x7F
+    return header == regs.PCI_HEADER_TYPE_NORMAL
+
+
+class Libxl:
+    """One toolstack context (``libxl_ctx``) over a machine; all calls are serialized."""
+
+    def __init__(
+        self, platform: Platform, xs: XsClient, *, timeout: float = lp.DEFAULT_TIMEOUT
+    ) -> None:
+        self.platform = platform
+        self.hv = platform.hv
+        self.xs = xs
+        self.timeout = timeout
+        self.domains: dict[int, DomainRecord] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def _dom0(self) -> Hypercalls:
+        return self.hv.dom0.hypercalls
+
+    # ------------------------------------------------------------------ lookups
+    def _function(self, sbdf: SBDF) -> PciFunction:
+        for fn in self.platform.host_functions():
+            if fn.sbdf == sbdf:
+                return fn
+        raise Refused(
+            "no-such-device",
+            f"PCI device {sbdf} does not exist on this host",
+            LibxlErrorCode.ERROR_INVAL,
+        )
+
+    def _domain(self, dom: int | str) -> DomainRecord:
+        for rec in self.domains.values():
+            if rec.domid == dom or rec.name == dom or str(rec.domid) == dom:
+                return rec
+        raise ToolstackError(f"domain {dom!r} does not exist", LibxlErrorCode.ERROR_INVAL)
+
+    def resolve(self, spec: PciSpec) -> SBDF:
+        """The host address a spec names (by ``name=`` through ``/libxl/pci/*/name``)."""
+        if spec.sbdf is not None:
+            return spec.sbdf
+        assert spec.name is not None
+        sbdf = lp.resolve_name(self.xs, spec.name)
+        if sbdf is None:
+            raise Refused(
+                "no-such-name",
+                f"no assignable device named {spec.name!r}",
+                LibxlErrorCode.ERROR_INVAL,
+            )
+        return sbdf
+
+    # ------------------------------------------------------------------ domains
+    def domain_create(self, cfg: DomainConfig, *, allow_unsafe: bool = False) -> int:
+        """``xl create``: a PV guest with its ``pci=`` devices attached before it runs.
+
+        As libxl, a failed device attach fails the whole creation and the domain
+        is destroyed.
+        """
+        with self._lock:
+            if any(r.name == cfg.name for r in self.domains.values()) or cfg.name == "Domain-0":
+                raise ToolstackError(
+                    f"domain with name {cfg.name!r} already exists", LibxlErrorCode.ERROR_INVAL
+                )
+            if cfg.pci and not self.hv.iommu_enabled and not allow_unsafe:
+                # libxl__domain_config_setdefault: passthrough needs an IOMMU.
+                raise Refused(
+                    "no-iommu",
+                    "passthrough not supported on this platform (no IOMMU): a guest driving "
+                    "a DMA-capable device could reach all memory and be as trusted as dom0; "
+                    "override with --allow-unsafe",
+                )
+            # Check every device before anything is created, so a refusal leaves nothing.
+            for spec in cfg.pci:
+                for sbdf in self._functions_of(spec):
+                    self._check_attachable(sbdf, None, allow_unsafe)
+            mem = cfg.memory_mib or DEFAULT_MEMORY_MIB
+            domid = self.platform.start_guest(cfg.name, mem * 1024)
+            rec = DomainRecord(domid, cfg.name, mem, cfg.vcpus, allow_unsafe)
+            self.domains[domid] = rec
+            try:
+                for spec in cfg.pci:
+                    self._pci_add(rec, spec, starting=True)
+            except BaseException:
+                self.domain_destroy(domid)
+                raise
+            return domid
+
+    def domain_destroy(self, dom: int | str) -> None:
+        """``xl destroy``: force-remove every device (``libxl__device_pci_destroy_all``)."""
+        with self._lock:
+            rec = self._domain(dom)
+            for entry in reversed(lp.device_pci_list(self.xs, rec.domid)):
+                # force: carry on, the domain is going anyway
+                with contextlib.suppress(ToolstackError):
+                    self._pci_remove(rec, entry.sbdf, force=True, timeout=min(self.timeout, 1.0))
+            # Devices still recorded (half-attached) are released too.
+            for sbdf in list(rec.grants):
+                self._release(rec, sbdf)
+            lp.device_destroy(self.xs, rec.domid)
+            self.platform.stop_guest(rec.domid)
+            del self.domains[rec.domid]
+
+    def domain_list(self) -> list[DomainInfo]:
+        """``xl list``: dom0 first, then guests by domid."""
+        with self._lock:
+            dom0 = self.hv.dom0
+            out = [DomainInfo("Domain-0", 0, dom0.nr_pages * PAGE_SIZE >> 20, 1, "r-----")]
+            for rec in sorted(self.domains.values(), key=lambda r: r.domid):
+                out.append(DomainInfo(rec.name, rec.domid, rec.memory_mib, rec.vcpus))
+            return out
+
+    # ------------------------------------------------------------------ assignable
+    def assignable_add(self, sbdf: SBDF, name: str | None = None) -> None:
+        """``libxl_device_pci_assignable_add``: bind to pciback, remember the driver, name it."""
+        with self._lock:
+            fn = self._function(sbdf)
+            if name is not None:
+                lp.PciBackendDevice(sbdf, name=name)  # libxl: <= 64 chars, all isgraph
+                other = lp.resolve_name(self.xs, name)
+                if other is not None and other != sbdf:
+                    raise Refused(
+                        "name-in-use",
+                        f"name {name!r} already names {other}",
+                        LibxlErrorCode.ERROR_INVAL,
+                    )
+            if sbdf not in self.platform.pciback_bound():
+                if fn.driver and fn.driver != "pciback":
+                    lp.set_driver_path(self.xs, sbdf, f"/sys/bus/pci/drivers/{fn.driver}")
+                self.platform.pciback_bind(sbdf)
+            # else: libxl warns "already bound to pciback" and goes on to naming.
+            lp.set_assignable_name(self.xs, sbdf, name)
+            # Quarantine (xc_assign_device(DOMID_IO)) is not modelled: see the module docstring.
+
+    def assignable_remove(self, bdf_or_name: str, *, rebind: bool = False) -> SBDF:
+        """``libxl_device_pci_assignable_remove``: NAME tried first, then BDF."""
+        with self._lock:
+            sbdf = lp.resolve_name(self.xs, bdf_or_name)
+            if sbdf is None:
+                try:
+                    sbdf = SBDF.parse(bdf_or_name)
+                except ValueError as e:
+                    raise ToolstackError(
+                        f"{bdf_or_name!r} is neither an assignable name nor a BDF: {e}",
+                        LibxlErrorCode.ERROR_INVAL,
+                    ) from None
+            owner = lp.assigned_domid(self.xs, sbdf)
+            if owner is not None:
+                raise Refused(
+                    "assigned",
+                    f"PCI device {sbdf} is assigned to domain {owner}; detach it first",
+                )
+            if sbdf in self.platform.pciback_bound():
+                self.platform.pciback_unbind(sbdf)
+            # -r: rebind to the driver it had (we only forget the path; the model has no drivers).
+            if rebind:
+                lp.set_driver_path(self.xs, sbdf, None)
+            lp.set_assignable_name(self.xs, sbdf, None)
+            return sbdf
+
+    def assignable_list(self) -> list[AssignableDevice]:
+        """Bound to pciback and not assigned to a guest (no ``/libxl/pci/<bdf>/domid``)."""
+        with self._lock:
+            out = []
+            for sbdf in sorted(self.platform.pciback_bound()):
+                if lp.assigned_domid(self.xs, sbdf) is None:
+                    out.append(AssignableDevice(sbdf, lp.assignable_name(self.xs, sbdf)))
+            return out
+
+    # ------------------------------------------------------------------ attach
+    def pci_attach(self, dom: int | str, spec: PciSpec, *, allow_unsafe: bool = False) -> None:
+        """``xl pci-attach``: hot-plug into a running guest."""
+        with self._lock:
+            rec = self._domain(dom)
+            for sbdf in self._functions_of(spec):
+                self._check_attachable(sbdf, rec.domid, allow_unsafe or rec.allow_unsafe)
+            self._pci_add(rec, spec, starting=False, allow_unsafe=allow_unsafe)
+
+    def pci_list(self, dom: int | str) -> list[lp.PciBackendEntry]:
+        with self._lock:
+            return lp.device_pci_list(self.xs, self._domain(dom).domid)
+
+    def _functions_of(self, spec: PciSpec) -> list[SBDF]:
+        """The host functions a spec covers: one, or with ``*`` every present one of the slot."""
+        base = self.resolve(spec)
+        if not spec.all_functions:
+            return [base]
+        if spec.vslot is None:
+            # libxl: "Must specify a v-slot for multi-function devices"
+            raise ToolstackError(
+                "must specify a v-slot for multi-function devices", LibxlErrorCode.ERROR_INVAL
+            )
+        present = [
+            fn.sbdf
+            for fn in self.platform.host_functions()
+            if (fn.sbdf.segment, fn.sbdf.bus, fn.sbdf.device)
+            == (base.segment, base.bus, base.device)
+        ]
+        if not present:
+            self._function(base)  # raises "does not exist"
+        return sorted(present)
+
+    def _check_attachable(self, sbdf: SBDF, domid: int | None, allow_unsafe: bool) -> None:
+        """Every refusal, each with its reason (fact sheet §3.4 step 3, plus ours)."""
+        fn = self._function(sbdf)
+        owner = lp.assigned_domid(self.xs, sbdf)
+        if owner is not None:
+            raise Refused(
+                "already-assigned",
+                f"PCI device {sbdf} is already assigned to domain {owner}",
+            )
+        if sbdf not in self.platform.pciback_bound():
+            raise Refused(
+                "not-assignable",
+                f"PCI device {sbdf} is not assignable (not bound to pciback; "
+                "use xl pci-assignable-add)",
+            )
+        # Beyond libxl: all functions of one device must go to the same guest.
+        for other in self.platform.host_functions():
+            o = other.sbdf
+            if o == sbdf or (o.segment, o.bus, o.device) != (sbdf.segment, sbdf.bus, sbdf.device):
+                continue
+            o_owner = lp.assigned_domid(self.xs, o)
+            if o_owner is not None and o_owner != domid:
+                raise Refused(
+                    "split-functions",
+                    f"PCI device {sbdf}: function {o} of the same device is assigned to "
+                    f"domain {o_owner}; functions of one device may not be split between guests",
+                )
+        if allow_unsafe:
+            return
+        if not self.hv.iommu_enabled and is_dma_capable(fn):
+            raise Refused(
+                "no-iommu",
+                f"PCI device {sbdf} can DMA and this machine has no IOMMU: the guest could "
+                "read and write all memory and would be as trusted as dom0 "
+                "(override with --allow-unsafe)",
+            )
+        shared = shared_page_neighbours(fn, self.platform.host_functions())
+        if shared:
+            raise Refused(
+                "shared-page",
+                f"PCI device {sbdf} has a BAR smaller than a page sharing it with another "
+                f"device ({'; '.join(shared)}); the guest would be granted the neighbour's "
+                "registers (XSA-461) (override with --allow-unsafe)",
+            )
+
+    def _pci_add(
+        self, rec: DomainRecord, spec: PciSpec, *, starting: bool, allow_unsafe: bool = False
+    ) -> None:
+        functions = self._functions_of(spec)
+        for sbdf in functions:
+            self._check_attachable(sbdf, rec.domid, allow_unsafe or rec.allow_unsafe)
+        done: list[SBDF] = []
+        try:
+            for sbdf in functions:
+                vdevfn = spec.vdevfn | (sbdf.function if spec.all_functions else 0)
+                self._do_pci_add(rec, sbdf, spec, vdevfn, starting=starting)
+                done.append(sbdf)
+        except BaseException:
+            for sbdf in reversed(done):
+                self._pci_remove(rec, sbdf, force=True, timeout=min(self.timeout, 1.0))
+            raise
+
+    def _do_pci_add(
+        self, rec: DomainRecord, sbdf: SBDF, spec: PciSpec, vdevfn: int, *, starting: bool
+    ) -> None:
+        """``do_pci_add`` + ``pci_add_dm_done`` for one function (PV: no device model)."""
+        fn = self._function(sbdf)
+        lp.set_assigned_domid(self.xs, sbdf, rec.domid)
+        rec.grants[sbdf] = Grants()
+        try:
+            self.platform.reset_device(sbdf)
+            iomem: list[tuple[int, int]] = []
+            ioports: list[tuple[int, int]] = []
+            for kind, first, nr in bar_page_ranges(fn):
+                if kind == "ioport":
+                    self._dom0.ioport_permission(rec.domid, first, nr, True)
+                    ioports.append((first, nr))
+                else:
+                    self._dom0.iomem_permission(rec.domid, first, nr, True)
+                    iomem.append((first, nr))
+                rec.grants[sbdf] = Grants(tuple(iomem), tuple(ioports))
+            irq = legacy_irq(fn)
+            pirq: int | None = None
+            if irq is not None:
+                # xc_physdev_map_pirq(domid, irq, &pirq): the guest's pirq equals dom0's irq.
+                pirq = self._dom0.map_pirq(rec.domid, irq)
+                rec.grants[sbdf] = Grants(tuple(iomem), tuple(ioports), pirq)
+                self._dom0.irq_permission(rec.domid, pirq, True)
+            if spec.permissive:
+                self.platform.pciback_set_permissive(sbdf)
+            assigned = False
+            if self.hv.iommu_enabled:
+                self._dom0.assign_device(rec.domid, sbdf.sbdf_int)
+                assigned = True
+            rec.grants[sbdf] = Grants(tuple(iomem), tuple(ioports), pirq, assigned)
+            dev = lp.PciBackendDevice(
+                sbdf,
+                vdevfn=vdevfn,
+                name=spec.name,
+                msitranslate=spec.msitranslate,
+                power_mgmt=spec.power_mgmt,
+                permissive=spec.permissive,
+                rdm_policy=spec.rdm_policy,
+            )
+            lp.device_pci_add_xenstore(
+                self.xs, rec.domid, rec.name, dev, starting=starting, timeout=self.timeout
+            )
+        except HvError as e:
+            self._release(rec, sbdf)
+            raise ToolstackError(f"PCI device {sbdf}: hypervisor refused: {e}") from e
+        except BaseException:
+            self._release(rec, sbdf)
+            raise
+
+    # ------------------------------------------------------------------ detach
+    def pci_detach(self, dom: int | str, spec: PciSpec, *, force: bool = False) -> None:
+        """``xl pci-detach [-f]``; functions are removed 7 -> 0 as libxl's ``next_func``."""
+        with self._lock:
+            rec = self._domain(dom)
+            base = self.resolve(spec)
+            attached = {e.sbdf for e in lp.device_pci_list(self.xs, rec.domid)}
+            if spec.all_functions:
+                targets = sorted(
+                    (
+                        s
+                        for s in attached
+                        if (s.segment, s.bus, s.device) == (base.segment, base.bus, base.device)
+                    ),
+                    reverse=True,
+                )
+            else:
+                targets = [base]
+            if not targets or any(t not in attached for t in targets):
+                raise ToolstackError(
+                    f"PCI device {base} is not attached to domain {rec.domid}",
+                    LibxlErrorCode.ERROR_INVAL,
+                )
+            for sbdf in targets:
+                self._pci_remove(rec, sbdf, force=force, timeout=self.timeout)
+
+    def _pci_remove(self, rec: DomainRecord, sbdf: SBDF, *, force: bool, timeout: float) -> None:
+        # Guest first (Closing handshake, pcifront unbinds its driver), then the hypervisor
+        # state; libxl does the reverse (pci_remove_detached before the XenStore removal).
+        try:
+            lp.device_pci_remove_xenstore(self.xs, rec.domid, sbdf, timeout=timeout, force=force)
+        except ToolstackError:
+            if not force:
+                raise
+        self._release(rec, sbdf)
+
+    def _release(self, rec: DomainRecord, sbdf: SBDF) -> None:
+        """Revoke what the attach granted, de-assign, reset, and forget the owner."""
+        g = rec.grants.pop(sbdf, Grants())
+        alive = any(d.domid == rec.domid for d in self.hv.domains())
+        if alive:
+            for first, nr in g.iomem:
+                self._ignore_hv(self._dom0.iomem_permission, rec.domid, first, nr, False)
+            for first, nr in g.ioports:
+                self._ignore_hv(self._dom0.ioport_permission, rec.domid, first, nr, False)
+            if g.pirq is not None:
+                self._ignore_hv(self._dom0.irq_permission, rec.domid, g.pirq, False)
+                self._ignore_hv(self._dom0.unmap_pirq, rec.domid, g.pirq)
+            if g.assigned:
+                self._ignore_hv(self._dom0.deassign_device, rec.domid, sbdf.sbdf_int)
+        self.platform.reset_device(sbdf)
+        with contextlib.suppress(XsError):
+            lp.clear_assigned_domid(self.xs, sbdf)
+
+    @staticmethod
+    def _ignore_hv(call: Callable[..., object], *args: object) -> None:
+        # the domain may already be gone; teardown must go on
+        with contextlib.suppress(HvError):
+            call(*args)
