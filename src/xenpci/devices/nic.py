@@ -22,8 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from xenpci.devices.base import DeviceModel, Region
+from xenpci.devices.builder import ConfigBuilder, MsixLayout
 from xenpci.devices.dma import DmaPort
 from xenpci.devices.errors import DmaFault
+from xenpci.devices.irq import RaiseIrq
 from xenpci.devices.regfile import Reg, RegisterFile
 from xenpci.devices.ring import (
     DESC_STA_DD,
@@ -32,6 +35,7 @@ from xenpci.devices.ring import (
     Descriptor,
     DescriptorRing,
 )
+from xenpci.pci.address import SBDF
 
 NIC_MMIO_SIZE = 0x20000  # 128 KiB, as the 8254x BAR0
 RX_BUFFER_SIZE = 2048
@@ -239,3 +243,62 @@ class NicCore:
         self.regs["TPR"] = self.regs["TPR"] + 1
         self.raise_cause(ICR_RXT0)
         return True
+
+
+# --- the PCI function ------------------------------------------------------------
+NIC_VENDOR = 0x1B36  # Red Hat/QEMU range; see NicFunction
+NIC_DEVICE = 0x00E0
+NIC_MSIX_BAR = 3
+
+
+class NicFunction(DeviceModel):
+    """The loopback NIC as a PCIe endpoint.
+
+    IDs: vendor 1b36 (Red Hat, the range QEMU uses for its own test devices)
+    with device 00e0, which xenpci picked and which is not a real product; it
+    does not claim e1000 compatibility (8086:100e) because the register subset
+    differs (see module doc). BAR0: 128 KiB registers; BAR3: 16 KiB holding the
+    MSI-X table (offset 0) and PBA (offset 0x2000) on separate pages, as
+    igb-class NICs do, so passthrough can map BAR0 whole. MSI-X vectors:
+    0 = RX, 1 = TX, 2 = other (link, DMA error); INTx pin A otherwise.
+    """
+
+    model_name = "nic"
+
+    def __init__(
+        self,
+        sbdf: SBDF,
+        *,
+        dma: DmaPort | None = None,
+        raise_irq: RaiseIrq | None = None,
+        multifunction: bool = False,
+    ) -> None:
+        b = ConfigBuilder(
+            NIC_VENDOR,
+            NIC_DEVICE,
+            0x020000,
+            revision=1,
+            subsystem=(NIC_VENDOR, NIC_DEVICE),
+            express=True,
+            multifunction=multifunction,
+            interrupt_pin=1,
+        )
+        b.bar(0, "mem32", NIC_MMIO_SIZE)
+        b.bar(NIC_MSIX_BAR, "mem32", 0x4000)
+        b.add_pm()
+        b.add_express(flr=True)
+        layout = MsixLayout(NIC_MSIX_VECTORS, NIC_MSIX_BAR, 0, NIC_MSIX_BAR, 0x2000)
+        b.add_msix(layout)
+        built = b.build()
+        super().__init__(sbdf, built, dma=dma, raise_irq=raise_irq, msix=layout)
+        self.core = NicCore(self.dma, self.signal)
+        regs_ = self.core.regs
+        self.add_region(0, Region("nic-regs", 0, NIC_MMIO_SIZE, regs_.read, regs_.write))
+        regs_.on_write("ICR", self._icr_written)
+
+    def _icr_written(self, _old: int, new: int) -> None:
+        if not new & self.core.regs["IMS"]:
+            self.set_intx(False)
+
+    def reset_device(self) -> None:
+        self.core.reset()

@@ -23,9 +23,13 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from xenpci.devices.base import DeviceModel, Region
+from xenpci.devices.builder import ConfigBuilder, MsixLayout
 from xenpci.devices.dma import PAGE_SIZE, DmaPort
 from xenpci.devices.errors import DmaFault
+from xenpci.devices.irq import RaiseIrq
 from xenpci.devices.regfile import Reg, RegisterFile
+from xenpci.pci.address import SBDF
 
 NVME_MMIO_SIZE = 0x2000  # registers + doorbells (MSI-X lives in another BAR region)
 NVME_REG_CAP = 0x00
@@ -376,3 +380,53 @@ class NvmeCore:
             self.last_fault = fault
             return SC_DATA_TRANSFER_ERROR
         return SC_SUCCESS
+
+
+# --- the PCI function ------------------------------------------------------------
+NVME_VENDOR = 0x1B36
+NVME_DEVICE = 0x0010
+NVME_BAR_SIZE = 0x4000
+NVME_MSIX_VECTORS = MAX_QUEUES
+
+
+class NvmeFunction(DeviceModel):
+    """The NVMe-like controller as a PCIe endpoint.
+
+    IDs 1b36:0010 are the ones QEMU assigns to its own NVMe controller
+    (``docs/specs/pci-ids.rst``); this model implements the NVMe register
+    interface (a subset, see module doc), class 01:08:02 (NVM Express).
+    BAR0 is a 64-bit 16 KiB BAR (NVMe MLBAR/MUBAR): registers and doorbells
+    in 0..0x2000, the MSI-X table at 0x2000 and the PBA at 0x3000, each on
+    its own page. One MSI-X vector per queue pair.
+    """
+
+    model_name = "nvme"
+
+    def __init__(
+        self,
+        sbdf: SBDF,
+        *,
+        dma: DmaPort | None = None,
+        raise_irq: RaiseIrq | None = None,
+    ) -> None:
+        b = ConfigBuilder(
+            NVME_VENDOR,
+            NVME_DEVICE,
+            0x010802,
+            revision=2,
+            subsystem=(NVME_VENDOR, NVME_DEVICE),
+            express=True,
+            interrupt_pin=1,
+        )
+        b.bar(0, "mem64", NVME_BAR_SIZE)
+        b.add_pm()
+        b.add_express(flr=True)
+        layout = MsixLayout(NVME_MSIX_VECTORS, 0, 0x2000, 0, 0x3000)
+        b.add_msix(layout)
+        super().__init__(sbdf, b.build(), dma=dma, raise_irq=raise_irq, msix=layout)
+        self.core = NvmeCore(self.dma, self.signal)
+        regs_ = self.core.regs
+        self.add_region(0, Region("nvme-regs", 0, NVME_MMIO_SIZE, regs_.read, regs_.write))
+
+    def reset_device(self) -> None:
+        self.core.reset()
