@@ -1,0 +1,152 @@
+"""Domains, vCPU threads and per-domain memory."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.hv.conftest import vcpu_threads
+from xenpci.hv import (
+    PAGE_SIZE,
+    DomainDead,
+    DomainExists,
+    Hypervisor,
+    InvalidArgument,
+    NoSuchDomain,
+    OutOfMemory,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_dom0_is_privileged_and_guests_are_not(hv: Hypervisor) -> None:
+    g = hv.create_domain("g", 64)
+    assert hv.dom0.domid == 0 and hv.dom0.privileged
+    assert g.domid == 1 and not g.privileged and g.nr_pages == 16
+    assert [d.domid for d in hv.domains()] == [0, 1]
+    assert hv.domain(1) is g
+
+
+def test_create_domain_bad_arguments_change_nothing(hv: Hypervisor) -> None:
+    hv.create_domain("g", 64, domid=5)
+    allocated = hv.machine.allocated
+    with pytest.raises(DomainExists) as e:
+        hv.create_domain("h", 64, domid=5)
+    assert e.value.errno == "EEXIST"
+    with pytest.raises(DomainExists):
+        hv.create_domain("g", 64)
+    for bad in (0, 6, -4):
+        with pytest.raises(InvalidArgument):
+            hv.create_domain("h", bad)
+    with pytest.raises(InvalidArgument):
+        hv.create_domain("h", 64, domid=0x7FF0)
+    with pytest.raises(OutOfMemory) as oom:
+        hv.create_domain("huge", 4 * 10**7)
+    assert oom.value.errno == "ENOMEM"
+    assert hv.machine.allocated == allocated
+    assert [d.domid for d in hv.domains()] == [0, 5]
+
+
+def test_unknown_domid(hv: Hypervisor) -> None:
+    with pytest.raises(NoSuchDomain) as e:
+        hv.domain(42)
+    assert e.value.errno == "ESRCH"
+    with pytest.raises(NoSuchDomain):
+        hv.destroy_domain(42)
+    with pytest.raises(InvalidArgument):
+        hv.destroy_domain(0)
+
+
+def test_memory_is_private_and_spans_pages(hv: Hypervisor) -> None:
+    a = hv.create_domain("a", 64)
+    b = hv.create_domain("b", 64)
+    data = bytes(range(256)) * 20  # 5120 bytes: crosses a page boundary
+    a.hypercalls.write(PAGE_SIZE - 100, data)
+    assert a.hypercalls.read(PAGE_SIZE - 100, len(data)) == data
+    assert b.hypercalls.read(PAGE_SIZE - 100, len(data)) == bytes(len(data))
+    assert set(a.p2m.mfns).isdisjoint(b.p2m.mfns)
+
+
+def test_memory_outside_the_domain_is_einval_and_writes_nothing(hv: Hypervisor) -> None:
+    g = hv.create_domain("g", 8)  # two pages
+    before = g.hypercalls.read(0, 2 * PAGE_SIZE)
+    with pytest.raises(InvalidArgument) as e:
+        g.hypercalls.write(2 * PAGE_SIZE - 2, b"spill")
+    assert e.value.errno == "EINVAL"
+    assert g.hypercalls.read(0, 2 * PAGE_SIZE) == before
+    with pytest.raises(InvalidArgument):
+        g.hypercalls.page(2)
+    with pytest.raises(InvalidArgument):
+        g.hypercalls.read(-1, 4)
+
+
+def test_page_is_a_live_view(hv: Hypervisor) -> None:
+    g = hv.create_domain("g", 16)  # 4 pages
+    view = g.hypercalls.page(3)
+    g.hypercalls.write(3 * PAGE_SIZE + 10, b"xyz")
+    assert bytes(view[10:13]) == b"xyz"
+    view[0:2] = b"hi"
+    assert g.hypercalls.read(3 * PAGE_SIZE, 2) == b"hi"
+
+
+def test_alloc_page_hands_out_distinct_zeroed_frames(hv: Hypervisor) -> None:
+    g = hv.create_domain("g", 64)  # 16 pages
+    g.hypercalls.write(0, b"\xff" * (4 * PAGE_SIZE))
+    got = {g.hypercalls.alloc_page() for _ in range(4)}
+    assert len(got) == 4
+    for gfn in got:
+        assert g.hypercalls.read(gfn * PAGE_SIZE, PAGE_SIZE) == bytes(PAGE_SIZE)
+    while True:
+        try:
+            got.add(g.hypercalls.alloc_page())
+        except OutOfMemory:
+            break
+    assert got == set(range(16))
+
+
+def test_frames_of_a_destroyed_domain_are_scrubbed_before_reuse(hv: Hypervisor) -> None:
+    a = hv.create_domain("a", 16)
+    a.hypercalls.write(0, b"secret" * 1000)
+    mfns = set(a.p2m.mfns)
+    hv.destroy_domain(a.domid)
+    b = hv.create_domain("b", 16)
+    assert mfns & set(b.p2m.mfns), "freed frames are reused"
+    assert b.hypercalls.read(0, 4 * PAGE_SIZE) == bytes(4 * PAGE_SIZE)
+
+
+def test_run_and_call_execute_on_the_domains_own_thread(hv: Hypervisor) -> None:
+    g = hv.create_domain("g", 16)
+    name = g.call(lambda: threading.current_thread().name)
+    assert name == "d1v0-g"
+    assert g.run(lambda x: x * 2, 21).result(5) == 42
+    # call from the domain's own thread runs inline instead of deadlocking.
+    assert g.call(lambda: g.call(lambda: 7)) == 7
+    with pytest.raises(ZeroDivisionError):
+        g.call(lambda: 1 // 0)
+    assert g.call(lambda: "still alive") == "still alive"
+
+
+def test_destroyed_domain_rejects_work_and_hypercalls(hv: Hypervisor) -> None:
+    g = hv.create_domain("g", 16)
+    hc = g.hypercalls
+    hv.destroy_domain(g.domid)
+    with pytest.raises(DomainDead):
+        g.run(lambda: None)
+    with pytest.raises(NoSuchDomain):
+        hc.read(0, 1)
+    with pytest.raises(NoSuchDomain):
+        hc.evtchn_alloc_unbound(0)
+
+
+def test_shutdown_stops_every_thread() -> None:
+    before = set(vcpu_threads())
+    hv = Hypervisor(ram_frames=1024, dom0_memory_kib=64)
+    for i in range(5):
+        hv.create_domain(f"g{i}", 16)
+    assert len(set(vcpu_threads()) - before) == 6
+    hv.shutdown()
+    hv.shutdown()  # idempotent
+    assert set(vcpu_threads()) <= before
+    with pytest.raises(InvalidArgument):
+        hv._create_domain("late", 16, None)
