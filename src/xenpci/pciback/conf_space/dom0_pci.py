@@ -1,0 +1,274 @@
+"""dom0 Linux's PCI core state for a seized device, as pciback drives it.
+
+Models the parts of ``struct pci_dev`` and ``drivers/pci/pci.c`` /
+``drivers/pci/msi/`` that xen-pciback calls: ``pci_enable_device`` /
+``pci_disable_device`` (``enable_cnt``), ``pci_set_master`` /
+``pci_clear_master`` (``is_busmaster``), ``pci_set_mwi`` / ``pci_clear_mwi``,
+``pci_intx``, ``pci_set_power_state``, ``msi_enabled`` / ``msix_enabled`` and
+``dev->irq``, plus ``pci_save_state`` / ``pci_restore_state``.
+
+Differences: these helpers act on the host function through its
+``config_read``/``config_write`` only (so device models see the same config
+cycles Linux would issue), MSI/MSI-X vector set-up is delegated to an
+:class:`InterruptPlatform` (the hypervisor maps pirqs), and the saved state
+is the 64-byte header only (Linux also saves PCIe/MSI capability state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from xenpci.pci import regs
+from xenpci.pci.capabilities import find_capability as _find_capability
+from xenpci.pci.errors import ConfigError
+from xenpci.pci.function import PciFunction
+from xenpci.pciback.errors import EINVAL, EIO
+
+_PCI_CFG_SPACE_MAX = regs.PCI_CFG_SPACE_EXP_SIZE
+
+
+#: Every host device source (dump, sysfs, model) is a ``PciFunction``.
+HostFunction = PciFunction
+
+
+class InterruptPlatform(Protocol):
+    """How dom0 gets MSI/MSI-X vectors for a guest: pirqs from the hypervisor.
+
+    Linux dom0 does this in ``xen_initdom_setup_msi_irqs`` (``arch/x86/pci/xen.c``):
+    ``PHYSDEVOP_map_pirq`` with the guest as owner, so the returned pirqs live in
+    the guest's pirq space. Implementations raise nothing for a refusal: they
+    return a negative errno instead (the value pciback would get).
+    """
+
+    def enable_msi(self, dev: HostFunction, owner: int, nvec: int) -> list[int] | int: ...
+
+    def disable_msi(self, dev: HostFunction) -> None: ...
+
+    def enable_msix(
+        self, dev: HostFunction, owner: int, entries: Sequence[int]
+    ) -> list[int] | int: ...
+
+    def disable_msix(self, dev: HostFunction) -> None: ...
+
+
+def hw_read(hw: HostFunction, offset: int, size: int) -> tuple[int, int]:
+    """A config read as ``pci_read_config_*`` sees it: ``(err, value)``.
+
+    Registers beyond 4095 or negative fail with -EINVAL and all-ones (what the
+    x86 accessors return, ``PCI_SET_ERROR_RESPONSE``); extended-space offsets on
+    a conventional function read all-ones successfully (a master abort).
+    """
+    ones = (1 << (8 * size)) - 1
+    if offset < 0 or offset + size > _PCI_CFG_SPACE_MAX:
+        return EINVAL, ones
+    try:
+        return 0, hw.config_read(offset, size)
+    except ConfigError:
+        return 0, ones
+
+
+def hw_write(hw: HostFunction, offset: int, size: int, value: int) -> int:
+    """A config write as ``pci_write_config_*``: returns 0 or a negative errno."""
+    if offset < 0 or offset + size > _PCI_CFG_SPACE_MAX:
+        return EINVAL
+    try:
+        hw.config_write(offset, size, value & ((1 << (8 * size)) - 1))
+    except ConfigError:
+        return 0  # no function answers there: the write is lost, as on the bus
+    return 0
+
+
+def find_capability(hw: HostFunction, cap_id: int) -> int | None:
+    """``pci_find_capability`` on the host function (the PCI layer's walker)."""
+    return _find_capability(hw.config, cap_id)
+
+
+@dataclass(slots=True)
+class Dom0PciDev:
+    """The dom0 kernel's bookkeeping for one host function (``struct pci_dev``)."""
+
+    hw: HostFunction
+    enable_cnt: int = 0
+    is_busmaster: bool = False
+    msi_enabled: bool = False
+    msix_enabled: bool = False
+    intx_irq: int = 0  # the legacy IRQ (GSI) dom0 routed for INTx; 0 when pin is 0 or a VF
+    irq: int = 0  # dev->irq: the INTx irq, or the first MSI pirq while MSI is on
+    msix_pirqs: list[int] = field(default_factory=list)
+    saved_state: tuple[int, ...] | None = None
+    log: list[str] = field(default_factory=list)
+
+    @classmethod
+    def probe(cls, hw: HostFunction) -> Dom0PciDev:
+        """What Linux knows after enumerating the function (before any driver)."""
+        _, pin = hw_read(hw, regs.PCI_INTERRUPT_PIN, 1)
+        _, line = hw_read(hw, regs.PCI_INTERRUPT_LINE, 1)
+        irq = line if pin and line != 0xFF else 0
+        return cls(hw=hw, intx_irq=irq, irq=irq)
+
+    # --- command register helpers --------------------------------------------------
+    def _cmd(self) -> int:
+        return hw_read(self.hw, regs.PCI_COMMAND, 2)[1]
+
+    def _set_cmd(self, value: int) -> None:
+        hw_write(self.hw, regs.PCI_COMMAND, 2, value)
+
+    def pci_enable_device(self) -> int:
+        """Turn on decode for every resource type the function has (``pci_enable_resources``)."""
+        self.enable_cnt += 1
+        if self.enable_cnt > 1:
+            return 0
+        want = 0
+        for bar in self.hw.bars:
+            if not bar.size:
+                continue
+            if bar.kind == "io":
+                want |= regs.PCI_COMMAND_IO
+            elif bar.kind != "rom" or bar.enabled:
+                want |= regs.PCI_COMMAND_MEMORY
+        cmd = self._cmd()
+        if cmd & want != want:
+            self._set_cmd(cmd | want)
+        return 0
+
+    def pci_disable_device(self) -> None:
+        """Drop the enable count and bus mastering; decode bits stay on (as in Linux)."""
+        if self.enable_cnt == 0:
+            return
+        self.enable_cnt = 0
+        cmd = self._cmd()
+        if cmd & regs.PCI_COMMAND_MASTER:
+            self._set_cmd(cmd & ~regs.PCI_COMMAND_MASTER)
+        self.is_busmaster = False
+
+    def pci_set_master(self, enable: bool) -> None:
+        cmd = self._cmd()
+        new = cmd | regs.PCI_COMMAND_MASTER if enable else cmd & ~regs.PCI_COMMAND_MASTER
+        if new != cmd:
+            self._set_cmd(new)
+        self.is_busmaster = enable
+
+    def pci_set_mwi(self) -> int:
+        """Set Memory-Write-Invalidate; -EINVAL when the function does not implement it."""
+        cmd = self._cmd()
+        self._set_cmd(cmd | regs.PCI_COMMAND_INVALIDATE)
+        if not self._cmd() & regs.PCI_COMMAND_INVALIDATE:
+            return EINVAL
+        return 0
+
+    def pci_clear_mwi(self) -> None:
+        cmd = self._cmd()
+        if cmd & regs.PCI_COMMAND_INVALIDATE:
+            self._set_cmd(cmd & ~regs.PCI_COMMAND_INVALIDATE)
+
+    def pci_intx(self, enable: bool) -> None:
+        cmd = self._cmd()
+        if enable:
+            new = cmd & ~regs.PCI_COMMAND_INTX_DISABLE
+        else:
+            new = cmd | regs.PCI_COMMAND_INTX_DISABLE
+        if new != cmd:
+            self._set_cmd(new)
+
+    # --- power management ---------------------------------------------------------
+    def pci_set_power_state(self, state: int) -> int:
+        """Move to D0..D3hot through PMCSR; D1/D2 only if PMC advertises them."""
+        pm = find_capability(self.hw, regs.PCI_CAP_ID_PM)
+        if pm is None:
+            return EIO
+        _, pmc = hw_read(self.hw, pm + regs.PCI_PM_PMC, 2)
+        if (state == 1 and not pmc & regs.PCI_PM_CAP_D1) or (
+            state == 2 and not pmc & regs.PCI_PM_CAP_D2
+        ):
+            return EIO
+        _, csr = hw_read(self.hw, pm + regs.PCI_PM_CTRL, 2)
+        if csr & regs.PCI_PM_CTRL_STATE_MASK == state:
+            return 0
+        # Never write PME_STATUS back as 1: it is RW1C and would clear a pending PME.
+        new = (csr & ~(regs.PCI_PM_CTRL_STATE_MASK | regs.PCI_PM_CTRL_PME_STATUS)) | state
+        return hw_write(self.hw, pm + regs.PCI_PM_CTRL, 2, new)
+
+    # --- MSI / MSI-X --------------------------------------------------------------
+    def _set_flags(self, cap_id: int, bit: int, on: bool) -> None:
+        pos = find_capability(self.hw, cap_id)
+        if pos is None:
+            return
+        _, flags = hw_read(self.hw, pos + 2, 2)
+        hw_write(self.hw, pos + 2, 2, (flags | bit) if on else (flags & ~bit))
+
+    def msix_table_size(self) -> int:
+        pos = find_capability(self.hw, regs.PCI_CAP_ID_MSIX)
+        if pos is None:
+            return 0
+        return (hw_read(self.hw, pos + regs.PCI_MSIX_FLAGS, 2)[1] & regs.PCI_MSIX_FLAGS_QSIZE) + 1
+
+    def pci_enable_msi(self, platform: InterruptPlatform, owner: int, nvec: int = 1) -> int:
+        """``pci_enable_msi``/``pci_alloc_irq_vectors``: pirq(s) from the platform, then
+        INTx off and MSI Enable on. Returns 0 or a negative errno."""
+        pos = find_capability(self.hw, regs.PCI_CAP_ID_MSI)
+        if pos is None or self.msi_enabled or self.msix_enabled:
+            return EINVAL
+        _, flags = hw_read(self.hw, pos + regs.PCI_MSI_FLAGS, 2)
+        if nvec < 1 or nvec > 1 << ((flags & regs.PCI_MSI_FLAGS_QMASK) >> 1):
+            return EINVAL
+        got = platform.enable_msi(self.hw, owner, nvec)
+        if isinstance(got, int):
+            return got
+        self.pci_intx(False)
+        qsize = (nvec - 1).bit_length()
+        new = (flags & ~regs.PCI_MSI_FLAGS_QSIZE) | (qsize << 4) | regs.PCI_MSI_FLAGS_ENABLE
+        hw_write(self.hw, pos + regs.PCI_MSI_FLAGS, 2, new)
+        self.msi_enabled = True
+        self.irq = got[0] if got else 0
+        return 0
+
+    def pci_disable_msi(self, platform: InterruptPlatform) -> None:
+        if not self.msi_enabled:
+            return
+        self._set_flags(regs.PCI_CAP_ID_MSI, regs.PCI_MSI_FLAGS_ENABLE, False)
+        platform.disable_msi(self.hw)
+        self.pci_intx(True)
+        self.msi_enabled = False
+        self.irq = self.intx_irq
+
+    def pci_enable_msix_exact(
+        self, platform: InterruptPlatform, owner: int, entries: Sequence[int]
+    ) -> int:
+        """Checks of the PCI core, then pirqs from the platform and MSI-X Enable on."""
+        size = self.msix_table_size()
+        if size == 0 or self.msi_enabled or self.msix_enabled:
+            return EINVAL
+        if not entries or any(e >= size for e in entries) or len(set(entries)) != len(entries):
+            return EINVAL
+        got = platform.enable_msix(self.hw, owner, entries)
+        if isinstance(got, int):
+            return got
+        self.pci_intx(False)
+        self._set_flags(regs.PCI_CAP_ID_MSIX, regs.PCI_MSIX_FLAGS_ENABLE, True)
+        self.msix_enabled = True
+        self.msix_pirqs = list(got)
+        return 0
+
+    def pci_disable_msix(self, platform: InterruptPlatform) -> None:
+        if not self.msix_enabled:
+            return
+        self._set_flags(regs.PCI_CAP_ID_MSIX, regs.PCI_MSIX_FLAGS_ENABLE, False)
+        platform.disable_msix(self.hw)
+        self.pci_intx(True)
+        self.msix_enabled = False
+        self.msix_pirqs = []
+
+    # --- save / restore -----------------------------------------------------------
+    def pci_save_state(self) -> tuple[int, ...]:
+        """The 16 header dwords (``pci_save_state``'s ``saved_config_space``)."""
+        return tuple(hw_read(self.hw, 4 * i, 4)[1] for i in range(16))
+
+    def pci_restore_state(self, saved: tuple[int, ...]) -> None:
+        """Rewrite every header dword that differs, in Linux's order (10-15, 4-9, 0-3,
+        each from the top), so COMMAND (dword 1) is restored after the BARs."""
+        for lo, hi in ((10, 15), (4, 9), (0, 3)):
+            for i in range(hi, lo - 1, -1):
+                if hw_read(self.hw, 4 * i, 4)[1] != saved[i]:
+                    hw_write(self.hw, 4 * i, 4, saved[i])

@@ -1,0 +1,256 @@
+"""pciback's request handling (Linux ``pciback_ops.c``), sans-IO.
+
+:func:`handle_op` answers one ``struct xen_pci_op`` that the caller has
+already copied out of the shared page; :func:`serve_shared_page` is the
+copy-once / write-back / clear-``_XEN_PCIF_active`` step around it (the
+XSA-155 rule: the shared page is read exactly once per request and, after
+that, only ``err``, ``value`` and, for a successful ``enable_msix``, the
+vectors are written back). The event channel, the work queue and late EOI
+belong to the XenBus backend that calls these.
+
+The AER relay (backend to frontend, ``pci_stub.c`` ``common_process``) is
+here too as three pure steps on the page: post, poll, time out.
+
+Difference: ``enable_multi_msi`` is answered (first pirq in ``value``) only
+when the device's options enable it; upstream Linux never implements it.
+SR-IOV VFs are not modelled, so "the physical function's COMMAND" in the
+``enable_msix`` check is the function's own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol
+
+from xenpci.abi import pciif
+from xenpci.abi.pciif import xen_pci_op, xen_pci_sharedinfo
+from xenpci.pci import regs
+from xenpci.pciback.conf_space import DevData, config_read, config_write
+from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
+from xenpci.pciback.errors import EALREADY, EINVAL, ENXIO
+from xenpci.pciback.pci_stub import PcistubDevice
+from xenpci.pciback.vpci import GuestAddress
+
+OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
+AER_OP_OFFSET: Final = xen_pci_sharedinfo.aer_op.offset
+
+# enum pci_ers_result (include/linux/pci.h) and pci_channel_state.
+PCI_ERS_RESULT_NONE: Final = 1
+PCI_ERS_RESULT_CAN_RECOVER: Final = 2
+PCI_ERS_RESULT_NEED_RESET: Final = 3
+PCI_ERS_RESULT_DISCONNECT: Final = 4
+PCI_ERS_RESULT_RECOVERED: Final = 5
+PCI_ERS_RESULT_NO_AER_DRIVER: Final = 6
+pci_channel_io_normal: Final = 1
+pci_channel_io_frozen: Final = 2
+pci_channel_io_perm_failure: Final = 3
+AER_TIMEOUT_S: Final = 300
+
+
+class Backend(Protocol):
+    """The bus mode (vpci or passthrough) as the op handler needs it."""
+
+    def get(self, domain: int, bus: int, devfn: int) -> PcistubDevice | None: ...
+
+    def find(self, psdev: PcistubDevice) -> GuestAddress | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OpResult:
+    """What pciback writes back: ``err``, ``value`` and the MSI-X vectors (or None)."""
+
+    err: int
+    value: int
+    msix_vectors: tuple[int, ...] | None = None
+    intx_changed: bool = False  # the fake INTx handler was switched (enable_intx flipped)
+
+    def __post_init__(self) -> None:
+        if not -(1 << 31) <= self.err < (1 << 31) or not 0 <= self.value < (1 << 32):
+            raise ValueError(f"err {self.err} / value {self.value} do not fit the wire fields")
+
+
+def control_isr(dd: DevData, *, reset: bool = False) -> None:
+    """``xen_pcibk_control_isr``: install/remove the fake INTx handler that keeps a
+    shared host line acknowledged while the guest owns the device."""
+    if dd.hw.config.header_type == regs.PCI_HEADER_TYPE_BRIDGE:
+        return
+    if reset:
+        dd.enable_intx = False
+        dd.ack_intr = False
+    enable = dd.enable_intx
+    if not enable and not dd.isr_on:
+        return
+    if enable:
+        if dd.linux.irq == 0 or dd.linux.msi_enabled or dd.linux.msix_enabled:
+            return
+        dd.isr_on = dd.ack_intr = True
+    else:
+        dd.isr_on = dd.ack_intr = False
+
+
+def _enable_msi(
+    psdev: PcistubDevice, platform: InterruptPlatform, owner: int, nvec: int
+) -> tuple[int, int]:
+    dd = psdev.dev_data
+    linux = dd.linux
+    if linux.msi_enabled:
+        status = EALREADY
+    elif linux.msix_enabled:
+        status = ENXIO
+    else:
+        status = linux.pci_enable_msi(platform, owner, nvec)
+    if status:
+        dd.warnings.append(f"{psdev.sbdf}: error enabling MSI for guest {owner}: err {status}")
+        return pciif.XEN_PCI_ERR_op_failed, 0  # the errno itself is not sent
+    dd.ack_intr = False
+    return 0, linux.irq
+
+
+def _disable_msi(psdev: PcistubDevice, platform: InterruptPlatform) -> tuple[int, int]:
+    dd = psdev.dev_data
+    if dd.linux.msi_enabled:
+        dd.linux.pci_disable_msi(platform)
+        dd.ack_intr = True
+    return 0, dd.linux.irq
+
+
+def _enable_msix(
+    psdev: PcistubDevice, platform: InterruptPlatform, owner: int, op: xen_pci_op
+) -> tuple[int, int, tuple[int, ...] | None]:
+    dd = psdev.dev_data
+    linux = dd.linux
+    nr = op.value
+    if nr > pciif.SH_INFO_MAX_VEC:
+        return EINVAL, nr, None
+    if linux.msix_enabled:
+        return EALREADY, nr, None
+    # CVE-2015-8553: no MSI-X while MSI is on or memory decode is off (XSA-157).
+    _, cmd = dd.hw_read(regs.PCI_COMMAND, 2)
+    if linux.msi_enabled or not cmd & regs.PCI_COMMAND_MEMORY:
+        return ENXIO, nr, None
+    entries = [op.msix_entries[i].entry for i in range(nr)]
+    result = linux.pci_enable_msix_exact(platform, owner, entries)
+    if result:
+        dd.warnings.append(f"{psdev.sbdf}: error enabling MSI-X for guest {owner}: err {result}")
+        dd.ack_intr = False
+        return result, result & 0xFFFFFFFF, None
+    dd.ack_intr = False
+    vectors = tuple(p & 0xFFFF for p in linux.msix_pirqs)
+    return 0, 0, vectors
+
+
+def _disable_msix(psdev: PcistubDevice, platform: InterruptPlatform) -> tuple[int, int]:
+    dd = psdev.dev_data
+    if dd.linux.msix_enabled:
+        dd.linux.pci_disable_msix(platform)
+        dd.ack_intr = True
+    return 0, dd.linux.irq
+
+
+def handle_op(op: xen_pci_op, backend: Backend, platform: InterruptPlatform) -> OpResult:
+    """``xen_pcibk_do_one_op`` on a private copy of the request."""
+    psdev = backend.get(op.domain, op.bus, op.devfn)
+    if psdev is None:
+        return OpResult(pciif.XEN_PCI_ERR_dev_not_found, op.value)
+    dd = psdev.dev_data
+    owner = psdev.owner if psdev.owner is not None else 0
+    test_intx = dd.enable_intx
+    value = op.value
+    vectors: tuple[int, ...] | None = None
+    cmd = op.cmd
+    if cmd == pciif.XEN_PCI_OP_conf_read:
+        err, value = config_read(dd, op.offset, op.size)
+    elif cmd == pciif.XEN_PCI_OP_conf_write:
+        err = config_write(dd, op.offset, op.size, op.value)
+    elif cmd == pciif.XEN_PCI_OP_enable_msi:
+        err, value = _enable_msi(psdev, platform, owner, 1)
+    elif cmd == pciif.XEN_PCI_OP_disable_msi:
+        err, value = _disable_msi(psdev, platform)
+    elif cmd == pciif.XEN_PCI_OP_enable_msix:
+        err, value, vectors = _enable_msix(psdev, platform, owner, op)
+    elif cmd == pciif.XEN_PCI_OP_disable_msix:
+        err, value = _disable_msix(psdev, platform)
+    elif cmd == pciif.XEN_PCI_OP_enable_multi_msi and dd.options.multi_msi:
+        if not 1 <= op.value <= 32:
+            err = pciif.XEN_PCI_ERR_op_failed
+            value = 0
+        else:
+            err, value = _enable_msi(psdev, platform, owner, op.value)
+    else:
+        err = pciif.XEN_PCI_ERR_not_implemented
+    changed = False
+    if err == 0 and dd.enable_intx != test_intx:
+        control_isr(dd)
+        changed = True
+    return OpResult(err, value & 0xFFFFFFFF, vectors, changed)
+
+
+def serve_shared_page(
+    page: memoryview | bytearray, backend: Backend, platform: InterruptPlatform
+) -> OpResult | None:
+    """One request cycle on the granted page; None if ``_XEN_PCIF_active`` is clear
+    (a spurious event: the caller's late EOI should say so)."""
+    info = xen_pci_sharedinfo.from_buffer(page)
+    if not info.flags & pciif.XEN_PCIF_active:
+        return None
+    # Copy once (XSA-155); from here on only the private copy is read.
+    op = xen_pci_op.from_buffer_copy(bytes(page[OP_OFFSET : OP_OFFSET + ctypes.sizeof(xen_pci_op)]))
+    result = handle_op(op, backend, platform)
+    shared = info.op
+    shared.err = result.err
+    shared.value = result.value
+    if op.cmd == pciif.XEN_PCI_OP_enable_msix and result.err == 0 and result.msix_vectors:
+        for i, vec in enumerate(result.msix_vectors):
+            shared.msix_entries[i].vector = vec
+    info.flags &= ~pciif.XEN_PCIF_active & 0xFFFFFFFF
+    return result
+
+
+# --- AER relay (backend -> frontend) -------------------------------------------------
+AerCmd = Literal[6, 7, 8, 9]
+_DEFAULT_RESULT = {
+    pciif.XEN_PCI_OP_aer_detected: PCI_ERS_RESULT_CAN_RECOVER,
+    pciif.XEN_PCI_OP_aer_mmio: PCI_ERS_RESULT_RECOVERED,
+    pciif.XEN_PCI_OP_aer_slotreset: PCI_ERS_RESULT_RECOVERED,
+    pciif.XEN_PCI_OP_aer_resume: PCI_ERS_RESULT_RECOVERED,
+}
+
+
+def aer_post(page: memoryview | bytearray, cmd: int, state: int, guest: GuestAddress) -> bool:
+    """Fill ``aer_op`` and set ``_XEN_PCIB_active``. False (nothing posted) when the
+    frontend never announced ``_XEN_PCIB_AERHANDLER``: for ``aer_detected`` and
+    ``aer_resume`` the caller then kills the guest (``aerState`` = ``aerfail``)."""
+    if cmd not in _DEFAULT_RESULT:
+        raise ValueError(f"not an AER command: {cmd}")
+    info = xen_pci_sharedinfo.from_buffer(page)
+    if not info.flags & pciif.XEN_PCIB_AERHANDLER:
+        return False
+    info.aer_op.cmd = cmd
+    info.aer_op.err = state if cmd == pciif.XEN_PCI_OP_aer_detected else pci_channel_io_normal
+    info.aer_op.domain = guest.domain
+    info.aer_op.bus = guest.bus
+    info.aer_op.devfn = guest.devfn
+    info.flags |= pciif.XEN_PCIB_active
+    return True
+
+
+def aer_poll(page: memoryview | bytearray) -> int | None:
+    """The frontend's answer once it cleared ``_XEN_PCIB_active``, else None."""
+    info = xen_pci_sharedinfo.from_buffer(page)
+    if info.flags & pciif.XEN_PCIB_active:
+        return None
+    return int(info.aer_op.err)
+
+
+def aer_timeout(page: memoryview | bytearray, cmd: int) -> int:
+    """After 300 s: clear the bit, record NONE, and return the step's default result."""
+    info = xen_pci_sharedinfo.from_buffer(page)
+    info.flags &= ~pciif.XEN_PCIB_active & 0xFFFFFFFF
+    info.aer_op.err = PCI_ERS_RESULT_NONE
+    return _DEFAULT_RESULT[cmd]
+
+
+def aer_kills_guest(result: int) -> bool:
+    """NONE or DISCONNECT from the guest ends it (``kill_domain_by_device``)."""
+    return result in (PCI_ERS_RESULT_NONE, PCI_ERS_RESULT_DISCONNECT)
