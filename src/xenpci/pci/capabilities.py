@@ -177,10 +177,30 @@ def _walk_std(cs: ConfigSpace) -> tuple[list[Capability], list[CapabilityError]]
     return caps, problems
 
 
+def has_extended_space(cs: ConfigSpace) -> bool:
+    """Whether offsets 0x100.. belong to the function (Linux ``pci_cfg_space_size``).
+
+    Only PCIe functions (an Express capability) and PCI-X 266/533 functions
+    have extended space; on others the bytes above 0xff are typically an
+    alias of the first 256 and must not be walked (as ``lspci`` also does).
+    """
+    if not cs.is_express or cs.known_size < regs.PCI_CFG_SPACE_SIZE + 4:
+        return False
+    std = walk_capabilities(cs)
+    if any(c.id == regs.PCI_CAP_ID_EXP for c in std):
+        return True
+    for c in std:
+        if c.id == regs.PCI_CAP_ID_PCIX and c.offset + regs.PCI_X_STATUS + 4 <= cs.known_size:
+            status = cs.read(c.offset + regs.PCI_X_STATUS, 4)
+            if status & (regs.PCI_X_STATUS_266MHZ | regs.PCI_X_STATUS_533MHZ):
+                return True
+    return False
+
+
 def _walk_ext(cs: ConfigSpace) -> tuple[list[Capability], list[CapabilityError]]:
     caps: list[Capability] = []
     problems: list[CapabilityError] = []
-    if not cs.is_express or cs.known_size < regs.PCI_CFG_SPACE_SIZE + 4:
+    if not has_extended_space(cs):
         return caps, problems
     pos = regs.PCI_CFG_SPACE_SIZE
     from_off = pos

@@ -36,8 +36,15 @@ _HEADER_RE = re.compile(
 )
 _ROW_RE = re.compile(r"^(?P<off>[0-9a-fA-F]{2,8}): (?P<rest>.*)$")
 _BYTE_RE = re.compile(r"[0-9a-fA-F]{2}")
-_REGION_RE = re.compile(r"^\s+Region (?P<idx>\d+): .*\[size=(?P<size>\d+)(?P<unit>[KMGTPE]?)\]")
-_ROM_RE = re.compile(r"^\s+Expansion ROM at .*\[size=(?P<size>\d+)(?P<unit>[KMGTPE]?)\]")
+# Only first-level lines (one tab, or 8 spaces in re-tabbed files) are the
+# function's own BARs; deeper "Region" lines are SR-IOV VF BARs. "[virtual]"
+# resources are not in config space and are skipped.
+_INDENT = r"^(?:\t| {8})"
+_SIZE = r"\[size=(?P<size>\d+)(?P<unit>[KMGTPE]?)\]"
+_REGION_RE = re.compile(_INDENT + r"Region (?P<idx>\d+): .*" + _SIZE)
+_ROM_RE = re.compile(_INDENT + r"Expansion ROM at .*" + _SIZE)
+_GROUP_RE = re.compile(_INDENT + r"IOMMU group: (?P<group>\d+)$")
+_DRIVER_RE = re.compile(_INDENT + r"Kernel driver in use: (?P<driver>\S+)$")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 #: pciutils reads lines into a 256-byte buffer; longer lines are an error there.
 MAX_LINE = 255
@@ -50,6 +57,8 @@ class _Block:
     data: bytearray = field(default_factory=lambda: bytearray(b"\xff" * 256))
     length: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
+    iommu_group: int | None = None
+    driver: str | None = None
 
 
 def parse_dump(text: str, name: str = "<dump>") -> list[PciFunction]:
@@ -120,6 +129,14 @@ def _parse_row(block: _Block, offset: int, rest: str, where: str) -> None:
 
 
 def _parse_text(block: _Block, line: str, where: str) -> None:
+    g = _GROUP_RE.match(line)
+    if g:
+        block.iommu_group = int(g["group"])
+        return
+    d = _DRIVER_RE.match(line)
+    if d:
+        block.driver = d["driver"]
+        return
     m = _REGION_RE.match(line)
     idx: int | None = None
     if m:
@@ -160,6 +177,8 @@ def _to_function(block: _Block, name: str) -> PciFunction:
         cs,
         source=f"dump:{name}:{block.line}",
         bar_sizes=block.sizes,
+        iommu_group=block.iommu_group,
+        driver=block.driver,
         notes=notes,
     )
     unknown = [str(b.index) for b in fn.bars if b.size is None]

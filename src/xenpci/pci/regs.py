@@ -350,6 +350,11 @@ PCI_CAP_EXP_ENDPOINT_SIZEOF_V1: Final = 20
 PCI_CAP_EXP_ENDPOINT_SIZEOF_V2: Final = 44
 PCI_CAP_EXP_SIZEOF: Final = 60
 
+# --- PCI-X capability: only the bits that decide whether extended space exists ----------
+PCI_X_STATUS: Final = 4
+PCI_X_STATUS_266MHZ: Final = 0x00400000
+PCI_X_STATUS_533MHZ: Final = 0x00800000
+
 # --- Advanced Features capability (conventional PCI FLR) -----------------------------
 PCI_AF_LENGTH: Final = 2
 PCI_AF_CAP: Final = 3
