@@ -10,10 +10,12 @@ Models Linux ``drivers/xen/xen-pciback/xenbus.c`` (fact sheet §1.11):
 ``xen_pcibk_test_and_schedule_op``, §1.6).
 
 The XenBus state logic is :class:`xenpci.xenbus.state.XenbusDevice` driven
-by :class:`xenpci.xenbus.watch.XenbusWatch`; the config-space and op logic
-is pciback's sans-IO core (``PcibackCore`` below, implemented over
-``xenpci.pciback``); this module only wires them to XenStore, the grant
-table and the event channel.
+by :class:`xenpci.xenbus.watch.XenbusWatch`; the pool, the bus modes and the
+op logic are pciback's sans-IO core (:class:`~xenpci.pciback.pci_stub.PciStub`,
+:class:`~xenpci.pciback.vpci.VpciBackend` /
+:class:`~xenpci.pciback.passthrough.PassthroughBackend`,
+:func:`~xenpci.pciback.pciback_ops.serve_shared_page`); this module only
+wires them to XenStore, the grant table and the event channel.
 
 Op service: the event-channel upcall runs on dom0's vCPU (like Linux's
 lateeoi handler scheduling a work item on dom0); it serves exactly one op per
@@ -34,14 +36,18 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from xenpci.abi import pciif
 from xenpci.abi.xenbus import XenbusState
 from xenpci.errors import XenpciError
 from xenpci.pci.address import SBDF
+from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
+from xenpci.pciback.passthrough import PassthroughBackend
+from xenpci.pciback.pci_stub import PciStub, PcistubDevice
+from xenpci.pciback.pciback_ops import serve_shared_page
+from xenpci.pciback.vpci import VpciBackend, format_root, format_vdev
 from xenpci.trace import Trace
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
@@ -76,42 +82,6 @@ def parse_dev(text: str) -> SBDF:
         raise XenbusBackendError(f"Error reading device configuration: {text!r}") from None
 
 
-def format_vdev(sbdf: SBDF) -> str:
-    """``vdev-N`` = ``%04x:%02x:%02x.%02x``: the PV protocol wants a two-digit function."""
-    return f"{sbdf.segment:04x}:{sbdf.bus:02x}:{sbdf.device:02x}.{sbdf.function:02x}"
-
-
-def format_root(domain: int, bus: int) -> str:
-    """``root-K`` = ``%04x:%02x``."""
-    return f"{domain:04x}:{bus:02x}"
-
-
-class PcibackCore(Protocol):
-    """What the XenBus backend needs from pciback's core for one guest (``pdev``).
-
-    ``export`` seizes-and-adds a host device (``pcistub_get_pci_dev_by_slot``
-    + the bus backend's ``add``) and returns its guest-visible address;
-    ``release`` undoes it for a guest address (backend ``get`` +
-    ``pcistub_put_pci_dev``, which resets the device); ``roots`` are what
-    ``publish`` would write; ``serve`` runs one op on the shared page
-    (copy once, handle, write back ``err``/``value``/vectors, clear
-    ``_XEN_PCIF_active``).
-    """
-
-    def export(self, host: SBDF, devid: int) -> SBDF: ...
-
-    def release(self, guest: SBDF) -> None: ...
-
-    def release_all(self) -> None: ...
-
-    def roots(self) -> list[tuple[int, int]]: ...
-
-    def serve(self, page: memoryview) -> None: ...
-
-
-CoreFactory = Callable[[int], PcibackCore]
-
-
 @dataclass
 class OpStats:
     """Per-device op accounting (what ``xen_pcibk_handle_event`` and lateeoi count)."""
@@ -130,14 +100,20 @@ class PcibackDevice:
         domid: int,
         hc: Hypercalls,
         xs: XsClient,
-        core: PcibackCore,
+        stub: PciStub,
+        platform: InterruptPlatform,
         *,
+        passthrough: bool = False,
         trace: Trace | None = None,
     ) -> None:
         self.domid = domid
         self.hc = hc
         self.xs = xs
-        self.core = core
+        self.stub = stub
+        self.platform = platform
+        self.bus: VpciBackend | PassthroughBackend = (
+            PassthroughBackend() if passthrough else VpciBackend()
+        )
         self.trace = trace
         self.nodename = backend_node(domid)
         self.frontend_path = ""
@@ -172,8 +148,7 @@ class PcibackDevice:
             self.watch.close()
         with self._lock:
             self._disconnect()
-            with contextlib.suppress(XenpciError):
-                self.core.release_all()
+            self._release_all()
 
     def wait_for_state(self, state: XenbusState, timeout: float = 10.0) -> bool:
         if self.watch is None:
@@ -193,7 +168,7 @@ class PcibackDevice:
                 self._disconnect()
             elif cb is DriverCallback.REMOVE:
                 self._disconnect()
-                self.core.release_all()
+                self._release_all()
 
     def _read(self, key: str) -> str:
         return self.xs.read(f"{self.nodename}/{key}").decode()
@@ -221,13 +196,18 @@ class PcibackDevice:
             host = parse_dev(self._read(f"dev-{i}"))
         except XsError:
             raise XenbusBackendError(f"error reading configuration for device {i}") from None
+        if self._exported(host):
+            return  # already exported (a re-run of reconfigure)
         try:
-            vdev = self.core.export(host, i)
+            psdev = self.stub.get_pci_dev(host, self.domid)
         except XenpciError as e:
-            raise XenbusBackendError(
-                f"Couldn't locate PCI device ({host})! perhaps already in-use? ({e})"
-            ) from None
-        self._write(f"vdev-{i}", format_vdev(vdev))
+            raise XenbusBackendError(str(e)) from None
+        try:
+            addr = self.bus.add(psdev, i)
+        except XenpciError as e:
+            self.stub.put_pci_dev(host)
+            raise XenbusBackendError(str(e)) from None
+        self._write(f"vdev-{i}", format_vdev(addr))
         self._write(f"state-{i}", str(int(S.XenbusStateInitialised)))
 
     def _publish_roots(self) -> None:
@@ -237,7 +217,7 @@ class PcibackDevice:
         for k in range(n):
             with contextlib.suppress(XsError):
                 have.append(self._read(f"root-{k}"))
-        for dom, bus in self.core.roots():
+        for dom, bus in self.bus.roots():
             text = format_root(dom, bus)
             if text in have:
                 continue
@@ -258,8 +238,22 @@ class PcibackDevice:
                     vdev = parse_dev(self._read(f"vdev-{i}"))
                 except XsError:
                     continue
-                with contextlib.suppress(XenpciError):
-                    self.core.release(vdev)
+                psdev = self.bus.get(vdev.segment, vdev.bus, vdev.devfn)
+                if psdev is not None:
+                    self._release(psdev)
+
+    def _exported(self, host: SBDF) -> bool:
+        return any(p.sbdf == host for p in self.bus.devices())
+
+    def _release(self, psdev: PcistubDevice) -> None:
+        """Backend ``release`` + ``pcistub_put_pci_dev`` (which resets the device)."""
+        self.bus.release(psdev)
+        with contextlib.suppress(XenpciError):
+            self.stub.put_pci_dev(psdev.sbdf)
+
+    def _release_all(self) -> None:
+        for psdev in self.bus.devices():
+            self._release(psdev)
 
     def _attach(self) -> None:
         """``xen_pcibk_attach``: check magic, map the page, bind the event channel."""
@@ -316,7 +310,11 @@ class PcibackDevice:
             return
         self._op_active = True
         try:
-            self.core.serve(page)
+            with self._lock:
+                result = serve_shared_page(page, self.bus, self.platform)
+            if result is None:
+                self.stats.spurious += 1
+                return
             self.stats.served += 1
         except XenpciError as e:
             # serve() answers the guest itself; anything else must not kill dom0.
@@ -345,13 +343,17 @@ class PcibackDriver:
         self,
         hc: Hypercalls,
         xs: XsClient,
-        core_factory: CoreFactory,
+        stub: PciStub,
+        platform: InterruptPlatform,
         *,
+        passthrough: bool = False,
         trace: Trace | None = None,
     ) -> None:
         self.hc = hc
         self.xs = xs
-        self.core_factory = core_factory
+        self.stub = stub
+        self.platform = platform
+        self.passthrough = passthrough
         self.trace = trace
         self.devices: dict[int, PcibackDevice] = {}
         self._lock = threading.RLock()
@@ -393,7 +395,13 @@ class PcibackDriver:
                 present = set()
             for domid in sorted(present - set(self.devices)):
                 dev = PcibackDevice(
-                    domid, self.hc, self.xs, self.core_factory(domid), trace=self.trace
+                    domid,
+                    self.hc,
+                    self.xs,
+                    self.stub,
+                    self.platform,
+                    passthrough=self.passthrough,
+                    trace=self.trace,
                 )
                 self.devices[domid] = dev
                 try:
