@@ -115,11 +115,12 @@ def test_frontend_closes_then_domain_released(pair: Pair) -> None:
 def test_hostile_frontend_state_values(pair: Pair) -> None:
     pair.be.start()
     pair.fe.start()
-    assert pair.be.wait_for(connected)
+    assert pair.be.wait_for(connected) and pair.fe.wait_for(connected)
     # out-of-enum number: recorded, ignored (no case for it in Linux either)
     pair.xs_fe.write(f"{FE}/state", "99")
-    assert pair.be.wait_for(lambda _d: len(pair.be.errors) == 1)
-    assert isinstance(pair.be.errors[0], InvalidStateValue)
+    # (a pending event for the frontend's earlier write may read "99" too)
+    assert pair.be.wait_for(lambda _d: len(pair.be.errors) >= 1)
+    assert all(isinstance(e, InvalidStateValue) for e in pair.be.errors)
     assert pair.be.device.state is S.XenbusStateConnected
     # garbage reads as Unknown (xenbus_read_driver_state): the guest only
     # tears down its own connection
@@ -131,7 +132,7 @@ def test_hostile_frontend_state_values(pair: Pair) -> None:
 def test_toolstack_illegal_backend_state_is_refused(pair: Pair) -> None:
     pair.be.start()
     pair.fe.start()
-    assert pair.be.wait_for(connected)
+    assert pair.be.wait_for(connected) and pair.fe.wait_for(connected)
     pair.tool.write(f"{BE}/state", "2")  # Connected -> InitWait is no edge
     assert pair.be.wait_for(lambda _d: any(isinstance(e, StateError) for e in pair.be.errors))
     assert pair.be.device.state is S.XenbusStateConnected
