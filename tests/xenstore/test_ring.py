@@ -1,0 +1,151 @@
+"""A model guest reaches xenstored over its own ring page and event channel."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from xenpci.abi import xs_wire as w
+from xenpci.hv import Hypervisor
+from xenpci.xenstore import Perms, XenStore, XsError
+from xenpci.xenstore.client import WatchEvent, XsClient
+from xenpci.xenstore.errors import ConnectionClosed
+from xenpci.xenstore.ring import (
+    REQ,
+    REQ_CONS,
+    REQ_PROD,
+    GuestRing,
+    XenstoredRings,
+    ring_read,
+    ring_write,
+)
+from xenpci.xenstore.wire import encode
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class Machine:
+    hv: Hypervisor
+    store: XenStore
+    rings: XenstoredRings
+    dom0: XsClient
+
+
+@pytest.fixture
+def machine() -> Iterator[Machine]:
+    hv = Hypervisor(iommu=True)
+    store = XenStore()
+    rings = XenstoredRings(store, hv.dom0)
+    dom0 = XsClient.in_process(store, 0)
+    try:
+        yield Machine(hv, store, rings, dom0)
+    finally:
+        dom0.close()
+        hv.shutdown()
+
+
+def boot_guest(m: Machine, name: str) -> tuple[int, GuestRing, XsClient]:
+    dom = m.hv.create_domain(name, 16 * 1024)
+    ring = GuestRing(dom)
+    # Toolstack: the guest's home with the guest as owner, then INTRODUCE.
+    home = f"/local/domain/{dom.domid}"
+    m.dom0.mkdir(home)
+    m.dom0.set_perms(home, Perms.of(f"n{dom.domid}"))
+    m.dom0.introduce_domain(dom.domid, ring.gref, ring.port)
+    return dom.domid, ring, XsClient.ring(ring)
+
+
+def test_guest_sees_its_home_and_nothing_else(machine: Machine) -> None:
+    domid, _, g = boot_guest(machine, "guest1")
+    other, _, g2 = boot_guest(machine, "guest2")
+    try:
+        assert g.get_domain_path(domid) == f"/local/domain/{domid}"
+        g.write("device/pci/0/state", "1")  # relative: its own home
+        assert machine.dom0.read(f"/local/domain/{domid}/device/pci/0/state") == b"1"
+        assert g.get_perms("device/pci/0/state") == Perms.of(f"n{domid}")
+        for path in ("/local/domain/0/name", f"/local/domain/{other}", "/tool/xenstored"):
+            with pytest.raises(XsError) as ei:
+                g.read(path)
+            assert ei.value.code == "EACCES"
+        with pytest.raises(XsError) as ei:
+            g.write(f"/local/domain/{other}/x", "evil")
+        assert ei.value.code == "EACCES"
+        with pytest.raises(XsError) as ei:
+            g.introduce_domain(99, 1, 1)
+        assert ei.value.code == "EACCES"
+        # Large values cross the 1 KiB ring in several chunks each way.
+        g.write("big", b"z" * 1900)
+        assert g.read("big") == b"z" * 1900
+        assert g2.ls(f"/local/domain/{other}") == []
+    finally:
+        g.close()
+        g2.close()
+
+
+def test_watch_over_ring_and_release(machine: Machine) -> None:
+    domid, _, g = boot_guest(machine, "watcher")
+    got: list[WatchEvent] = []
+    seen = threading.Event()
+
+    def cb(ev: WatchEvent) -> None:
+        got.append(ev)
+        if len(got) == 2:
+            seen.set()
+
+    g.watch("backend", "be", cb)
+    machine.dom0.write(f"/local/domain/{domid}/backend/pci", "x")
+    assert seen.wait(10)
+    assert got == [WatchEvent("backend", "be"), WatchEvent("backend/pci", "be")]
+    machine.dom0.release_domain(domid)
+    with pytest.raises(XsError):
+        machine.dom0.read(f"/local/domain/{domid}")
+    g.close()
+
+
+def test_ring_index_arithmetic_wraps() -> None:
+    buf = memoryview(bytearray(4096))
+    struct.pack_into("<II", buf, REQ_CONS, 0xFFFFFF00, 0xFFFFFF00)
+    data = bytes(range(256)) * 4
+    assert ring_write(buf, REQ, REQ_PROD, REQ_CONS, data + b"extra") == w.XENSTORE_RING_SIZE
+    assert ring_read(buf, REQ, REQ_PROD, REQ_CONS) == data
+    assert struct.unpack_from("<II", buf, REQ_CONS) == (0x300, 0x300)  # wrapped
+
+
+def test_bad_ring_indexes_cut_off_that_guest_only(machine: Machine) -> None:
+    _, ring, g = boot_guest(machine, "hostile")
+    _, _, good = boot_guest(machine, "good")
+    try:
+        g.write("ok", "1")
+        # The guest claims 4000 bytes of requests on a 1 KiB ring.
+        struct.pack_into(
+            "<I", ring.buf, REQ_PROD, struct.unpack_from("<I", ring.buf, REQ_CONS)[0] + 4000
+        )
+        ring.hc.evtchn_send(ring.port)
+        deadline = time.monotonic() + 10
+        while ring.error == w.XENSTORE_ERROR_NONE and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ring.error == w.XENSTORE_ERROR_RINGIDX
+        with pytest.raises(ConnectionClosed):
+            g.read("ok")
+        good.write("still", "works")
+        assert good.read("still") == b"works"
+    finally:
+        g.close()
+        good.close()
+
+
+def test_oversized_frame_on_ring_sets_proto_error(machine: Machine) -> None:
+    _, ring, g = boot_guest(machine, "proto")
+    try:
+        with pytest.raises(ConnectionClosed):
+            ring.request(encode(w.XS_READ, 0, 0, b"")[:12] + struct.pack("<I", 5000))
+        assert ring.error == w.XENSTORE_ERROR_PROTO
+        assert machine.dom0.read("/local/domain/0/name") == b"Domain-0"
+    finally:
+        g.close()
