@@ -104,6 +104,7 @@ class PcibackDevice:
         platform: InterruptPlatform,
         *,
         passthrough: bool = False,
+        lock: threading.RLock | None = None,
         trace: Trace | None = None,
     ) -> None:
         self.domid = domid
@@ -124,7 +125,9 @@ class PcibackDevice:
         self.stats = OpStats()
         self._op_active = False
         self._page: memoryview | None = None
-        self._lock = threading.RLock()
+        # The pool is shared by every guest's backend: one lock (the driver's)
+        # serialises XenBus work and op service across them.
+        self._lock = lock if lock is not None else threading.RLock()
 
     # -- probe / remove -------------------------------------------------------------
     def probe(self) -> None:
@@ -356,6 +359,8 @@ class PcibackDriver:
         self.passthrough = passthrough
         self.trace = trace
         self.devices: dict[int, PcibackDevice] = {}
+        #: Held while the pool (``stub``) is used, by every backend device.
+        self.pool_lock = threading.RLock()
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._token = "pciback-backend-pci"
@@ -401,6 +406,7 @@ class PcibackDriver:
                     self.stub,
                     self.platform,
                     passthrough=self.passthrough,
+                    lock=self.pool_lock,
                     trace=self.trace,
                 )
                 self.devices[domid] = dev

@@ -108,6 +108,11 @@ class PciOpChannel:
         self.timeouts = 0
         self.ops = 0
 
+    @property
+    def page(self) -> memoryview:
+        """The live shared page."""
+        return self._page
+
     def on_event(self) -> None:
         """The event-channel upcall: the backend answered (or an AER request arrived)."""
         self._event.set()

@@ -1,0 +1,110 @@
+"""A PV guest kernel, as far as PCI passthrough goes: XenBus frontend probing,
+pcifront, and the PCI core.
+
+Models the guest side of ``drivers/xen/xenbus/xenbus_probe_frontend.c``
+(watch the guest's ``device/`` directory and probe a driver for each device
+node that appears, remove it when the node goes) for the one device type this
+project has, ``pci``, bound to :class:`xenpci.pcifront.xenbus.Pcifront`.
+
+Deliberate differences: only ``device/pci/0`` is watched (Linux watches all
+of ``device/`` and matches driver names); the kernel is a set of objects
+driven by XenStore watch callbacks and event-channel upcalls rather than code
+running on the guest's vCPU, but every upcall still runs on that vCPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+
+from xenpci.guest.pci_core import GuestPci
+from xenpci.hv.domain import Domain
+from xenpci.pcifront import ops
+from xenpci.pcifront.xenbus import Pcifront, frontend_node
+from xenpci.trace import Trace
+from xenpci.xenstore.client import WatchEvent, XsClient
+from xenpci.xenstore.errors import XsError
+
+
+class GuestKernel:
+    """The kernel of one guest domain: its XenStore client, pcifront and PCI core."""
+
+    def __init__(
+        self,
+        domain: Domain,
+        xs: XsClient,
+        *,
+        op_timeout: float = ops.DEFAULT_OP_TIMEOUT,
+        trace: Trace | None = None,
+    ) -> None:
+        self.domain = domain
+        self.domid = domain.domid
+        self.xs = xs
+        self.op_timeout = op_timeout
+        self.trace = trace
+        self.pci = GuestPci()
+        self.pcifront: Pcifront | None = None
+        #: Every pcifront this kernel probed, oldest first (reconnects make new ones).
+        self.history: list[Pcifront] = []
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._token = f"guest-{self.domid}-device-pci"
+        self._booted = False
+
+    def boot(self) -> None:
+        """Start the XenBus frontend bus: watch ``device/pci/0`` (fires once at once)."""
+        with self._lock:
+            if self._booted:
+                return
+            self._booted = True
+        self.xs.watch(frontend_node(self.domid), self._token, self._device_changed)
+
+    def shutdown(self) -> None:
+        """Remove the frontend and stop watching (the domain is going away)."""
+        with self._lock:
+            if not self._booted:
+                return
+            self._booted = False
+            with contextlib.suppress(XsError, Exception):
+                self.xs.unwatch(frontend_node(self.domid), self._token)
+            self._remove_frontend()
+
+    def wait_for_pcifront(self, timeout: float = 10.0) -> Pcifront:
+        """Wait until a pcifront has been probed (raise ``TimeoutError`` otherwise)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.pcifront is not None, timeout):
+                raise TimeoutError(f"d{self.domid}: no pcifront after {timeout:g} s")
+            assert self.pcifront is not None
+            return self.pcifront
+
+    def _device_changed(self, _ev: WatchEvent) -> None:
+        node = frontend_node(self.domid)
+        with self._lock:
+            if not self._booted:
+                return
+            try:
+                present = self.xs.exists(f"{node}/state") and self.xs.exists(f"{node}/backend")
+            except XsError:
+                present = False
+            if present and self.pcifront is None:
+                front = Pcifront(
+                    self.domid,
+                    self.domain.hypercalls,
+                    self.xs,
+                    self.pci,
+                    op_timeout=self.op_timeout,
+                    on_vcpu=self.domain.vcpu.on_this_vcpu,
+                    trace=self.trace,
+                )
+                self.pcifront = front
+                self.history.append(front)
+                self._changed.notify_all()
+                front.probe()
+            elif not present and self.pcifront is not None:
+                self._remove_frontend()
+
+    def _remove_frontend(self) -> None:
+        front, self.pcifront = self.pcifront, None
+        if front is not None:
+            front.remove()
+        self._changed.notify_all()

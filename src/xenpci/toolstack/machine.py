@@ -1,0 +1,371 @@
+"""The machine: hypervisor, dom0 (XenStore + pciback), host devices, guests.
+
+There is no single real counterpart; this is what booting a Xen host does
+before any ``xl`` command runs: Xen starts (IOMMU on or off), dom0's kernel
+binds pciback's XenBus backend driver (watching ``backend/pci``), xenstored
+runs (in-process; optionally also on a Unix socket through
+:class:`xenpci.xenstore.server.XenstoredServer`), the host bridge has given
+every device its BAR addresses, and each guest created later runs a PV
+kernel (XenBus frontend, pcifront, PCI core) on its own vCPU thread.
+
+It implements the toolstack's :class:`xenpci.toolstack.libxl.Platform`:
+``host_functions``, ``pciback_bind``/``unbind``/``set_permissive`` (pciback's
+sysfs files), ``reset_device`` (sysfs ``reset``), ``start_guest``/``stop_guest``.
+
+Also here, for want of one in pciback: :class:`HvInterruptPlatform`, dom0's
+``xen_initdom_setup_msi_irqs`` (``arch/x86/pci/xen.c``): MSI and MSI-X
+vectors become ``PHYSDEVOP_map_pirq`` pirqs owned by the guest, and a model
+device's message reaches the guest's event channel through
+``Hypervisor.raise_pirq``.
+
+Deliberate differences: the host-bridge allocator is a bump allocator over
+three fixed windows (no bridge windows are programmed); devices from dumps
+and sysfs keep their host addresses and have nothing behind their BARs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from xenpci.devices.base import DeviceModel
+from xenpci.devices.irq import Interrupt
+from xenpci.errors import XenpciError
+from xenpci.guest.kernel import GuestKernel
+from xenpci.hv import Hypercalls, Hypervisor
+from xenpci.hv.errors import HvError
+from xenpci.pci import regs
+from xenpci.pci.address import SBDF
+from xenpci.pci.function import PciFunction
+from xenpci.pciback.conf_space import DeviceOptions, ModuleParams
+from xenpci.pciback.conf_space.dom0_pci import HostFunction
+from xenpci.pciback.pci_stub import PciStub, PcistubDevice, pci_reset_function
+from xenpci.pciback.xenbus import PcibackDriver
+from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
+from xenpci.trace import Trace
+from xenpci.xenstore.client import XsClient
+from xenpci.xenstore.core import XenStore
+from xenpci.xenstore.perms import Perms
+from xenpci.xenstore.server import XenstoredServer
+
+
+class MachineError(XenpciError):
+    """A machine-level request that cannot be done (unknown device, no room...)."""
+
+
+def _neg_errno(e: HvError) -> int:
+    return -int(getattr(errno, e.errno, errno.EINVAL))
+
+
+class HvInterruptPlatform:
+    """pciback's :class:`InterruptPlatform` over the hypervisor (dom0's MSI set-up).
+
+    Each vector gets a pirq mapped for the owner guest and permitted to it;
+    the interrupt source name (``msi:BDF:N``, ``msix:BDF:ENTRY``) lets a model
+    device's message find its pirq.
+    """
+
+    def __init__(self, hv: Hypervisor) -> None:
+        self.hv = hv
+        self._hc = hv.dom0.hypercalls
+        self._lock = threading.Lock()
+        self._by_source: dict[str, tuple[int, int]] = {}
+        self._by_dev: dict[tuple[str, SBDF], list[str]] = {}
+
+    def _map(self, kind: str, dev: HostFunction, owner: int, vectors: Sequence[int]) -> list[int]:
+        names = [f"{kind}:{dev.sbdf}:{v}" for v in vectors]
+        pirqs: list[int] = []
+        try:
+            for name in names:
+                pirq = self._hc.map_pirq(owner, name)
+                pirqs.append(pirq)
+                self._hc.irq_permission(owner, pirq, True)
+        except HvError:
+            for p in pirqs:
+                with contextlib.suppress(HvError):
+                    self._hc.unmap_pirq(owner, p)
+            raise
+        with self._lock:
+            for name, pirq in zip(names, pirqs, strict=True):
+                self._by_source[name] = (owner, pirq)
+            self._by_dev[(kind, dev.sbdf)] = names
+        return pirqs
+
+    def _unmap(self, kind: str, dev: HostFunction) -> None:
+        with self._lock:
+            names = self._by_dev.pop((kind, dev.sbdf), [])
+            got = [self._by_source.pop(n) for n in names if n in self._by_source]
+        for owner, pirq in got:
+            with contextlib.suppress(HvError):
+                self._hc.irq_permission(owner, pirq, False)
+            with contextlib.suppress(HvError):
+                self._hc.unmap_pirq(owner, pirq)
+
+    def enable_msi(self, dev: HostFunction, owner: int, nvec: int) -> list[int] | int:
+        try:
+            return self._map("msi", dev, owner, range(nvec))
+        except HvError as e:
+            return _neg_errno(e)
+
+    def disable_msi(self, dev: HostFunction) -> None:
+        self._unmap("msi", dev)
+
+    def enable_msix(self, dev: HostFunction, owner: int, entries: Sequence[int]) -> list[int] | int:
+        try:
+            return self._map("msix", dev, owner, entries)
+        except HvError as e:
+            return _neg_errno(e)
+
+    def disable_msix(self, dev: HostFunction) -> None:
+        self._unmap("msix", dev)
+
+    def pirq_for(self, kind: str, sbdf: SBDF, vector: int) -> int | None:
+        with self._lock:
+            got = self._by_source.get(f"{kind}:{sbdf}:{vector}")
+        return got[1] if got else None
+
+
+@dataclass
+class _Window:
+    name: str
+    base: int
+    limit: int
+    next: int = 0
+
+    def take(self, size: int) -> int:
+        start = max(self.next, self.base)
+        start = (start + size - 1) & ~(size - 1)  # natural alignment, as BARs need
+        if start + size > self.limit:
+            raise MachineError(f"host bridge {self.name} window full ({size:#x} bytes wanted)")
+        self.next = start + size
+        return start
+
+
+class HostBridge:
+    """A bump allocator for model devices' BARs (firmware's job on real hosts)."""
+
+    def __init__(self) -> None:
+        self.io = _Window("io", 0xC000, 0x10000)
+        self.mem32 = _Window("mem32", 0xC000_0000, 0xF000_0000)
+        self.mem64 = _Window("mem64", 0x40_0000_0000, 0x80_0000_0000)
+
+    def place(self, fn: DeviceModel) -> list[tuple[int, str, int, int]]:
+        """Give every BAR of ``fn`` an address; returns (index, kind, address, size)."""
+        out: list[tuple[int, str, int, int]] = []
+        # Biggest first keeps the windows dense.
+        for bar in sorted(fn.bars, key=lambda b: -(b.size or 0)):
+            if not bar.size:
+                continue
+            if bar.kind == "io":
+                win = self.io
+            elif bar.kind == "mem64" and bar.prefetchable:
+                win = self.mem64
+            else:
+                win = self.mem32
+            addr = win.take(max(bar.size, 16))
+            fn.assign_bar(bar.index, addr)
+            out.append((bar.index, bar.kind, addr, bar.size))
+        return out
+
+
+class Machine:
+    """One Xen host: see the module docstring. Use as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        iommu: bool = True,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
+        passthrough: bool = False,
+        trace: Trace | None = None,
+        permissive: bool = False,
+    ) -> None:
+        self.trace = trace if trace is not None else Trace()
+        self.hv = Hypervisor(iommu=iommu, trace=self.trace)
+        self.op_timeout = op_timeout
+        self.store = XenStore()
+        #: dom0's toolstack connection (what libxl/xl use).
+        self.xs = XsClient.in_process(self.store, 0)
+        self.irq_platform = HvInterruptPlatform(self.hv)
+        self.stub = PciStub(ModuleParams(permissive=permissive), self.irq_platform)
+        self._pciback_xs = XsClient.in_process(self.store, 0)
+        self.pciback = PcibackDriver(
+            self.hv.dom0.hypercalls,
+            self._pciback_xs,
+            self.stub,
+            self.irq_platform,
+            passthrough=passthrough,
+            trace=self.trace,
+        )
+        self.pciback.start()
+        self.host_bridge = HostBridge()
+        self._host: dict[SBDF, PciFunction] = {}
+        self.guests: dict[int, GuestKernel] = {}
+        self._guest_clients: dict[int, XsClient] = {}
+        self._servers: list[XenstoredServer] = []
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- context manager ------------------------------------------------------------
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    @property
+    def dom0(self) -> Hypercalls:
+        return self.hv.dom0.hypercalls
+
+    # -- host devices -------------------------------------------------------------------
+    def add_host_devices(self, functions: Iterable[PciFunction]) -> list[PciFunction]:
+        """Put functions on the host. Models get BARs, MMIO/IO handlers, DMA and IRQ wiring."""
+        added = []
+        with self._lock:
+            for fn in functions:
+                if fn.sbdf in self._host:
+                    raise MachineError(f"a function {fn.sbdf} is already on the host")
+                self._host[fn.sbdf] = fn
+                if isinstance(fn, DeviceModel):
+                    self._wire_model(fn)
+                added.append(fn)
+        return added
+
+    def _wire_model(self, fn: DeviceModel) -> None:
+        for index, kind, addr, size in self.host_bridge.place(fn):
+            handler = fn.bar_handler(index)
+            if kind == "io":
+                self.hv.iobus.register_ioport(addr, size, handler)
+            else:
+                self.hv.iobus.register_mmio(addr, size, handler)
+        fn.attach_dma(self.hv.iommu.dma_port(fn.sbdf.sbdf_int))
+        fn.connect_irq(functools.partial(self._raise, fn))
+
+    def _raise(self, fn: PciFunction, irq: Interrupt) -> None:
+        if irq.kind == "intx":
+            if not irq.asserted:
+                return
+            line = fn.config.read(regs.PCI_INTERRUPT_LINE, 1)
+            pirq: int | None = line if 0 < line < 0xFF else None
+        else:
+            pirq = self.irq_platform.pirq_for(irq.kind, fn.sbdf, irq.vector)
+        if pirq is not None:
+            self.hv.raise_pirq(pirq)
+
+    def host_function(self, sbdf: SBDF) -> PciFunction:
+        fn = self._host.get(sbdf)
+        if fn is None:
+            raise MachineError(f"no PCI function {sbdf} on this host")
+        return fn
+
+    # -- Platform (xenpci.toolstack.libxl) ----------------------------------------------
+    def host_functions(self) -> list[PciFunction]:
+        with self._lock:
+            return [self._host[s] for s in sorted(self._host, key=lambda s: s.sbdf_int)]
+
+    def pciback_bound(self) -> set[SBDF]:
+        with self.pciback.pool_lock:
+            return {p.sbdf for p in self.stub}
+
+    def pciback_bind(self, sbdf: SBDF, options: DeviceOptions | None = None) -> PcistubDevice:
+        """Seize ``sbdf`` for passthrough (``new_slot`` + ``bind``), with per-device options."""
+        fn = self.host_function(sbdf)
+        with self.pciback.pool_lock:
+            return self.stub.seize(fn, options)
+
+    def pciback_unbind(self, sbdf: SBDF) -> None:
+        with self.pciback.pool_lock:
+            self.stub.release(sbdf)
+
+    def pciback_set_permissive(self, sbdf: SBDF) -> None:
+        with self.pciback.pool_lock:
+            self.stub.set_permissive(sbdf)
+
+    def reset_device(self, sbdf: SBDF) -> str | None:
+        fn = self.host_function(sbdf)
+        with self.pciback.pool_lock:
+            return pci_reset_function(fn)
+
+    def start_guest(self, name: str, memory_kib: int) -> int:
+        """Create a PV domain with its XenStore home and boot its kernel."""
+        dom = self.hv.create_domain(name, memory_kib)
+        domid = dom.domid
+        home = f"/local/domain/{domid}"
+        ro = Perms.of("n0", f"r{domid}")
+        rw = Perms.of(f"n{domid}")
+        # libxl__domain_make: the home and device/ read-only to the guest,
+        # error/, data/ and the rest its own.
+        with self.xs.transaction() as t:
+            t.write(home, "")
+            t.set_perms(home, ro)
+            t.write(f"{home}/name", name)
+            t.write(f"{home}/domid", str(domid))
+            t.write(f"{home}/device", "")
+            t.set_perms(f"{home}/device", ro)
+            for sub in ("error", "data", "drivers", "feature"):
+                t.write(f"{home}/{sub}", "")
+                t.set_perms(f"{home}/{sub}", rw)
+        self.store.introduce_domain(domid)
+        client = XsClient.in_process(self.store, domid)
+        kernel = GuestKernel(dom, client, op_timeout=self.op_timeout, trace=self.trace)
+        with self._lock:
+            self.guests[domid] = kernel
+            self._guest_clients[domid] = client
+        kernel.boot()
+        return domid
+
+    def stop_guest(self, domid: int) -> None:
+        """Shut the kernel down, forget the domain in XenStore, destroy it."""
+        with self._lock:
+            kernel = self.guests.pop(domid, None)
+            client = self._guest_clients.pop(domid, None)
+        if kernel is not None:
+            kernel.shutdown()
+        if client is not None:
+            with contextlib.suppress(XenpciError):
+                client.close()
+        with contextlib.suppress(XenpciError):
+            self.store.release_domain(domid)
+        with contextlib.suppress(XenpciError):
+            self.xs.rm(f"/local/domain/{domid}")
+        with contextlib.suppress(XenpciError):
+            self.hv.destroy_domain(domid)
+
+    def guest(self, domid: int) -> GuestKernel:
+        kernel = self.guests.get(domid)
+        if kernel is None:
+            raise MachineError(f"no guest d{domid}")
+        return kernel
+
+    # -- XenStore over a socket ---------------------------------------------------------
+    def serve_xenstore(self, socket_path: str, ro_socket_path: str | None = None) -> None:
+        """Also expose this machine's XenStore on a Unix socket (for xenstore-utils)."""
+        server = XenstoredServer(self.store, socket_path, ro_socket_path)
+        server.start()
+        self._servers.append(server)
+
+    # -- teardown -----------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Guests first, then pciback (devices reset and released), then the rest."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for domid in list(self.guests):
+            self.stop_guest(domid)
+        self.pciback.stop()
+        with self.pciback.pool_lock:
+            for psdev in list(self.stub):
+                with contextlib.suppress(XenpciError):
+                    self.stub.release(psdev.sbdf)
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+        for client in (self._pciback_xs, self.xs):
+            with contextlib.suppress(XenpciError):
+                client.close()
+        self.hv.shutdown()
