@@ -142,3 +142,13 @@ def test_random_frames_never_crash_or_corrupt(seq: list[bytes], junk: bytes) -> 
     f = dom0.one(w.XS_READ, strings("/local/domain/0/name"))
     assert f.type in (w.XS_READ, w.XS_ERROR)
     assert store.connections == [dom0.conn]
+
+
+def test_frames_before_an_oversized_header_are_answered(store: XenStore) -> None:
+    conn = store.connection(0)
+    data = encode(w.XS_WRITE, 1, 0, b"/before\0v") + struct.pack("<IIII", w.XS_READ, 2, 0, 9999)
+    out = conn.feed(data)
+    assert out == [encode(w.XS_WRITE, 1, 0, b"OK\0")]
+    assert conn.closed
+    assert conn.feed(encode(w.XS_READ, 3, 0, b"/before\0")) == []
+    assert store.tree.get("/before") is not None

@@ -120,6 +120,9 @@ class Connection:
                 reply = self.store.handle(self, frame)
                 if reply is not None:
                     self._out.append(reply)
+            if self._decoder.error is not None:
+                # Frames before the bad header were answered; now drop the peer.
+                self.close(str(self._decoder.error))
             return self.take_output()
 
     def take_output(self) -> list[bytes]:

@@ -79,16 +79,23 @@ def check_reply(req_type: int, frame: Frame) -> bytes:
 
 
 class FrameDecoder:
-    """Reassemble frames from a byte stream that may arrive in any fragments."""
+    """Reassemble frames from a byte stream that may arrive in any fragments.
 
-    __slots__ = ("_buf", "max_payload")
+    On a header with ``len`` > ``max_payload`` the frames before it are still
+    returned; ``error`` is set and every later :meth:`feed` raises it.
+    """
+
+    __slots__ = ("_buf", "error", "max_payload")
 
     def __init__(self, max_payload: int = XENSTORE_PAYLOAD_MAX) -> None:
         self._buf = bytearray()
         self.max_payload = max_payload
+        self.error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Add bytes; return every complete frame. Raises ProtocolError on ``len`` > max."""
+        """Add bytes; return every complete frame (ProtocolError if the stream is broken)."""
+        if self.error is not None:
+            raise self.error
         self._buf += data
         frames: list[Frame] = []
         buf = self._buf
@@ -96,8 +103,11 @@ class FrameDecoder:
         while len(buf) - pos >= HEADER_SIZE:
             type_, req_id, tx_id, length = HEADER.unpack_from(buf, pos)
             if length > self.max_payload:
-                del buf[:pos]
-                raise ProtocolError(f"payload length {length} > {self.max_payload}", length)
+                self.error = ProtocolError(f"payload length {length} > {self.max_payload}", length)
+                del buf[:]
+                if frames:
+                    return frames
+                raise self.error
             end = pos + HEADER_SIZE + length
             if len(buf) < end:
                 break
