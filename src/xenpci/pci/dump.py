@@ -12,7 +12,8 @@ device, a duplicate device or a domain over 16 bits is a :class:`SourceError`
 naming ``FILE:LINE`` (lspci aborts with a bare message or silently ignores).
 From the ``-v`` text we additionally take BAR sizes (``Region N: ...
 [size=S]`` and ``Expansion ROM at ... [size=S]``), which the hex alone
-cannot give; without that text sizes stay unknown.
+cannot give, plus ``IOMMU group: N`` and ``Kernel driver in use: D``;
+without that text sizes stay unknown (and say so in the function's notes).
 """
 
 from __future__ import annotations
