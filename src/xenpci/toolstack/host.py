@@ -26,7 +26,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenpci.errors import XenpciError
 from xenpci.toolstack.errors import LibxlErrorCode, ToolstackError
+from xenpci.toolstack.machine import Machine
 
 #: The devices a machine has when no host file says otherwise: the demo's NIC and
 #: NVMe-like disk, the sub-page device twice (their BARs share a page: XSA-461), a
@@ -108,3 +110,22 @@ def load_host(path: str | Path) -> HostDescription:
     except OSError as e:
         raise HostConfigError(str(p), f"cannot read: {e.strerror}") from None
     return parse_host(text, str(p))
+
+
+def boot_machine(host: HostDescription) -> Machine:
+    """A :class:`Machine` with the host's IOMMU setting and every listed device on it."""
+    # Importing the catalog registers the ``model:`` source scheme.
+    import xenpci.devices.catalog  # noqa: F401
+    from xenpci.pci.sources import open_source
+
+    machine = Machine(iommu=host.iommu)
+    try:
+        for src in host.sources:
+            try:
+                machine.add_host_devices(open_source(src))
+            except XenpciError as e:
+                raise HostConfigError(src, str(e)) from None
+    except BaseException:
+        machine.shutdown()
+        raise
+    return machine

@@ -68,7 +68,7 @@ class Platform(Protocol):
         """Functions currently bound to pciback (``/sys/bus/pci/drivers/pciback``)."""
         ...
 
-    def pciback_bind(self, sbdf: SBDF) -> None:
+    def pciback_bind(self, sbdf: SBDF) -> object:
         """Seize a function for passthrough (pciback ``new_slot`` + ``bind``)."""
         ...
 
@@ -180,7 +180,9 @@ def shared_page_neighbours(fn: PciFunction, others: Iterable[PciFunction]) -> li
             o_last = (ob.address + ob.size - 1) >> PAGE_SHIFT
             for page, idx in mine:
                 if o_first <= page <= o_last:
-                    hits.append(f"BAR{idx} of {fn.sbdf} shares page 0x{page:x} with {other.sbdf}")
+                    hit = f"BAR{idx} of {fn.sbdf} shares page 0x{page:x} with {other.sbdf}"
+                    if hit not in hits:
+                        hits.append(hit)
     return hits
 
 

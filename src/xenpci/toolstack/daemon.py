@@ -1,0 +1,301 @@
+"""A machine that stays up: hypervisor, dom0, xenstored and the toolstack behind two sockets.
+
+There is no one real counterpart: on a Xen host the hypervisor runs from boot,
+``xenstored`` is a daemon with ``/run/xenstored/socket``, and every ``xl``
+process links libxl. Here one process holds the machine; it serves the
+XenStore wire protocol on ``DIR/xenstored.sock`` (so ``XENSTORED_PATH=... xenstore-ls``
+shows the live machine) and the toolstack's control protocol
+(:mod:`xenpci.toolstack.control`) on ``DIR/control.sock``; ``DIR/machine.pid``
+names the process. Stopping destroys every guest (their devices are detached,
+reset and returned to pciback), gives every device back to dom0, and removes
+the sockets and the pid file.
+
+This module is the thin IO shell: sockets and threads only; the protocol and
+the toolstack logic live in ``control`` and ``libxl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from xenpci.toolstack import libxl_pci as lp
+from xenpci.toolstack.control import (
+    ControlProtocolError,
+    ControlService,
+    LineFramer,
+    Request,
+    Response,
+    decode_response,
+)
+from xenpci.toolstack.errors import LibxlErrorCode, ToolstackError
+from xenpci.toolstack.host import HostDescription, boot_machine
+from xenpci.toolstack.libxl import Libxl
+from xenpci.toolstack.machine import Machine
+
+XENSTORED_SOCK = "xenstored.sock"
+CONTROL_SOCK = "control.sock"
+PID_FILE = "machine.pid"
+
+
+class DaemonError(ToolstackError):
+    """The machine could not start, or no machine answers at a directory."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, LibxlErrorCode.ERROR_FAIL)
+
+
+def default_dir() -> Path:
+    """``$XENPCI_DIR``, else ``$XDG_RUNTIME_DIR/xenpci`` or ``/tmp/xenpci-<uid>``."""
+    env = os.environ.get("XENPCI_DIR")
+    if env:
+        return Path(env)
+    run = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(run) / "xenpci" if run else Path(f"/tmp/xenpci-{os.getuid()}")
+
+
+def read_pid(run_dir: Path) -> int | None:
+    """The pid in ``DIR/machine.pid`` if that process is alive, else None."""
+    try:
+        pid = int((run_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+class MachineDaemon:
+    """Boot a machine and serve it until :meth:`stop` (or a ``shutdown`` request)."""
+
+    def __init__(self, run_dir: Path, host: HostDescription, *, timeout: float = 10.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.host = host
+        self.timeout = timeout
+        self.started_at = 0.0
+        self._stop = threading.Event()
+        self._stopped = False
+        self._listener: socket.socket | None = None
+        self._accept_thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+        self._conn_threads: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+        self.machine: Machine | None = None
+        self.libxl: Libxl | None = None
+        self.service: ControlService | None = None
+        self._created_dir = False
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def xenstored_path(self) -> Path:
+        return self.run_dir / XENSTORED_SOCK
+
+    @property
+    def control_path(self) -> Path:
+        return self.run_dir / CONTROL_SOCK
+
+    @property
+    def pid_path(self) -> Path:
+        return self.run_dir / PID_FILE
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        other = read_pid(self.run_dir)
+        if other is not None:
+            raise DaemonError(f"a machine is already running in {self.run_dir} (pid {other})")
+        if len(str(self.control_path)) > 100:
+            raise DaemonError(f"{self.run_dir} is too long a path for a Unix socket")
+        if not self.run_dir.exists():
+            self.run_dir.mkdir(parents=True)
+            self._created_dir = True
+        # Stale leftovers of a machine that died: ours to replace.
+        for p in (self.xenstored_path, self.control_path, self.pid_path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        try:
+            self.machine = boot_machine(self.host)
+            self.machine.serve_xenstore(str(self.xenstored_path))
+            self.libxl = Libxl(self.machine, self.machine.xs, timeout=self.timeout)
+            self.service = ControlService(self.libxl, self.status)
+            lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            lst.bind(str(self.control_path))
+            lst.listen(16)
+            self._listener = lst
+            self._accept_thread = threading.Thread(
+                target=self._accept_loop, name="xenpci-control", daemon=True
+            )
+            self._accept_thread.start()
+            tmp = self.pid_path.with_suffix(".tmp")
+            tmp.write_text(f"{os.getpid()}\n")
+            tmp.replace(self.pid_path)
+            self.started_at = time.time()
+        except BaseException:
+            self.stop()
+            raise
+
+    def serve_forever(self) -> None:
+        """Block until stop is requested (signal handler or ``shutdown`` op), then stop."""
+        while not self._stop.wait(0.2):
+            pass
+        self.stop()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Clean shutdown; idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stop.set()
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+        if (
+            self._accept_thread is not None
+            and self._accept_thread is not threading.current_thread()
+        ):
+            self._accept_thread.join(timeout=5)
+        # Guests first (their devices are detached, revoked, reset), then give devices back.
+        if self.libxl is not None:
+            for rec in list(self.libxl.domains.values()):
+                with contextlib.suppress(Exception):
+                    self.libxl.domain_destroy(rec.domid)
+            for dev in self.libxl.assignable_list():
+                with contextlib.suppress(Exception):
+                    self.libxl.assignable_remove(str(dev.sbdf))
+        with self._lock:
+            conns = list(self._conns)
+            threads = list(self._conn_threads)
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(timeout=5)
+        if self.machine is not None:
+            self.machine.shutdown()
+        for p in (self.control_path, self.xenstored_path, self.pid_path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        if self._created_dir:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+
+    def status(self) -> dict[str, Any]:
+        assert self.machine is not None and self.libxl is not None
+        bound = self.machine.pciback_bound()
+        devices = []
+        for fn in self.machine.host_functions():
+            owner = lp.assigned_domid(self.machine.xs, fn.sbdf)
+            where = (
+                f"domain {owner}"
+                if owner is not None
+                else "pciback"
+                if fn.sbdf in bound
+                else "dom0"
+            )
+            devices.append({"bdf": str(fn.sbdf), "source": fn.source, "owner": where})
+        return {
+            "pid": os.getpid(),
+            "dir": str(self.run_dir),
+            "xenstored": str(self.xenstored_path),
+            "iommu": self.machine.hv.iommu_enabled,
+            "uptime": round(time.time() - self.started_at, 3),
+            "domains": len(self.libxl.domains) + 1,
+            "devices": devices,
+        }
+
+    # ------------------------------------------------------------------ sockets
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), name="xenpci-ctl", daemon=True)
+            with self._lock:
+                if self._stopped:
+                    conn.close()
+                    return
+                self._conns.add(conn)
+                self._conn_threads.add(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        assert self.service is not None
+        framer = LineFramer()
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                try:
+                    lines = framer.feed(data)
+                except ControlProtocolError as e:
+                    conn.sendall(Response.failure(None, e).encode())
+                    return  # fatal framing error: drop this client only
+                for line in lines:
+                    resp = self.service.handle_line(line)
+                    conn.sendall(resp.encode())
+                    if self.service.shutdown_requested:
+                        self._stop.set()
+        except OSError:
+            return
+        finally:
+            conn.close()
+            with self._lock:
+                self._conns.discard(conn)
+                self._conn_threads.discard(threading.current_thread())
+
+
+class ControlClient:
+    """``xl``'s side: one connection, one request at a time."""
+
+    def __init__(self, run_dir: Path, *, timeout: float = 120.0) -> None:
+        self.path = Path(run_dir) / CONTROL_SOCK
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(str(self.path))
+        except OSError as e:
+            self._sock.close()
+            raise DaemonError(
+                f"no machine running in {run_dir} ({e.strerror}); start one with "
+                "`xenpci machine start`"
+            ) from None
+        self._framer = LineFramer()
+        self._pending: list[bytes] = []
+        self._next_id = 1
+
+    def call(self, op: str, **args: Any) -> Any:
+        req = Request(self._next_id, op, args)
+        self._next_id += 1
+        self._sock.sendall(req.encode())
+        while not self._pending:
+            data = self._sock.recv(65536)
+            if not data:
+                raise DaemonError("the machine closed the control connection")
+            self._pending += self._framer.feed(data)
+        return decode_response(self._pending.pop(0)).unwrap()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
