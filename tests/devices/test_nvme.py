@@ -26,13 +26,17 @@ from xenpci.devices.nvme import (
     NVME_REG_CSTS,
     NVME_REG_DBS,
     SC_DATA_TRANSFER_ERROR,
+    SC_INVALID_FIELD,
+    SC_INVALID_NAMESPACE,
     SC_INVALID_OPCODE,
     SC_INVALID_QID,
     SC_LBA_OUT_OF_RANGE,
     SC_SUCCESS,
     NvmeFunction,
 )
+from xenpci.pci import regs
 from xenpci.pci.address import SBDF
+from xenpci.pci.capabilities import find_capability
 
 ASQ, ACQ, IOSQ, IOCQ, DATA, PRPLIST = 0x10000, 0x11000, 0x12000, 0x13000, 0x100000, 0x90000
 QSIZE = 16
@@ -140,6 +144,7 @@ def test_identify_controller(host: Host) -> None:
     assert status == SC_SUCCESS
     page = host.mem.read(DATA, 4096)
     assert struct.unpack_from("<H", page, 0)[0] == 0x1B36
+    assert page[77] == 5  # MDTS: 128 KiB
     assert page[512] == 0x66 and page[513] == 0x44
     assert struct.unpack_from("<I", page, 516)[0] == 1
 
@@ -209,6 +214,9 @@ def test_fault_posting_completion_sets_controller_fatal() -> None:
 
 def test_bad_commands_get_spec_status_codes(host: Host) -> None:
     assert host.submit(0, 0x7F)[0] == SC_INVALID_OPCODE
+    assert host.submit(1, 0x7F, nsid=1)[0] == SC_INVALID_OPCODE
+    assert host.io(NVM_READ, 0, 0x10000, DATA) == SC_INVALID_FIELD  # beyond MDTS
+    assert host.submit(1, NVM_READ, nsid=2, prp1=DATA)[0] == SC_INVALID_NAMESPACE
     assert host.submit(0, ADM_CREATE_CQ, prp1=IOCQ, cdw=(15 << 16 | 1, 1))[0] == SC_INVALID_QID
 
 
@@ -227,9 +235,6 @@ def test_completion_raises_msix_vector_of_the_queue() -> None:
     mem, log = MemoryDmaPort(), IrqLog()
     fn = NvmeFunction(SBDF(0, 5, 0, 0), dma=mem, raise_irq=log)
     h = Host(fn, mem)
-    from xenpci.pci import regs
-    from xenpci.pci.capabilities import find_capability
-
     cap = find_capability(fn.config, regs.PCI_CAP_ID_MSIX)
     assert cap is not None
     fn.config_write(cap + regs.PCI_MSIX_FLAGS, 2, regs.PCI_MSIX_FLAGS_ENABLE)

@@ -37,6 +37,7 @@ from xenpci.devices.dma import DmaPort
 from xenpci.devices.errors import DmaFault, MmioError
 from xenpci.devices.irq import Interrupt, RaiseIrq
 from xenpci.devices.msix import MsixBlock
+from xenpci.errors import XenpciError
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.bar import ROM_INDEX, bar_register_offset
@@ -94,11 +95,25 @@ class _BusMasterPort:
             raise DmaFault(addr, n, write=write, reason="function is not in D0")
         return m.dma_port
 
+    # Any refusal by the port (the hypervisor's IOMMU raises its own hv-layer
+    # DmaFault) becomes this layer's DmaFault, so device engines handle one type.
     def read(self, bus_addr: int, n: int) -> bytes:
-        return self._port(bus_addr, n, False).read(bus_addr, n)
+        port = self._port(bus_addr, n, False)
+        try:
+            return port.read(bus_addr, n)
+        except DmaFault:
+            raise
+        except XenpciError as e:
+            raise DmaFault(bus_addr, n, write=False, reason=str(e)) from e
 
     def write(self, bus_addr: int, data: bytes) -> None:
-        self._port(bus_addr, len(data), True).write(bus_addr, data)
+        port = self._port(bus_addr, len(data), True)
+        try:
+            port.write(bus_addr, data)
+        except DmaFault:
+            raise
+        except XenpciError as e:
+            raise DmaFault(bus_addr, len(data), write=True, reason=str(e)) from e
 
 
 class DeviceModel(PciFunction):

@@ -24,7 +24,11 @@ _BUS_LIMIT = 1 << 64
 
 @runtime_checkable
 class DmaPort(Protocol):
-    """What a device needs to master the bus."""
+    """What a device needs to master the bus.
+
+    A refused access raises ``DmaFault`` or any other ``XenpciError`` (the
+    hypervisor's IOMMU raises its own); devices see both as a ``DmaFault``.
+    """
 
     def read(self, bus_addr: int, n: int) -> bytes:
         """Read ``n`` bytes at ``bus_addr`` or raise ``DmaFault``."""

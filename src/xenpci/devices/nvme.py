@@ -78,6 +78,7 @@ SC_INVALID_QID = 0x101
 SC_INVALID_QSIZE = 0x102
 SC_INVALID_PRP_OFFSET = 0x013
 
+MDTS = 5  # Maximum Data Transfer Size: 2**5 pages = 128 KiB per command
 _CAP = MQES | (1 << 16) | (1 << 24) | (1 << 37)  # MQES, CQR, TO=500ms, CSS=NVM; DSTRD=0, MPS=4K
 
 
@@ -289,6 +290,7 @@ class NvmeCore:
         page[4:24] = b"XENPCI0001".ljust(20)
         page[24:64] = b"xenpci NVMe-like model".ljust(40)
         page[64:72] = b"1.0".ljust(8)
+        page[77] = MDTS
         page[512] = 0x66  # SQES: 64-byte entries
         page[513] = 0x44  # CQES: 16-byte entries
         struct.pack_into("<I", page, 516, 1)  # NN: one namespace
@@ -311,6 +313,8 @@ class NvmeCore:
         nlb = (dw[12] & 0xFFFF) + 1
         if slba + nlb > NAMESPACE_BLOCKS:
             return SC_LBA_OUT_OF_RANGE, 0
+        if nlb * BLOCK_SIZE > PAGE_SIZE << MDTS:
+            return SC_INVALID_FIELD, 0  # larger than MDTS (Identify byte 77)
         if opcode == NVM_READ:
             data = b"".join(self.blocks.get(b, bytes(BLOCK_SIZE)) for b in range(slba, slba + nlb))
             return self._transfer(dw, page_out=data), 0
