@@ -34,16 +34,33 @@ class PciIds:
     def vendor_name(self, vendor: int) -> str:
         return self.vendors.get(vendor, f"Vendor {vendor:04x}")
 
+    def subsystem_vendor_name(self, vendor: int) -> str:
+        """A subsystem vendor's name; lspci words the unknown case differently."""
+        return self.vendors.get(vendor, f"Unknown vendor {vendor:04x}")
+
     def device_name(self, vendor: int, device: int) -> str:
         return self.devices.get((vendor, device), f"Device {device:04x}")
+
+    def subsystem_name(self, vendor: int, device: int, sub_vendor: int, sub_device: int) -> str:
+        """Name of a subsystem (card) of ``vendor:device``, as lspci prints it.
+
+        Like pciutils ``pci_lookup_name``: the exact entry, else the device's own
+        name when the subsystem IDs repeat the device IDs, else ``Device SSSS``.
+        """
+        key = (vendor, device, sub_vendor, sub_device)
+        if key in self.subsystems:
+            return self.subsystems[key]
+        if (sub_vendor, sub_device) == (vendor, device) and (vendor, device) in self.devices:
+            return self.devices[(vendor, device)]
+        return f"Device {sub_device:04x}"
 
     def class_name(self, class_code: int) -> str:
         """Name of a 24-bit class code's class/subclass, as lspci's first column."""
         base, sub = class_code >> 16, (class_code >> 8) & 0xFF
         if (base, sub) in self.subclasses:
             return self.subclasses[(base, sub)]
-        if base in self.classes:
-            return self.classes[base]
+        if base in self.classes:  # lspci adds the numbers when only the class is known
+            return f"{self.classes[base]} [{base:02x}{sub:02x}]"
         return f"Class {base:02x}{sub:02x}"
 
 
