@@ -232,3 +232,22 @@ def test_xenstore_ls_reads_the_layout(tmp_path: Path, store: XenStore) -> None:
         ).stdout
         assert f'backend = "{BE}"' in fe
         assert "(n7,r0)" in fe
+
+
+def test_wait_ends_when_the_guest_dies(xs: XsClient, store: XenStore) -> None:
+    """@releaseDomain during the wait: a precise DomainGone, not a 10 s timeout."""
+    from xenpci.toolstack.errors import DomainGone
+
+    lp.device_pci_add_xenstore(xs, DOMID, "g", dev(NIC), starting=True)
+    t = threading.Timer(0.1, lambda: store.release_domain(DOMID))
+    t.start()
+    try:
+        import time
+
+        t0 = time.monotonic()
+        with pytest.raises(DomainGone) as e:
+            lp.wait_for_backend_state(xs, DOMID, timeout=10)
+        assert e.value.domid == DOMID
+        assert time.monotonic() - t0 < 2
+    finally:
+        t.join()

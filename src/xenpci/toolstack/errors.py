@@ -59,6 +59,14 @@ class BackendMissing(ToolstackError):
         super().__init__(f"backend {path} does not exist", LibxlErrorCode.ERROR_FAIL)
 
 
+class DomainGone(ToolstackError):
+    """The guest died (``@releaseDomain``) while the toolstack waited on its devices."""
+
+    def __init__(self, domid: int) -> None:
+        self.domid = domid
+        super().__init__(f"domain {domid} went away", LibxlErrorCode.ERROR_FAIL)
+
+
 class DeviceNotAttached(ToolstackError):
     """Detach of a BDF with no ``dev-N`` in the domain's backend."""
 

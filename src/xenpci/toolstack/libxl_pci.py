@@ -33,10 +33,11 @@ from xenpci.toolstack.errors import (
     BackendMissing,
     BackendStateTimeout,
     DeviceNotAttached,
+    DomainGone,
     LibxlErrorCode,
     ToolstackError,
 )
-from xenpci.xenstore.errors import XsError
+from xenpci.xenstore.errors import ConnectionClosed, XsError
 from xenpci.xenstore.perms import Access, Perm, Perms
 
 DEFAULT_TIMEOUT = 10.0  # libxl's LIBXL_DEVICE_MODEL_START_TIMEOUT-style backend wait, seconds
@@ -371,15 +372,20 @@ def wait_for_backend_state(
 ) -> None:
     """Block until the backend ``state`` reads ``wanted`` (``libxl__wait_for_backend``).
 
-    A watch on the node, not a poll: each event re-reads it. Raises
-    :class:`BackendMissing` if the node disappears (or never existed), and
+    A watch on the node, not a poll: each event re-reads it. A second watch on
+    ``@releaseDomain`` notices the guest dying meanwhile (as libxl's domain
+    death watch does). Raises :class:`BackendMissing` if the node disappears
+    (or never existed), :class:`DomainGone` if the guest is released, and
     :class:`BackendStateTimeout` after ``timeout`` seconds.
     """
     path = f"{backend_path(domid)}/state"
     with _watch_seq_lock:
-        token = f"xenpci-libxl-wait-{next(_watch_seq)}"
+        seq = next(_watch_seq)
+    token = f"xenpci-libxl-wait-{seq}"
+    death_token = f"xenpci-libxl-death-{seq}"
     done = threading.Event()
     seen: list[int | None] = [None]
+    gone = [False]
 
     def check(*_event: object) -> None:
         try:
@@ -395,14 +401,27 @@ def wait_for_backend_state(
         if state is None or state == wanted:
             done.set()
 
+    def death(*_event: object) -> None:
+        try:
+            alive = bool(xs.is_domain_introduced(domid))
+        except XsError:
+            alive = False
+        if not alive:
+            gone[0] = True
+            done.set()
+
     xs.watch(path, token, check)
+    xs.watch("@releaseDomain", death_token, death)
     try:
         check()  # the registration's own event may already have raced ahead of us
         if not done.wait(timeout):
             raise BackendStateTimeout(path, int(wanted), seen[0], timeout)
     finally:
-        with suppress(XsError):
-            xs.unwatch(path, token)
+        for p, t in ((path, token), ("@releaseDomain", death_token)):
+            with suppress(XsError, ConnectionClosed):
+                xs.unwatch(p, t)
+    if gone[0]:
+        raise DomainGone(domid)
     if seen[0] is None:
         raise BackendMissing(backend_path(domid))
 
