@@ -7,11 +7,14 @@ formats pciback writes (``vdev-N`` = ``%04x:%02x:%02x.%02x``, ``root-K`` =
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from xenpci.abi.xenbus import XenbusState as S
 from xenpci.devices import catalog
 from xenpci.pci import regs
+from xenpci.pcifront.errors import PciOpError
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.machine import Machine
 
@@ -60,3 +63,136 @@ def test_connect_handshake_and_conf_read(machine: Machine) -> None:
         (b.index, b.address, b.size) for b in host.bars if b.size
     ]
     assert back.stats.served > 256 and back.stats.errors == []
+
+
+def _states(m: Machine, domid: int) -> tuple[str, str]:
+    be = lp.read_dir(m.xs, lp.backend_path(domid))
+    fe = lp.read_dir(m.xs, lp.frontend_path(domid))
+    return be.get("state", "-"), fe.get("state", "-")
+
+
+def test_config_writes_are_virtualised_and_reach_hardware_only_by_rule(machine: Machine) -> None:
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    _domid, kernel, _front = boot_guest_with(machine, [nic])
+    dev = next(kernel.pci.devices())
+    host_bar0 = nic.config.read(regs.PCI_BASE_ADDRESS_0, 4)
+    # COMMAND: MEMORY|MASTER from the guest enables the device in dom0 (pci_enable_device,
+    # pci_set_master): the host decodes memory and masters the bus.
+    mem_master = regs.PCI_COMMAND_MEMORY | regs.PCI_COMMAND_MASTER
+    assert dev.write_config(regs.PCI_COMMAND, 2, mem_master) == 0
+    assert nic.config.read(regs.PCI_COMMAND, 2) & regs.PCI_COMMAND_MEMORY
+    assert nic.config.read(regs.PCI_COMMAND, 2) & regs.PCI_COMMAND_MASTER
+    # SERR/PARITY are virtual (XSA-120): the guest reads its own value, hardware never sees it
+    assert dev.write_config(regs.PCI_COMMAND, 2, 0x0146) == 0
+    assert dev.read_config(regs.PCI_COMMAND, 2) & 0x0140 == 0x0140
+    assert nic.config.read(regs.PCI_COMMAND, 2) & 0x0140 == 0
+    # Relocating a BAR is silently ignored (success), the host BAR never moves
+    assert dev.write_config(regs.PCI_BASE_ADDRESS_0, 4, 0x10000000) == 0
+    assert nic.config.read(regs.PCI_BASE_ADDRESS_0, 4) == host_bar0
+    assert dev.read_config(regs.PCI_BASE_ADDRESS_0, 4) == host_bar0
+    # An uncovered register (subsystem ID) is read-only without permissive: dropped, success
+    before = nic.config.read(regs.PCI_SUBSYSTEM_ID, 2)
+    assert dev.write_config(regs.PCI_SUBSYSTEM_ID, 2, 0xBEEF) == 0
+    assert nic.config.read(regs.PCI_SUBSYSTEM_ID, 2) == before
+    # Fields without a write handler: vendor ID stays
+    assert dev.write_config(regs.PCI_VENDOR_ID, 2, 0x1234) == 0
+    assert dev.read_config(regs.PCI_VENDOR_ID, 2) == nic.vendor_id
+
+
+def test_msix_enable_delivers_device_interrupts_to_guest_event_channels(machine: Machine) -> None:
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    domid, kernel, front = boot_guest_with(machine, [nic])
+    dev = next(kernel.pci.devices())
+    guest_dom = machine.hv.domain(domid)
+    got: list[tuple[int, bool]] = []
+    fired = threading.Event()
+
+    def handler(port: int) -> None:
+        got.append((port, guest_dom.vcpu.on_this_vcpu()))
+        fired.set()
+
+    dev.write_config_checked(regs.PCI_COMMAND, 2, regs.PCI_COMMAND_MEMORY | regs.PCI_COMMAND_MASTER)
+    ports = front.enable_msix(dev, [0, 1, 2], handler)
+    assert len(ports) == 3 and len(set(ports)) == 3
+    assert all(p >= 256 for p in dev.msix_pirqs)  # MSI pirqs above the GSI range
+    msix = nic.caps[regs.PCI_CAP_ID_MSIX]
+    assert nic.config.read(msix + regs.PCI_MSIX_FLAGS, 2) & regs.PCI_MSIX_FLAGS_ENABLE
+    # the guest reads the real MSI-X flags through pciback
+    assert dev.read_config(msix + regs.PCI_MSIX_FLAGS, 2) & regs.PCI_MSIX_FLAGS_ENABLE
+    nic.signal(1)
+    assert fired.wait(5)
+    assert got == [(ports[1], True)]  # on the guest's own vCPU, the port of entry 1
+    # second enable: -EALREADY from pciback (raw errno), guest sees a PciOpError
+    with pytest.raises(PciOpError) as ei:
+        front.enable_msix(dev, [0], handler)
+    assert ei.value.err == -114
+    assert front.disable_msix(dev) == 0
+    assert not nic.config.read(msix + regs.PCI_MSIX_FLAGS, 2) & regs.PCI_MSIX_FLAGS_ENABLE
+    fired.clear()
+    nic.signal(1)
+    assert not fired.wait(0.2)
+
+
+def test_hot_attach_and_detach_follow_the_reconfigure_dance(machine: Machine) -> None:
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    nvme = catalog.make("nvme", "0000:04:00.0")[0]
+    domid, kernel, front = boot_guest_with(machine, [nic])
+    back = machine.pciback.wait_for_device(domid)
+    machine.add_host_devices([nvme])
+    machine.pciback_bind(nvme.sbdf)
+
+    lp.device_pci_add_xenstore(
+        machine.xs, domid, "guest", lp.PciBackendDevice(nvme.sbdf), starting=False
+    )
+    assert front.wait_connected(2, 5)
+    lp.wait_for_backend_state(machine.xs, domid, S.XenbusStateConnected, 5)
+    reconf_be = [S.XenbusStateReconfiguring, S.XenbusStateReconfigured, S.XenbusStateConnected]
+    reconf_fe = [S.XenbusStateReconfiguring, S.XenbusStateConnected]
+    assert back.xenbus.history == BACKEND_CONNECT + reconf_be
+    assert front.xenbus.history == FRONTEND_CONNECT + reconf_fe
+    assert [str(d.sbdf) for d in kernel.pci.devices()] == ["0000:00:00.0", "0000:00:01.0"]
+    assert next(iter(kernel.pci.devices())).vendor == nic.vendor_id
+    assert lp.read_dir(machine.xs, lp.backend_path(domid))["vdev-1"] == "0000:00:01.00"
+    assert machine.stub.get(nvme.sbdf).owner == domid
+
+    # hot detach of the first: Closing handshake, pciback releases and resets it
+    resets = len(machine.stub.get(nic.sbdf).resets)
+    lp.device_pci_remove_xenstore(machine.xs, domid, nic.sbdf)
+    assert back.xenbus.history == BACKEND_CONNECT + reconf_be * 2
+    assert front.xenbus.history == FRONTEND_CONNECT + reconf_fe * 2
+    assert [str(d.sbdf) for d in kernel.pci.devices()] == ["0000:00:01.0"]
+    assert machine.stub.get(nic.sbdf).owner is None
+    assert len(machine.stub.get(nic.sbdf).resets) == resets + 1
+    be = lp.read_dir(machine.xs, lp.backend_path(domid))
+    assert (be["num_devs"], be["dev-0"], be["vdev-0"]) == ("1", "0000:04:00.0", "0000:00:01.00")
+    assert _states(machine, domid) == ("4", "4")
+
+
+def test_last_detach_disconnects_and_a_new_attach_reconnects(machine: Machine) -> None:
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    domid, kernel, front = boot_guest_with(machine, [nic])
+    back = machine.pciback.wait_for_device(domid)
+    gref = front.gref
+    lp.device_pci_remove_xenstore(machine.xs, domid, nic.sbdf)
+    # both directories are gone: each end closes and is removed
+    assert kernel.wait(lambda k: k.pcifront is None, 5)
+    assert machine.pciback.wait(lambda d: domid not in d.devices, 5)
+    assert front.xenbus.history[-2:] == [S.XenbusStateClosed, S.XenbusStateUnknown]
+    assert back.xenbus.history[-2:] == [S.XenbusStateClosed, S.XenbusStateUnknown]
+    assert domid not in machine.pciback.devices
+    assert front.gref is None and front.chan is None  # grant ended, page freed
+    assert machine.stub.get(nic.sbdf).owner is None
+    assert gref is not None
+
+    # reconnect: a fresh backend (state 1) and a fresh pcifront
+    lp.device_pci_add_xenstore(
+        machine.xs, domid, "guest", lp.PciBackendDevice(nic.sbdf), starting=False
+    )
+    lp.wait_for_backend_state(machine.xs, domid, S.XenbusStateConnected, 5)
+    front2 = kernel.wait_for_pcifront(5)
+    assert front2 is not front
+    assert front2.wait_connected(1, 5)
+    assert front2.xenbus.history == FRONTEND_CONNECT
+    assert machine.pciback.devices[domid].xenbus.history == BACKEND_CONNECT
+    dev = next(kernel.pci.devices())
+    assert dev.read_config(regs.PCI_VENDOR_ID, 2) == nic.vendor_id

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 
 from xenpci.guest.pci_core import GuestPci
 from xenpci.hv.domain import Domain
@@ -76,6 +77,11 @@ class GuestKernel:
                 raise TimeoutError(f"d{self.domid}: no pcifront after {timeout:g} s")
             assert self.pcifront is not None
             return self.pcifront
+
+    def wait(self, predicate: Callable[[GuestKernel], bool], timeout: float = 10.0) -> bool:
+        """Block until ``predicate(self)`` holds after a frontend probe/removal."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
 
     def _device_changed(self, _ev: WatchEvent) -> None:
         node = frontend_node(self.domid)

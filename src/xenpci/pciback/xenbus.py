@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -385,6 +386,11 @@ class PcibackDriver:
             if not self._changed.wait_for(lambda: domid in self.devices, timeout):
                 raise TimeoutError(f"no pciback device for d{domid} after {timeout:g} s")
             return self.devices[domid]
+
+    def wait(self, predicate: Callable[[PcibackDriver], bool], timeout: float = 10.0) -> bool:
+        """Block until ``predicate(self)`` holds after a device probe/removal."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
 
     def _backend_changed(self, _ev: WatchEvent) -> None:
         with self._lock:

@@ -93,12 +93,36 @@ class HvInterruptPlatform:
             for name, pirq in zip(names, pirqs, strict=True):
                 self._by_source[name] = (owner, pirq)
             self._by_dev[(kind, dev.sbdf)] = names
+        if kind == "msix":
+            self._program_msix(dev, list(vectors), pirqs)
         return pirqs
+
+    @staticmethod
+    def _program_msix(dev: HostFunction, entries: list[int], pirqs: list[int] | None) -> None:
+        # Xen owns the MSI-X table (PHYSDEVOP_prepare_msix): it writes each
+        # entry's message when mapping the pirq and unmasks it when the guest
+        # binds it. We do both at once; the data word names the pirq.
+        block = dev.msix if isinstance(dev, DeviceModel) else None
+        if block is None:
+            return
+        for i, entry in enumerate(entries):
+            if not 0 <= entry < block.nvec:
+                continue
+            base = entry * 16
+            if pirqs is None:
+                block.write_table(base + 12, 4, 1)  # mask again
+                continue
+            block.write_table(base, 4, 0xFEE00000)
+            block.write_table(base + 4, 4, 0)
+            block.write_table(base + 8, 4, pirqs[i])
+            block.write_table(base + 12, 4, 0)
 
     def _unmap(self, kind: str, dev: HostFunction) -> None:
         with self._lock:
             names = self._by_dev.pop((kind, dev.sbdf), [])
             got = [self._by_source.pop(n) for n in names if n in self._by_source]
+        if kind == "msix":
+            self._program_msix(dev, [int(n.rsplit(":", 1)[1]) for n in names], None)
         for owner, pirq in got:
             with contextlib.suppress(HvError):
                 self._hc.irq_permission(owner, pirq, False)
