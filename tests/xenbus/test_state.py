@@ -241,3 +241,24 @@ def test_mermaid_has_every_edge(role: Role) -> None:
     }
     want = {(a.name, b.name) for a, bs in TRANSITIONS[role].items() for b in bs}
     assert edges == want
+
+
+def test_driver_failed_forgets_unwritten_states() -> None:
+    be = XenbusDevice(Role.BACKEND)
+    acts = be.probe()  # InitWait, SETUP, Initialised
+    assert acts[1] == Call(CB.SETUP)
+    # the caller wrote InitWait, then SETUP failed
+    assert be.driver_failed(S.XenbusStateInitWait, "no device") == [
+        WriteError("no device"),
+        WriteState(S.XenbusStateClosing),
+    ]
+    assert be.history == [1, 2, 5]
+
+
+def test_driver_failed_never_rewrites_earlier_inputs() -> None:
+    be, fe = pair()
+    connect(be, fe)
+    be.switch_state(S.XenbusStateReconfiguring)
+    be.otherend_changed(S.XenbusStateReconfiguring)  # RECONFIGURE, Reconfigured
+    be.driver_failed(S.XenbusStateReconfiguring, "export failed")
+    assert be.history == [1, 2, 3, 4, 7, 5]

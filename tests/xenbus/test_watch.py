@@ -150,3 +150,31 @@ def test_driver_failure_is_xenbus_dev_fatal(pair: Pair) -> None:
     assert pair.be.device.state is S.XenbusStateClosing
     assert pair.tool.read(f"{BE}/error") == b"setup: no such device 0000:03:00.0"
     assert pair.state(BE) == b"5"
+    # setup failed before the switch to Initialised: that state never happened
+    assert pair.be.device.history == [1, 2, 5]
+
+
+def test_guest_domain_released_backend_removes_device(pair: Pair) -> None:
+    """xenstored's RELEASE deletes the guest-owned frontend dir: the backend sees it vanish."""
+    pair.store.introduce_domain(DOMID)
+    pair.be.start()
+    pair.fe.start()
+    assert pair.be.wait_for(connected) and pair.fe.wait_for(connected)
+    pair.store.release_domain(DOMID)
+    assert pair.be.wait_for(lambda d: d.state is S.XenbusStateUnknown)
+    assert pair.be.calls == [CB.SETUP, CB.CONNECT, CB.DISCONNECT, CB.REMOVE]
+    assert pair.be.device.history == [1, 2, 3, 4, 6, 0]
+    assert pair.be.device.otherend is S.XenbusStateUnknown
+
+
+def test_backend_destroyed_frontend_closes(pair: Pair) -> None:
+    """libxl__device_destroy removes the backend dir: the frontend treats it as gone."""
+    pair.be.start()
+    pair.fe.start()
+    assert pair.be.wait_for(connected) and pair.fe.wait_for(connected)
+    pair.be.close()
+    pair.tool.rm(BE)
+    assert pair.fe.wait_for(lambda d: d.state is S.XenbusStateUnknown)
+    assert pair.fe.device.history == [1, 3, 4, 6, 0]
+    assert pair.fe.calls[-1] is CB.DISCONNECT
+    assert pair.state(FE) == b"6"

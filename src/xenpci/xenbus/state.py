@@ -20,9 +20,10 @@ Deliberate differences from Linux:
   nothing. Linux's unconditional "switch to Connected" on frontend Connected
   (harmless there) is therefore done only from Reconfigured.
 * The driver work (mapping the ring, exporting devices) is a callback the
-  caller performs; the core assumes it succeeds and the caller reports a
-  failure with :meth:`XenbusDevice.fatal`, which is what ``xenbus_dev_fatal``
-  does in Linux (error node, then Closing).
+  caller performs, listed before the state write it leads to; the core
+  assumes it succeeds and the caller reports a failure with
+  :meth:`XenbusDevice.driver_failed` (the unwritten states are forgotten,
+  then ``xenbus_dev_fatal``: error node, Closing) or :meth:`XenbusDevice.fatal`.
 * A device that has been removed (other end vanished, or the backend
   unregistered) reads as ``XenbusStateUnknown`` -- as ``xenbus_read_driver_state``
   reports for a missing node -- and refuses every further input.
@@ -202,7 +203,15 @@ def require(
             if self.state not in allowed:
                 names = "|".join(sorted(s.name for s in allowed))
                 raise StateError(self.role, self.state, fn.__name__, f"requires {names}")
-            return fn(self, *args, **kwargs)
+            if self._depth == 0:
+                # an outermost input: remember where its states begin, for
+                # driver_failed()
+                self._mark = len(self.history)
+            self._depth += 1
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                self._depth -= 1
 
         return wrapper
 
@@ -225,6 +234,8 @@ class XenbusDevice:
     online: bool = True
     history: list[XenbusState] = field(default_factory=list)
     _attached: bool = False
+    _mark: int = 0
+    _depth: int = 0
 
     def __post_init__(self) -> None:
         if self.state is S.XenbusStateUnknown:
@@ -262,6 +273,21 @@ class XenbusDevice:
         if self.state not in (S.XenbusStateClosing, S.XenbusStateClosed):
             acts += self.switch_state(S.XenbusStateClosing)
         return acts
+
+    def driver_failed(self, last_written: XenbusState, message: str) -> list[Action]:
+        """A :class:`Call` of the last input failed after ``last_written`` was written.
+
+        The states that input moved to but the caller never wrote are
+        forgotten (in Linux the driver fails before switching), then it is
+        ``xenbus_dev_fatal``: error node and Closing.
+        """
+        # not @require'd: that would move the mark this method rolls back to
+        if self.state is S.XenbusStateUnknown:
+            raise StateError(self.role, self.state, "driver_failed", "device removed")
+        while len(self.history) > max(self._mark, 1) and self.history[-1] is not last_written:
+            self.history.pop()
+        self.state = self.history[-1]
+        return self.fatal(message)
 
     @require(*LIVE_STATES)
     def own_node_changed(self) -> list[Action]:

@@ -85,6 +85,8 @@ class XenbusWatch:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._watches: list[tuple[str, str]] = []
+        #: The state this shell last wrote to ``<nodename>/state``.
+        self._written = device.state
 
     # -- lifecycle --------------------------------------------------------
 
@@ -187,19 +189,23 @@ class XenbusWatch:
         for act in actions:
             if isinstance(act, WriteState):
                 self.client.write(f"{self.nodename}/state", str(int(act.state)))
+                self._written = act.state
             elif isinstance(act, WriteError):
                 if self.error_path is not None:
                     self.client.write(self.error_path, act.message)
             elif isinstance(act, Call):
                 self.calls.append(act.callback)
-                if self.driver is not None:
-                    try:
-                        self.driver(act.callback)
-                    except XenbusError:
-                        raise
-                    except XenpciError as e:
-                        # xenbus_dev_fatal: the driver step failed
-                        self.errors.append(e)
-                        self._apply(self.device.fatal(f"{act.callback.value}: {e}"))
-                        return
+                if self.driver is None:
+                    continue
+                try:
+                    self.driver(act.callback)
+                except XenbusError:
+                    raise
+                except XenpciError as e:
+                    # the driver step failed: xenbus_dev_fatal, and the rest
+                    # of this input's writes never happen
+                    self.errors.append(e)
+                    msg = f"{act.callback.value}: {e}"
+                    self._apply(self.device.driver_failed(self._written, msg))
+                    return
         self._changed.notify_all()
