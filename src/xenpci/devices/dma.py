@@ -82,6 +82,11 @@ class MemoryDmaPort:
                 return
         raise DmaFault(addr, n, write=write, reason="no IOMMU mapping")
 
+    @property
+    def touched_pages(self) -> frozenset[int]:
+        """Page numbers that have ever been written (where DMA went)."""
+        return frozenset(self._pages)
+
     def read(self, bus_addr: int, n: int) -> bytes:
         self._check(bus_addr, n, False)
         out = bytearray()
