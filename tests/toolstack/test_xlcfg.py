@@ -72,13 +72,14 @@ disk = [ 'phy:/dev/vg/g,xvda,w' ]
         "kernel": "/boot/vmlinuz",
         "disk": ["phy:/dev/vg/g,xvda,w"],
     }
-    glob = {"permissive": True, "seize": True, "rdm_policy": "relaxed"}
+    # the globals (pci_permissive, pci_seize, rdm policy) apply unless overridden
+    g = {"permissive": True, "seize": True}
     assert cfg.pci == (
-        PciSpec(SBDF(0, 1, 2, 1), **glob),  # type: ignore[arg-type]
-        PciSpec(SBDF(0, 2, 3, 0), vslot=5, **glob),  # type: ignore[arg-type]
+        PciSpec(SBDF(0, 1, 2, 1), rdm_policy="relaxed", **g),
+        PciSpec(SBDF(0, 2, 3, 0), vslot=5, rdm_policy="relaxed", **g),
         PciSpec(SBDF(0, 3, 0, 0), msitranslate=True, power_mgmt=True),
-        PciSpec(None, vslot=0x1A, name="nic0", **glob),  # type: ignore[arg-type]
-        PciSpec(SBDF(0, 4, 0, 0), vslot=7, all_functions=True, **glob),  # type: ignore[arg-type]
+        PciSpec(None, vslot=0x1A, name="nic0", rdm_policy="relaxed", **g),
+        PciSpec(SBDF(0, 4, 0, 0), vslot=7, all_functions=True, rdm_policy="relaxed", **g),
     )
 
 
