@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from tests.devices.conftest import enable
 from xenpci.devices import catalog
 from xenpci.devices.dma import DmaWindow, MemoryDmaPort
+from xenpci.devices.errors import DmaFault
 from xenpci.devices.irq import IrqLog
 from xenpci.devices.nic import (
     CTRL_EN,
@@ -195,3 +196,25 @@ def test_any_frame_round_trips(frames: list[bytes]) -> None:
         # give the buffers back
         drv.w(E1000_RDT, (drv.r(E1000_RDH) + N - 1) % N)
     assert got == frames
+
+
+def test_rx_buffer_fault_is_reported() -> None:
+    mem = MemoryDmaPort(
+        (DmaWindow(TX_RING, 0x1000), DmaWindow(RX_RING, 0x1000), DmaWindow(TX_BUF, 0x10000))
+    )
+    fn = NicFunction(SBDF(0, 3, 0, 0), dma=mem)
+    drv = Driver(fn, mem)  # RX descriptors point at RX_BUF, which is not mapped
+    drv.send(b"q" * 64)
+    fault = fn.core.last_fault
+    assert fault is not None and fault.write and fault.bus_addr == RX_BUF
+    assert drv.r(E1000_STATUS) & STATUS_DMA_ERR
+    assert drv.r(E1000_RDH) == 0
+
+
+def test_no_dma_in_d3hot(setup: tuple[Driver, IrqLog]) -> None:
+    drv, _log = setup
+    assert drv.fn.dma.read(TX_RING, 4) == bytes(4)
+    pm = drv.fn.caps[regs.PCI_CAP_ID_PM] + regs.PCI_PM_CTRL
+    drv.fn.config_write(pm, 2, 3)
+    with pytest.raises(DmaFault, match="not in D0"):
+        drv.fn.dma.read(TX_RING, 4)

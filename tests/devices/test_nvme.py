@@ -246,3 +246,32 @@ def test_completion_raises_msix_vector_of_the_queue() -> None:
     mem.write(DATA, host_data)
     assert h.io(NVM_WRITE, 0, 1, DATA) == SC_SUCCESS
     assert [(e.kind, e.vector, e.data) for e in log.events] == [("msix", 1, 0x77)]
+
+
+def test_hostile_doorbells_are_ignored(host: Host) -> None:
+    host.w(NVME_REG_DBS + 8 * 1, 4, QSIZE + 5)  # tail beyond the queue
+    host.w(NVME_REG_DBS + 8 * 6, 4, 3)  # queue 6 was never created
+    host.w(NVME_REG_DBS + 8 * 1 + 4, 4, 0xFFFF)  # CQ head beyond the queue
+    assert host.fn.core.notes == ["SQ1 tail 21 beyond 16 entries"]
+    assert host.r(NVME_REG_CSTS, 4) == CSTS_RDY
+    data = b"\x33" * 512
+    host.mem.write(DATA, data)
+    assert host.io(NVM_WRITE, 9, 1, DATA) == SC_SUCCESS  # still serving honest commands
+
+
+def test_full_completion_queue_holds_commands_back(host: Host) -> None:
+    # Submit QSIZE-1 commands without consuming completions: the CQ (16 entries)
+    # holds 15, so the last command waits in the SQ instead of overwriting.
+    for i in range(QSIZE - 1):
+        dw = [0x00 | (100 + i) << 16, 1] + [0] * 14  # Flush
+        host.mem.write(IOSQ + 64 * i, struct.pack("<16I", *dw))
+    host.w(NVME_REG_DBS + 8, 4, QSIZE - 1)
+    sq = host.fn.core.sqs[1]
+    assert sq.head == QSIZE - 1
+    dw = [0x00 | 200 << 16, 1] + [0] * 14
+    host.mem.write(IOSQ + 64 * (QSIZE - 1), struct.pack("<16I", *dw))
+    host.w(NVME_REG_DBS + 8, 4, 0)
+    assert sq.head == QSIZE - 1  # CQ full: not fetched
+    host.w(NVME_REG_DBS + 8 + 4, 4, 5)  # host consumed 5 completions
+    host.w(NVME_REG_DBS + 8, 4, 0)  # ring again
+    assert sq.head == 0
