@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from xenpci.pci import regs
+from xenpci.pci.bar import Bar, bar_register_offset
 from xenpci.pci.capabilities import find_capability as _find_capability
 from xenpci.pci.errors import ConfigError
 from xenpci.pci.function import PciFunction
@@ -98,6 +99,7 @@ class Dom0PciDev:
     irq: int = 0  # dev->irq: the INTx irq, or the first MSI pirq while MSI is on
     msix_pirqs: list[int] = field(default_factory=list)
     saved_state: tuple[int, ...] | None = None
+    resources: tuple[Bar, ...] = ()  # dev->resource[] as enumerated (for pci_restore_bars)
     log: list[str] = field(default_factory=list)
 
     @classmethod
@@ -106,7 +108,7 @@ class Dom0PciDev:
         _, pin = hw_read(hw, regs.PCI_INTERRUPT_PIN, 1)
         _, line = hw_read(hw, regs.PCI_INTERRUPT_LINE, 1)
         irq = line if pin and line != 0xFF else 0
-        return cls(hw=hw, intx_irq=irq, irq=irq)
+        return cls(hw=hw, intx_irq=irq, irq=irq, resources=hw.bars)
 
     # --- command register helpers --------------------------------------------------
     def _cmd(self) -> int:
@@ -184,11 +186,32 @@ class Dom0PciDev:
         ):
             return EIO
         _, csr = hw_read(self.hw, pm + regs.PCI_PM_CTRL, 2)
-        if csr & regs.PCI_PM_CTRL_STATE_MASK == state:
+        old = csr & regs.PCI_PM_CTRL_STATE_MASK
+        if old == state:
             return 0
         # Never write PME_STATUS back as 1: it is RW1C and would clear a pending PME.
         new = (csr & ~(regs.PCI_PM_CTRL_STATE_MASK | regs.PCI_PM_CTRL_PME_STATUS)) | state
-        return hw_write(self.hw, pm + regs.PCI_PM_CTRL, 2, new)
+        err = hw_write(self.hw, pm + regs.PCI_PM_CTRL, 2, new)
+        if not err and old == 3 and state == 0 and not csr & regs.PCI_PM_CTRL_NO_SOFT_RESET:
+            # D3hot -> D0 without No_Soft_Reset lost the BARs (PCI PM 1.2 §5.4):
+            # Linux' pci_set_full_power_state() calls pci_restore_bars().
+            self.pci_restore_bars()
+        return err
+
+    def pci_restore_bars(self) -> None:
+        """Rewrite every BAR from dom0's resources (``pci_restore_bars``)."""
+        htype = self.hw.config.header_type
+        for bar in self.resources:
+            if not bar.size:
+                continue
+            off = bar_register_offset(bar.index, htype)
+            if bar.kind == "rom":
+                low = hw_read(self.hw, off, 4)[1] & regs.PCI_ROM_ADDRESS_ENABLE
+                hw_write(self.hw, off, 4, (bar.address & regs.PCI_ROM_ADDRESS_MASK) | low)
+                continue
+            hw_write(self.hw, off, 4, bar.address & 0xFFFFFFFF)
+            if bar.kind == "mem64":
+                hw_write(self.hw, off + 4, 4, bar.address >> 32)
 
     # --- MSI / MSI-X --------------------------------------------------------------
     def _set_flags(self, cap_id: int, bit: int, on: bool) -> None:
