@@ -37,6 +37,8 @@ _HEADER_RE = re.compile(
 )
 _ROW_RE = re.compile(r"^(?P<off>[0-9a-fA-F]{2,8}): (?P<rest>.*)$")
 _BYTE_RE = re.compile(r"[0-9a-fA-F]{2}")
+# A whole well-formed row body at once (fast path); anything else is diagnosed byte by byte.
+_ROW_BODY_RE = re.compile(r"(?:[0-9a-fA-F]{2}(?: |$))*")
 # Only first-level lines (one tab, or 8 spaces in re-tabbed files) are the
 # function's own BARs; deeper "Region" lines are SR-IOV VF BARs. "[virtual]"
 # resources are not in config space and are skipped.
@@ -110,14 +112,20 @@ def _header_sbdf(m: re.Match[str], where: str) -> SBDF:
 
 
 def _parse_row(block: _Block, offset: int, rest: str, where: str) -> None:
+    if _ROW_BODY_RE.fullmatch(rest):
+        _store(block, offset, bytes.fromhex(rest), where)
+        return
     tokens = rest.split(" ")
     if tokens and tokens[-1] == "":  # lspci allows one trailing space
         tokens.pop()
-    values: list[int] = []
     for col, tok in enumerate(tokens):
         if not _BYTE_RE.fullmatch(tok):
             raise SourceError(where, f"malformed byte {tok!r} in column {col}")
-        values.append(int(tok, 16))
+    # Valid tokens joined by single spaces always take the fast path above.
+    raise SourceError(where, "malformed row")
+
+
+def _store(block: _Block, offset: int, values: bytes, where: str) -> None:
     end = offset + len(values)
     if end > regs.PCI_CFG_SPACE_EXP_SIZE:
         raise SourceError(
@@ -125,7 +133,7 @@ def _parse_row(block: _Block, offset: int, rest: str, where: str) -> None:
         )
     if end > len(block.data):
         block.data.extend(b"\xff" * (regs.PCI_CFG_SPACE_EXP_SIZE - len(block.data)))
-    block.data[offset:end] = bytes(values)
+    block.data[offset:end] = values
     block.length = max(block.length, end)
 
 
@@ -242,7 +250,7 @@ def format_dump(functions: Iterable[PciFunction], *, with_domain: bool = False) 
         data = fn.config.known()
         for off in range(0, len(data), 16):
             row = data[off : off + 16]
-            out.append(f"{off:02x}: " + " ".join(f"{b:02x}" for b in row))
+            out.append(f"{off:02x}: " + row.hex(" "))
         out.append("")
     return "\n".join(out) + ("\n" if out else "")
 
