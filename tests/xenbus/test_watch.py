@@ -7,10 +7,14 @@ the frontend acting as the guest domain with the guest's permissions.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.interop import require_executable
 from xenpci.abi.xenbus import XenbusState as S
 from xenpci.pci.address import SBDF
 from xenpci.toolstack import libxl_pci as lp
@@ -19,6 +23,7 @@ from xenpci.xenbus.state import InvalidStateValue, Role, StateError, XenbusDevic
 from xenpci.xenbus.watch import XenbusWatch
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.core import XenStore
+from xenpci.xenstore.server import XenstoredServer
 
 pytestmark = pytest.mark.timeout(30)
 DOMID = 7
@@ -178,3 +183,37 @@ def test_backend_destroyed_frontend_closes(pair: Pair) -> None:
     assert pair.fe.device.history == [1, 3, 4, 6, 0]
     assert pair.fe.calls[-1] is CB.DISCONNECT
     assert pair.state(FE) == b"6"
+
+
+@pytest.mark.interop
+def test_hotplug_written_by_the_c_xenstore_client(tmp_path: Path, pair: Pair) -> None:
+    """libxenstore's xenstore-write plays libxl; xenstore-read checks what the ends wrote."""
+    write = require_executable("xenstore-write")
+    read = require_executable("xenstore-read")
+    sock = str(tmp_path / "xs.sock")
+    with XenstoredServer(pair.store, sock):
+        xs_be = XsClient.unix(sock)
+        be = XenbusWatch(xs_be, XenbusDevice(Role.BACKEND), BE, FE)
+        try:
+            be.start()
+            pair.fe.start()
+            assert be.wait_for(connected) and pair.fe.wait_for(connected)
+            env = {**os.environ, "XENSTORED_PATH": sock}
+            # libxl__device_pci_add_xenstore for a second device, as one write
+            # in one transaction (xenstore-write wraps its key/value pairs in one)
+            subprocess.run(
+                [write, f"{BE}/dev-1", "0000:04:00.0", f"{BE}/state-1", "1",
+                 f"{BE}/num_devs", "2", f"{BE}/state", "7"],
+                env=env, check=True, timeout=10,
+            )  # fmt: skip
+            assert be.wait_for(lambda d: d.history[-3:] == [7, 8, 4])
+            assert pair.fe.wait_for(lambda d: d.history == [1, 3, 4, 7, 4])
+            states = subprocess.run(
+                [read, f"{BE}/state", f"{FE}/state"],
+                env=env, check=True, timeout=10, capture_output=True, text=True,
+            ).stdout.split()  # fmt: skip
+            assert states == ["4", "4"]
+            assert be.errors == []
+        finally:
+            be.close()
+            xs_be.close()
