@@ -27,6 +27,7 @@ def test_model_scheme_with_address() -> None:
     fns = open_source("model:multifunction@0000:07:02.0")
     assert [str(f.sbdf) for f in fns] == ["0000:07:02.0", "0000:07:02.1"]
     assert all(f.config.multifunction for f in fns)
+    assert {f.source for f in fns} == {"model:multifunction"}
 
 
 @pytest.mark.parametrize("spec", ["model:toaster", "model:nic@zz:00.0", "model:"])

@@ -100,7 +100,10 @@ def make(
     if factory is None:
         raise CatalogError(name, names())
     where = SBDF.parse(sbdf) if isinstance(sbdf, str) else sbdf
-    return factory(where, dma, raise_irq)
+    functions = factory(where, dma, raise_irq)
+    for fn in functions:
+        fn.source = f"model:{name}"  # the catalog entry, e.g. both halves of "multifunction"
+    return functions
 
 
 def _model_scheme(rest: str) -> list[PciFunction]:
