@@ -26,7 +26,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenpci.devices.base import DeviceModel
 from xenpci.errors import XenpciError
+from xenpci.pci import regs
+from xenpci.pci.function import PciFunction
 from xenpci.toolstack.errors import LibxlErrorCode, ToolstackError
 from xenpci.toolstack.machine import Machine
 
@@ -122,10 +125,41 @@ def boot_machine(host: HostDescription) -> Machine:
     try:
         for src in host.sources:
             try:
-                machine.add_host_devices(open_source(src))
+                added = machine.add_host_devices(open_source(src))
             except XenpciError as e:
                 raise HostConfigError(src, str(e)) from None
+            _route_intx(machine, added)
     except BaseException:
         machine.shutdown()
         raise
     return machine
+
+
+#: The first IOAPIC input left for PCI INTx on a PC (0-15 are the ISA IRQs).
+FIRST_PCI_GSI = 16
+
+
+def _route_intx(machine: Machine, functions: list[PciFunction]) -> None:
+    """Firmware's INTx routing for model devices: each gets its own GSI in INTERRUPT_LINE.
+
+    Real firmware swizzles pins onto four shared lines; a line of its own per
+    device keeps guests from sharing an interrupt (sharing is not security
+    supported, XSA-461). Dump and sysfs devices keep the line they came with.
+    """
+    used = {
+        fn.config.read(regs.PCI_INTERRUPT_LINE, 1)
+        for fn in machine.host_functions()
+        if fn.config.known_size > regs.PCI_INTERRUPT_PIN
+    }
+    gsi = FIRST_PCI_GSI
+    for fn in functions:
+        if not isinstance(fn, DeviceModel) or not fn.config.read(regs.PCI_INTERRUPT_PIN, 1):
+            continue
+        if fn.config.read(regs.PCI_INTERRUPT_LINE, 1):
+            continue
+        while gsi in used:
+            gsi += 1
+        if gsi >= 0xFF:
+            raise HostConfigError(str(fn.sbdf), "no GSI left for its INTx")
+        fn.config_write(regs.PCI_INTERRUPT_LINE, 1, gsi)
+        used.add(gsi)

@@ -23,10 +23,8 @@ Deliberate differences from libxl (each also said where it happens):
   revokes permissions and the IOMMU context afterwards; libxl revokes first,
   cutting off a driver that may still be doing DMA. With ``force`` an
   unresponsive guest loses the device anyway.
-- Permissions are granted for every page a BAR touches (libxl computes
-  ``(size + 0xfff) >> 12`` from the truncated start frame, which misses the
-  last page of an unaligned BAR that crosses a page boundary) and a failed
-  attach rolls back every grant it made (libxl leaves earlier grants behind).
+- A failed attach rolls back every grant it made (libxl leaves earlier grants
+  behind on failure).
 - No quarantine: the hypervisor model has no ``DOMID_IO``; assignable devices
   stay with dom0 (owned by pciback) until assigned, as with ``iommu=no-quarantine``.
 """
@@ -463,7 +461,7 @@ class Libxl:
         lp.set_assigned_domid(self.xs, sbdf, rec.domid)
         rec.grants[sbdf] = Grants()
         try:
-            self.platform.reset_device(sbdf)
+            self._reset(sbdf)
             iomem: list[tuple[int, int]] = []
             ioports: list[tuple[int, int]] = []
             for kind, first, nr in bar_page_ranges(fn):
@@ -557,9 +555,33 @@ class Libxl:
                 self._ignore_hv(self._dom0.unmap_pirq, rec.domid, g.pirq)
             if g.assigned:
                 self._ignore_hv(self._dom0.deassign_device, rec.domid, sbdf.sbdf_int)
-        self.platform.reset_device(sbdf)
+        self._reset(sbdf)
         with contextlib.suppress(XsError):
             lp.clear_assigned_domid(self.xs, sbdf)
+
+    def _reset(self, sbdf: SBDF) -> None:
+        """``echo 1 > /sys/bus/pci/devices/BDF/reset``, keeping the BARs where they are.
+
+        Linux's ``pci_reset_function`` saves the config state and restores it
+        around the reset (``pci_dev_save_and_disable``/``pci_dev_restore``);
+        the platform's ``reset_device`` may do the bare reset (an FLR zeroes the
+        BARs), so the BAR and ROM registers are put back here. COMMAND is left as
+        the reset made it: bus mastering and decode stay off until pciback or
+        the next driver enables them.
+        """
+        fn = self._function(sbdf)
+        regs_kept: list[tuple[int, int]] = []
+        if fn.config.header_type == regs.PCI_HEADER_TYPE_NORMAL:
+            regs_kept = [
+                (off, 4) for off in range(regs.PCI_BASE_ADDRESS_0, regs.PCI_BASE_ADDRESS_5 + 4, 4)
+            ]
+            regs_kept.append((regs.PCI_ROM_ADDRESS, 4))
+        regs_kept.append((regs.PCI_INTERRUPT_LINE, 1))  # firmware's routing, restored too
+        saved = [(off, size, fn.config_read(off, size)) for off, size in regs_kept]
+        self.platform.reset_device(sbdf)
+        for off, size, value in saved:
+            if fn.config_read(off, size) != value:
+                fn.config_write(off, size, value)
 
     @staticmethod
     def _ignore_hv(call: Callable[..., object], *args: object) -> None:

@@ -1,0 +1,257 @@
+"""The toolstack on a real machine model: guests see their devices, grants follow BAR pages.
+
+Everything here is the real stack in one process (hv, xenstored, pciback, pcifront, the
+guest PCI core); only the xl front end is skipped (see test_e2e_cli.py for that).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from xenpci.pci import regs
+from xenpci.pci.address import SBDF
+from xenpci.toolstack import libxl_pci as lp
+from xenpci.toolstack.errors import DomainGone, Refused, ToolstackError
+from xenpci.toolstack.host import HostDescription, boot_machine
+from xenpci.toolstack.libxl import Libxl, bar_page_ranges
+from xenpci.toolstack.machine import Machine
+from xenpci.toolstack.xlcfg import load_domain_config, parse_pci_spec
+from xenpci.xenstore.client import XsClient
+
+pytestmark = pytest.mark.timeout(60)
+
+NIC = SBDF(0, 3, 0, 0)
+NVME = SBDF(0, 4, 0, 0)
+SUB_A = SBDF(0, 5, 0, 0)
+MF0, MF1 = SBDF(0, 6, 0, 0), SBDF(0, 6, 0, 1)
+LEGACY = SBDF(0, 7, 0, 0)
+
+
+def wait_node(xs: XsClient, path: str, value: str, timeout: float = 10.0) -> None:
+    """Block (on a watch) until ``path`` reads ``value``."""
+    ok = threading.Event()
+    token = f"test-wait-{path}-{value}"
+
+    def cb(*_: object) -> None:
+        try:
+            if xs.read(path).decode() == value:
+                ok.set()
+        except ToolstackError:
+            pass
+        except Exception:
+            pass
+
+    xs.watch(path, token, cb)
+    try:
+        cb()
+        assert ok.wait(timeout), f"{path} never became {value!r}"
+    finally:
+        xs.unwatch(path, token)
+
+
+@pytest.fixture(params=[True], ids=["iommu"])
+def machine(request: pytest.FixtureRequest) -> Iterator[Machine]:
+    m = boot_machine(HostDescription(iommu=request.param))
+    try:
+        yield m
+    finally:
+        m.shutdown()
+
+
+@pytest.fixture
+def libxl(machine: Machine) -> Libxl:
+    return Libxl(machine, machine.xs, timeout=3.0)
+
+
+def spec(text: str):  # type: ignore[no-untyped-def]
+    return parse_pci_spec(text)
+
+
+def pages(ranges: list[tuple[int, int]]) -> set[int]:
+    return {p for first, last in ranges for p in range(first, last + 1)}
+
+
+def guest_sees(machine: Machine, domid: int) -> set[tuple[int, int]]:
+    return {(d.vendor, d.device) for d in machine.guest(domid).pci.devices()}
+
+
+def test_create_attach_and_the_guest_sees_it(machine: Machine, libxl: Libxl) -> None:
+    libxl.assignable_add(NIC, "nic0")
+    nic = machine.host_function(NIC)
+    cfg = load_domain_config(
+        'name = "g1"\nmemory = 16\npci = [ "nic0" ]'.replace('"nic0"', '"name=nic0,vslot=5"')
+    )
+    domid = libxl.domain_create(cfg)
+    wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4")
+    assert guest_sees(machine, domid) == {(nic.vendor_id, nic.device_id)}
+    # libxl's bookkeeping and keys
+    assert lp.assigned_domid(machine.xs, NIC) == domid
+    (entry,) = libxl.pci_list("g1")
+    assert entry.sbdf == NIC and entry.vdevfn == 5 << 3 and entry.name == "nic0"
+    # Grants: every page of every BAR, nothing beyond; the IOMMU context is the guest's.
+    hc = machine.dom0
+    ranges = bar_page_ranges(nic)
+    assert ranges, "the NIC model has memory BARs"
+    for kind, first, nr in ranges:
+        assert kind == "iomem"
+        assert hc.iomem_access_permitted(domid, first, first + nr - 1)
+    # exactly the BARs' pages, nothing else (the invariant of STYLE.md's state machine)
+    assert pages(machine.hv.permissions.snapshot(domid)["iomem"]) == pages(
+        [(f, f + n - 1) for _k, f, n in ranges]
+    )
+    assert machine.hv.iommu.owner(NIC.sbdf_int) == domid
+    assert libxl.assignable_list() == []
+
+
+def test_hot_attach_detach_and_revocation(machine: Machine, libxl: Libxl) -> None:
+    for s in (NIC, NVME):
+        libxl.assignable_add(s)
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
+    wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4")
+    libxl.pci_attach(domid, spec("04:00.0@7"))
+    lp.wait_for_backend_state(machine.xs, domid)  # the 7 -> 8 -> 4 cycle completed
+    nvme = machine.host_function(NVME)
+    assert (nvme.vendor_id, nvme.device_id) in guest_sees(machine, domid)
+    assert [str(e.sbdf) for e in libxl.pci_list(domid)] == [str(NIC), str(NVME)]
+
+    libxl.pci_detach(domid, spec("03:00.0"))
+    # compacted: the NVMe moved to index 0
+    (only,) = libxl.pci_list(domid)
+    assert only.index == 0 and only.sbdf == NVME and only.vdevfn == 7 << 3
+    nic = machine.host_function(NIC)
+    assert (nic.vendor_id, nic.device_id) not in guest_sees(machine, domid)
+    for _kind, first, nr in bar_page_ranges(nic):
+        assert not machine.dom0.iomem_access_permitted(domid, first, first + nr - 1)
+    assert machine.hv.iommu.owner(NIC.sbdf_int) == 0
+    assert [d.sbdf for d in libxl.assignable_list()] == [NIC]
+
+    libxl.pci_detach(domid, spec("04:00.0"))
+    assert not machine.xs.exists(lp.backend_path(domid))  # last one: dirs destroyed
+    libxl.domain_destroy(domid)
+    assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME}
+
+
+def test_legacy_irq_and_ioports_granted(machine: Machine, libxl: Libxl) -> None:
+    libxl.assignable_add(LEGACY)
+    fn = machine.host_function(LEGACY)
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["07:00.0"]'))
+    io = [(first, nr) for kind, first, nr in bar_page_ranges(fn) if kind == "ioport"]
+    assert io
+    for first, nr in io:
+        assert machine.dom0.ioports_access_permitted(domid, first, first + nr - 1)
+    assert pages(machine.hv.permissions.snapshot(domid)["ioports"]) == pages(
+        [(f, f + n - 1) for f, n in io]
+    )
+    irq = fn.config.read(regs.PCI_INTERRUPT_LINE, 1)
+    assert 0 < irq < 0xFF
+    assert machine.dom0.irq_access_permitted(domid, irq)
+    libxl.pci_detach(domid, spec("07:00.0"))
+    assert not machine.dom0.irq_access_permitted(domid, irq)
+    for first, nr in io:
+        assert not machine.dom0.ioports_access_permitted(domid, first, first + nr - 1)
+    libxl.domain_destroy(domid)
+
+
+def test_refusals(machine: Machine, libxl: Libxl) -> None:
+    def reason(fn) -> str:  # type: ignore[no-untyped-def]
+        with pytest.raises(Refused) as e:
+            fn()
+        return e.value.reason
+
+    a = libxl.domain_create(load_domain_config('name="a"\nmemory=16'))
+    b = libxl.domain_create(load_domain_config('name="b"\nmemory=16'))
+    assert reason(lambda: libxl.pci_attach(a, spec("03:00.0"))) == "not-assignable"
+    libxl.assignable_add(NIC)
+    libxl.pci_attach(a, spec("03:00.0"))
+    assert reason(lambda: libxl.pci_attach(b, spec("03:00.0"))) == "already-assigned"
+    libxl.assignable_add(MF0)
+    libxl.assignable_add(MF1)
+    libxl.pci_attach(a, spec("06:00.0"))
+    assert reason(lambda: libxl.pci_attach(b, spec("06:00.1"))) == "split-functions"
+    libxl.assignable_add(SUB_A)
+    assert reason(lambda: libxl.pci_attach(b, spec("05:00.0"))) == "shared-page"
+    # the user may override the beyond-libxl refusal, not the libxl ones
+    libxl.pci_attach(b, spec("05:00.0"), allow_unsafe=True)
+    assert reason(lambda: libxl.pci_attach(b, spec("09:00.0"))) == "no-such-device"
+    with pytest.raises(ToolstackError, match="neither"):
+        libxl.assignable_remove("no-such-name")
+    assert reason(lambda: libxl.assignable_remove(str(NIC))) == "assigned"
+    # a refused create leaves no domain behind
+    before = [d.name for d in libxl.domain_list()]
+    with pytest.raises(Refused):
+        libxl.domain_create(load_domain_config('name="c"\nmemory=16\npci=["03:00.0"]'))
+    assert [d.name for d in libxl.domain_list()] == before
+    for d in (a, b):
+        libxl.domain_destroy(d)
+    assert {d.sbdf for d in libxl.assignable_list()} == {NIC, MF0, MF1, SUB_A}
+
+
+def test_all_functions_attach_every_function(machine: Machine, libxl: Libxl) -> None:
+    libxl.assignable_add(MF0)
+    libxl.assignable_add(MF1)
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["06:00.*@3"]'))
+    got = {(e.sbdf, e.vdevfn) for e in libxl.pci_list(domid)}
+    assert got == {(MF0, 3 << 3 | 0), (MF1, 3 << 3 | 1)}
+    libxl.pci_detach(domid, spec("06:00.*@3"))
+    assert libxl.pci_list(domid) == []
+    libxl.domain_destroy(domid)
+
+
+def test_guest_killed_mid_attach(machine: Machine, libxl: Libxl) -> None:
+    """The guest dies during hot-plug: every device comes back reset and assignable."""
+    for s in (NIC, NVME, LEGACY):
+        libxl.assignable_add(s)
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
+    wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4")
+    # The guest's kernel hangs: it will never answer a Reconfiguring backend.
+    machine.guest(domid).shutdown()
+    libxl.pci_attach(domid, spec("04:00.0"))  # writes state 7; the handshake never ends
+    nvme = machine.host_function(NVME)
+    # Whatever the guest did to the device (here: bus mastering on) must not survive.
+    cmd = nvme.config_read(regs.PCI_COMMAND, 2)
+    nvme.config_write(regs.PCI_COMMAND, 2, cmd | regs.PCI_COMMAND_MASTER)
+    # A third attach waits for the backend to be Connected again; the guest dies meanwhile.
+    killer = threading.Timer(0.3, machine.stop_guest, args=(domid,))
+    killer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DomainGone):
+            libxl.pci_attach(domid, spec("07:00.0"))
+    finally:
+        killer.join()
+    assert time.monotonic() - t0 < 2.5  # woken by @releaseDomain, not the 3 s timeout
+    # the device being attached was rolled back at once
+    assert lp.assigned_domid(machine.xs, LEGACY) is None
+    assert LEGACY in {d.sbdf for d in libxl.assignable_list()}
+    # xl destroy of the dead guest takes back the rest
+    libxl.domain_destroy(domid)
+    assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
+    assert not nvme.config_read(regs.PCI_COMMAND, 2) & regs.PCI_COMMAND_MASTER
+    for s in (NIC, NVME, LEGACY):
+        assert machine.hv.iommu.owner(s.sbdf_int) == 0
+    assert not machine.xs.exists(lp.backend_path(domid))
+
+
+def test_no_iommu_refuses_dma_capable_devices() -> None:
+    m = boot_machine(HostDescription(iommu=False))
+    try:
+        libxl = Libxl(m, m.xs, timeout=3.0)
+        libxl.assignable_add(NIC)
+        with pytest.raises(Refused) as e:
+            libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
+        assert e.value.reason == "no-iommu"
+        assert "as trusted as dom0" in e.value.message
+        g = libxl.domain_create(load_domain_config('name="g"\nmemory=16'))
+        with pytest.raises(Refused) as e2:
+            libxl.pci_attach(g, spec("03:00.0"))
+        assert e2.value.reason == "no-iommu"
+        libxl.pci_attach(g, spec("03:00.0"), allow_unsafe=True)
+        assert m.hv.iommu.owner(NIC.sbdf_int) == 0  # nothing to assign without an IOMMU
+        assert [e.sbdf for e in libxl.pci_list(g)] == [NIC]
+        libxl.domain_destroy(g)
+    finally:
+        m.shutdown()
