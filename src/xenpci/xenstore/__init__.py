@@ -21,6 +21,12 @@ Public API (other layers use only these names):
   ``events(timeout) -> Iterator[WatchEvent]``, ``next_event(timeout)``,
   ``transaction()`` (context manager: commit on exit, XsError("EAGAIN") on
   conflict), ``retry_transaction(fn)``.
+* Ring transport (:mod:`xenpci.xenstore.ring`): ``XenstoredRings(store,
+  hv.dom0)`` serves every introduced domain on dom0's vCPU; the guest side is
+  ``ring = GuestRing(guest_domain)`` (allocates, grants and binds its page),
+  then dom0 calls ``introduce_domain(domid, ring.gref, ring.port)`` (or sends
+  INTRODUCE) and the guest uses ``XsClient.ring(ring)``. INTRODUCE's gfn field
+  carries the grant reference (see the module docstring for why).
 * :class:`Perms` / :class:`Perm` / :class:`Access`: ACL values, wire form
   ``Perms.of("b0", "r5")``, ``Perms.from_wire``, ``.to_wire()``, ``str()``.
 * :class:`XsError` (``.code`` is the xs_wire.h name), :class:`ProtocolError`,
