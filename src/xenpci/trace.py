@@ -108,9 +108,9 @@ class Trace:
             with self._lock:
                 self._counts[kind, domid] += 1
             return
-        t = time.perf_counter() - self._t0
         with self._lock:
-            ev = TraceEvent(t, self._seq, kind, domid, path, args)
+            # Time taken under the lock so that time order and seq order agree.
+            ev = TraceEvent(time.perf_counter() - self._t0, self._seq, kind, domid, path, args)
             self._seq += 1
             self._counts[kind, domid] += 1
             self._events.append(ev)

@@ -1,0 +1,123 @@
+"""xenpci.trace: recording, counting, JSON lines, rendering, thread safety."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from xenpci.trace import Trace, TraceEvent
+
+
+def test_record_count_and_counts() -> None:
+    t = Trace()
+    t.record("evtchn_send", 1, "direct", port=3)
+    t.record("evtchn_send", 0, "dom0", port=1)
+    t.record("gnttab_map_grant_ref", 0, "dom0", granter=1, gref=8)
+    assert t.count() == 3
+    assert t.count("evtchn_send") == 2
+    assert t.count("evtchn_send", domid=1) == 1
+    assert t.count(domid=0) == 2
+    assert t.counts() == {"evtchn_send": 2, "gnttab_map_grant_ref": 1}
+    ev = t.events
+    assert [e.seq for e in ev] == [0, 1, 2]
+    assert ev[2].args == {"granter": 1, "gref": 8} and ev[2].path == "dom0"
+    assert ev[0].t <= ev[1].t <= ev[2].t
+
+
+def test_argument_names_may_shadow_the_record_parameters() -> None:
+    t = Trace()
+    t.record("domctl_createdomain", 0, "dom0", domid=5, kind="x", path="y")
+    assert t.events[0].domid == 0 and t.events[0].args["domid"] == 5
+
+
+def test_count_only_kinds_are_counted_not_stored() -> None:
+    t = Trace()
+    for _ in range(1000):
+        t.record("mmio_read", 1, "direct", paddr=0)
+    assert t.count("mmio_read") == 1000 and t.events == []
+    t2 = Trace(count_only=())
+    t2.record("mmio_read", 1, "direct")
+    assert len(t2.events) == 1
+
+
+def test_disabled_trace_records_nothing() -> None:
+    t = Trace(enabled=False)
+    t.record("evtchn_send", 1)
+    assert t.count() == 0 and t.events == []
+
+
+def test_max_events_keeps_the_newest_and_exact_counts() -> None:
+    t = Trace(max_events=3)
+    for i in range(10):
+        t.record("x", 0, n=i)
+    assert [e.args["n"] for e in t.events] == [7, 8, 9]
+    assert t.count("x") == 10
+    with pytest.raises(ValueError):
+        Trace(max_events=0)
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    t = Trace()
+    t.record("dma_write", 1, "direct", sbdf="0000:03:00.0", data=b"\x01\x02", touched=[1])
+    t.record("pirq", 0, "hypervisor", port=None, delivered=False)
+    out = tmp_path / "trace.jsonl"
+    assert t.to_jsonl(out) == 2
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines[0]["kind"] == "dma_write" and lines[0]["args"]["data"] == "0102"
+    assert lines[0]["args"]["touched"] == [1] and lines[0]["path"] == "direct"
+    assert lines[1] == {
+        "t": lines[1]["t"],
+        "seq": 1,
+        "kind": "pirq",
+        "domid": 0,
+        "path": "hypervisor",
+        "args": {"port": None, "delivered": False},
+    }
+
+
+def test_render_is_a_rich_table_with_a_row_per_event() -> None:
+    t = Trace()
+    t.record("evtchn_send", 1, "direct", port=3)
+    t.record("gnttab_map_grant_ref", 0, "dom0", gref=8)
+    table = t.render()
+    assert table.row_count == 2
+    console = Console(record=True, width=120)
+    console.print(table)
+    text = console.export_text()
+    assert "evtchn_send" in text and "gref=8" in text and "d1" in text
+    assert t.render(kinds=["evtchn_send"]).row_count == 1
+    assert t.render(limit=1).row_count == 1
+
+
+def test_event_validation() -> None:
+    with pytest.raises(ValueError):
+        TraceEvent(0.0, 0, "", 0)
+    with pytest.raises(ValueError):
+        TraceEvent(0.0, 0, "x", 0, path="sideways")
+    with pytest.raises(ValueError):
+        Trace().record("x", 0, "nowhere")
+
+
+@pytest.mark.timeout(30)
+def test_concurrent_writers_get_unique_ordered_sequence_numbers() -> None:
+    t = Trace()
+
+    def writer(d: int) -> None:
+        for i in range(500):
+            t.record("w", d, i=i)
+
+    threads = [threading.Thread(target=writer, args=(d,)) for d in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    ev = t.events
+    assert [e.seq for e in ev] == list(range(2000))
+    assert all(a.t <= b.t for a, b in itertools.pairwise(ev))
+    for d in range(4):
+        assert [e.args["i"] for e in ev if e.domid == d] == list(range(500))
