@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.interop import require_executable
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
+from xenpci.pci.conformance import check_pci_function
 from xenpci.pci.dump import load_dump, parse_dump
 from xenpci.pci.errors import SourceError
-from xenpci.pci.sysfs import SYSFS_PCI_DEVICES, load_sysfs, parse_resource
+from xenpci.pci.sysfs import SYSFS_PCI_DEVICES, load_sysfs, load_sysfs_function, parse_resource
 
 from .conftest import DUMPS_DIR
 
@@ -136,3 +140,25 @@ def test_this_hosts_sysfs_matches_lspci() -> None:
         assert ours.bar_sizes == theirs.bar_sizes
         if ours.config.known_size < regs.PCI_CFG_SPACE_SIZE:
             assert any("non-root" in note for note in ours.notes)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    config=st.binary(max_size=300),
+    resource=st.text(alphabet="0x123456789abcdef \n", max_size=200),
+)
+def test_hostile_sysfs_files_only_raise_source_error(config: bytes, resource: str) -> None:
+    """Whatever the files hold, loading gives a function or a SourceError naming the file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp) / "0000:00:01.0"
+        d.mkdir()
+        (d / "config").write_bytes(config)
+        (d / "resource").write_text(resource)
+        try:
+            fn = load_sysfs_function(d)
+        except SourceError as e:
+            assert e.where.startswith(str(d))
+            return
+        assert fn.config.known_size == len(config)
+        if len(config) >= 64 and fn.vendor_id not in (0, 0xFFFF):
+            check_pci_function(fn)
