@@ -114,7 +114,10 @@ class ConfigSpace:
 
     # --- device-side accesses -----------------------------------------------------
     def poke(self, offset: int, size: int, value: int) -> None:
-        """Set bytes ignoring masks (the device itself: status bits, reset, models)."""
+        """Set bytes ignoring masks (the device itself: status bits, reset, models).
+
+        Poked bytes become known: ``known_size`` grows to cover them.
+        """
         self._check(offset, size)
         self._check_value(offset, size, value)
         self._data[offset : offset + size] = value.to_bytes(size, "little")
