@@ -69,3 +69,25 @@ def test_never_equota(store: XenStore) -> None:
         f = g.one(w.XS_WRITE, f"q{i}\0v".encode())
         if f.type == w.XS_ERROR:
             assert f.payload.rstrip(b"\0").decode() in names
+
+
+def test_transaction_nodes_quota(store: XenStore) -> None:
+    g = guest(store)
+    store.quotas["transaction-nodes"] = 5
+    f = g.one(w.XS_TRANSACTION_START, b"\0")
+    tid = int(f.payload.rstrip(b"\0"))
+    codes = [err(g.one(w.XS_READ, f"k{i}\0".encode(), tx=tid)) for i in range(6)]
+    assert codes[:5] == ["ENOENT"] * 5  # accessed nodes are counted, present or not
+    assert codes[5] == "ENOSPC"
+
+
+def test_set_perms_event_reaches_watcher_losing_access(store: XenStore) -> None:
+    dom0 = Sans(store)
+    g = guest(store, 6)
+    dom0.one(w.XS_WRITE, b"/shared\0v")
+    dom0.one(w.XS_SET_PERMS, strings("/shared", "n0", "r6"))
+    g.req(w.XS_WATCH, strings("/shared", "s"))
+    dom0.one(w.XS_SET_PERMS, strings("/shared", "n0"))  # revoke
+    assert g.events() == [(b"/shared", b"s")]  # old perms still count for this event
+    dom0.one(w.XS_WRITE, b"/shared\0w")
+    assert g.events() == []
