@@ -25,11 +25,12 @@ def boot_guest_with(
         m.pciback_bind(fn.sbdf, options)
         if permissive:
             m.pciback_set_permissive(fn.sbdf)
-    domid = m.start_guest(name, 64 * 1024)
+    domid = m.start_guest(name, 64 * 1024, paused=True)
     for fn in functions:
         lp.device_pci_add_xenstore(
             m.xs, domid, name, lp.PciBackendDevice(fn.sbdf, permissive=permissive), starting=True
         )
+    m.unpause_guest(domid)
     kernel = m.guest(domid)
     front = kernel.wait_for_pcifront(5)
     assert front.wait_connected(1, 5), front.xenbus.history

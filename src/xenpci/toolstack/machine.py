@@ -36,6 +36,7 @@ from xenpci.devices.base import DeviceModel
 from xenpci.devices.irq import Interrupt
 from xenpci.errors import XenpciError
 from xenpci.guest.kernel import GuestKernel
+from xenpci.guest.lspci import guest_function
 from xenpci.hv import Hypercalls, Hypervisor
 from xenpci.hv.errors import HvError
 from xenpci.pci import regs
@@ -43,9 +44,11 @@ from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.pciback.conf_space import DeviceOptions, ModuleParams
 from xenpci.pciback.conf_space.dom0_pci import HostFunction
+from xenpci.pciback.conf_space.explain import Difference, WriteRule, explain, write_rules
 from xenpci.pciback.pci_stub import PciStub, PcistubDevice, pci_reset_function
 from xenpci.pciback.xenbus import PcibackDriver
 from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
+from xenpci.toolstack import libxl_pci
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.core import XenStore
@@ -314,8 +317,15 @@ class Machine:
         with self.pciback.pool_lock:
             return pci_reset_function(fn)
 
-    def start_guest(self, name: str, memory_kib: int) -> int:
-        """Create a PV domain with its XenStore home and boot its kernel."""
+    def start_guest(self, name: str, memory_kib: int, *, paused: bool = False) -> int:
+        """Create a PV domain with its XenStore home and boot its kernel.
+
+        With ``paused`` the kernel boots only at :meth:`unpause_guest`, as
+        ``xl create`` builds a paused domain, adds its devices and unpauses
+        it last: devices added with ``starting`` then reach pciback before the
+        frontend connects (once Connected, pciback ignores ``state-i = 1``
+        devices unless the backend is switched to Reconfiguring).
+        """
         dom = self.hv.create_domain(name, memory_kib)
         domid = dom.domid
         home = f"/local/domain/{domid}"
@@ -339,8 +349,13 @@ class Machine:
         with self._lock:
             self.guests[domid] = kernel
             self._guest_clients[domid] = client
-        kernel.boot()
+        if not paused:
+            kernel.boot()
         return domid
+
+    def unpause_guest(self, domid: int) -> None:
+        """``libxl_domain_unpause``: the guest kernel starts (its frontends probe)."""
+        self.guest(domid).boot()
 
     def stop_guest(self, domid: int) -> None:
         """Shut the kernel down, forget the domain in XenStore, destroy it."""
@@ -393,3 +408,116 @@ class Machine:
             with contextlib.suppress(XenpciError):
                 client.close()
         self.hv.shutdown()
+
+
+# -- xenpci pci guest-view ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """One passed-through device: the host's config, the guest's, and why they differ."""
+
+    host: PciFunction
+    guest: PciFunction
+    differences: tuple[Difference, ...]
+    write_rules: tuple[WriteRule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A device that was not passed through, and the reason."""
+
+    sbdf: SBDF
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class GuestViewReport:
+    views: tuple[DeviceView, ...]
+    refused: tuple[Refusal, ...]
+
+
+def refusal_reason(fn: PciFunction) -> str | None:
+    """Why ``fn`` cannot be shown to a guest faithfully, or None.
+
+    A BAR whose size the source does not give (a dump without ``Region``
+    lines) would make pciback's virtual BAR -- and so the guest's view --
+    a guess; we refuse rather than invent a size.
+    """
+    htype = fn.config.header_type
+    if htype not in (regs.PCI_HEADER_TYPE_NORMAL, regs.PCI_HEADER_TYPE_BRIDGE):
+        return f"header type {htype} cannot be passed through (pciback takes 0 and 1 only)"
+    notes = [n for n in fn.notes if n.startswith("BARs not decoded")]
+    if notes:
+        return notes[0]
+    unknown = [b for b in fn.bars if b.size is None]
+    if unknown:
+        which = ", ".join(
+            f"{'ROM' if b.kind == 'rom' else f'BAR{b.index}'} ({b.kind} at {b.address:#x})"
+            for b in unknown
+        )
+        return (
+            f"size of {which} unknown (the source has no Region lines): "
+            "pciback's virtual BARs would be a guess"
+        )
+    return None
+
+
+def guest_view(
+    functions: Sequence[PciFunction],
+    *,
+    permissive: bool = False,
+    policy: str = "linux",
+    op_timeout: float = DEFAULT_OP_TIMEOUT,
+    guest_name: str = "guest-view",
+) -> GuestViewReport:
+    """Boot a machine with one guest, pass ``functions`` through, read what it sees.
+
+    Functions that :func:`refusal_reason` refuses are left out (and listed).
+    """
+    refused = [
+        Refusal(fn.sbdf, reason) for fn in functions if (reason := refusal_reason(fn)) is not None
+    ]
+    passing = [fn for fn in functions if refusal_reason(fn) is None]
+    if not passing:
+        return GuestViewReport((), tuple(refused))
+    options = DeviceOptions(policy=policy)  # type: ignore[arg-type]
+    views: list[DeviceView] = []
+    with Machine(op_timeout=op_timeout) as m:
+        m.add_host_devices(passing)
+        for fn in passing:
+            m.pciback_bind(fn.sbdf, options)
+            if permissive:
+                m.pciback_set_permissive(fn.sbdf)
+        domid = m.start_guest(guest_name, 64 * 1024, paused=True)
+        for fn in passing:
+            libxl_pci.device_pci_add_xenstore(
+                m.xs,
+                domid,
+                guest_name,
+                libxl_pci.PciBackendDevice(fn.sbdf, permissive=permissive),
+                starting=True,
+            )
+        m.unpause_guest(domid)
+        kernel = m.guest(domid)
+        front = kernel.wait_for_pcifront(10)
+        if not front.wait_connected(1, 30):
+            raise MachineError(f"guest never connected: {front.watch and front.watch.errors}")
+        back = m.pciback.wait_for_device(domid)
+        with m.pciback.pool_lock:
+            placed: dict[SBDF, PcistubDevice] = {}
+            for exported in back.bus.devices():
+                addr = back.bus.find(exported)
+                if addr is not None:
+                    placed[addr.sbdf] = exported
+        for dev in list(kernel.pci.devices()):
+            psdev = placed.get(dev.sbdf)
+            if psdev is None:
+                continue
+            host = m.host_function(psdev.sbdf)
+            seen = guest_function(dev, host.config.known_size, domid)
+            with m.pciback.pool_lock:
+                diffs = tuple(explain(psdev.dev_data))
+                rules = tuple(write_rules(psdev.dev_data))
+            views.append(DeviceView(host, seen, diffs, rules))
+    return GuestViewReport(tuple(views), tuple(refused))
