@@ -79,3 +79,10 @@ def test_passthrough_root_without_bridge_export(stub: PciStub) -> None:
     _, behind = catalog.make("bridge", "0000:07:00.0")
     pt.add(seize(stub, behind, domid=None), 0)
     assert pt.roots() == [(0, behind.sbdf.bus)]
+
+
+def test_new_root_entries_dedup() -> None:
+    from xenpci.pciback.vpci import new_root_entries
+
+    assert new_root_entries([(0, 3), (0, 7), (0, 3)], ["0000:03"]) == ["0000:07"]
+    assert new_root_entries([(0, 0)], []) == ["0000:00"]

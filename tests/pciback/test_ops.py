@@ -251,3 +251,15 @@ def test_aer_handshake() -> None:
     assert info.aer_op.err == PCI_ERS_RESULT_NONE and not info.flags & pciif.XEN_PCIB_active
     with pytest.raises(ValueError):
         aer_post(page, pciif.XEN_PCI_OP_conf_read, 1, guest)
+
+
+def test_fake_intx_handler_follows_guest_decode(nic: PcistubDevice, vpci, platform) -> None:  # type: ignore[no-untyped-def]
+    """Enabling decode through COMMAND installs the fake INTx handler (the host
+    line may be shared); clearing it removes the handler; MSI stops the acking."""
+    dd = nic.dev_data
+    r = handle_op(op(pciif.XEN_PCI_OP_conf_write, offset=4, size=2, value=2), vpci, platform)
+    assert r.err == 0 and r.intx_changed and dd.isr_on and dd.ack_intr
+    r = handle_op(op(pciif.XEN_PCI_OP_conf_write, offset=4, size=2, value=6), vpci, platform)
+    assert not r.intx_changed and dd.isr_on
+    r = handle_op(op(pciif.XEN_PCI_OP_conf_write, offset=4, size=2, value=0), vpci, platform)
+    assert r.intx_changed and not dd.isr_on and not dd.ack_intr

@@ -50,6 +50,17 @@ def format_root(domain: int, bus: int) -> str:
     return f"{domain:04x}:{bus:02x}"
 
 
+def new_root_entries(roots: list[tuple[int, int]], published: list[str]) -> list[str]:
+    """``root-N`` values to append: the backend's roots not yet among the ``root-K``
+    values already in XenStore (``xen_pcibk_publish_pci_root`` re-reads them)."""
+    out: list[str] = []
+    for domain, bus in roots:
+        text = format_root(domain, bus)
+        if text not in published and text not in out:
+            out.append(text)
+    return out
+
+
 class VpciBackend:
     """``xen_pcibk_vpci_backend``: add/get/find/release/roots."""
 
