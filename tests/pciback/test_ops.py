@@ -263,3 +263,15 @@ def test_fake_intx_handler_follows_guest_decode(nic: PcistubDevice, vpci, platfo
     assert not r.intx_changed and dd.isr_on
     r = handle_op(op(pciif.XEN_PCI_OP_conf_write, offset=4, size=2, value=0), vpci, platform)
     assert r.intx_changed and not dd.isr_on and not dd.ack_intr
+
+
+def test_served_ops_are_traced(nic: PcistubDevice, vpci, platform) -> None:  # type: ignore[no-untyped-def]
+    from xenpci.trace import Trace
+
+    trace = Trace()
+    page = page_with(op(pciif.XEN_PCI_OP_conf_read, offset=2, size=4))
+    serve_shared_page(page, vpci, platform, trace, frontend_domid=7)
+    assert trace.count("pci_op", 7) == 1
+    (ev,) = [e for e in trace.events if e.kind == "pci_op"]
+    assert ev.path == "dom0" and ev.args["err"] == pciif.XEN_PCI_ERR_invalid_offset
+    assert ev.args["cmd"] == "conf_read"

@@ -31,6 +31,7 @@ from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
 from xenpci.pciback.errors import EALREADY, EINVAL, ENXIO
 from xenpci.pciback.pci_stub import PcistubDevice
 from xenpci.pciback.vpci import GuestAddress
+from xenpci.trace import Trace
 
 OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
 AER_OP_OFFSET: Final = xen_pci_sharedinfo.aer_op.offset
@@ -187,10 +188,15 @@ def handle_op(op: xen_pci_op, backend: Backend, platform: InterruptPlatform) -> 
 
 
 def serve_shared_page(
-    page: memoryview | bytearray, backend: Backend, platform: InterruptPlatform
+    page: memoryview | bytearray,
+    backend: Backend,
+    platform: InterruptPlatform,
+    trace: Trace | None = None,
+    frontend_domid: int = 0,
 ) -> OpResult | None:
     """One request cycle on the granted page; None if ``_XEN_PCIF_active`` is clear
-    (a spurious event: the caller's late EOI should say so)."""
+    (a spurious event: the caller's late EOI should say so). With a ``trace``, each
+    answered request is recorded as a ``pci_op`` of the frontend's domain."""
     info = xen_pci_sharedinfo.from_buffer(page)
     if not info.flags & pciif.XEN_PCIF_active:
         return None
@@ -204,6 +210,17 @@ def serve_shared_page(
         for i, vec in enumerate(result.msix_vectors):
             shared.msix_entries[i].vector = vec
     info.flags &= ~pciif.XEN_PCIF_active & 0xFFFFFFFF
+    if trace is not None:
+        trace.record(
+            "pci_op",
+            frontend_domid,
+            "dom0",
+            cmd=pciif.XEN_PCI_OP_NAMES.get(op.cmd, str(op.cmd)),
+            bdf=f"{op.domain:04x}:{op.bus:02x}:{(op.devfn >> 3) & 0x1F:02x}.{op.devfn & 7:x}",
+            offset=op.offset,
+            size=op.size,
+            err=result.err,
+        )
     return result
 
 
