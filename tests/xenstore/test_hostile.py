@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -152,3 +153,27 @@ def test_frames_before_an_oversized_header_are_answered(store: XenStore) -> None
     assert conn.closed
     assert conn.feed(encode(w.XS_READ, 3, 0, b"/before\0")) == []
     assert store.tree.get("/before") is not None
+
+
+def test_unprivileged_peer_that_never_reads_is_dropped(daemon: Daemon) -> None:
+    daemon.store.quotas["memory"] = 256 * 1024
+    writer = RawConn(daemon.path)
+    lazy = RawConn(daemon.dom5_path)
+    try:
+        writer.request(w.XS_SET_PERMS, strings("/local", "r0"))
+        # Big tokens make big events; the lazy domain never reads them.
+        for i in range(4):
+            lazy.send(encode(w.XS_WATCH, 0, 0, strings("/local", f"{i}" + "x" * 3000)))
+        big = b"v" * 100
+        deadline = time.monotonic() + 20
+        while lazy_alive(daemon) and time.monotonic() < deadline:
+            writer.request(w.XS_WRITE, b"/local/more\0" + big)
+        assert not lazy_alive(daemon)
+        assert writer.request(w.XS_READ, strings("/local/more")).payload == big
+    finally:
+        writer.close()
+        lazy.close()
+
+
+def lazy_alive(daemon: Daemon) -> bool:
+    return any(c.domid == 5 for c in daemon.store.connections)

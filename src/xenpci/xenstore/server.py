@@ -192,6 +192,12 @@ class XenstoredServer:
         self._flush(client)
 
     def _flush(self, client: _Client) -> None:
+        if not client.conn.privileged and len(client.out) > self.store.quotas["memory"]:
+            # A domain that never reads its events would grow our memory without
+            # bound; C xenstored caps it with the per-domain memory quota
+            # (XSA-326). We drop that peer alone.
+            self._drop(client)
+            return
         if client.out:
             try:
                 n = client.sock.send(client.out)
