@@ -78,8 +78,9 @@ def destroy(domain: str) -> None:
 @group.command("list")
 def list_() -> None:
     """List domains in xl's format."""
+    domains = _call("list")
     typer.echo("Name                                        ID   Mem VCPUs\tState\tTime(s)")
-    for d in _call("list"):
+    for d in domains:
         typer.echo(
             f"{d['name']:<40} {d['domid']:5d} {d['memory']:5d} {d['vcpus']:5d}     "
             f"{d['state']}  {0.0:8.1f}"
