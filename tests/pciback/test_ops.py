@@ -275,3 +275,27 @@ def test_served_ops_are_traced(nic: PcistubDevice, vpci, platform) -> None:  # t
     (ev,) = [e for e in trace.events if e.kind == "pci_op"]
     assert ev.path == "dom0" and ev.args["err"] == pciif.XEN_PCI_ERR_invalid_offset
     assert ev.args["cmd"] == "conf_read"
+
+
+def test_fake_handler_stops_acking_unshared_line(nic: PcistubDevice, vpci, platform) -> None:  # type: ignore[no-untyped-def]
+    from xenpci.pciback.pciback_ops import guest_interrupt, irq_handlers_text
+
+    dd = nic.dev_data
+    assert not guest_interrupt(dd, line_shared=False)  # no handler installed yet
+    handle_op(op(pciif.XEN_PCI_OP_conf_write, offset=4, size=2, value=2), vpci, platform)
+    assert irq_handlers_text([nic]) == "0000:03:00.0:on:acking:0\n"
+    assert all(guest_interrupt(dd, line_shared=False) for _ in range(1000))
+    assert not dd.ack_intr and not guest_interrupt(dd, line_shared=False)
+    assert irq_handlers_text([nic]) == "0000:03:00.0:on:not acking:1000\n"
+
+
+def test_device_options_parse() -> None:
+    from xenpci.pciback.errors import FieldError
+
+    assert DeviceOptions.parse({"policy": "strict", "multi_msi": "1"}) == DeviceOptions(
+        "strict", True
+    )
+    assert DeviceOptions.parse({}) == DeviceOptions()
+    for bad in ({"policy": "vpci"}, {"multi_msi": "yes"}, {"permissive": "1"}):
+        with pytest.raises(FieldError):
+            DeviceOptions.parse(bad)

@@ -90,6 +90,33 @@ def control_isr(dd: DevData, *, reset: bool = False) -> None:
         dd.isr_on = dd.ack_intr = False
 
 
+def guest_interrupt(dd: DevData, line_shared: bool) -> bool:
+    """``xen_pcibk_guest_interrupt``: the fake handler on the host INTx line. It
+    claims the interrupt while acking; every 1000 it checks whether the line is
+    shared at all, and stops acking if not. Returns IRQ_HANDLED (True) or NONE."""
+    if not (dd.isr_on and dd.ack_intr):
+        return False
+    dd.handled += 1
+    if dd.handled % 1000 == 0 and not line_shared:
+        dd.ack_intr = False
+    return True
+
+
+def irq_handlers_text(devices: list[PcistubDevice]) -> str:
+    """The ``irq_handlers`` sysfs read: ``NAME:on|off:ack|not ack:HANDLED`` per device
+    with a fake handler (Linux prints ``acking``/``not acking`` via ``%sing``)."""
+    out = []
+    for psdev in devices:
+        dd = psdev.dev_data
+        if not dd.isr_on and not dd.handled:
+            continue
+        out.append(
+            f"{psdev.sbdf}:{'on' if dd.isr_on else 'off'}:"
+            f"{'ack' if dd.ack_intr else 'not ack'}ing:{dd.handled}\n"
+        )
+    return "".join(out)
+
+
 def _enable_msi(
     psdev: PcistubDevice, platform: InterruptPlatform, owner: int, nvec: int
 ) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xenpci.pci.address import SBDF
-from xenpci.pciback.errors import ENOMEM, BusError
+from xenpci.pciback.errors import EINVAL, ENOMEM, BusError
 from xenpci.pciback.pci_stub import PcistubDevice
 
 PCI_SLOT_MAX = 32
@@ -73,7 +73,7 @@ class VpciBackend:
         """``__xen_pcibk_add_pci_dev``; -ENOMEM "No more space on root virtual PCI bus"."""
         hw = psdev.hw
         if (hw.config.class_code >> 24) == PCI_BASE_CLASS_BRIDGE:  # never true: see docstring
-            raise BusError(str(hw.sbdf), -22, "Can't export bridges on the virtual PCI bus")
+            raise BusError(str(hw.sbdf), EINVAL, "Can't export bridges on the virtual PCI bus")
         sbdf = hw.sbdf
         if not (psdev.is_virtfn and sbdf.function == 0):
             for slot, devs in enumerate(self.slots):

@@ -23,7 +23,7 @@ are always dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -130,6 +130,21 @@ class DeviceOptions:
         if self.policy not in ("linux", "strict"):
             raise FieldError("options.policy", f"unknown policy {self.policy!r}")
 
+    @classmethod
+    def parse(cls, opts: Mapping[str, str]) -> DeviceOptions:
+        """From ``key=value`` device options (``policy=strict``, ``multi_msi=1``);
+        an unknown key or value is a :class:`FieldError` naming it."""
+        policy = opts.get("policy", "linux")
+        if policy not in ("linux", "strict"):
+            raise FieldError("options.policy", f"unknown policy {policy!r}")
+        flag = opts.get("multi_msi", "0")
+        if flag not in ("0", "1"):
+            raise FieldError("options.multi_msi", f"expected 0 or 1, got {flag!r}")
+        unknown = set(opts) - {"policy", "multi_msi"}
+        if unknown:
+            raise FieldError("options", f"unknown option(s) {', '.join(sorted(unknown))}")
+        return cls(policy="strict" if policy == "strict" else "linux", multi_msi=flag == "1")
+
 
 @dataclass(slots=True)
 class DevData:
@@ -145,7 +160,7 @@ class DevData:
     enable_intx: bool = False
     isr_on: bool = False
     ack_intr: bool = False
-    handled: int = 0
+    handled: int = 0  # interrupts the fake INTx handler acknowledged
     config_fields: list[FieldEntry] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
