@@ -149,3 +149,22 @@ def test_oversized_frame_on_ring_sets_proto_error(machine: Machine) -> None:
         assert machine.dom0.read("/local/domain/0/name") == b"Domain-0"
     finally:
         g.close()
+
+
+def test_requests_are_traced_with_the_guest_domid() -> None:
+    hv = Hypervisor(iommu=True)
+    store = XenStore(trace=hv.trace)
+    m = Machine(hv, store, XenstoredRings(store, hv.dom0), XsClient.in_process(store, 0))
+    try:
+        domid, _, g = boot_guest(m, "traced")
+        with pytest.raises(XsError):
+            g.read("/local/domain/0/name")
+        g.close()
+        recs = [e for e in hv.trace.events if e.kind == "xenstore_request"]
+        mine = [(e.args["op"], e.args["result"]) for e in recs if e.domid == domid]
+        assert ("XS_READ", "EACCES") in mine
+        assert all(e.path == "dom0" for e in recs)
+        assert ("XS_INTRODUCE", "OK") in [(e.args["op"], e.args["result"]) for e in recs]
+    finally:
+        m.dom0.close()
+        hv.shutdown()

@@ -3,7 +3,9 @@
 Public API (other layers use only these names):
 
 * :class:`XenStore` -- the sans-IO store and request handler.
-  ``XenStore(dom0_nodes=True, quotas=None)``;
+  ``XenStore(dom0_nodes=True, quotas=None, trace=None)`` (with a
+  ``xenpci.trace.Trace``, every request is recorded as ``xenstore_request``
+  with the caller's domid, op, first argument and result);
   ``.connection(domid, readonly=False) -> Connection``;
   ``Connection.feed(data: bytes) -> list[bytes]`` (replies and watch events),
   ``Connection.take_output()``, ``Connection.notify`` (callback when events are

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from xenpci.abi import xs_wire as w
+from xenpci.trace import Trace
 from xenpci.xenstore.control import do_control
 from xenpci.xenstore.domain import DEFAULT_QUOTAS, DOMID_SELF, Domain
 from xenpci.xenstore.errors import ProtocolError, XsError
@@ -153,8 +154,16 @@ class XenStore:
     ``connection(domid, readonly=False)`` makes a client; domid 0 is privileged.
     """
 
-    def __init__(self, *, dom0_nodes: bool = True, quotas: dict[str, int] | None = None):
+    def __init__(
+        self,
+        *,
+        dom0_nodes: bool = True,
+        quotas: dict[str, int] | None = None,
+        trace: Trace | None = None,
+    ):
         self.lock = threading.RLock()
+        # Cross-domain record: one "xenstore_request" per request, on the control plane.
+        self.trace = trace
         self.quotas = dict(DEFAULT_QUOTAS)
         if quotas:
             self.quotas.update(quotas)
@@ -218,9 +227,19 @@ class XenStore:
     def handle(self, conn: Connection, req: Frame) -> bytes | None:
         """Process one request; return its reply (None: it was queued on ``conn``)."""
         try:
-            return self._dispatch(conn, req)
+            reply = self._dispatch(conn, req)
+            result = "OK"
         except XsError as e:
-            return error_frame(req, e.code)
+            reply = error_frame(req, e.code)
+            result = e.code
+        if self.trace is not None:
+            try:
+                op = w.xsd_sockmsg_type(req.type).name
+            except ValueError:
+                op = str(req.type)
+            arg = req.payload.split(b"\0", 1)[0][:80].decode("ascii", "replace")
+            self.trace.record("xenstore_request", conn.domid, "dom0", op=op, arg=arg, result=result)
+        return reply
 
     def _dispatch(self, conn: Connection, req: Frame) -> bytes | None:
         t = req.type
