@@ -300,3 +300,18 @@ def test_bad_requests_get_invalid_offset(stub: PciStub) -> None:
     for off, size in [(1, 2), (2, 4), (0, 3), (0, 0), (0, 8), (0x11, 4)]:
         assert config_read(dd, off, size) == (pciif.XEN_PCI_ERR_invalid_offset, 0)
         assert config_write(dd, off, size, 0) == pciif.XEN_PCI_ERR_invalid_offset
+
+
+def test_bar_of_unknown_size_is_unset(stub: PciStub) -> None:
+    """A dump without [size=]: pciback cannot answer a probe, so the BAR reads 0."""
+    from xenpci.pci.address import SBDF
+    from xenpci.pci.config import ConfigSpace
+    from xenpci.pci.function import PciFunction
+
+    cs = ConfigSpace(bytes(64), 256)
+    cs.poke(0, 4, 0x10008086)
+    cs.poke(0x10, 4, 0xFB000000)
+    hw = PciFunction(SBDF(0, 2, 0, 0), cs, source="test")
+    psdev = seize(stub, hw)
+    assert rd(psdev, 0x10, 4) == 0
+    assert any("BAR 0: size unknown" in w for w in psdev.dev_data.warnings)

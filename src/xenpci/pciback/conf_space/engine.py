@@ -17,8 +17,8 @@ in permissive mode. The non-obvious parts are kept on purpose (see
 * the duplicate check compares start offsets only, overlaps are allowed.
 
 Difference: the "strict" policy (Xen vPCI's domU rules) is a flag here:
-bytes no field covers read all-ones instead of hardware, and writes to them
-are always dropped.
+bytes no field covers read all-ones instead of hardware (also beyond the
+space: no -EINVAL is reported), and writes to them are always dropped.
 """
 
 from __future__ import annotations

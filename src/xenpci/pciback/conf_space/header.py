@@ -10,7 +10,7 @@ the ROM are synthetic and can never be moved by the guest.
 Difference: Linux takes BAR values from dom0's ``struct resource``; we take
 them from the host function's decoded :class:`~xenpci.pci.bar.Bar` tuple
 (same start/size/type bits). A BAR whose size the source did not know is
-treated like an unset resource (reads 0), and says so in the device notes.
+treated like an unset resource (reads 0), with a warning on the device.
 """
 
 from __future__ import annotations
@@ -190,6 +190,8 @@ def bar_init(dd: DevData, offset: int) -> object:
         mask = 0x3 if bar is not None and bar.kind == "io" else 0xF
     bar = bars.get(pos)
     if bar is None or not bar.size:
+        if bar is not None:
+            dd.warnings.append(f"BAR {pos}: size unknown to the source; the guest sees it unset")
         return BarInfo(0, 0, 0, mask)
     flags = _bar_flags(bar.kind, bar.prefetchable, bar.enabled)
     return BarInfo((bar.address & 0xFFFFFFFF) | flags, ((-bar.size) & 0xFFFFFFFF) | flags, 0, mask)
