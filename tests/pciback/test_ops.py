@@ -299,3 +299,20 @@ def test_device_options_parse() -> None:
     for bad in ({"policy": "vpci"}, {"multi_msi": "yes"}, {"permissive": "1"}):
         with pytest.raises(FieldError):
             DeviceOptions.parse(bad)
+
+
+def test_raising_platform_cannot_crash_the_handler(nic: PcistubDevice, vpci) -> None:  # type: ignore[no-untyped-def]
+    """A platform that raises (the hypervisor said no) yields the errno, not an exception."""
+    from xenpci.hv.errors import InvalidArgument
+
+    class Raising(FakePlatform):
+        def enable_msix(self, dev, owner, entries):  # type: ignore[no-untyped-def]
+            raise InvalidArgument("no free pirq", errno="ENOSPC", op="map_pirq")
+
+        def enable_msi(self, dev, owner, nvec):  # type: ignore[no-untyped-def]
+            raise InvalidArgument("boom", op="map_pirq")
+
+    enable_memory(nic)
+    r = handle_op(msix_op([0]), vpci, Raising())
+    assert (r.err, r.value) == (-28, (-28) & 0xFFFFFFFF)
+    assert not nic.dev_data.linux.msix_enabled

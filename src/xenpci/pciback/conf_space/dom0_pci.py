@@ -16,10 +16,12 @@ is the 64-byte header only (Linux also saves PCIe/MSI capability state).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import errno
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from xenpci.errors import XenpciError
 from xenpci.pci import regs
 from xenpci.pci.bar import Bar, bar_register_offset
 from xenpci.pci.capabilities import find_capability as _find_capability
@@ -84,6 +86,17 @@ def hw_write(hw: HostFunction, offset: int, size: int, value: int) -> int:
 def find_capability(hw: HostFunction, cap_id: int) -> int | None:
     """``pci_find_capability`` on the host function (the PCI layer's walker)."""
     return _find_capability(hw.config, cap_id)
+
+
+def _platform_call(call: Callable[[], list[int] | int]) -> list[int] | int:
+    """Run a platform request; a raised xenpci error becomes its negative errno, so
+    a hypervisor refusal can never escape into (and stop) the op handler."""
+    try:
+        return call()
+    except XenpciError as e:
+        name = getattr(e, "errno", None)
+        code = getattr(errno, name, None) if isinstance(name, str) else None
+        return -code if isinstance(code, int) else EIO
 
 
 @dataclass(slots=True)
@@ -236,7 +249,7 @@ class Dom0PciDev:
         _, flags = hw_read(self.hw, pos + regs.PCI_MSI_FLAGS, 2)
         if nvec < 1 or nvec > 1 << ((flags & regs.PCI_MSI_FLAGS_QMASK) >> 1):
             return EINVAL
-        got = platform.enable_msi(self.hw, owner, nvec)
+        got = _platform_call(lambda: platform.enable_msi(self.hw, owner, nvec))
         if isinstance(got, int):
             return got
         self.pci_intx(False)
@@ -265,7 +278,7 @@ class Dom0PciDev:
             return EINVAL
         if not entries or any(e >= size for e in entries) or len(set(entries)) != len(entries):
             return EINVAL
-        got = platform.enable_msix(self.hw, owner, entries)
+        got = _platform_call(lambda: platform.enable_msix(self.hw, owner, entries))
         if isinstance(got, int):
             return got
         self.pci_intx(False)
