@@ -316,3 +316,25 @@ def test_raising_platform_cannot_crash_the_handler(nic: PcistubDevice, vpci) -> 
     r = handle_op(msix_op([0]), vpci, Raising())
     assert (r.err, r.value) == (-28, (-28) & 0xFFFFFFFF)
     assert not nic.dev_data.linux.msix_enabled
+
+
+def test_faulting_device_is_an_op_failure(stub: PciStub, vpci: VpciBackend, platform) -> None:  # type: ignore[no-untyped-def]
+    """A device model that faults on a config write fails that op (-5); the next
+    op is served normally."""
+    from xenpci.devices.errors import DeviceError
+
+    hw = make_nic()
+    psdev = seize(stub, hw)
+    vpci.add(psdev, 0)
+    real = hw.config_write
+
+    def faulty(offset: int, size: int, value: int) -> None:
+        if offset == regs.PCI_CACHE_LINE_SIZE:
+            raise DeviceError("wedged")
+        real(offset, size, value)
+
+    hw.config_write = faulty  # type: ignore[method-assign]
+    r = handle_op(op(pciif.XEN_PCI_OP_conf_write, offset=0x0C, size=1, value=8), vpci, platform)
+    assert r.err == pciif.XEN_PCI_ERR_op_failed
+    r = handle_op(op(pciif.XEN_PCI_OP_conf_read), vpci, platform)
+    assert r.err == 0 and r.value == hw.config_read(0, 4)

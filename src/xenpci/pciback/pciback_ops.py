@@ -25,6 +25,7 @@ from typing import Final, Literal, Protocol
 
 from xenpci.abi import pciif
 from xenpci.abi.pciif import xen_pci_op, xen_pci_sharedinfo
+from xenpci.errors import XenpciError
 from xenpci.pci import regs
 from xenpci.pciback.conf_space import DevData, config_read, config_write
 from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
@@ -176,14 +177,11 @@ def _disable_msix(psdev: PcistubDevice, platform: InterruptPlatform) -> tuple[in
     return 0, dd.linux.irq
 
 
-def handle_op(op: xen_pci_op, backend: Backend, platform: InterruptPlatform) -> OpResult:
-    """``xen_pcibk_do_one_op`` on a private copy of the request."""
-    psdev = backend.get(op.domain, op.bus, op.devfn)
-    if psdev is None:
-        return OpResult(pciif.XEN_PCI_ERR_dev_not_found, op.value)
+def _dispatch(
+    op: xen_pci_op, psdev: PcistubDevice, platform: InterruptPlatform, owner: int
+) -> tuple[int, int, tuple[int, ...] | None]:
+    """The ``switch (op->cmd)`` of ``xen_pcibk_do_one_op``: (err, value, vectors)."""
     dd = psdev.dev_data
-    owner = psdev.owner if psdev.owner is not None else 0
-    test_intx = dd.enable_intx
     value = op.value
     vectors: tuple[int, ...] | None = None
     cmd = op.cmd
@@ -207,6 +205,23 @@ def handle_op(op: xen_pci_op, backend: Backend, platform: InterruptPlatform) -> 
             err, value = _enable_msi(psdev, platform, owner, op.value)
     else:
         err = pciif.XEN_PCI_ERR_not_implemented
+    return err, value, vectors
+
+
+def handle_op(op: xen_pci_op, backend: Backend, platform: InterruptPlatform) -> OpResult:
+    """``xen_pcibk_do_one_op`` on a private copy of the request."""
+    psdev = backend.get(op.domain, op.bus, op.devfn)
+    if psdev is None:
+        return OpResult(pciif.XEN_PCI_ERR_dev_not_found, op.value)
+    dd = psdev.dev_data
+    owner = psdev.owner if psdev.owner is not None else 0
+    test_intx = dd.enable_intx
+    try:
+        err, value, vectors = _dispatch(op, psdev, platform, owner)
+    except XenpciError as e:
+        # A device or platform fault is the op's failure, never the backend's end.
+        dd.warnings.append(f"{psdev.sbdf}: op {op.cmd} failed: {e}")
+        err, value, vectors = pciif.XEN_PCI_ERR_op_failed, op.value, None
     changed = False
     if err == 0 and dd.enable_intx != test_intx:
         control_isr(dd)
