@@ -41,8 +41,8 @@ class InterruptPlatform(Protocol):
 
     Linux dom0 does this in ``xen_initdom_setup_msi_irqs`` (``arch/x86/pci/xen.c``):
     ``PHYSDEVOP_map_pirq`` with the guest as owner, so the returned pirqs live in
-    the guest's pirq space. Implementations raise nothing for a refusal: they
-    return a negative errno instead (the value pciback would get).
+    the guest's pirq space. A refusal is returned as a negative errno (the value
+    pciback would get); a raised ``XenpciError`` is converted to one.
     """
 
     def enable_msi(self, dev: HostFunction, owner: int, nvec: int) -> list[int] | int: ...
