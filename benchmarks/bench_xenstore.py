@@ -24,7 +24,7 @@ from xenpci.xenstore import XenStore
 from xenpci.xenstore.server import XenstoredServer
 
 HDR = struct.Struct("<IIII")
-DURATION = 0.7  # seconds per throughput figure
+DURATION = 0.4  # seconds per throughput run
 
 
 def _recv_frame(sock: socket.socket, buf: bytearray) -> bytes:
@@ -136,6 +136,11 @@ def _fig(name: str, value: float, unit: str, baseline: float | None, target: str
     }
 
 
+def _best(n: int, fn: Callable[[], float]) -> float:
+    """Best of ``n`` short runs: a loaded machine only ever slows a run down."""
+    return max(fn() for _ in range(n))
+
+
 def run() -> list[dict[str, Any]]:
     figures: list[dict[str, Any]] = []
     read_req = HDR.pack(w.XS_READ, 0, 0, 14) + b"/local/domain\0"
@@ -146,23 +151,25 @@ def run() -> list[dict[str, Any]]:
 
     with tempfile.TemporaryDirectory(prefix="xsb", dir="/tmp") as d:
         echo = _EchoServer(f"{d}/echo")
-        floor = {c: _rate(echo.path, c, lambda i, n: read_req) for c in (1, 8)}
-        echo.close()
         store = XenStore()
         server = XenstoredServer(store, f"{d}/xs")
         server.start()
         try:
+            floor: dict[int, float] = {}
             for c in (1, 8):
-                r = _rate(server.socket_path, c, lambda i, n: read_req)
+                # Floor and store measured alternately, best of three each.
+                floor[c] = _best(3, lambda c=c: _rate(echo.path, c, lambda i, n: read_req))
+                r = _best(3, lambda c=c: _rate(server.socket_path, c, lambda i, n: read_req))
                 target = ">= 50% of echo floor" if c == 1 else "report"
                 figures.append(_fig(f"READ ops/s, {c} client(s)", r, "ops/s", floor[c], target))
             for c in (1, 8):
-                r = _rate(server.socket_path, c, write_req)
+                r = _best(2, lambda c=c: _rate(server.socket_path, c, write_req))
                 figures.append(_fig(f"WRITE ops/s, {c} client(s)", r, "ops/s", floor[c], "report"))
             figures.append(_watch_fanout(server.socket_path, floor[1]))
             figures.append(_tx_commits(server.socket_path, floor[1]))
         finally:
             server.stop()
+            echo.close()
     figures.append(_memory())
     return figures
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.interop import require_module
 from xenpci.abi import xs_wire as w
-from xenpci.xenstore import Perms, XenStore
+from xenpci.xenstore import Perms, XenStore, XsError
+from xenpci.xenstore.tree import canonicalize
 from xenpci.xenstore.wire import strings
 
 from .conftest import Sans
@@ -272,3 +276,30 @@ def test_perms_value_roundtrip() -> None:
     assert str(p) == "b0 r5 n3"
     assert Perms.from_wire(p.to_wire()) == p
     assert p.owner == 0
+
+
+@pytest.mark.interop
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["/", "a", "Z", "9", "-", "_", "@", " ", ".", "\x00", "é", "~", "//"]),
+        min_size=1,
+        max_size=12,
+    ).map(lambda xs: "/" + "".join(xs))
+)
+def test_path_validity_agrees_with_pyxs(path: str) -> None:
+    """pyxs's check_path is an independent statement of the same rules (absolute paths)."""
+    helpers = require_module("pyxs.helpers")
+    raw = path.encode()
+    try:
+        helpers.check_path(raw)
+        pyxs_ok = b"\x00" not in raw
+    except Exception:
+        pyxs_ok = False
+    try:
+        canonicalize(raw, 0)
+        ours = True
+    except XsError as e:
+        assert e.code == "EINVAL"
+        ours = False
+    assert ours == pyxs_ok

@@ -27,6 +27,7 @@ class _Client:
     sock: socket.socket
     conn: Connection
     out: bytearray = field(default_factory=bytearray)
+    writing: bool = False  # registered for EVENT_WRITE (only while output is stuck)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,9 +208,13 @@ class XenstoredServer:
             except OSError:
                 self._drop(client)
                 return
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.out else 0)
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.modify(client.sock, want, client)
+        # Change the selector registration only when it must change: an
+        # epoll_ctl per request would cost as much as the request itself.
+        if bool(client.out) != client.writing:
+            client.writing = bool(client.out)
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.writing else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.modify(client.sock, want, client)
 
     def _drop(self, client: _Client) -> None:
         fd = client.sock.fileno()

@@ -11,14 +11,16 @@ generation; a parent whose child list changes is stamped too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from xenpci.abi.xs_wire import XENSTORE_REL_PATH_MAX
 from xenpci.xenstore.errors import XsError
 from xenpci.xenstore.perms import Perms
 
-# C ``valid_chars``: the only bytes a node name may hold, besides "/".
+# C ``valid_chars``: the only bytes a path may hold (pyxs uses the same set).
 VALID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-/_@")
+_VALID = re.compile(r"[A-Za-z0-9/_@-]+\Z")
 LOCAL_DOMAIN = "/local/domain/"
 # The special watch nodes 4.17 knows; other "@" names only ever match nothing.
 SPECIAL_NODES = ("@introduceDomain", "@releaseDomain")
@@ -114,11 +116,11 @@ def canonicalize(raw: bytes, domid: int, *, allow_special: bool = False) -> str:
     if text[0] == "@":
         if not allow_special:
             raise XsError("EINVAL", f"special path {text[:40]!r} not allowed here")
-        if len(text) > XENSTORE_REL_PATH_MAX or not set(text) <= VALID_CHARS:
+        if len(text) > XENSTORE_REL_PATH_MAX or not _VALID.match(text):
             raise XsError("EINVAL", "bad special path")
         return text
     path = text if text[0] == "/" else f"{implicit_path(domid)}/{text}"
-    if not set(path) <= VALID_CHARS:
+    if not _VALID.match(path):
         raise XsError("EINVAL", "invalid character in path")
     if "//" in path or (path != "/" and path.endswith("/")):
         raise XsError("EINVAL", "empty path component")
