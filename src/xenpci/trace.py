@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 from rich.table import Table
@@ -95,33 +95,42 @@ class Trace:
         self.count_only = frozenset(count_only)
         self.max_events = max_events
         self._lock = threading.Lock()
-        self._events: list[TraceEvent] = []
-        self._counts: Counter[tuple[str, int]] = Counter()
+        self._raw: deque[tuple[float, int, str, int, str, dict[str, Any]]] = deque(
+            maxlen=max_events
+        )
+        self._counts: dict[tuple[str, int], int] = {}
         self._seq = 0
-        self._t0 = time.perf_counter()
+        self._t0 = perf_counter()
 
     def record(self, kind: str, domid: int, path: str = "hypervisor", /, **args: Any) -> None:
-        """Record one event (or just count it, for count-only kinds)."""
+        """Record one event (or just count it, for count-only kinds).
+
+        Cheap by design (it sits on the event-channel path): one lock, a tuple
+        appended; the frozen ``TraceEvent`` objects are built when read.
+        """
         if not self.enabled:
             return
-        if kind in self.count_only:
-            with self._lock:
-                self._counts[kind, domid] += 1
-            return
-        with self._lock:
-            # Time taken under the lock so that time order and seq order agree.
-            ev = TraceEvent(time.perf_counter() - self._t0, self._seq, kind, domid, path, args)
-            self._seq += 1
-            self._counts[kind, domid] += 1
-            self._events.append(ev)
-            if self.max_events is not None and len(self._events) > self.max_events:
-                del self._events[: len(self._events) - self.max_events]
+        if path not in PATHS:
+            raise ValueError(f"trace path {path!r} not one of {sorted(PATHS)}")
+        key = (kind, domid)
+        counts = self._counts
+        lock = self._lock
+        lock.acquire()
+        try:
+            counts[key] = counts.get(key, 0) + 1
+            if kind not in self.count_only:
+                # Time taken under the lock so that time order and seq order agree.
+                self._raw.append((perf_counter() - self._t0, self._seq, kind, domid, path, args))
+                self._seq += 1
+        finally:
+            lock.release()
 
     @property
     def events(self) -> list[TraceEvent]:
         """A snapshot of the stored records, in order."""
         with self._lock:
-            return list(self._events)
+            raw = list(self._raw)
+        return [TraceEvent(*r) for r in raw]
 
     def count(self, kind: str | None = None, domid: int | None = None) -> int:
         """How many events (stored or count-only) match ``kind`` and ``domid``."""
@@ -142,7 +151,7 @@ class Trace:
 
     def clear(self) -> None:
         with self._lock:
-            self._events.clear()
+            self._raw.clear()
             self._counts.clear()
 
     def to_jsonl(self, path: str | Path) -> int:

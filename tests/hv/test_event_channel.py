@@ -40,7 +40,10 @@ def test_send_runs_the_handler_on_the_receivers_thread(hv: Hypervisor, guest: Do
     assert got == [(pg, "d1v0-guest")]
     st = guest.hypercalls.evtchn_status(pg)
     assert st.state is PortState.INTERDOMAIN and (st.remote_domid, st.remote_port) == (0, p0)
-    assert hv.trace.count("evtchn_upcall", domid=guest.domid) == 1
+    assert hv.evtchn.upcalls(guest.domid) == 1
+    (send,) = [e for e in hv.trace.events if e.kind == "evtchn_send"]
+    assert (send.domid, send.path) == (0, "dom0")
+    assert send.args == {"port": p0, "to_domid": guest.domid, "to_port": pg}
 
 
 def test_ping_pong(hv: Hypervisor, guest: Domain) -> None:

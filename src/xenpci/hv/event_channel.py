@@ -26,8 +26,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from xenpci.hv.errors import EvtchnError, NoSuchDomain
-from xenpci.trace import Trace
+from xenpci.hv.errors import EvtchnError, HvError, NoSuchDomain
 
 #: ``EVTCHN_2L_NR_CHANNELS`` on a 64-bit guest: 64 words of 64 bits.
 NR_EVTCHN_PORTS = 64 * 64
@@ -60,6 +59,20 @@ class PortInfo:
     masked: bool
 
 
+def _no_upcall() -> None:
+    return None
+
+
+def _waker(post: Post, upcall: Callable[[], None]) -> Callable[[], None]:
+    def wake() -> None:
+        try:  # noqa: SIM105 - the event hot path: no context manager per event
+            post(upcall)
+        except HvError:
+            pass  # racing with the receiver's destruction: lost, as on real Xen
+
+    return wake
+
+
 class _Port:
     __slots__ = (
         "handler",
@@ -70,6 +83,8 @@ class _Port:
         "remote_dom",
         "remote_port",
         "state",
+        "upcall",
+        "wake",
     )
 
     def __init__(self, number: int, state: PortState) -> None:
@@ -81,22 +96,24 @@ class _Port:
         self.pending = False
         self.masked = False
         self.handler: Handler | None = None
+        self.upcall: Callable[[], None] = _no_upcall
+        self.wake: Callable[[], None] = _no_upcall
 
 
 class _DomainPorts:
-    __slots__ = ("domid", "ports", "post")
+    __slots__ = ("domid", "ports", "post", "upcalls")
 
     def __init__(self, domid: int, post: Post) -> None:
         self.domid = domid
         self.post = post
+        self.upcalls = 0
         self.ports: dict[int, _Port] = {}
 
 
 class EventChannels:
     """All domains' ports under one lock; delivery posts to the receiver's vCPU."""
 
-    def __init__(self, trace: Trace | None = None) -> None:
-        self._trace = trace
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._doms: dict[int, _DomainPorts] = {}
         self._pirq_port: dict[tuple[int, int], int] = {}
@@ -164,21 +181,45 @@ class EventChannels:
     # -- signalling -------------------------------------------------------
     def send(self, domid: int, number: int) -> tuple[int, int]:
         """Notify the other end; return the ``(domid, port)`` that was signalled."""
+        to_domid, to_port, wake = self.send_deferred(domid, number)
+        if wake is not None:
+            wake()
+        return to_domid, to_port
+
+    def send_deferred(self, domid: int, number: int) -> tuple[int, int, Callable[[], None] | None]:
+        """Set the peer's pending bit; return it and the wake-up still to be done.
+
+        The hot path of every split driver. The caller runs ``wake`` (which
+        posts the peer's upcall to its vCPU) after its own bookkeeping, so the
+        woken vCPU does not wait for the sender to finish tracing. A wake-up
+        that arrives after the port was closed finds it gone and does nothing.
+        """
         with self._lock:
-            dom = self._dom(domid, "evtchn_send")
-            port = self._port(dom, number, "evtchn_send")
-            if port.state is not PortState.INTERDOMAIN:
-                raise EvtchnError(
-                    f"port {number} is {port.state.value}, not connected",
-                    errno="ENOTCONN" if port.state is PortState.UNBOUND else "EINVAL",
-                    op="evtchn_send",
-                    domid=domid,
-                    port=number,
-                )
-            assert port.remote_dom is not None and port.remote_port is not None
-            rdom = self._doms[port.remote_dom]
-            self._set_pending(rdom, rdom.ports[port.remote_port])
-            return rdom.domid, port.remote_port
+            dom = self._doms.get(domid)
+            port = dom.ports.get(number) if dom is not None else None
+            if port is None or port.state is not PortState.INTERDOMAIN:
+                raise self._send_error(domid, number)
+            rdom = self._doms[port.remote_dom]  # type: ignore[index]
+            rport = rdom.ports[port.remote_port]  # type: ignore[index]
+            wake = None
+            if not rport.pending:
+                rport.pending = True
+                if not rport.masked and rport.handler is not None:
+                    wake = rport.wake
+            return rdom.domid, rport.number, wake
+
+    def _send_error(self, domid: int, number: int) -> HvError:
+        try:
+            port = self._port(self._dom(domid, "evtchn_send"), number, "evtchn_send")
+        except HvError as exc:
+            return exc
+        return EvtchnError(
+            f"port {number} is {port.state.value}, not connected",
+            errno="ENOTCONN" if port.state is PortState.UNBOUND else "EINVAL",
+            op="evtchn_send",
+            domid=domid,
+            port=number,
+        )
 
     def deliver_pirq(self, domid: int, pirq: int) -> int | None:
         """A physical interrupt for ``domid``'s ``pirq``: the port signalled, or ``None``."""
@@ -228,6 +269,11 @@ class EventChannels:
                 p.number, p.state, p.remote_dom, p.remote_port, p.pirq, p.pending, p.masked
             )
 
+    def upcalls(self, domid: int) -> int:
+        """How many handler calls ``domid``'s vCPU has made for its ports."""
+        dom = self._doms.get(domid)
+        return dom.upcalls if dom is not None else 0
+
     def ports(self, domid: int) -> list[int]:
         with self._lock:
             dom = self._doms.get(domid)
@@ -242,20 +288,30 @@ class EventChannels:
             self._raise_upcall(dom, port)
 
     def _raise_upcall(self, dom: _DomainPorts, port: _Port) -> None:
+        dom.post(port.upcall)
+
+    def _make_upcall(self, dom: _DomainPorts, port: _Port) -> Callable[[], None]:
+        """The function the receiving vCPU runs for ``port`` (built once per port)."""
+        lock, number = self._lock, port.number
+
         def upcall() -> None:
-            with self._lock:
+            with lock:
                 # The port may have been closed (or closed and reallocated) since.
-                if dom.ports.get(port.number) is not port or not port.pending or port.masked:
-                    return
                 handler = port.handler
-                if handler is None:
+                if (
+                    handler is None
+                    or not port.pending
+                    or port.masked
+                    or dom.ports.get(number) is not port
+                ):
                     return
                 port.pending = False
-            if self._trace is not None:
-                self._trace.record("evtchn_upcall", dom.domid, "hypervisor", port=port.number)
-            handler(port.number)
+            # Counted, not traced: the send that caused it is in the trace already.
+            # Only this domain's vCPU runs its upcalls, so the counter has one writer.
+            dom.upcalls += 1
+            handler(number)
 
-        dom.post(upcall)
+        return upcall
 
     def _close_locked(self, dom: _DomainPorts, port: _Port) -> None:
         if port.state is PortState.INTERDOMAIN:
@@ -278,6 +334,8 @@ class EventChannels:
         for number in range(1, NR_EVTCHN_PORTS):
             if number not in dom.ports:
                 port = _Port(number, state)
+                port.upcall = upcall = self._make_upcall(dom, port)
+                port.wake = _waker(dom.post, upcall)
                 dom.ports[number] = port
                 return port
         raise EvtchnError("no free port", errno="ENOSPC", op=op, domid=dom.domid)

@@ -52,7 +52,7 @@ class Hypervisor:
         self.trace = trace if trace is not None else Trace()
         self.machine = MachineMemory(ram_frames)
         self.grants = GrantTables(self.machine)
-        self.evtchn = EventChannels(self.trace)
+        self.evtchn = EventChannels()
         self.permissions = Permissions()
         self.iobus = IoBus()
         self.iommu = Iommu(self.machine, self._p2m_of, self.trace, enabled=iommu)

@@ -1,0 +1,202 @@
+"""Hypervisor: event-channel round trip between two domains, and grant map+unmap rate.
+
+The round trip is a ping-pong driven entirely by event-channel handlers on the
+two domains' vCPU threads (send -> upcall on the peer -> send back). Its floor
+is the same ping-pong between two bare threads using ``threading`` primitives,
+measured in the same run (the better of a deque+Condition pair and a pair of
+locks used as binary semaphores). Grant map+unmap is one domain mapping and
+unmapping another's grant in a loop, against creating and releasing a
+``memoryview`` of a frame (what a mapping costs at the very least).
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from xenpci.hv import Hypervisor
+from xenpci.trace import Trace
+
+ROUNDS = 4000
+WARMUP = 200
+
+
+def _summary(samples: list[float]) -> tuple[float, float]:
+    s = sorted(samples[WARMUP:])
+    return statistics.median(s) * 1e6, s[int(len(s) * 0.99)] * 1e6
+
+
+def floor_condition(rounds: int) -> list[float]:
+    """Two threads, each waiting on its own deque + Condition, bouncing a token."""
+    queues = [deque[int](), deque[int]()]
+    conds = [threading.Condition(threading.Lock()), threading.Condition(threading.Lock())]
+    stamps: list[float] = []
+    done = threading.Event()
+
+    def post(i: int, v: int) -> None:
+        with conds[i]:
+            queues[i].append(v)
+            conds[i].notify()
+
+    def worker(me: int) -> None:
+        other = 1 - me
+        while True:
+            with conds[me]:
+                while not queues[me]:
+                    conds[me].wait()
+                v = queues[me].popleft()
+            if v < 0:
+                return
+            if me == 0:
+                stamps.append(time.perf_counter())
+                if len(stamps) > rounds:
+                    done.set()
+                    continue
+            post(other, v + 1)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    post(1, 0)
+    done.wait(60)
+    post(0, -1)
+    post(1, -1)
+    for t in threads:
+        t.join()
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def floor_locks(rounds: int) -> list[float]:
+    """Two threads handing a token through two locks used as binary semaphores."""
+    locks = [threading.Lock(), threading.Lock()]
+    for lk in locks:
+        lk.acquire()
+    stamps: list[float] = []
+
+    def worker(me: int) -> None:
+        other = 1 - me
+        for _ in range(rounds + 1):
+            locks[me].acquire()
+            if me == 0:
+                stamps.append(time.perf_counter())
+            locks[other].release()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    locks[0].release()
+    for t in threads:
+        t.join()
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def evtchn_round_trip(rounds: int, trace: Trace) -> list[float]:
+    hv = Hypervisor(trace=trace, ram_frames=4096, dom0_memory_kib=256)
+    try:
+        a = hv.create_domain("ping", 64)
+        b = hv.create_domain("pong", 64)
+        pa = a.hypercalls.evtchn_alloc_unbound(b.domid)
+        pb = b.hypercalls.evtchn_bind_interdomain(a.domid, pa)
+        stamps: list[float] = []
+        done = threading.Event()
+        send_a, send_b = a.hypercalls.evtchn_send, b.hypercalls.evtchn_send
+
+        def on_a(port: int) -> None:
+            stamps.append(time.perf_counter())
+            if len(stamps) > rounds:
+                done.set()
+            else:
+                send_a(port)
+
+        def on_b(port: int) -> None:
+            send_b(port)
+
+        a.hypercalls.evtchn_set_handler(pa, on_a)
+        b.hypercalls.evtchn_set_handler(pb, on_b)
+        send_b(pb)
+        if not done.wait(120):
+            raise RuntimeError("event-channel ping-pong stalled")
+        return [y - x for x, y in itertools.pairwise(stamps)]
+    finally:
+        hv.shutdown()
+
+
+def _rate(fn: Callable[[], None], seconds: float = 0.5) -> float:
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(200):
+            fn()
+        n += 200
+    return n / elapsed
+
+
+def grant_rate() -> tuple[float, float]:
+    hv = Hypervisor(ram_frames=4096, dom0_memory_kib=256)
+    try:
+        g = hv.create_domain("granter", 64)
+        gfn = g.hypercalls.alloc_page()
+        gref = g.hypercalls.gnttab_grant_foreign_access(0, gfn, False)
+        d0 = hv.dom0.hypercalls
+
+        def map_unmap() -> None:
+            d0.gnttab_unmap_grant_ref(d0.gnttab_map_grant_ref(g.domid, gref, False).handle)
+
+        frame = bytearray(4096)
+
+        def view_release() -> None:
+            memoryview(frame).release()
+
+        return _rate(map_unmap), _rate(view_release)
+    finally:
+        hv.shutdown()
+
+
+def run() -> list[dict[str, Any]]:
+    floors = {"deque+Condition": floor_condition(ROUNDS), "lock pair": floor_locks(ROUNDS)}
+    floor_name, floor = min(floors.items(), key=lambda kv: _summary(kv[1])[0])
+    f_med, f_p99 = _summary(floor)
+    out: list[dict[str, Any]] = []
+    for label, trace in (("traced", Trace()), ("trace off", Trace(enabled=False))):
+        med, p99 = _summary(evtchn_round_trip(ROUNDS, trace))
+        out.append(
+            {
+                "name": f"evtchn round trip median ({label})",
+                "value": round(med, 1),
+                "unit": "µs",
+                "baseline": f"bare 2-thread ping-pong ({floor_name}): {f_med:.1f} µs",
+                "ratio": round(med / f_med, 2),
+                "target": "<= 1.5x floor",
+            }
+        )
+        out.append(
+            {
+                "name": f"evtchn round trip p99 ({label})",
+                "value": round(p99, 1),
+                "unit": "µs",
+                "baseline": f"bare 2-thread ping-pong p99: {f_p99:.1f} µs",
+                "ratio": round(p99 / f_p99, 2),
+                "target": "report",
+            }
+        )
+    maps, views = grant_rate()
+    out.append(
+        {
+            "name": "grant map+unmap (traced)",
+            "value": round(maps),
+            "unit": "pairs/s",
+            "baseline": f"memoryview create+release: {views:,.0f}/s",
+            "ratio": round(maps / views, 3),
+            "target": "report",
+        }
+    )
+    return out
+
+
+if __name__ == "__main__":
+    for fig in run():
+        print(fig)
