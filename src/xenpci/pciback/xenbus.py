@@ -126,6 +126,7 @@ class PcibackDevice:
         self.stats = OpStats()
         self._op_active = False
         self._page: memoryview | None = None
+        self._info: pciif.xen_pci_sharedinfo | None = None
         # The pool is shared by every guest's backend: one lock (the driver's)
         # serialises XenBus work and op service across them.
         self._lock = lock if lock is not None else threading.RLock()
@@ -283,6 +284,7 @@ class PcibackDevice:
                 self.hc.gnttab_unmap_grant_ref(mapping.handle)
             raise XenbusBackendError(f"Error binding event channel: {e}") from None
         self.mapping, self.evtchn, self._page = mapping, local, mapping.view
+        self._info = pciif.xen_pci_sharedinfo.from_buffer(mapping.view)
         self.hc.evtchn_set_handler(local, self._handle_event)
 
     def _disconnect(self) -> None:
@@ -291,7 +293,7 @@ class PcibackDevice:
             with contextlib.suppress(XenpciError):
                 self.hc.evtchn_close(self.evtchn)
             self.evtchn = None
-        self._page = None
+        self._page = self._info = None
         if self.mapping is not None:
             with contextlib.suppress(XenpciError):
                 self.hc.gnttab_unmap_grant_ref(self.mapping.handle)
@@ -300,11 +302,10 @@ class PcibackDevice:
     # -- the op path (dom0 vCPU) -----------------------------------------------------
     def _handle_event(self, _port: int) -> None:
         """``xen_pcibk_handle_event`` + ``test_and_schedule_op`` + ``do_one_op``."""
-        page = self._page
-        if page is None:
+        page, info = self._page, self._info
+        if page is None or info is None:
             self.stats.spurious += 1
             return
-        info = pciif.xen_pci_sharedinfo.from_buffer(page)
         if not info.flags & pciif.XEN_PCIF_active:
             # Nothing posted: a spurious event (XEN_EOI_FLAG_SPURIOUS in Linux).
             self.stats.spurious += 1

@@ -1,0 +1,164 @@
+"""Split driver: conf_read round trip guest -> pciback -> guest, and a full 32-device scan.
+
+``conf_read`` is one ``pcifront`` op over the shared page: the caller posts it
+and notifies, pciback serves it on dom0's vCPU and notifies back, the guest's
+upcall wakes the caller. Its floor is the same three hops with nothing served:
+a guest caller notifies dom0, dom0's handler notifies back, the guest's upcall
+wakes the caller (an event-channel round trip, measured in the same run on the
+same machine). The scan is the guest PCI core probing every devfn of the root
+and sizing BARs for 32 model NICs; its baseline is the same scan with the guest
+core calling pciback's sans-IO config handler directly (no transport).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from typing import Any
+
+from xenpci.devices import catalog
+from xenpci.guest.pci_core import GuestPciBus
+from xenpci.pci import regs
+from xenpci.pci.address import SBDF
+from xenpci.pciback.conf_space import config_read, config_write
+from xenpci.pciback.pciback_ops import Backend
+from xenpci.pcifront import ops
+from xenpci.pcifront.ops import errno_to_pcibios_err
+from xenpci.toolstack import libxl_pci as lp
+from xenpci.toolstack.machine import Machine
+
+ROUNDS = 3000
+WARMUP = 200
+
+
+def _summary(samples: list[float]) -> tuple[float, float]:
+    s = sorted(samples[WARMUP:])
+    return statistics.median(s) * 1e6, s[int(len(s) * 0.99)] * 1e6
+
+
+def _boot(m: Machine, n: int) -> int:
+    fns = [catalog.make("nic", SBDF(0, 3 + i, 0, 0))[0] for i in range(n)]
+    m.add_host_devices(fns)
+    for fn in fns:
+        m.pciback_bind(fn.sbdf)
+    domid = m.start_guest("bench", 64 * 1024, paused=True)
+    for fn in fns:
+        lp.device_pci_add_xenstore(
+            m.xs, domid, "bench", lp.PciBackendDevice(fn.sbdf), starting=True
+        )
+    m.unpause_guest(domid)
+    front = m.guest(domid).wait_for_pcifront(10)
+    if not front.wait_connected(1, 60):
+        raise RuntimeError("guest did not connect")
+    return domid
+
+
+def conf_read_rtt(m: Machine, domid: int) -> list[float]:
+    front = m.guest(domid).pcifront
+    assert front is not None and front.chan is not None
+    chan = front.chan
+    out = []
+    for _ in range(ROUNDS):
+        t0 = time.perf_counter()
+        ops.conf_read(chan, 0, 0, 0, regs.PCI_VENDOR_ID, 4)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def evtchn_rtt(m: Machine) -> list[float]:
+    """Guest caller -> dom0 upcall -> send back -> guest upcall -> caller wakes."""
+    guest = m.hv.create_domain("floor", 16 * 1024)
+    try:
+        ghc, dhc = guest.hypercalls, m.dom0
+        gport = ghc.evtchn_alloc_unbound(0)
+        dport = dhc.evtchn_bind_interdomain(guest.domid, gport)
+        woke = threading.Event()
+        dhc.evtchn_set_handler(dport, lambda _p: dhc.evtchn_send(dport))
+        ghc.evtchn_set_handler(gport, lambda _p: woke.set())
+        out = []
+        for _ in range(ROUNDS):
+            t0 = time.perf_counter()
+            woke.clear()
+            ghc.evtchn_send(gport)
+            woke.wait(5)
+            out.append(time.perf_counter() - t0)
+        return out
+    finally:
+        m.hv.destroy_domain(guest.domid)
+
+
+class _DirectOps:
+    """The guest core's accessors straight into pciback's handler (no transport)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def read(self, domain: int, bus: int, devfn: int, offset: int, size: int) -> tuple[int, int]:
+        psdev = self.backend.get(domain, bus, devfn)
+        if psdev is None:
+            return ops.PCIBIOS_DEVICE_NOT_FOUND, 0
+        err, value = config_read(psdev.dev_data, offset, size)
+        return errno_to_pcibios_err(err), value & ((1 << (8 * size)) - 1)
+
+    def write(self, domain: int, bus: int, devfn: int, offset: int, size: int, value: int) -> int:
+        psdev = self.backend.get(domain, bus, devfn)
+        if psdev is None:
+            return ops.PCIBIOS_DEVICE_NOT_FOUND
+        return errno_to_pcibios_err(config_write(psdev.dev_data, offset, size, value))
+
+
+def scans(m: Machine, domid: int) -> tuple[float, float, int]:
+    front = m.guest(domid).pcifront
+    assert front is not None
+    back = m.pciback.devices[domid]
+    t0 = time.perf_counter()
+    found = GuestPciBus(0, 0, front).scan()
+    split = time.perf_counter() - t0
+    direct_ops = _DirectOps(back.bus)
+    t0 = time.perf_counter()
+    with m.pciback.pool_lock:
+        direct = GuestPciBus(0, 0, direct_ops).scan()
+    base = time.perf_counter() - t0
+    assert len(found) == len(direct)
+    return split, base, len(found)
+
+
+def run() -> list[dict[str, Any]]:
+    with Machine() as m:
+        domid = _boot(m, 32)
+        floor_med, floor_p99 = _summary(evtchn_rtt(m))
+        med, p99 = _summary(conf_read_rtt(m, domid))
+        split, base, n = scans(m, domid)
+    floor = f"event-channel round trip guest->dom0->guest: median {floor_med:.1f} us"
+    return [
+        {
+            "name": "conf_read round trip, median",
+            "value": med,
+            "unit": "us",
+            "baseline": floor,
+            "ratio": med / floor_med,
+            "target": "<= 2x",
+        },
+        {
+            "name": "conf_read round trip, p99",
+            "value": p99,
+            "unit": "us",
+            "baseline": f"event-channel round trip p99 {floor_p99:.1f} us",
+            "ratio": p99 / floor_p99,
+            "target": "",
+        },
+        {
+            "name": f"full scan of {n} devices (256 devfns, BAR sizing)",
+            "value": split * 1e3,
+            "unit": "ms",
+            "baseline": f"same scan calling pciback's handler directly: {base * 1e3:.1f} ms",
+            "ratio": split / base,
+            "target": "",
+        },
+    ]
+
+
+if __name__ == "__main__":
+    for fig in run():
+        print(fig)
