@@ -51,7 +51,7 @@ def xenstored(
     server.start()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
-        server._stop.set()
+        server.request_stop()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

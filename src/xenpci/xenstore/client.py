@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from xenpci.xenstore.core import Connection, XenStore
 
 T = TypeVar("T")
+REPLY_TIMEOUT = 60.0  # seconds; xenstored answers every request, so silence means it is gone
 WatchCallback = Callable[["WatchEvent"], None]
 
 
@@ -93,7 +94,11 @@ class _StreamTransport:
                 self._send(data)
             except OSError as e:
                 raise ConnectionClosed(str(e)) from e
-            reply = self._replies.get()
+            try:
+                reply = self._replies.get(timeout=REPLY_TIMEOUT)
+            except queue.Empty:
+                self._closed = True
+                raise ConnectionClosed("xenstored did not reply") from None
             if reply is None:
                 self._closed = True
                 raise ConnectionClosed("xenstored closed the connection")

@@ -108,6 +108,10 @@ class XenstoredServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def request_stop(self) -> None:
+        """Ask :meth:`serve_forever` to return (safe from a signal handler)."""
+        self._stop.set()
+
     def serve_forever(self) -> None:
         """Block until :meth:`stop` (from a signal handler, say)."""
         while not self._stop.wait(0.2):
