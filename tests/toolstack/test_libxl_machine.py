@@ -255,3 +255,36 @@ def test_no_iommu_refuses_dma_capable_devices() -> None:
         libxl.domain_destroy(g)
     finally:
         m.shutdown()
+
+
+def test_first_device_hot_plugged_and_seize(machine: Machine, libxl: Libxl) -> None:
+    """A guest created bare gets its first device by hot-plug (fresh backend, initial
+    connect); ``seize=1`` binds a device to pciback on the way."""
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16'))
+    assert NVME not in machine.pciback_bound()
+    libxl.pci_attach(domid, spec("04:00.0,seize=1"))
+    assert NVME in machine.pciback_bound()
+    wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4")
+    nvme = machine.host_function(NVME)
+    assert guest_sees(machine, domid) == {(nvme.vendor_id, nvme.device_id)}
+    libxl.domain_destroy(domid)
+    assert [d.sbdf for d in libxl.assignable_list()] == [NVME]
+
+
+def test_detach_from_an_unresponsive_guest(machine: Machine, libxl: Libxl) -> None:
+    """Without -f a guest that never lets go keeps the device (timeout error); -f takes it."""
+    libxl.assignable_add(NIC)
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
+    wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4")
+    machine.guest(domid).shutdown()  # the kernel hangs
+    libxl.timeout = 0.5
+    with pytest.raises(ToolstackError, match="not ready"):
+        libxl.pci_detach(domid, spec("03:00.0"))
+    assert lp.assigned_domid(machine.xs, NIC) == domid  # still the guest's
+    assert machine.hv.iommu.owner(NIC.sbdf_int) == domid
+    libxl.pci_detach(domid, spec("03:00.0"), force=True)
+    assert lp.assigned_domid(machine.xs, NIC) is None
+    assert machine.hv.iommu.owner(NIC.sbdf_int) == 0
+    assert machine.hv.permissions.snapshot(domid)["iomem"] == []
+    assert [d.sbdf for d in libxl.assignable_list()] == [NIC]
+    libxl.domain_destroy(domid)

@@ -263,6 +263,7 @@ class Libxl:
                 )
             # Check every device before anything is created, so a refusal leaves nothing.
             for spec in cfg.pci:
+                self._seize_if_asked(spec)
                 for sbdf in self._functions_of(spec):
                     self._check_attachable(sbdf, None, allow_unsafe)
             mem = cfg.memory_mib or DEFAULT_MEMORY_MIB
@@ -363,6 +364,7 @@ class Libxl:
         """``xl pci-attach``: hot-plug into a running guest."""
         with self._lock:
             rec = self._domain(dom)
+            self._seize_if_asked(spec)
             for sbdf in self._functions_of(spec):
                 self._check_attachable(sbdf, rec.domid, allow_unsafe or rec.allow_unsafe)
             self._pci_add(rec, spec, starting=False, allow_unsafe=allow_unsafe)
@@ -370,6 +372,15 @@ class Libxl:
     def pci_list(self, dom: int | str) -> list[lp.PciBackendEntry]:
         with self._lock:
             return lp.device_pci_list(self.xs, self._domain(dom).domid)
+
+    def _seize_if_asked(self, spec: PciSpec) -> None:
+        """``seize=1``: make a device that is not yet bound to pciback assignable first."""
+        if not spec.seize:
+            return
+        bound = self.platform.pciback_bound()
+        for sbdf in self._functions_of(spec):
+            if sbdf not in bound and lp.assigned_domid(self.xs, sbdf) is None:
+                self.assignable_add(sbdf)
 
     def _functions_of(self, spec: PciSpec) -> list[SBDF]:
         """The host functions a spec covers: one, or with ``*`` every present one of the slot."""
