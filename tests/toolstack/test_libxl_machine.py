@@ -288,3 +288,33 @@ def test_detach_from_an_unresponsive_guest(machine: Machine, libxl: Libxl) -> No
     assert machine.hv.permissions.snapshot(domid)["iomem"] == []
     assert [d.sbdf for d in libxl.assignable_list()] == [NIC]
     libxl.domain_destroy(domid)
+
+
+def test_destroy_ends_an_attach_waiting_on_a_wedged_guest(machine: Machine, libxl: Libxl) -> None:
+    """xl destroy while another xl waits on the same hung guest: both finish promptly."""
+    for s in (NIC, NVME, LEGACY):
+        libxl.assignable_add(s)
+    libxl.timeout = 20.0  # the waiter must be woken by the destroy, not by its timeout
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
+    wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4")
+    machine.guest(domid).shutdown()
+    libxl.pci_attach(domid, spec("04:00.0"))  # backend left Reconfiguring for good
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            libxl.pci_attach(domid, spec("07:00.0"))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)  # let it block on the backend
+    t0 = time.monotonic()
+    libxl.domain_destroy(domid)
+    t.join(timeout=10)
+    assert not t.is_alive()
+    assert time.monotonic() - t0 < 5
+    assert len(errors) == 1 and isinstance(errors[0], DomainGone)
+    assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
+    assert [d.name for d in libxl.domain_list()] == ["Domain-0"]

@@ -204,7 +204,8 @@ class Libxl:
         self.xs = xs
         self.timeout = timeout
         self.domains: dict[int, DomainRecord] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # one toolstack operation at a time
+        self._records_lock = threading.Lock()  # ``domains`` itself, for short lookups
 
     @property
     def _dom0(self) -> Hypercalls:
@@ -269,7 +270,8 @@ class Libxl:
             mem = cfg.memory_mib or DEFAULT_MEMORY_MIB
             domid = self.platform.start_guest(cfg.name, mem * 1024)
             rec = DomainRecord(domid, cfg.name, mem, cfg.vcpus, allow_unsafe)
-            self.domains[domid] = rec
+            with self._records_lock:
+                self.domains[domid] = rec
             try:
                 for spec in cfg.pci:
                     self._pci_add(rec, spec, starting=True)
@@ -279,18 +281,37 @@ class Libxl:
             return domid
 
     def domain_destroy(self, dom: int | str) -> None:
-        """``xl destroy``: force-remove every device (``libxl__device_pci_destroy_all``)."""
-        with self._lock:
+        """``xl destroy``: force-remove every device (``libxl__device_pci_destroy_all``).
+
+        If another operation holds the context (typically an attach waiting on
+        this very guest, which is wedged), the guest is killed first: its
+        ``@releaseDomain`` ends that wait with :class:`DomainGone`, the waiter
+        rolls back, and the destruction proceeds. (libxl takes per-domain locks
+        instead; one context lock keeps this model simple.)
+        """
+        if not self._lock.acquire(timeout=0.2):
+            with self._records_lock:
+                victim = self._domain(dom).domid
+            self.platform.stop_guest(victim)
+            self._lock.acquire()
+        try:
+            self._domain_destroy(dom)
+        finally:
+            self._lock.release()
+
+    def _domain_destroy(self, dom: int | str) -> None:
+        with self._records_lock:
             rec = self._domain(dom)
-            for entry in reversed(lp.device_pci_list(self.xs, rec.domid)):
-                # force: carry on, the domain is going anyway
-                with contextlib.suppress(ToolstackError):
-                    self._pci_remove(rec, entry.sbdf, force=True, timeout=min(self.timeout, 1.0))
-            # Devices still recorded (half-attached) are released too.
-            for sbdf in list(rec.grants):
-                self._release(rec, sbdf)
-            lp.device_destroy(self.xs, rec.domid)
-            self.platform.stop_guest(rec.domid)
+        for entry in reversed(lp.device_pci_list(self.xs, rec.domid)):
+            # force: carry on, the domain is going anyway
+            with contextlib.suppress(ToolstackError):
+                self._pci_remove(rec, entry.sbdf, force=True, timeout=min(self.timeout, 1.0))
+        # Devices still recorded (half-attached) are released too.
+        for sbdf in list(rec.grants):
+            self._release(rec, sbdf)
+        lp.device_destroy(self.xs, rec.domid)
+        self.platform.stop_guest(rec.domid)
+        with self._records_lock:
             del self.domains[rec.domid]
 
     def domain_list(self) -> list[DomainInfo]:
