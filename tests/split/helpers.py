@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from xenpci.abi.xs_wire import XS_WATCH
 from xenpci.guest.kernel import GuestKernel
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
@@ -9,6 +10,8 @@ from xenpci.pciback.conf_space import DeviceOptions
 from xenpci.pcifront.xenbus import Pcifront
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.machine import Machine
+from xenpci.xenstore.core import XenStore
+from xenpci.xenstore.wire import encode, strings
 
 
 def boot_guest_with(
@@ -39,3 +42,31 @@ def boot_guest_with(
 
 def sbdf(text: str) -> SBDF:
     return SBDF.parse(text)
+
+
+class StateLog:
+    """Every value a ``state`` node takes, observed inside xenstored itself.
+
+    A dom0 connection watches the node; its ``notify`` runs synchronously under
+    the store lock when the write (or the commit of a transaction) fires the
+    watch, and reads the node there, so no value can be missed or coalesced
+    the way a client-side watch callback could miss one. ``None`` = removed.
+    """
+
+    def __init__(self, store: XenStore, path: str) -> None:
+        self.path = path
+        self.values: list[int | None] = []
+        self._store = store
+        self._conn = store.connection(0)
+        self._conn.notify = self._event
+        self._conn.feed(encode(XS_WATCH, 1, 0, strings(path, "statelog")))
+
+    def _event(self) -> None:
+        self._conn.take_output()
+        node = self._store.tree.get(self.path)
+        value = int(node.value) if node is not None and node.value else None
+        if not self.values or self.values[-1] != value:
+            self.values.append(value)
+
+    def close(self) -> None:
+        self._conn.close()

@@ -18,7 +18,7 @@ from xenpci.pcifront.errors import PciOpError
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.machine import Machine
 
-from .helpers import boot_guest_with
+from .helpers import StateLog, boot_guest_with
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -136,7 +136,11 @@ def test_msix_enable_delivers_device_interrupts_to_guest_event_channels(machine:
 def test_hot_attach_and_detach_follow_the_reconfigure_dance(machine: Machine) -> None:
     nic = catalog.make("nic", "0000:03:00.0")[0]
     nvme = catalog.make("nvme", "0000:04:00.0")[0]
+    # the guest will be d1: watch both state nodes from inside xenstored first
+    be_log = StateLog(machine.store, lp.backend_path(1) + "/state")
+    fe_log = StateLog(machine.store, lp.frontend_path(1) + "/state")
     domid, kernel, front = boot_guest_with(machine, [nic])
+    assert domid == 1
     back = machine.pciback.wait_for_device(domid)
     machine.add_host_devices([nvme])
     machine.pciback_bind(nvme.sbdf)
@@ -166,10 +170,15 @@ def test_hot_attach_and_detach_follow_the_reconfigure_dance(machine: Machine) ->
     be = lp.read_dir(machine.xs, lp.backend_path(domid))
     assert (be["num_devs"], be["dev-0"], be["vdev-0"]) == ("1", "0000:04:00.0", "0000:00:01.00")
     assert _states(machine, domid) == ("4", "4")
+    # what xenstored saw (the fact sheet's timelines: 1,2,3,4 then 7,8,4 per hot-plug,
+    # libxl writing the 7; the frontend 1,3,4 then 7,4)
+    assert be_log.values == [1, 2, 3, 4] + [7, 8, 4] * 2, be_log.values
+    assert fe_log.values == [1, 3, 4] + [7, 4] * 2, fe_log.values
 
 
 def test_last_detach_disconnects_and_a_new_attach_reconnects(machine: Machine) -> None:
     nic = catalog.make("nic", "0000:03:00.0")[0]
+    be_log = StateLog(machine.store, lp.backend_path(1) + "/state")
     domid, kernel, front = boot_guest_with(machine, [nic])
     back = machine.pciback.wait_for_device(domid)
     gref = front.gref
@@ -183,6 +192,10 @@ def test_last_detach_disconnects_and_a_new_attach_reconnects(machine: Machine) -
     assert front.gref is None and front.chan is None  # grant ended, page freed
     assert machine.stub.get(nic.sbdf).owner is None
     assert gref is not None
+    # the backend's own Closed is not written into a node libxl removed
+    # (xenbus_switch_state checks the node first)
+    assert be_log.values == [1, 2, 3, 4, 7, 8, 4, None]
+    assert not machine.xs.exists(lp.backend_path(domid))
 
     # reconnect: a fresh backend (state 1) and a fresh pcifront
     lp.device_pci_add_xenstore(

@@ -52,7 +52,7 @@ from xenpci.pciback.vpci import VpciBackend, format_root, format_vdev
 from xenpci.trace import Trace
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
-from xenpci.xenstore.client import WatchEvent, XsClient
+from xenpci.xenstore.client import WatchEvent, XsClient, XsTransaction
 from xenpci.xenstore.errors import XsError
 
 if TYPE_CHECKING:
@@ -81,6 +81,39 @@ def parse_dev(text: str) -> SBDF:
         return SBDF(int(dom, 16), int(bus, 16), int(slot, 16), int(func, 16))
     except (ValueError, XenpciError):
         raise XenbusBackendError(f"Error reading device configuration: {text!r}") from None
+
+
+class SwitchStateClient:
+    """The XenStore client the XenBus shell drives, with ``xenbus_switch_state``'s guard.
+
+    Linux's ``__xenbus_switch_state`` reads ``state`` in a transaction first and
+    aborts if the node is gone; a plain write from dom0 (privileged) would
+    recreate a removed backend node (``.../backend/pci/<domid>/0/state = 6``
+    after libxl deleted the directory). Other writes pass through.
+    """
+
+    def __init__(self, xs: XsClient) -> None:
+        self.xs = xs
+
+    def read(self, path: str) -> bytes:
+        return self.xs.read(path)
+
+    def watch(self, path: str, token: str, callback: Callable[[WatchEvent], None]) -> None:
+        self.xs.watch(path, token, callback)
+
+    def unwatch(self, path: str, token: str) -> None:
+        self.xs.unwatch(path, token)
+
+    def write(self, path: str, value: bytes | str) -> None:
+        if not path.endswith("/state"):
+            self.xs.write(path, value)
+            return
+
+        def body(t: XsTransaction) -> None:
+            if t.exists(path):
+                t.write(path, value)
+
+        self.xs.retry_transaction(body)
 
 
 @dataclass
@@ -138,7 +171,7 @@ class PcibackDevice:
         online = self._read_int("online", 1)
         self.xenbus.online = online != 0
         self.watch = XenbusWatch(
-            self.xs,
+            SwitchStateClient(self.xs),
             self.xenbus,
             self.nodename,
             self.frontend_path,
