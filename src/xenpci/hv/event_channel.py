@@ -46,6 +46,9 @@ class PortState(enum.Enum):
     PIRQ = "pirq"
 
 
+_INTERDOMAIN = PortState.INTERDOMAIN
+
+
 @dataclass(frozen=True, slots=True)
 class PortInfo:
     """``EVTCHNOP_status`` of one port."""
@@ -194,10 +197,12 @@ class EventChannels:
         woken vCPU does not wait for the sender to finish tracing. A wake-up
         that arrives after the port was closed finds it gone and does nothing.
         """
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # explicit acquire/release: measurably cheaper than ``with`` here
+        try:
             dom = self._doms.get(domid)
             port = dom.ports.get(number) if dom is not None else None
-            if port is None or port.state is not PortState.INTERDOMAIN:
+            if port is None or port.state is not _INTERDOMAIN:
                 raise self._send_error(domid, number)
             rdom = self._doms[port.remote_dom]  # type: ignore[index]
             rport = rdom.ports[port.remote_port]  # type: ignore[index]
@@ -207,6 +212,8 @@ class EventChannels:
                 if not rport.masked and rport.handler is not None:
                     wake = rport.wake
             return rdom.domid, rport.number, wake
+        finally:
+            lock.release()
 
     def _send_error(self, domid: int, number: int) -> HvError:
         try:
@@ -295,7 +302,8 @@ class EventChannels:
         lock, number = self._lock, port.number
 
         def upcall() -> None:
-            with lock:
+            lock.acquire()
+            try:
                 # The port may have been closed (or closed and reallocated) since.
                 handler = port.handler
                 if (
@@ -306,6 +314,8 @@ class EventChannels:
                 ):
                     return
                 port.pending = False
+            finally:
+                lock.release()
             # Counted, not traced: the send that caused it is in the trace already.
             # Only this domain's vCPU runs its upcalls, so the counter has one writer.
             dom.upcalls += 1
