@@ -246,6 +246,7 @@ class MachineDaemon:
                     lines = framer.feed(data)
                 except ControlProtocolError as e:
                     conn.sendall(Response.failure(None, e).encode())
+                    _linger_close(conn)
                     return  # fatal framing error: drop this client only
                 for line in lines:
                     resp = self.service.handle_line(line)
@@ -259,6 +260,17 @@ class MachineDaemon:
             with self._lock:
                 self._conns.discard(conn)
                 self._conn_threads.discard(threading.current_thread())
+
+
+def _linger_close(conn: socket.socket, budget: float = 1.0) -> None:
+    """Half-close and discard what the peer still sends (for at most ``budget`` seconds),
+    so our last reply is not lost to a reset caused by unread input."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(0.1)
+        deadline = time.monotonic() + budget
+        while time.monotonic() < deadline and conn.recv(65536):
+            pass
 
 
 class ControlClient:
