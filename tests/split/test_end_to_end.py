@@ -7,10 +7,14 @@ formats pciback writes (``vdev-N`` = ``%04x:%02x:%02x.%02x``, ``root-K`` =
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
+from tests.interop import require_executable
 from xenpci.abi.xenbus import XenbusState as S
 from xenpci.devices import catalog
 from xenpci.pci import regs
@@ -209,3 +213,79 @@ def test_last_detach_disconnects_and_a_new_attach_reconnects(machine: Machine) -
     assert machine.pciback.devices[domid].xenbus.history == BACKEND_CONNECT
     dev = next(kernel.pci.devices())
     assert dev.read_config(regs.PCI_VENDOR_ID, 2) == nic.vendor_id
+
+
+def test_passthrough_mode_publishes_real_bdfs_and_their_roots() -> None:
+    with Machine(passthrough=True) as m:
+        nic = catalog.make("nic", "0000:03:00.0")[0]
+        nvme = catalog.make("nvme", "0000:05:02.0")[0]
+        domid, kernel, _front = boot_guest_with(m, [nic, nvme])
+        be = lp.read_dir(m.xs, lp.backend_path(domid))
+        # real topology: vdev-N is the host BDF, each bus is a root (deduplicated)
+        assert (be["vdev-0"], be["vdev-1"]) == ("0000:03:00.00", "0000:05:02.00")
+        roots = {be[f"root-{k}"] for k in range(int(be["root_num"]))}
+        assert roots == {"0000:03", "0000:05"}
+        assert [str(d.sbdf) for d in kernel.pci.devices()] == ["0000:03:00.0", "0000:05:02.0"]
+        ids = [d.device for d in kernel.pci.devices()]
+        assert ids == [nic.device_id, nvme.device_id]
+
+
+def test_permissive_lets_uncovered_writes_reach_hardware(machine: Machine) -> None:
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    _domid, kernel, _front = boot_guest_with(machine, [nic], permissive=True)
+    dev = next(iter(kernel.pci.devices()))
+    line = regs.PCI_CACHE_LINE_SIZE  # a field with a raw write handler either way
+    assert dev.write_config(line, 1, 0x10) == 0
+    assert nic.config.read(line, 1) == 0x10
+    # STATUS is covered by no field: in permissive mode the (RW1C) write reaches the device
+    nic.config.poke(regs.PCI_STATUS, 2, nic.config.read(regs.PCI_STATUS, 2) | 0x8000)
+    assert dev.write_config(regs.PCI_STATUS, 2, 0x8000) == 0
+    assert not nic.config.read(regs.PCI_STATUS, 2) & 0x8000
+    # and still no BAR moves
+    bar0 = nic.config.read(regs.PCI_BASE_ADDRESS_0, 4)
+    dev.write_config(regs.PCI_BASE_ADDRESS_0, 4, 0x1000)
+    assert nic.config.read(regs.PCI_BASE_ADDRESS_0, 4) == bar0
+
+
+def test_destroying_a_connected_guest_releases_and_resets_its_device(machine: Machine) -> None:
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    nvme = catalog.make("nvme", "0000:04:00.0")[0]
+    domid, _kernel, _front = boot_guest_with(machine, [nic], "doomed")
+    _d2, _k2, other = boot_guest_with(machine, [nvme], "other")
+    resets = len(machine.stub.get(nic.sbdf).resets)
+    back = machine.pciback.devices[domid]
+    machine.stop_guest(domid)  # no toolstack clean-up: the domain just goes
+    # its frontend nodes went with the domain: the backend sees the other end
+    # vanish, closes and unregisters (releasing the device) though libxl has
+    # not removed the backend directory
+    assert back.watch is not None
+    assert back.watch.wait_for(lambda d: d.state is S.XenbusStateUnknown, 5)
+    assert back.xenbus.history[-2:] == [S.XenbusStateClosed, S.XenbusStateUnknown]
+    assert lp.read_dir(machine.xs, lp.backend_path(domid))["state"] == "6"
+    assert back.mapping is None and back.evtchn is None
+    assert machine.stub.get(nic.sbdf).owner is None
+    assert len(machine.stub.get(nic.sbdf).resets) == resets + 1
+    dev = next(iter(_k2.pci.devices()))
+    assert dev.read_config(regs.PCI_VENDOR_ID, 2) == nvme.vendor_id
+    assert other.xenbus.state is S.XenbusStateConnected
+
+
+@pytest.mark.interop
+def test_live_layout_readable_with_xenstore_utils(machine: Machine, tmp_path: Path) -> None:
+    exe = require_executable("xenstore-ls")
+    sock = tmp_path / "xs.sock"
+    machine.serve_xenstore(str(sock))
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    domid, _k, _f = boot_guest_with(machine, [nic])
+    env = {**os.environ, "XENSTORED_PATH": str(sock)}
+    out = subprocess.run(
+        [exe, lp.backend_path(domid)], capture_output=True, text=True, env=env, timeout=10
+    )
+    assert out.returncode == 0, out.stderr
+    keys = dict(
+        (line.split(" = ")[0].strip(), line.split(" = ")[1].strip().strip('"'))
+        for line in out.stdout.splitlines()
+        if " = " in line
+    )
+    assert keys["state"] == "4" and keys["vdev-0"] == "0000:00:00.00"
+    assert keys["root-0"] == "0000:00" and keys["dev-0"] == "0000:03:00.0"
