@@ -328,3 +328,33 @@ def test_bad_config_and_hostile_control_client(machine_dir: Path, tmp_path: Path
         assert xl("list")[1].startswith("Name")  # the daemon still serves others
     finally:
         stop_machine(machine_dir, pid)
+
+
+def test_foreground_machine_stops_on_sigterm(machine_dir: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xenpci", "machine", "start", "--dir", str(machine_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while read_pid(machine_dir) != proc.pid:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "machine never wrote its pid file"
+            time.sleep(0.05)
+        xl = Xl(machine_dir)
+        xl("pci-assignable-add", "03:00.0")
+        xl("create", str(EXAMPLES / "guest1.cfg"))
+        assert xl.xs_read("/local/domain/1/name") == "guest1"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "XENSTORED_PATH=" in err and "stopped" in err
+    assert not machine_dir.exists()
