@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from xenpci.hv.errors import HvError
 from xenpci.hv.memory import P2M
@@ -58,6 +58,10 @@ class Vcpu:
         self._on_error = on_error
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    @property
+    def name(self) -> str:
+        return self._thread.name
 
     @property
     def ident(self) -> int | None:
@@ -103,10 +107,38 @@ class Vcpu:
         self._ring()
         if not self.on_this_vcpu():
             self._thread.join(timeout)
+            # Work posted in the instant between the last check and the thread's exit
+            # never runs: tell its waiters instead of leaving them hanging.
+            while self._queue:
+                abandon = getattr(self._queue.popleft(), "abandon", None)
+                if abandon is not None:
+                    abandon()
 
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+
+class _Job(Generic[T]):
+    """A call queued on a vCPU, with the Future its caller waits on."""
+
+    __slots__ = ("args", "fn", "future", "vcpu")
+
+    def __init__(self, fn: Callable[..., T], args: tuple[Any, ...], vcpu: str) -> None:
+        self.fn, self.args, self.vcpu = fn, args, vcpu
+        self.future: Future[T] = Future()
+
+    def __call__(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            self.future.set_result(self.fn(*self.args))
+        except BaseException as exc:
+            self.future.set_exception(exc)
+
+    def abandon(self) -> None:
+        if self.future.set_running_or_notify_cancel():
+            self.future.set_exception(DomainDead(f"vCPU {self.vcpu} stopped before running it"))
 
 
 class Domain:
@@ -135,18 +167,9 @@ class Domain:
 
     def run(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue ``fn(*args)`` on this domain's vCPU; the Future carries its result."""
-        fut: Future[T] = Future()
-
-        def item() -> None:
-            if not fut.set_running_or_notify_cancel():
-                return
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:
-                fut.set_exception(exc)
-
-        self.vcpu.post(item)
-        return fut
+        job = _Job(fn, args, self.vcpu.name)
+        self.vcpu.post(job)
+        return job.future
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float | None = 30.0) -> T:
         """Run ``fn(*args)`` on this domain's vCPU and wait for its result.
