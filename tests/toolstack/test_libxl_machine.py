@@ -318,3 +318,31 @@ def test_destroy_ends_an_attach_waiting_on_a_wedged_guest(machine: Machine, libx
     assert len(errors) == 1 and isinstance(errors[0], DomainGone)
     assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
     assert [d.name for d in libxl.domain_list()] == ["Domain-0"]
+
+
+@pytest.mark.interop
+def test_host_file_with_a_real_dump_device(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A device from a real lspci dump keeps its host BAR addresses; grants cover them."""
+    from tests.interop import require_file
+    from xenpci.toolstack.host import load_host
+
+    dump = require_file("/work/shared/data/lspci-dumps/cap-address-xlation")
+    host = tmp_path / "host.toml"
+    host.write_text(f'catalog = false\n[[device]]\nsource = "{dump}"\n')
+    m = boot_machine(load_host(host))
+    try:
+        libxl = Libxl(m, m.xs, timeout=3.0)
+        dev = SBDF(0, 2, 0, 0)
+        assert [f.sbdf for f in m.host_functions()] == [dev]
+        libxl.assignable_add(dev)
+        domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["02:00.0"]'))
+        snap = m.hv.permissions.snapshot(domid)
+        # BAR0 16 MiB at 0x50000000, BAR2 1 MiB at 0x53100000 (from the dump's Region lines);
+        # the ROM's size is unknown in the dump, so it is not granted.
+        assert pages(snap["iomem"]) == pages(
+            [(0x50000, 0x50000 + 4096 - 1), (0x53100, 0x53100 + 256 - 1)]
+        )
+        libxl.domain_destroy(domid)
+        assert [d.sbdf for d in libxl.assignable_list()] == [dev]
+    finally:
+        m.shutdown()

@@ -64,8 +64,8 @@ def create(config: Path, allow_unsafe: AllowUnsafe = False) -> None:
     except OSError as e:
         typer.echo(f"Failed to read config file: {config}: {e.strerror}", err=True)
         raise typer.Exit(1) from None
-    r = _call("create", config=text, path=str(config), allow_unsafe=allow_unsafe)
     typer.echo(f"Parsing config from {config}")
+    r = _call("create", config=text, path=str(config), allow_unsafe=allow_unsafe)
     typer.echo(f"Domain {r['domid']} ({r['name']}) created")
 
 

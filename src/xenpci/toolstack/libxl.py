@@ -404,7 +404,11 @@ class Libxl:
                 self.assignable_add(sbdf)
 
     def _functions_of(self, spec: PciSpec) -> list[SBDF]:
-        """The host functions a spec covers: one, or with ``*`` every present one of the slot."""
+        """The host functions a spec covers: one, or with ``*`` every present one of the slot.
+
+        libxl HEAD's add path returns after the first function it finds for ``*``
+        (only the remove path iterates with ``next_func``); we attach them all.
+        """
         base = self.resolve(spec)
         if not spec.all_functions:
             return [base]
