@@ -127,7 +127,7 @@ class P2M:
         self.machine = machine
         self.mfns = mfns
         self._lock = threading.Lock()
-        # Hand pages out from the top so low gfns stay free for the "kernel image".
+        # Lowest free gfn first (a stack popped from the end), like a fresh buddy allocator.
         self._free = list(range(len(mfns)))
         self._free.reverse()
         self._in_use: set[int] = set()
