@@ -4,10 +4,12 @@ Public names for the layers above; each lives in a module named after the Xen
 component it models.
 """
 
-from xenpci.hv.domain import DOMID_FIRST_RESERVED, DOMID_SELF, Domain, DomainDead, Vcpu
+from xenpci.hv.domain import DOMID_FIRST_RESERVED, DOMID_SELF, Domain, Vcpu
 from xenpci.hv.errors import (
+    Deadlock,
     DeviceError,
     DmaFault,
+    DomainDead,
     DomainExists,
     EvtchnError,
     GrantError,
@@ -26,6 +28,7 @@ from xenpci.hv.iobus import IoBus, MmioHandler
 from xenpci.hv.iommu import DmaPort, FaultRecord, Iommu, format_sbdf
 from xenpci.hv.memory import MMIO_BASE, PAGE_SHIFT, PAGE_SIZE
 from xenpci.hv.rangeset import RangeSet
+from xenpci.hv.scheduler import Scheduler, SteppedVcpu
 
 __all__ = [
     "DOMID_FIRST_RESERVED",
@@ -34,6 +37,7 @@ __all__ = [
     "NR_EVTCHN_PORTS",
     "PAGE_SHIFT",
     "PAGE_SIZE",
+    "Deadlock",
     "DeviceError",
     "DmaFault",
     "DmaPort",
@@ -59,6 +63,8 @@ __all__ = [
     "PortInfo",
     "PortState",
     "RangeSet",
+    "Scheduler",
+    "SteppedVcpu",
     "Vcpu",
     "format_sbdf",
 ]

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from xenpci.hv.errors import HvError
+from xenpci.hv.errors import DomainDead
 from xenpci.hv.memory import P2M
+from xenpci.hv.scheduler import Scheduler, SteppedVcpu
 
 if TYPE_CHECKING:
     from xenpci.hv.hypercalls import Hypercalls
@@ -28,12 +29,6 @@ T = TypeVar("T")
 #: ``DOMID_FIRST_RESERVED`` in ``xen/include/public/xen.h``: domids at or above are special.
 DOMID_FIRST_RESERVED = 0x7FF0
 DOMID_SELF = 0x7FF0
-
-
-class DomainDead(HvError):
-    """Work was queued on a domain whose vCPU has stopped: ``ESRCH``."""
-
-    default_errno = "ESRCH"
 
 
 class Vcpu:
@@ -101,6 +96,10 @@ class Vcpu:
                 return
             doorbell.acquire()
 
+    def wait(self, fut: Future[Any], timeout: float | None) -> Any:
+        """Block until another thread's vCPU has run the job behind ``fut``."""
+        return fut.result(timeout)
+
     def stop(self, timeout: float = 5.0) -> None:
         """Finish queued work, then end the thread (idempotent)."""
         self._stopping = True
@@ -152,6 +151,7 @@ class Domain:
         *,
         privileged: bool,
         on_error: Callable[[int, BaseException], None],
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.domid = domid
         self.name = name
@@ -159,7 +159,12 @@ class Domain:
         self.p2m = p2m
         self.dying = False
         self.hypercalls: Hypercalls  # set by the hypervisor right after construction
-        self.vcpu = Vcpu(f"d{domid}v0-{name}", lambda exc: on_error(domid, exc))
+        vcpu_name = f"d{domid}v0-{name}"
+        self.vcpu: Vcpu | SteppedVcpu = (
+            Vcpu(vcpu_name, lambda exc: on_error(domid, exc))
+            if scheduler is None
+            else SteppedVcpu(vcpu_name, lambda exc: on_error(domid, exc), scheduler)
+        )
 
     @property
     def nr_pages(self) -> int:
@@ -178,7 +183,8 @@ class Domain:
         """
         if self.vcpu.on_this_vcpu():
             return fn(*args)
-        return self.run(fn, *args).result(timeout)
+        result: T = self.vcpu.wait(self.run(fn, *args), timeout)
+        return result
 
     def __repr__(self) -> str:
         kind = "privileged" if self.privileged else "guest"

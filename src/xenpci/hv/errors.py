@@ -118,3 +118,15 @@ class DeviceError(HvError):
     """Assign/deassign of a PCI device failed (``EBUSY``, ``ENODEV``, ``EOPNOTSUPP``)."""
 
     default_errno = "ENODEV"
+
+
+class DomainDead(HvError):
+    """Work was queued on a domain whose vCPU has stopped: ``ESRCH``."""
+
+    default_errno = "ESRCH"
+
+
+class Deadlock(HvError):
+    """Waiting (deterministic mode) for work that can never run: ``EDEADLK``."""
+
+    default_errno = "EDEADLK"

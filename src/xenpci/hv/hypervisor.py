@@ -20,6 +20,7 @@ from xenpci.hv.domain import DOMID_FIRST_RESERVED, Domain
 from xenpci.hv.errors import (
     DomainExists,
     EvtchnError,
+    HvError,
     InvalidArgument,
     NoSuchDomain,
     PermissionDenied,
@@ -31,6 +32,7 @@ from xenpci.hv.iobus import IoBus
 from xenpci.hv.iommu import Iommu
 from xenpci.hv.memory import DEFAULT_RAM_FRAMES, P2M, PAGE_SIZE, MachineMemory
 from xenpci.hv.permissions import NR_PIRQS, Permissions, check_iomem, check_ioports, check_pirq
+from xenpci.hv.scheduler import Scheduler
 from xenpci.trace import Trace
 
 #: pirqs below this are GSIs (INTx lines) and keep their number, as dom0's identity map does.
@@ -48,8 +50,12 @@ class Hypervisor:
         *,
         ram_frames: int = DEFAULT_RAM_FRAMES,
         dom0_memory_kib: int = DOM0_MEMORY_KIB,
+        deterministic: bool = False,
     ) -> None:
         self.trace = trace if trace is not None else Trace()
+        #: With ``deterministic=True`` no vCPU threads exist: work runs on the caller's
+        #: thread when driven (``run_until_idle``, ``Domain.call``), in FIFO order.
+        self.scheduler = Scheduler() if deterministic else None
         self.machine = MachineMemory(ram_frames)
         self.grants = GrantTables(self.machine)
         self.evtchn = EventChannels()
@@ -121,6 +127,7 @@ class Hypervisor:
                 P2M(self.machine, mfns),
                 privileged=privileged,
                 on_error=self._vcpu_error,
+                scheduler=self.scheduler,
             )
             dom.hypercalls = Hypercalls(self, dom)
             self.grants.add_domain(domid, dom.p2m)
@@ -152,6 +159,19 @@ class Hypervisor:
         if devices:
             self.trace.record("devices_returned", 0, "hypervisor", target=domid, sbdfs=devices)
         dom.vcpu.stop()
+
+    def run_until_idle(self) -> int:
+        """Run queued vCPU work until none is left; return how many items ran.
+
+        Deterministic mode: runs everything runnable on this thread. Threaded
+        mode: waits until every domain's queue, as of now, has drained (returns 0).
+        """
+        if self.scheduler is not None:
+            return self.scheduler.run_until_idle()
+        for dom in self.domains():
+            with contextlib.suppress(HvError):
+                dom.call(lambda: None)
+        return 0
 
     def _vcpu_error(self, domid: int, exc: BaseException) -> None:
         self.trace.record("vcpu_exception", domid, "hypervisor", error=repr(exc))
