@@ -10,6 +10,9 @@ as in Xen.
 With ``enabled=False`` the machine has no IOMMU: bus addresses are machine
 addresses, so a device (and the guest driving it) can read and write any
 domain's RAM. That is why Xen supports PV passthrough only with an IOMMU.
+Assignment still records the owner in that mode (old Xen let PV guests drive
+devices with ``iommu=0``; current Xen refuses with ``EOPNOTSUPP``), so the
+danger can be shown rather than only described.
 
 Deliberate differences: the context translates a bus address as a guest
 *physical* address (gfn -> mfn), like an HVM/PVH guest's IOMMU page tables;

@@ -15,7 +15,6 @@ collide with the MMIO window devices register on the I/O bus (below 4 GiB,
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 
 from xenpci.hv.errors import InvalidArgument, OutOfMemory
 
@@ -27,24 +26,6 @@ RAM_BASE_MFN = 0x100000
 DEFAULT_RAM_FRAMES = 1 << 18
 #: The PCI hole where device BARs are placed.
 MMIO_BASE = 0xE000_0000
-
-
-@dataclass(frozen=True, slots=True)
-class FrameRange:
-    """An inclusive range of frame numbers ``[first, last]`` (Xen's rangeset convention)."""
-
-    first: int
-    last: int
-
-    def __post_init__(self) -> None:
-        if self.first < 0 or self.last < self.first:
-            raise InvalidArgument(f"bad frame range [{self.first:#x}, {self.last:#x}]")
-
-    @classmethod
-    def of(cls, first: int, nr: int) -> FrameRange:
-        if nr <= 0:
-            raise InvalidArgument(f"frame count must be positive, got {nr}", nr=nr)
-        return cls(first, first + nr - 1)
 
 
 class MachineMemory:
