@@ -84,18 +84,31 @@ def parse_dev(text: str) -> SBDF:
 
 
 class SwitchStateClient:
-    """The XenStore client the XenBus shell drives, with ``xenbus_switch_state``'s guard.
+    """The XenStore client a XenBus shell drives, with two guards Linux has.
 
-    Linux's ``__xenbus_switch_state`` reads ``state`` in a transaction first and
-    aborts if the node is gone; a plain write from dom0 (privileged) would
-    recreate a removed backend node (``.../backend/pci/<domid>/0/state = 6``
-    after libxl deleted the directory). Other writes pass through.
+    * ``xenbus_switch_state``: ``__xenbus_switch_state`` reads ``state`` in a
+      transaction and aborts if the node is gone; a plain write from dom0
+      (privileged) would recreate a removed backend node
+      (``.../backend/pci/<domid>/0/state = 6`` after libxl deleted it).
+    * An unregistered device is inert: watch events already queued for it
+      when it was removed must not act on a node re-created for a new device
+      (a reconnect). After :meth:`close` reads fail (the state reads as
+      Unknown) and writes are dropped.
+
+    Used by both ends (pciback here, pcifront) until :mod:`xenpci.xenbus.watch`
+    offers the same.
     """
 
     def __init__(self, xs: XsClient) -> None:
         self.xs = xs
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def read(self, path: str) -> bytes:
+        if self.closed:
+            raise XsError("ENOENT", f"{path}: device unregistered")
         return self.xs.read(path)
 
     def watch(self, path: str, token: str, callback: Callable[[WatchEvent], None]) -> None:
@@ -105,6 +118,8 @@ class SwitchStateClient:
         self.xs.unwatch(path, token)
 
     def write(self, path: str, value: bytes | str) -> None:
+        if self.closed:
+            return
         if not path.endswith("/state"):
             self.xs.write(path, value)
             return
@@ -154,6 +169,8 @@ class PcibackDevice:
         self.frontend_path = ""
         self.xenbus = XenbusDevice(Role.BACKEND)
         self.watch: XenbusWatch | None = None
+        self.client: SwitchStateClient | None = None
+        self._removed = False
         self.mapping: GrantMapping | None = None
         self.evtchn: int | None = None
         self.stats = OpStats()
@@ -170,8 +187,9 @@ class PcibackDevice:
         self.frontend_path = self.xs.read(f"{self.nodename}/frontend").decode()
         online = self._read_int("online", 1)
         self.xenbus.online = online != 0
+        self.client = SwitchStateClient(self.xs)
         self.watch = XenbusWatch(
-            SwitchStateClient(self.xs),
+            self.client,
             self.xenbus,
             self.nodename,
             self.frontend_path,
@@ -182,9 +200,12 @@ class PcibackDevice:
 
     def remove(self) -> None:
         """``xen_pcibk_xenbus_remove`` -> ``free_pdev``: unwatch, disconnect, release all."""
+        if self.client is not None:
+            self.client.close()
         if self.watch is not None:
             self.watch.close()
         with self._lock:
+            self._removed = True
             self._disconnect()
             self._release_all()
 
@@ -196,6 +217,8 @@ class PcibackDevice:
     # -- driver callbacks from the XenBus shell --------------------------------------
     def _callback(self, cb: DriverCallback) -> None:
         with self._lock:
+            if self._removed:
+                return  # a stale event for an unregistered device
             if cb is DriverCallback.SETUP:
                 self._setup_backend()
             elif cb is DriverCallback.CONNECT:

@@ -29,6 +29,7 @@ from xenpci.abi import pciif
 from xenpci.abi.xenbus import XenbusState
 from xenpci.guest.pci_core import GuestPci, GuestPciDevice
 from xenpci.pci.address import SBDF
+from xenpci.pciback.xenbus import SwitchStateClient
 from xenpci.pcifront import ops
 from xenpci.pcifront.errors import NotConnected, PcifrontError
 from xenpci.trace import Trace
@@ -109,14 +110,17 @@ class Pcifront:
         self.evtchn: int | None = None
         self.chan: ops.PciOpChannel | None = None
         self.watch: XenbusWatch | None = None
+        self.client: SwitchStateClient | None = None
+        self._removed = False
 
     # -- probe / remove -----------------------------------------------------
     def probe(self) -> None:
         """``pcifront_xenbus_probe``: publish the page and channel, watch the backend."""
         self.backend_path = self.xs.read(f"{self.nodename}/backend").decode()
         self.backend_id = int(self.xs.read(f"{self.nodename}/backend-id"))
+        self.client = SwitchStateClient(self.xs)
         self.watch = XenbusWatch(
-            self.xs,
+            self.client,
             self.xenbus,
             self.nodename,
             self.backend_path,
@@ -127,6 +131,9 @@ class Pcifront:
 
     def remove(self) -> None:
         """``pcifront_xenbus_remove``: free roots, unbind, end the grant, free the page."""
+        self._removed = True
+        if self.client is not None:
+            self.client.close()
         if self.watch is not None:
             self.watch.close()
         self._disconnect()
@@ -186,6 +193,8 @@ class Pcifront:
 
     # -- driver callbacks (run by the XenBus shell) ---------------------------
     def _callback(self, cb: DriverCallback) -> None:
+        if self._removed:
+            return  # a stale event for a removed device
         if cb is DriverCallback.PUBLISH:
             self._publish_info()
         elif cb is DriverCallback.CONNECT:

@@ -53,6 +53,7 @@ from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.core import XenStore
 from xenpci.xenstore.perms import Perms
+from xenpci.xenstore.ring import GuestRing, XenstoredRings
 from xenpci.xenstore.server import XenstoredServer
 
 
@@ -210,11 +211,17 @@ class Machine:
         passthrough: bool = False,
         trace: Trace | None = None,
         permissive: bool = False,
+        guest_xenstore: str = "ring",
     ) -> None:
+        if guest_xenstore not in ("ring", "in-process"):
+            raise MachineError(f"guest_xenstore: 'ring' or 'in-process', not {guest_xenstore!r}")
+        self.guest_xenstore = guest_xenstore
         self.trace = trace if trace is not None else Trace()
         self.hv = Hypervisor(iommu=iommu, trace=self.trace)
         self.op_timeout = op_timeout
         self.store = XenStore()
+        # xenstored's side of the guests' rings, served on dom0's vCPU.
+        self.rings = XenstoredRings(self.store, self.hv.dom0) if guest_xenstore == "ring" else None
         #: dom0's toolstack connection (what libxl/xl use).
         self.xs = XsClient.in_process(self.store, 0)
         self.irq_platform = HvInterruptPlatform(self.hv)
@@ -343,8 +350,15 @@ class Machine:
             for sub in ("error", "data", "drivers", "feature"):
                 t.write(f"{home}/{sub}", "")
                 t.set_perms(f"{home}/{sub}", rw)
-        self.store.introduce_domain(domid)
-        client = XsClient.in_process(self.store, domid)
+        if self.guest_xenstore == "ring":
+            # The guest's xenbus_comms: its own page granted to dom0 plus an
+            # event channel, introduced to xenstored (XS_INTRODUCE).
+            ring = GuestRing(dom)
+            self.store.introduce_domain(domid, ring.gref, ring.port)
+            client = XsClient.ring(ring)
+        else:
+            self.store.introduce_domain(domid)
+            client = XsClient.in_process(self.store, domid)
         kernel = GuestKernel(dom, client, op_timeout=self.op_timeout, trace=self.trace)
         with self._lock:
             self.guests[domid] = kernel
