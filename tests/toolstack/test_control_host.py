@@ -131,3 +131,35 @@ def test_bad_host_files(text: str, where: str) -> None:
 def test_missing_host_file(tmp_path: Path) -> None:
     with pytest.raises(HostConfigError, match="cannot read"):
         load_host(tmp_path / "nope.toml")
+
+
+def test_service_answers_every_failure_without_raising() -> None:
+    """Unknown ops, bad arguments, lower-layer errors and plain bugs all become responses."""
+    from typing import Any
+
+    from xenpci.toolstack.control import ControlService
+
+    class Boom:
+        def domain_list(self) -> Any:
+            raise KeyError("bug")
+
+        def domain_destroy(self, dom: object) -> None:
+            from xenpci.hv.errors import NoSuchDomain
+
+            raise NoSuchDomain("d9 does not exist")
+
+    svc = ControlService(Boom(), lambda: {})  # type: ignore[arg-type]
+    cases = {
+        b'{"id": 1, "op": "list"}': "internal error",
+        b'{"id": 2, "op": "destroy", "args": {"domain": 9}}': "NoSuchDomain",
+        b'{"id": 3, "op": "destroy", "args": {"domain": [1]}}': "domain",
+        b'{"id": 4, "op": "pci-attach", "args": {"domain": "g", "spec": 5}}': "spec",
+        b'{"id": 5, "op": "pci-assignable-add", "args": {"bdf": "zz:00.0"}}': "bad PCI address",
+        b'{"id": 6, "op": "create", "args": {"config": "name = "}}': "<xl.cfg>:1",
+        b'{"id": 7, "op": "nope"}': "unknown op",
+    }
+    for line, want in cases.items():
+        resp = svc.handle_line(line)
+        assert not resp.ok and resp.error is not None
+        assert want in resp.error["message"], (line, resp.error)
+        assert resp.id == json.loads(line)["id"]

@@ -240,6 +240,9 @@ class ControlService:
             return Response.failure(req.id, ToolstackError(f"{type(e).__name__}: {e}", code))
         except ValueError as e:
             return Response.failure(req.id, ToolstackError(str(e), LibxlErrorCode.ERROR_INVAL))
+        except Exception as e:
+            # A bug below must cost this request, not the daemon: answer it and go on.
+            return Response.failure(req.id, ToolstackError(f"internal error: {e!r}"))
 
     def handle_line(self, line: bytes) -> Response:
         try:

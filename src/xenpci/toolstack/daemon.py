@@ -128,6 +128,8 @@ class MachineDaemon:
             self.service = ControlService(self.libxl, self.status)
             lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             lst.bind(str(self.control_path))
+            # The control socket is dom0's toolstack: only its owner may drive it.
+            os.chmod(self.control_path, 0o600)
             lst.listen(16)
             self._listener = lst
             self._accept_thread = threading.Thread(
