@@ -332,6 +332,35 @@ class EvtchnMachine(RuleBasedStateMachine):
         with pytest.raises(EvtchnError):
             src.hypercalls.evtchn_send(ps)
 
+    @rule(i=st.integers(0, 30), rebind=st.booleans())
+    def close_with_an_upcall_in_flight(self, i: int, rebind: bool) -> None:
+        """The receiver's vCPU is busy while a send lands and the port is closed
+        (and maybe reused): the queued upcall must not reach the closed or new port."""
+        e = self.ends(i)
+        if e is None:
+            return
+        c, src, ps, dst, pd = e
+        gate = threading.Event()
+        dst.run(gate.wait, 10)
+        src.hypercalls.evtchn_send(ps)
+        self.close_channel(c, src, ps, dst, pd, closer=dst)
+        if rebind:
+            # The freed port number comes straight back, bound to a fresh channel.
+            self.connect(self.live.index(src), self.live.index(dst))
+        gate.set()
+        self.drain()
+
+    def close_channel(
+        self, c: Channel, src: Domain, ps: int, dst: Domain, pd: int, closer: Domain
+    ) -> None:
+        with self.lock:
+            del self.bound[id(src), ps]
+            del self.bound[id(dst), pd]
+        self.channels.remove(c)
+        closer.hypercalls.evtchn_close(pd if closer is dst else ps)
+        other, port = (src, ps) if closer is dst else (dst, pd)
+        other.hypercalls.evtchn_close(port)
+
     @rule(i=st.integers(0, 30), on=st.booleans())
     def mask(self, i: int, on: bool) -> None:
         e = self.ends(i)
