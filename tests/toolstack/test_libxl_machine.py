@@ -346,3 +346,21 @@ def test_host_file_with_a_real_dump_device(tmp_path) -> None:  # type: ignore[no
         assert [d.sbdf for d in libxl.assignable_list()] == [dev]
     finally:
         m.shutdown()
+
+
+def test_page_sharers_may_go_to_one_guest(machine: Machine, libxl: Libxl) -> None:
+    """SUPPORT.md's mitigation: all devices sharing a page to the same guest is fine."""
+    sub_b = SBDF(0, 5, 1, 0)
+    libxl.assignable_add(SUB_A)
+    libxl.assignable_add(sub_b)
+    # both in one configuration: accepted
+    g = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["05:00.0", "05:01.0"]'))
+    assert {e.sbdf for e in libxl.pci_list(g)} == {SUB_A, sub_b}
+    libxl.pci_detach(g, spec("05:01.0"))
+    other = libxl.domain_create(load_domain_config('name="o"\nmemory=16'))
+    with pytest.raises(Refused) as e:
+        libxl.pci_attach(other, spec("05:01.0"))  # its page holds g's registers
+    assert e.value.reason == "shared-page"
+    libxl.pci_attach(g, spec("05:01.0"))  # back to the guest that owns the neighbour
+    libxl.domain_destroy(g)
+    libxl.domain_destroy(other)

@@ -265,8 +265,9 @@ class Libxl:
             # Check every device before anything is created, so a refusal leaves nothing.
             for spec in cfg.pci:
                 self._seize_if_asked(spec)
-                for sbdf in self._functions_of(spec):
-                    self._check_attachable(sbdf, None, allow_unsafe)
+            together = frozenset(s for spec in cfg.pci for s in self._functions_of(spec))
+            for sbdf in sorted(together):
+                self._check_attachable(sbdf, None, allow_unsafe, together)
             mem = cfg.memory_mib or DEFAULT_MEMORY_MIB
             domid = self.platform.start_guest(cfg.name, mem * 1024)
             rec = DomainRecord(domid, cfg.name, mem, cfg.vcpus, allow_unsafe)
@@ -274,7 +275,7 @@ class Libxl:
                 self.domains[domid] = rec
             try:
                 for spec in cfg.pci:
-                    self._pci_add(rec, spec, starting=True)
+                    self._pci_add(rec, spec, starting=True, together=together)
             except BaseException:
                 self.domain_destroy(domid)
                 raise
@@ -386,8 +387,6 @@ class Libxl:
         with self._lock:
             rec = self._domain(dom)
             self._seize_if_asked(spec)
-            for sbdf in self._functions_of(spec):
-                self._check_attachable(sbdf, rec.domid, allow_unsafe or rec.allow_unsafe)
             self._pci_add(rec, spec, starting=False, allow_unsafe=allow_unsafe)
 
     def pci_list(self, dom: int | str) -> list[lp.PciBackendEntry]:
@@ -427,8 +426,19 @@ class Libxl:
             self._function(base)  # raises "does not exist"
         return sorted(present)
 
-    def _check_attachable(self, sbdf: SBDF, domid: int | None, allow_unsafe: bool) -> None:
-        """Every refusal, each with its reason (fact sheet §3.4 step 3, plus ours)."""
+    def _check_attachable(
+        self,
+        sbdf: SBDF,
+        domid: int | None,
+        allow_unsafe: bool,
+        together: frozenset[SBDF] = frozenset(),
+    ) -> None:
+        """Every refusal, each with its reason (fact sheet §3.4 step 3, plus ours).
+
+        ``together`` are the functions going to the same guest in this request;
+        sharing a page with them (or with the guest's own devices) is allowed, as
+        SUPPORT.md suggests: pass all the sharers to one guest.
+        """
         fn = self._function(sbdf)
         owner = lp.assigned_domid(self.xs, sbdf)
         if owner is not None:
@@ -463,7 +473,13 @@ class Libxl:
                 "read and write all memory and would be as trusted as dom0 "
                 "(override with --allow-unsafe)",
             )
-        shared = shared_page_neighbours(fn, self.platform.host_functions())
+        neighbours = [
+            o
+            for o in self.platform.host_functions()
+            if o.sbdf not in together
+            and (domid is None or lp.assigned_domid(self.xs, o.sbdf) != domid)
+        ]
+        shared = shared_page_neighbours(fn, neighbours)
         if shared:
             raise Refused(
                 "shared-page",
@@ -473,11 +489,18 @@ class Libxl:
             )
 
     def _pci_add(
-        self, rec: DomainRecord, spec: PciSpec, *, starting: bool, allow_unsafe: bool = False
+        self,
+        rec: DomainRecord,
+        spec: PciSpec,
+        *,
+        starting: bool,
+        allow_unsafe: bool = False,
+        together: frozenset[SBDF] = frozenset(),
     ) -> None:
         functions = self._functions_of(spec)
+        together = together | frozenset(functions)
         for sbdf in functions:
-            self._check_attachable(sbdf, rec.domid, allow_unsafe or rec.allow_unsafe)
+            self._check_attachable(sbdf, rec.domid, allow_unsafe or rec.allow_unsafe, together)
         done: list[SBDF] = []
         try:
             for sbdf in functions:
