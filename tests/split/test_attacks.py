@@ -289,3 +289,54 @@ def test_backend_that_never_answers_times_out_with_minus_one() -> None:
         assert not info.flags & pciif.XEN_PCIF_active  # the frontend cleared it itself
         m.dom0.evtchn_unmask(back.evtchn)  # the stale event is spurious now
         assert dev.read_config(regs.PCI_VENDOR_ID, 2) == 0x1B36
+
+
+def test_toolstack_naming_an_unseized_device_is_fatal_not_a_crash(machine: Machine) -> None:
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    machine.add_host_devices([nic])  # on the host but never given to pciback
+    domid = machine.start_guest("g", 32 * 1024, paused=True)
+    lp.device_pci_add_xenstore(machine.xs, domid, "g", lp.PciBackendDevice(nic.sbdf), starting=True)
+    back = machine.pciback.wait_for_device(domid)
+    assert back.wait_for_state(S.XenbusStateClosing, 5)
+    err = machine.xs.read(f"/local/domain/0/error/backend/pci/{domid}/0/error").decode()
+    assert "0000:03:00.0" in err
+    # garbage in dev-N (the layout's ops with one value replaced, in one
+    # transaction): a precise refusal too, and the seized device stays free
+    machine.pciback_bind(nic.sbdf)
+    domid2 = machine.start_guest("h", 32 * 1024, paused=True)
+    layout = lp.create_backend_ops(domid2, "h") + lp.add_device_ops(
+        domid2, 0, lp.PciBackendDevice(nic.sbdf)
+    )
+    layout = [
+        lp.XsWrite(op.path, "zz:top")
+        if isinstance(op, lp.XsWrite) and op.path.endswith("/dev-0")
+        else op
+        for op in layout
+    ]
+    lp.in_transaction(machine.xs, lambda t: lp.apply_ops(t, layout))
+    back2 = machine.pciback.wait_for_device(domid2)
+    assert back2.wait_for_state(S.XenbusStateClosing, 5)
+    err2 = machine.xs.read(f"/local/domain/0/error/backend/pci/{domid2}/0/error").decode()
+    assert "Error reading device configuration" in err2 and "zz:top" in err2
+    assert machine.stub.get(nic.sbdf).owner is None
+
+
+def test_frontend_answers_an_aer_request_without_a_driver(machine: Machine) -> None:
+    nic = catalog.make("nic", "0000:03:00.0")
+    domid, _kernel, front = boot_guest_with(machine, list(nic))
+    back = machine.pciback.devices[domid]
+    assert back.mapping is not None and back.evtchn is not None
+    page = back.mapping.view
+    info = pciif.xen_pci_sharedinfo.from_buffer(page)
+    assert info.flags & pciif.XEN_PCIB_AERHANDLER  # announced at probe
+    from xenpci.pciback.pciback_ops import aer_poll, aer_post
+    from xenpci.pciback.vpci import GuestAddress
+
+    assert aer_post(page, pciif.XEN_PCI_OP_aer_detected, 2, GuestAddress(0, 0, 0))
+    machine.dom0.evtchn_send(back.evtchn)
+    deadline = time.monotonic() + 5
+    while aer_poll(page) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert aer_poll(page) == 1  # PCI_ERS_RESULT_NONE: no guest driver has AER handlers
+    # and ordinary ops still work afterwards
+    assert ops.conf_read(front._chan(), 0, 0, 0, regs.PCI_VENDOR_ID, 2) == (0, 0x1B36)

@@ -12,13 +12,19 @@ import threading
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xenpci.abi import pciif
 from xenpci.guest.pci_core import GuestPciBus
 from xenpci.pci import regs
+from xenpci.pci.address import SBDF
 from xenpci.pci.config import ConfigSpace, apply_standard_masks
+from xenpci.pciback.vpci import GuestAddress, format_root, format_vdev
+from xenpci.pciback.xenbus import XenbusBackendError, parse_dev
 from xenpci.pcifront import ops
-from xenpci.pcifront.errors import NotConnected, PciOpError
+from xenpci.pcifront.errors import NotConnected, PcifrontError, PciOpError
+from xenpci.pcifront.xenbus import parse_root, parse_vdev
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -198,3 +204,25 @@ def test_scan_probes_every_devfn_and_sizes_bars() -> None:
     before = bus.reads
     assert root.scan() == []  # a rescan probes only unknown devfns
     assert bus.reads - before == 254
+
+
+@given(st.text(max_size=40))
+def test_dev_and_vdev_parsers_fail_precisely_on_any_text(text: str) -> None:
+    # hostile XenStore values: either a valid address or the layer's own error
+    try:
+        got = parse_dev(text)
+    except XenbusBackendError as e:
+        assert repr(text) in str(e)
+        with pytest.raises(PcifrontError):
+            parse_vdev(text)
+        return
+    assert parse_vdev(text) == got
+    assert parse_dev(format_vdev(GuestAddress(got.segment, got.bus, got.devfn))) == got
+
+
+@given(st.integers(0, 0xFFFF), st.integers(0, 0xFF), st.integers(0, 0x1F), st.integers(0, 7))
+def test_vdev_written_by_pciback_is_read_back_by_pcifront(d: int, b: int, s: int, f: int) -> None:
+    text = format_vdev(GuestAddress(d, b, (s << 3) | f))
+    assert len(text.rpartition(".")[2]) == 2  # the PV protocol's %02x function
+    assert parse_vdev(text) == SBDF(d, b, s, f)
+    assert parse_root(format_root(d, b)) == (d, b)

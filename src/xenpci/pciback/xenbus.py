@@ -385,7 +385,14 @@ class PcibackDevice:
         finally:
             self._op_active = False
         if self.trace is not None:
-            self.trace.record("pci_op", self.domid, "dom0", served=self.stats.served)
+            cmd = int(info.op.cmd)
+            self.trace.record(
+                "pci_op",
+                self.domid,
+                "dom0",
+                cmd=pciif.XEN_PCI_OP_NAMES.get(cmd, cmd),
+                err=int(info.op.err),
+            )
         evtchn = self.evtchn
         if evtchn is not None:
             with contextlib.suppress(XenpciError):

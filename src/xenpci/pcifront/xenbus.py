@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 
 from xenpci.abi import pciif
 from xenpci.abi.xenbus import XenbusState
+from xenpci.errors import XenpciError
 from xenpci.guest.pci_core import GuestPci, GuestPciDevice
 from xenpci.pci.address import SBDF
-from xenpci.pciback.xenbus import SwitchStateClient
+from xenpci.pciback.xenbus import SwitchStateClient, parse_dev
 from xenpci.pcifront import ops
 from xenpci.pcifront.errors import NotConnected, PcifrontError
 from xenpci.trace import Trace
@@ -66,12 +67,8 @@ def parse_root(text: str) -> tuple[int, int]:
 def parse_vdev(text: str) -> SBDF:
     """``vdev-N`` is ``%x:%x:%x.%x`` (domain:bus:slot.func, func printed ``%02x``)."""
     try:
-        head, dot, func = text.strip().rpartition(".")
-        dom, bus, slot = head.split(":")
-        if not dot:
-            raise ValueError(text)
-        return SBDF(int(dom, 16), int(bus, 16), int(slot, 16), int(func, 16))
-    except (ValueError, XsError, Exception) as e:
+        return parse_dev(text)  # the same sscanf format pciback reads dev-N with
+    except XenpciError as e:
         raise PcifrontError(f"vdev {text!r} is not DDDD:BB:SS.FF ({e})") from None
 
 
