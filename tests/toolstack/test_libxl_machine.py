@@ -364,3 +364,22 @@ def test_page_sharers_may_go_to_one_guest(machine: Machine, libxl: Libxl) -> Non
     libxl.pci_attach(g, spec("05:01.0"))  # back to the guest that owns the neighbour
     libxl.domain_destroy(g)
     libxl.domain_destroy(other)
+
+
+def test_operations_are_traced(machine: Machine) -> None:
+    """Each xl operation lands in the machine's trace, dom0 acting, with its outcome."""
+    libxl = Libxl(machine, machine.xs, timeout=3.0, trace=machine.trace)
+    libxl.assignable_add(NIC)
+    g = libxl.domain_create(load_domain_config('name="g"\nmemory=16'))
+    libxl.pci_attach(g, spec("03:00.0"))
+    with pytest.raises(Refused):
+        libxl.pci_attach(g, spec("07:00.0"))
+    libxl.domain_destroy(g)
+    got = [(e.args["op"], e.args["result"]) for e in machine.trace.events if e.kind == "toolstack"]
+    assert got == [
+        ("pci-assignable-add", "ok"),
+        ("create", "ok"),
+        ("pci-attach", "ok"),
+        ("pci-attach", "not-assignable"),
+        ("destroy", "ok"),
+    ]

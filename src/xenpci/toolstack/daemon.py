@@ -124,7 +124,9 @@ class MachineDaemon:
         try:
             self.machine = boot_machine(self.host)
             self.machine.serve_xenstore(str(self.xenstored_path))
-            self.libxl = Libxl(self.machine, self.machine.xs, timeout=self.timeout)
+            self.libxl = Libxl(
+                self.machine, self.machine.xs, timeout=self.timeout, trace=self.machine.trace
+            )
             self.service = ControlService(self.libxl, self.status)
             lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             lst.bind(str(self.control_path))

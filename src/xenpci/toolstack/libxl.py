@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,6 +46,7 @@ from xenpci.pci.function import PciFunction
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.errors import LibxlErrorCode, Refused, ToolstackError
 from xenpci.toolstack.xlcfg import DomainConfig, PciSpec
+from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
 
@@ -197,15 +198,34 @@ class Libxl:
     """One toolstack context (``libxl_ctx``) over a machine; all calls are serialized."""
 
     def __init__(
-        self, platform: Platform, xs: XsClient, *, timeout: float = lp.DEFAULT_TIMEOUT
+        self,
+        platform: Platform,
+        xs: XsClient,
+        *,
+        timeout: float = lp.DEFAULT_TIMEOUT,
+        trace: Trace | None = None,
     ) -> None:
         self.platform = platform
+        self.trace = trace
         self.hv = platform.hv
         self.xs = xs
         self.timeout = timeout
         self.domains: dict[int, DomainRecord] = {}
         self._lock = threading.RLock()  # one toolstack operation at a time
         self._records_lock = threading.Lock()  # ``domains`` itself, for short lookups
+
+    @contextlib.contextmanager
+    def _traced(self, op: str, **args: object) -> Iterator[None]:
+        """Record one toolstack operation (dom0 acting) and its outcome in the trace."""
+        try:
+            yield
+        except BaseException as e:
+            if self.trace is not None:
+                reason = getattr(e, "reason", None) or type(e).__name__
+                self.trace.record("toolstack", 0, "dom0", op=op, result=reason, **args)
+            raise
+        if self.trace is not None:
+            self.trace.record("toolstack", 0, "dom0", op=op, result="ok", **args)
 
     @property
     def _dom0(self) -> Hypercalls:
@@ -249,7 +269,7 @@ class Libxl:
         As libxl, a failed device attach fails the whole creation and the domain
         is destroyed.
         """
-        with self._lock:
+        with self._traced("create", name=cfg.name), self._lock:
             if any(r.name == cfg.name for r in self.domains.values()) or cfg.name == "Domain-0":
                 raise ToolstackError(
                     f"domain with name {cfg.name!r} already exists", LibxlErrorCode.ERROR_INVAL
@@ -296,7 +316,8 @@ class Libxl:
             self.platform.stop_guest(victim)
             self._lock.acquire()
         try:
-            self._domain_destroy(dom)
+            with self._traced("destroy", domain=str(dom)):
+                self._domain_destroy(dom)
         finally:
             self._lock.release()
 
@@ -327,7 +348,7 @@ class Libxl:
     # ------------------------------------------------------------------ assignable
     def assignable_add(self, sbdf: SBDF, name: str | None = None) -> None:
         """``libxl_device_pci_assignable_add``: bind to pciback, remember the driver, name it."""
-        with self._lock:
+        with self._traced("pci-assignable-add", bdf=str(sbdf)), self._lock:
             fn = self._function(sbdf)
             if name is not None:
                 lp.PciBackendDevice(sbdf, name=name)  # libxl: <= 64 chars, all isgraph
@@ -348,7 +369,7 @@ class Libxl:
 
     def assignable_remove(self, bdf_or_name: str, *, rebind: bool = False) -> SBDF:
         """``libxl_device_pci_assignable_remove``: NAME tried first, then BDF."""
-        with self._lock:
+        with self._traced("pci-assignable-remove", target=bdf_or_name), self._lock:
             sbdf = lp.resolve_name(self.xs, bdf_or_name)
             if sbdf is None:
                 try:
@@ -366,7 +387,7 @@ class Libxl:
                 )
             if sbdf in self.platform.pciback_bound():
                 self.platform.pciback_unbind(sbdf)
-            # -r: rebind to the driver it had (we only forget the path; the model has no drivers).
+            # -r: rebind to the driver it had (here: forget its path; the model has no drivers).
             if rebind:
                 lp.set_driver_path(self.xs, sbdf, None)
             lp.set_assignable_name(self.xs, sbdf, None)
@@ -384,7 +405,8 @@ class Libxl:
     # ------------------------------------------------------------------ attach
     def pci_attach(self, dom: int | str, spec: PciSpec, *, allow_unsafe: bool = False) -> None:
         """``xl pci-attach``: hot-plug into a running guest."""
-        with self._lock:
+        what = str(spec.sbdf or spec.name)
+        with self._traced("pci-attach", domain=str(dom), spec=what), self._lock:
             rec = self._domain(dom)
             self._seize_if_asked(spec)
             self._pci_add(rec, spec, starting=False, allow_unsafe=allow_unsafe)
@@ -567,7 +589,8 @@ class Libxl:
     # ------------------------------------------------------------------ detach
     def pci_detach(self, dom: int | str, spec: PciSpec, *, force: bool = False) -> None:
         """``xl pci-detach [-f]``; functions are removed 7 -> 0 as libxl's ``next_func``."""
-        with self._lock:
+        what = str(spec.sbdf or spec.name)
+        with self._traced("pci-detach", domain=str(dom), spec=what), self._lock:
             rec = self._domain(dom)
             base = self.resolve(spec)
             attached = {e.sbdf for e in lp.device_pci_list(self.xs, rec.domid)}
