@@ -18,6 +18,8 @@ from xenpci.abi import pciif
 from xenpci.abi.xenbus import XenbusState as S
 from xenpci.devices import catalog
 from xenpci.pci import regs
+from xenpci.pciback.pciback_ops import aer_poll, aer_post
+from xenpci.pciback.vpci import GuestAddress
 from xenpci.pcifront import ops
 from xenpci.pcifront.xenbus import Pcifront
 from xenpci.toolstack import libxl_pci as lp
@@ -329,9 +331,6 @@ def test_frontend_answers_an_aer_request_without_a_driver(machine: Machine) -> N
     page = back.mapping.view
     info = pciif.xen_pci_sharedinfo.from_buffer(page)
     assert info.flags & pciif.XEN_PCIB_AERHANDLER  # announced at probe
-    from xenpci.pciback.pciback_ops import aer_poll, aer_post
-    from xenpci.pciback.vpci import GuestAddress
-
     assert aer_post(page, pciif.XEN_PCI_OP_aer_detected, 2, GuestAddress(0, 0, 0))
     machine.dom0.evtchn_send(back.evtchn)
     deadline = time.monotonic() + 5

@@ -17,10 +17,14 @@ import pytest
 from tests.interop import require_executable
 from xenpci.abi.xenbus import XenbusState as S
 from xenpci.devices import catalog
+from xenpci.devices.nic import E1000_IMS
+from xenpci.hv.errors import MmioDenied
 from xenpci.pci import regs
 from xenpci.pcifront.errors import PciOpError
 from xenpci.toolstack import libxl_pci as lp
+from xenpci.toolstack.libxl import Libxl
 from xenpci.toolstack.machine import Machine
+from xenpci.toolstack.xlcfg import load_domain_config
 
 from .helpers import StateLog, boot_guest_with
 
@@ -289,3 +293,33 @@ def test_live_layout_readable_with_xenstore_utils(machine: Machine, tmp_path: Pa
     )
     assert keys["state"] == "4" and keys["vdev-0"] == "0000:00:00.00"
     assert keys["root-0"] == "0000:00" and keys["dev-0"] == "0000:03:00.0"
+
+
+def test_data_plane_goes_straight_to_the_device_not_through_dom0(machine: Machine) -> None:
+    """The seed's split: config through pciback, MMIO straight to the device."""
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    nvme = catalog.make("nvme", "0000:04:00.0")[0]
+    machine.add_host_devices([nic, nvme])
+    lx = Libxl(machine, machine.xs, timeout=5)
+    lx.assignable_add(nic.sbdf)
+    domid = lx.domain_create(load_domain_config("name = 'g'\nmemory = 64\npci = ['03:00.0']\n"))
+    kernel = machine.guest(domid)
+    front = kernel.wait_for_pcifront(5)
+    assert front.wait_connected(1, 5)
+    dev = next(iter(kernel.pci.devices()))
+    dev.write_config_checked(regs.PCI_COMMAND, 2, regs.PCI_COMMAND_MEMORY)
+    bar0 = dev.bars[0]
+    assert bar0.size
+    hc = machine.hv.domain(domid).hypercalls
+    mapping = hc.mmio_map(bar0.address >> 12, bar0.size >> 12)
+    ops_before = machine.trace.count("pci_op", domid)
+    mapping.write(E1000_IMS, 4, 0x80)
+    assert mapping.read(E1000_IMS, 4) == 0x80
+    assert machine.trace.count("pci_op", domid) == ops_before  # no dom0 on this path
+    # the guest holds no permission for the other device's BAR
+    other = next(b for b in nvme.bars if b.size)
+    with pytest.raises(MmioDenied):
+        hc.mmio_map(other.address >> 12, 1)
+    mapping.unmap()
+    lx.domain_destroy(domid)
+    assert machine.stub.get(nic.sbdf).owner is None
