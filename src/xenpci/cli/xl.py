@@ -111,7 +111,7 @@ def pci_assignable_remove(
 def pci_assignable_list(
     names: Annotated[bool, typer.Option("-n", help="Show the device names")] = False,
 ) -> None:
-    """List assignable devices (``%04x:%02x:%02x.%01x [name]``)."""
+    """List assignable devices: one BDF a line, with -n followed by its name."""
     for d in _call("pci-assignable-list"):
         line = d["bdf"]
         if names and d["name"]:
@@ -139,7 +139,7 @@ def pci_detach(
 
 @group.command("pci-list")
 def pci_list(domain: str) -> None:
-    """List a domain's devices: ``Vdev Device``."""
+    """List a domain's devices (columns Vdev and Device, as xl prints them)."""
     entries = _call("pci-list", domain=domain)
     if not entries:
         return
