@@ -3,10 +3,12 @@
 There is no single real counterpart; this is what booting a Xen host does
 before any ``xl`` command runs: Xen starts (IOMMU on or off), dom0's kernel
 binds pciback's XenBus backend driver (watching ``backend/pci``), xenstored
-runs (in-process; optionally also on a Unix socket through
-:class:`xenpci.xenstore.server.XenstoredServer`), the host bridge has given
-every device its BAR addresses, and each guest created later runs a PV
-kernel (XenBus frontend, pcifront, PCI core) on its own vCPU thread.
+runs (in-process for dom0's components; guests reach it over their own ring
+page and event channel, as Linux's ``xenbus_comms`` does; optionally also on
+a Unix socket through :class:`xenpci.xenstore.server.XenstoredServer`), the
+host bridge has given every device its BAR addresses, and each guest created
+later runs a PV kernel (XenBus frontend, pcifront, PCI core) on its own vCPU
+thread.
 
 It implements the toolstack's :class:`xenpci.toolstack.libxl.Platform`:
 ``host_functions``, ``pciback_bind``/``unbind``/``set_permissive`` (pciback's
