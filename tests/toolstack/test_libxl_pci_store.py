@@ -251,3 +251,15 @@ def test_wait_ends_when_the_guest_dies(xs: XsClient, store: XenStore) -> None:
         assert time.monotonic() - t0 < 2
     finally:
         t.join()
+
+
+def test_remove_from_a_closed_backend_does_not_wait(xs: XsClient) -> None:
+    """Backend already Closed (guest shutting down): keys go at once, even without force."""
+    import time
+
+    lp.device_pci_add_xenstore(xs, DOMID, "g", dev(NIC), starting=True)
+    xs.write(f"{BE}/state", "6")
+    t0 = time.monotonic()
+    lp.device_pci_remove_xenstore(xs, DOMID, NIC, timeout=5)
+    assert time.monotonic() - t0 < 1
+    assert not xs.exists(BE)

@@ -504,9 +504,18 @@ def device_pci_remove_xenstore(
             if not force:
                 raise
 
-    wait()
-    in_transaction(xs, lambda t: apply_ops(t, mark_closing_ops(domid, index)))
-    wait()
+    # A backend already Closing/Closed (the guest is shutting down or gone) will never
+    # be Connected again: remove the keys without waiting, as libxl does since 2014
+    # ("do not wait for backend on PCI remove when backend already closed").
+    state = read_opt(xs, f"{be}/state")
+    closed = state in (
+        str(int(XenbusState.XenbusStateClosing)),
+        str(int(XenbusState.XenbusStateClosed)),
+    )
+    if not closed:
+        wait()
+        in_transaction(xs, lambda t: apply_ops(t, mark_closing_ops(domid, index)))
+        wait()
 
     def body(t: XsOps) -> bool:
         snap = read_dir(t, be)
