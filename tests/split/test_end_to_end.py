@@ -323,3 +323,20 @@ def test_data_plane_goes_straight_to_the_device_not_through_dom0(machine: Machin
     mapping.unmap()
     lx.domain_destroy(domid)
     assert machine.stub.get(nic.sbdf).owner is None
+
+
+def test_vpci_keeps_functions_of_a_slot_together_and_finds_a_lone_function(
+    machine: Machine,
+) -> None:
+    multi = catalog.make("multifunction", "0000:06:00.0")
+    lone = catalog.make("nic", "0000:07:00.3")[0]  # function 3, no function 0
+    _domid, kernel, _front = boot_guest_with(machine, [*multi, lone])
+    seen = [(str(d.sbdf), d.device) for d in kernel.pci.devices()]
+    # vpci: both functions of 06:00 in virtual slot 0 (physical function numbers),
+    # the lone function 3 in slot 1 as 00:01.3 -- found only because pcifront
+    # probes every devfn, not just function 0 of each slot
+    assert seen == [
+        ("0000:00:00.0", multi[0].device_id),
+        ("0000:00:00.1", multi[1].device_id),
+        ("0000:00:01.3", lone.device_id),
+    ]
