@@ -339,3 +339,44 @@ def test_frontend_answers_an_aer_request_without_a_driver(machine: Machine) -> N
     assert aer_poll(page) == 1  # PCI_ERS_RESULT_NONE: no guest driver has AER handlers
     # and ordinary ops still work afterwards
     assert ops.conf_read(front._chan(), 0, 0, 0, regs.PCI_VENDOR_ID, 2) == (0, 0x1B36)
+
+
+@pytest.mark.parametrize(
+    ("ref", "port", "why"),
+    [
+        ("999", None, "Error mapping other domain page"),  # a grant that does not exist
+        ("abc", None, "Error reading configuration from frontend"),
+        (None, "4000", "Error binding event channel"),  # not a port of this guest
+        (None, "-1", "Error binding event channel"),
+        (None, "x", "Error reading configuration from frontend"),
+    ],
+)
+def test_hostile_frontend_keys_are_refused_at_attach(
+    machine: Machine, ref: str | None, port: str | None, why: str
+) -> None:
+    nic = catalog.make("nic", "0000:03:00.0")[0]
+    machine.add_host_devices([nic])
+    machine.pciback_bind(nic.sbdf)
+    domid = machine.start_guest("liar", 32 * 1024, paused=True)
+    lp.device_pci_add_xenstore(
+        machine.xs, domid, "liar", lp.PciBackendDevice(nic.sbdf), starting=True
+    )
+    back = machine.pciback.wait_for_device(domid)
+    assert back.wait_for_state(S.XenbusStateInitialised, 5)
+    guest = machine.hv.domain(domid).hypercalls
+    gfn = guest.alloc_page()
+    real_ref = guest.gnttab_grant_foreign_access(0, gfn, False)
+    real_port = guest.evtchn_alloc_unbound(0)
+    xs = machine.guest(domid).xs
+    fe = lp.frontend_path(domid)
+    xs.write(f"{fe}/pci-op-ref", ref if ref is not None else str(real_ref))
+    xs.write(f"{fe}/event-channel", port if port is not None else str(real_port))
+    xs.write(f"{fe}/magic", "7")
+    xs.write(f"{fe}/state", "3")
+    assert back.wait_for_state(S.XenbusStateClosing, 5)
+    err = machine.xs.read(f"/local/domain/0/error/backend/pci/{domid}/0/error").decode()
+    assert why in err
+    assert back.mapping is None and back.evtchn is None  # nothing left half-attached
+    lp.device_destroy(machine.xs, domid)
+    assert machine.pciback.wait(lambda d: domid not in d.devices, 5)
+    assert machine.stub.get(nic.sbdf).owner is None
