@@ -18,6 +18,7 @@ from xenpci.abi import pciif
 from xenpci.abi.xenbus import XenbusState as S
 from xenpci.devices import catalog
 from xenpci.pci import regs
+from xenpci.pci.capabilities import find_capability
 from xenpci.pciback.pciback_ops import aer_poll, aer_post
 from xenpci.pciback.vpci import GuestAddress
 from xenpci.pcifront import ops
@@ -114,7 +115,9 @@ def test_msix_entry_count_above_max_vec(two_guests: tuple[Machine, Pcifront, Pci
     res = _raw(evil, pciif.XEN_PCI_OP_enable_msix, value=0xFFFFFFFF)
     assert res.err == -22
     nic = m.host_function(next(p.sbdf for p in m.stub if p.owner == evil.domid))
-    flags = nic.config.read(nic.caps[regs.PCI_CAP_ID_MSIX] + regs.PCI_MSIX_FLAGS, 2)
+    msix = find_capability(nic.config, regs.PCI_CAP_ID_MSIX)
+    assert msix is not None
+    flags = nic.config.read(msix + regs.PCI_MSIX_FLAGS, 2)
     assert not flags & regs.PCI_MSIX_FLAGS_ENABLE  # nothing was enabled in hardware
     _good_still_works(m, good)
 
