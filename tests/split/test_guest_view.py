@@ -124,3 +124,24 @@ def test_cli_rejects_unknown_policy(tmp_path: Path) -> None:
         app, ["pci", "guest-view", "model:nic", "--policy", "lax", "-o", str(tmp_path / "o")]
     )
     assert res.exit_code == 2
+
+
+def test_cli_file_at_bdf_and_permissive(tmp_path: Path) -> None:
+    require_executable("lspci")
+    dump = DUMPS / "cap-exp-lnkcap2"
+    if not dump.exists():
+        pytest.skip("dump missing")
+    out = tmp_path / "one.dump"
+    res = CliRunner().invoke(
+        app, ["pci", "guest-view", f"{dump}@00:1c.0", "--permissive", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert "passed to hardware (permissive)" in res.output
+    text = _lspci(out, "-vvv")
+    assert text.startswith("00:00.0 PCI bridge")  # one function, at virtual slot 0
+    assert _identity(out, "00:00.0") == _identity(dump, "00:1c.0")
+
+
+def test_pci_group_lists_guest_view() -> None:
+    res = CliRunner().invoke(app, ["pci", "--help"])
+    assert res.exit_code == 0 and "guest-view" in res.output
