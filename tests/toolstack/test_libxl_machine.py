@@ -383,3 +383,18 @@ def test_operations_are_traced(machine: Machine) -> None:
         ("pci-attach", "not-assignable"),
         ("destroy", "ok"),
     ]
+
+
+def test_one_iommu_group_one_guest(machine: Machine, libxl: Libxl) -> None:
+    """Devices the IOMMU cannot tell apart (one group) may not be split between guests."""
+    for s in (NIC, NVME):
+        machine.host_function(s).iommu_group = 7  # the host's topology: one group
+        libxl.assignable_add(s)
+    a = libxl.domain_create(load_domain_config('name="a"\nmemory=16\npci=["03:00.0"]'))
+    b = libxl.domain_create(load_domain_config('name="b"\nmemory=16'))
+    with pytest.raises(Refused) as e:
+        libxl.pci_attach(b, spec("04:00.0"))
+    assert e.value.reason == "split-functions" and "IOMMU group 7" in e.value.message
+    libxl.pci_attach(a, spec("04:00.0"))  # the same guest may have both
+    libxl.domain_destroy(a)
+    libxl.domain_destroy(b)

@@ -337,8 +337,8 @@ class Libxl:
             del self.domains[rec.domid]
 
     def domain_list(self) -> list[DomainInfo]:
-        """``xl list``: dom0 first, then guests by domid."""
-        with self._lock:
+        """``xl list``: dom0 first, then guests by domid (answers even while an attach waits)."""
+        with self._records_lock:
             dom0 = self.hv.dom0
             out = [DomainInfo("Domain-0", 0, dom0.nr_pages * PAGE_SIZE >> 20, 1, "r-----")]
             for rec in sorted(self.domains.values(), key=lambda r: r.domid):
@@ -412,8 +412,10 @@ class Libxl:
             self._pci_add(rec, spec, starting=False, allow_unsafe=allow_unsafe)
 
     def pci_list(self, dom: int | str) -> list[lp.PciBackendEntry]:
-        with self._lock:
-            return lp.device_pci_list(self.xs, self._domain(dom).domid)
+        """``xl pci-list``: read from the backend's keys, like libxl (no context lock)."""
+        with self._records_lock:
+            domid = self._domain(dom).domid
+        return lp.device_pci_list(self.xs, domid)
 
     def _seize_if_asked(self, spec: PciSpec) -> None:
         """``seize=1``: make a device that is not yet bound to pciback assignable first."""
@@ -474,17 +476,23 @@ class Libxl:
                 f"PCI device {sbdf} is not assignable (not bound to pciback; "
                 "use xl pci-assignable-add)",
             )
-        # Beyond libxl: all functions of one device must go to the same guest.
+        # Beyond libxl: all functions of one device, and all devices of one IOMMU group
+        # (which the IOMMU cannot tell apart, e.g. behind a PCIe-to-PCI bridge), must go
+        # to the same guest. Neither Xen nor libxl enforces this (fact sheet §3.7).
         for other in self.platform.host_functions():
             o = other.sbdf
-            if o == sbdf or (o.segment, o.bus, o.device) != (sbdf.segment, sbdf.bus, sbdf.device):
+            same_slot = (o.segment, o.bus, o.device) == (sbdf.segment, sbdf.bus, sbdf.device)
+            same_group = fn.iommu_group is not None and other.iommu_group == fn.iommu_group
+            if o == sbdf or not (same_slot or same_group):
                 continue
             o_owner = lp.assigned_domid(self.xs, o)
             if o_owner is not None and o_owner != domid:
+                what = "function" if same_slot else f"IOMMU group {fn.iommu_group} member"
                 raise Refused(
                     "split-functions",
-                    f"PCI device {sbdf}: function {o} of the same device is assigned to "
-                    f"domain {o_owner}; functions of one device may not be split between guests",
+                    f"PCI device {sbdf}: {what} {o} is assigned to domain {o_owner}; "
+                    "functions of one device (or one IOMMU group) may not be split "
+                    "between guests",
                 )
         if allow_unsafe:
             return
