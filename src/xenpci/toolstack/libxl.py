@@ -15,8 +15,8 @@ Deliberate differences from libxl (each also said where it happens):
   page that shares its page with another device's BAR (XSA-461: the guest would
   be granted the neighbour's registers), and a device that can DMA on a machine
   without an IOMMU (the guest becomes as trusted as dom0); and always: the
-  functions of one device split between two guests (they share fate in the
-  IOMMU and via function-level reset).
+  functions of one device, or the devices of one IOMMU group, split between
+  two guests (they share fate in the IOMMU and via resets).
 - ``*`` (all functions): libxl HEAD attaches only the first function it finds;
   we attach every present function.
 - Detach asks the guest to let go first (the XenStore Closing handshake) and
