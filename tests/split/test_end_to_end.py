@@ -20,6 +20,7 @@ from xenpci.devices import catalog
 from xenpci.devices.nic import E1000_IMS
 from xenpci.hv.errors import MmioDenied
 from xenpci.pci import regs
+from xenpci.pci.capabilities import find_capability
 from xenpci.pcifront.errors import PciOpError
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.libxl import Libxl
@@ -340,3 +341,27 @@ def test_vpci_keeps_functions_of_a_slot_together_and_finds_a_lone_function(
         ("0000:00:00.1", multi[1].device_id),
         ("0000:00:01.3", lone.device_id),
     ]
+
+
+def test_msi_enable_maps_one_pirq_and_delivers_it(machine: Machine) -> None:
+    gpu = catalog.make("gpu", "0000:08:00.0")[0]
+    domid, kernel, front = boot_guest_with(machine, [gpu])
+    dev = next(iter(kernel.pci.devices()))
+    fired = threading.Event()
+    ports: list[int] = []
+    port = front.enable_msi(dev, lambda p: (ports.append(p), fired.set()))
+    assert len(dev.msi_pirqs) == 1 and dev.msi_pirqs[0] >= 256
+    pirq = dev.msi_pirqs[0]
+    assert machine.hv.pirq_owner(pirq) == domid
+    msi = find_capability(gpu.config, regs.PCI_CAP_ID_MSI)
+    assert msi is not None
+    assert gpu.config.read(msi + regs.PCI_MSI_FLAGS, 2) & regs.PCI_MSI_FLAGS_ENABLE
+    # a second enable: pciback's -EALREADY collapses to op_failed (-5), as Linux sends it
+    with pytest.raises(PciOpError) as ei:
+        front.enable_msi(dev, lambda p: None)
+    assert ei.value.err == -5
+    gpu.signal(0)
+    assert fired.wait(5) and ports == [port]
+    assert front.disable_msi(dev) == 0
+    assert not gpu.config.read(msi + regs.PCI_MSI_FLAGS, 2) & regs.PCI_MSI_FLAGS_ENABLE
+    assert machine.hv.pirq_owner(pirq) is None  # dom0 unmapped it (pci_disable_msi)
