@@ -26,11 +26,18 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from xenpci.hv.errors import HvError, MmioDenied, NoSuchDomain, PermissionDenied
+from xenpci.hv.errors import (
+    HvError,
+    InvalidArgument,
+    MmioDenied,
+    NoSuchDomain,
+    PermissionDenied,
+)
 from xenpci.hv.event_channel import Handler, PortInfo
 from xenpci.hv.grant_table import GrantMapping
 from xenpci.hv.iobus import check_access
 from xenpci.hv.memory import PAGE_SHIFT, PAGE_SIZE
+from xenpci.hv.msixtbl import MsixRegion
 from xenpci.hv.permissions import check_iomem, check_ioports
 
 if TYPE_CHECKING:
@@ -115,6 +122,12 @@ class MmioMapping:
     def read(self, offset: int, size: int) -> int:
         paddr = self._paddr(offset, size)
         hv = self._hc._hv
+        if hv.msixtbl.is_protected(paddr >> PAGE_SHIFT):
+            # An MSI-X table/PBA frame: trapped to the hypervisor, which lets reads pass.
+            hv.trace.record(
+                "mmio_mediated", self._hc.domid, "hypervisor", op="read", paddr=paddr, size=size
+            )
+            return hv.iobus.mmio_read(paddr, size)
         hv.trace.record("mmio_read", self._hc.domid, "direct", paddr=paddr, size=size)
         return hv.iobus.mmio_read(paddr, size)
 
@@ -122,8 +135,28 @@ class MmioMapping:
         paddr = self._paddr(offset, size)
         check_access(offset, size, value)
         hv = self._hc._hv
+        if hv.msixtbl.is_protected(paddr >> PAGE_SHIFT):
+            self._mediated_write(paddr, size, value)
+            return
         hv.trace.record("mmio_write", self._hc.domid, "direct", paddr=paddr, size=size)
         hv.iobus.mmio_write(paddr, size, value)
+
+    def _mediated_write(self, paddr: int, size: int, value: int) -> None:
+        # vPCI msix_write: the guest may toggle Mask; address/data writes are dropped.
+        hv = self._hc._hv
+        current = hv.iobus.mmio_read(paddr, size)
+        verdict, out = hv.msixtbl.filter_write(paddr, size, value, current)
+        hv.trace.record(
+            "mmio_mediated",
+            self._hc.domid,
+            "hypervisor",
+            op="write",
+            paddr=paddr,
+            size=size,
+            verdict=verdict,
+        )
+        if out is not None:
+            hv.iobus.mmio_write(paddr, size, out)
 
     def unmap(self) -> None:
         if self.mapped:
@@ -304,7 +337,37 @@ class Hypercalls:
         self._privileged("unmap_pirq")
         self._hv._unmap_pirq(domid, pirq)
 
+    @hypercall
+    def prepare_msix(
+        self, sbdf: int, table_paddr: int, table_size: int, pba_paddr: int, pba_size: int
+    ) -> None:
+        """``PHYSDEVOP_prepare_msix``: protect a device's MSI-X table and PBA frames."""
+        self._privileged("prepare_msix")
+        self._hv.msixtbl.prepare(MsixRegion(sbdf, table_paddr, table_size, pba_paddr, pba_size))
+
+    @hypercall
+    def release_msix(self, sbdf: int) -> None:
+        """``PHYSDEVOP_release_msix``: lift the protection (the device left pciback)."""
+        self._privileged("release_msix")
+        self._hv.msixtbl.release(sbdf)
+
     # -- data path --------------------------------------------------------
+    def bus_address(self, gpaddr: int) -> int:
+        """The bus address a device must be given to reach ``gpaddr`` of this domain.
+
+        A PV kernel's ``phys_to_dma`` (``xen_phys_to_bus``): with an IOMMU the
+        device's context translates guest frames (see :mod:`xenpci.hv.iommu`),
+        without one the bus address is the machine address. A read of the
+        domain's own p2m, so not a hypercall and not traced.
+        """
+        self._alive("bus_address")
+        if self._hv.iommu.enabled:
+            return gpaddr
+        if gpaddr < 0:
+            raise InvalidArgument(f"negative address {gpaddr:#x}", op="bus_address")
+        gfn, off = gpaddr >> PAGE_SHIFT, gpaddr & (PAGE_SIZE - 1)
+        return (self._dom.p2m.mfn(gfn) << PAGE_SHIFT) | off
+
     @hypercall
     def mmio_map(self, first_mfn: int, nr_mfns: int, gfn_hint: int | None = None) -> MmioMapping:
         last = check_iomem(first_mfn, nr_mfns)

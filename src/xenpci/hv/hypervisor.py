@@ -31,6 +31,7 @@ from xenpci.hv.hypercalls import Hypercalls
 from xenpci.hv.iobus import IoBus
 from xenpci.hv.iommu import Iommu
 from xenpci.hv.memory import DEFAULT_RAM_FRAMES, P2M, PAGE_SIZE, MachineMemory
+from xenpci.hv.msixtbl import MsixTables
 from xenpci.hv.permissions import NR_PIRQS, Permissions, check_iomem, check_ioports, check_pirq
 from xenpci.hv.scheduler import Scheduler
 from xenpci.trace import Trace
@@ -61,6 +62,8 @@ class Hypervisor:
         self.evtchn = EventChannels()
         self.permissions = Permissions()
         self.iobus = IoBus()
+        #: MSI-X tables/PBAs dom0 protected (``mmio_ro_ranges``); guest accesses are mediated.
+        self.msixtbl = MsixTables()
         self.iommu = Iommu(self.machine, self._p2m_of, self.trace, enabled=iommu)
         self._lock = threading.RLock()
         self._domains: dict[int, Domain] = {}
