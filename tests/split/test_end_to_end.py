@@ -349,7 +349,12 @@ def test_msi_enable_maps_one_pirq_and_delivers_it(machine: Machine) -> None:
     dev = next(iter(kernel.pci.devices()))
     fired = threading.Event()
     ports: list[int] = []
-    port = front.enable_msi(dev, lambda p: (ports.append(p), fired.set()))
+
+    def handler(p: int) -> None:
+        ports.append(p)
+        fired.set()
+
+    port = front.enable_msi(dev, handler)
     assert len(dev.msi_pirqs) == 1 and dev.msi_pirqs[0] >= 256
     pirq = dev.msi_pirqs[0]
     assert machine.hv.pirq_owner(pirq) == domid
