@@ -145,3 +145,24 @@ def test_cli_file_at_bdf_and_permissive(tmp_path: Path) -> None:
 def test_pci_group_lists_guest_view() -> None:
     res = CliRunner().invoke(app, ["pci", "--help"])
     assert res.exit_code == 0 and "guest-view" in res.output
+
+
+@pytest.mark.interop
+def test_guest_view_of_this_hosts_sysfs_devices(tmp_path: Path) -> None:
+    """Real devices, read-only from sysfs: identity as the host's own lspci shows it."""
+    exe = require_executable("lspci")
+    root = Path("/sys/bus/pci/devices")
+    if not root.exists() or not any(root.iterdir()):
+        pytest.skip("this host exposes no PCI devices in sysfs")
+    host_fns = open_source("sysfs")[:16]
+    report = guest_view(host_fns)
+    assert {v.host.sbdf for v in report.views} | {r.sbdf for r in report.refused} == {
+        f.sbdf for f in host_fns
+    }
+    out = tmp_path / "sysfs.dump"
+    write_dump([v.guest for v in report.views], out)
+    for view in report.views:
+        host = subprocess.run(
+            [exe, "-n", "-s", str(view.host.sbdf)], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+        assert _identity(out, view.guest.sbdf.bdf) == host.split(" ", 1)[1]
