@@ -113,6 +113,11 @@ class PciOpChannel:
         """The live shared page."""
         return self._page
 
+    @property
+    def info(self) -> xen_pci_sharedinfo:
+        """The shared page as ``struct xen_pci_sharedinfo`` (a live view)."""
+        return self._info
+
     def on_event(self) -> None:
         """The event-channel upcall: the backend answered (or an AER request arrived)."""
         self._event.set()

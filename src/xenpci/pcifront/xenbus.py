@@ -230,12 +230,12 @@ class Pcifront:
     def _handle_event(self, chan: ops.PciOpChannel) -> None:
         # pcifront_handler_aer: wake the op waiter; answer AER requests at once.
         chan.on_event()
-        info = pciif.xen_pci_sharedinfo.from_buffer(chan.page)
+        info = chan.info
         if info.flags & pciif.XEN_PCIB_active:
             info.aer_op.err = 1  # PCI_ERS_RESULT_NONE: no guest driver handles AER
             info.flags &= ~pciif.XEN_PCIB_active
             if self.evtchn is not None:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(XenpciError):
                     self.hc.evtchn_send(self.evtchn)
 
     def _connect(self) -> None:
@@ -250,8 +250,13 @@ class Pcifront:
             roots = [(0, 0)]  # Linux: "No PCI Roots found, trying 0000:00"
         except ValueError:
             raise PcifrontError(f"root_num {raw!r} is not a number") from None
+        found = 0
         for dom, bus in roots:
-            self.pci.add_root(dom, bus, self).scan()
+            found += len(self.pci.add_root(dom, bus, self).scan())
+        if self.trace is not None:
+            self.trace.record(
+                "pcifront_scan", self.domid, "dom0", roots=len(roots), new_devices=found
+            )
 
     def _detach_devices(self) -> None:
         """``pcifront_detach_devices``: remove the devices whose ``state-i`` is Closing."""
@@ -279,15 +284,21 @@ class Pcifront:
     def _free_ring(self) -> None:
         hc = self.hc
         if self.evtchn is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(XenpciError):
                 hc.evtchn_close(self.evtchn)
             self.evtchn = None
         self.chan = None
         if self.gref is not None:
-            with contextlib.suppress(Exception):
+            try:
                 hc.gnttab_end_foreign_access(self.gref)
+            except XenpciError:
+                # Still mapped by the backend: Linux defers freeing the page
+                # until the grant is released; we keep it (the domain's
+                # destruction reclaims it) rather than reuse a shared frame.
+                self.gref = self.gfn = None
+                return
             self.gref = None
         if self.gfn is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(XenpciError):
                 hc.free_page(self.gfn)
             self.gfn = None
