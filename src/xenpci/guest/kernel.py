@@ -18,6 +18,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 
+from xenpci.errors import XenpciError
 from xenpci.guest.pci_core import GuestPci
 from xenpci.hv.domain import Domain
 from xenpci.pcifront import ops
@@ -66,7 +67,7 @@ class GuestKernel:
             if not self._booted:
                 return
             self._booted = False
-            with contextlib.suppress(XsError, Exception):
+            with contextlib.suppress(XenpciError):
                 self.xs.unwatch(frontend_node(self.domid), self._token)
             self._remove_frontend()
 

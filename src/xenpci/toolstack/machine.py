@@ -418,7 +418,7 @@ class Machine:
                 with contextlib.suppress(XenpciError):
                     self.stub.release(psdev.sbdf)
         for server in self._servers:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(XenpciError, OSError):
                 server.stop()
         for client in (self._pciback_xs, self.xs):
             with contextlib.suppress(XenpciError):
