@@ -15,14 +15,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.interop import require_executable
+from tests.interop import require_executable, require_file
 from xenpci.cli.main import app
 from xenpci.pci.dump import write_dump
 from xenpci.pci.sources import open_source
 from xenpci.toolstack.machine import guest_view
 
 DUMPS = Path("/work/shared/data/lspci-dumps")
-DUMP_FILES = sorted(p for p in DUMPS.glob("*") if p.name != "README.md") if DUMPS.exists() else []
+# Without the dumps the one parameter names the missing directory, so that
+# require_file skips locally and fails in CI instead of an empty parameter set.
+DUMP_FILES = sorted(p for p in DUMPS.glob("*") if p.name != "README.md") or [DUMPS]
 CAP_RE = re.compile(r"^\s*Capabilities: \[([0-9a-f]+)(?: v\d+)?\] ([A-Za-z-]+)", re.M)
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,6 +54,9 @@ def test_guest_view_of_real_dump_decodes_with_same_identity_and_no_new_caps(
     dump: Path, tmp_path: Path
 ) -> None:
     require_executable("lspci")
+    require_file(dump)
+    if dump.is_dir():
+        pytest.fail(f"no dumps in {dump}")
     host_fns = open_source(str(dump))
     report = guest_view(host_fns, op_timeout=2.0)
     # every function is either shown or refused, never dropped silently
@@ -92,6 +97,7 @@ def test_strict_policy_shows_only_msi_capabilities(tmp_path: Path) -> None:
 
 
 def _dump_without_regions() -> Path:
+    require_file(DUMPS)
     for p in DUMP_FILES:
         fns = open_source(str(p))
         if len(fns) == 1 and any(b.size is None for b in fns[0].bars):
@@ -128,9 +134,7 @@ def test_cli_rejects_unknown_policy(tmp_path: Path) -> None:
 
 def test_cli_file_at_bdf_and_permissive(tmp_path: Path) -> None:
     require_executable("lspci")
-    dump = DUMPS / "cap-exp-lnkcap2"
-    if not dump.exists():
-        pytest.skip("dump missing")
+    dump = require_file(DUMPS / "cap-exp-lnkcap2")
     out = tmp_path / "one.dump"
     res = CliRunner().invoke(
         app, ["pci", "guest-view", f"{dump}@00:1c.0", "--permissive", "-o", str(out)]
