@@ -122,6 +122,8 @@ class MmioMapping:
     def read(self, offset: int, size: int) -> int:
         paddr = self._paddr(offset, size)
         hv = self._hc._hv
+        if hv.decode_off and self._decode_off(paddr):
+            return (1 << (8 * size)) - 1
         if hv.msixtbl.is_protected(paddr >> PAGE_SHIFT):
             # An MSI-X table/PBA frame: trapped to the hypervisor, which lets reads pass.
             hv.trace.record(
@@ -135,11 +137,23 @@ class MmioMapping:
         paddr = self._paddr(offset, size)
         check_access(offset, size, value)
         hv = self._hc._hv
+        if hv.decode_off and self._decode_off(paddr):
+            return
         if hv.msixtbl.is_protected(paddr >> PAGE_SHIFT):
             self._mediated_write(paddr, size, value)
             return
         hv.trace.record("mmio_write", self._hc.domid, "direct", paddr=paddr, size=size)
         hv.iobus.mmio_write(paddr, size, value)
+
+    def _decode_off(self, paddr: int) -> bool:
+        # vPCI modify_bars: with the guest's memory decode off the BAR is not in its
+        # p2m; reads float to all-ones and writes go nowhere (counted, not stored).
+        hv = self._hc._hv
+        frames = hv.decode_off.get(self._hc.domid)
+        if frames is None or (paddr >> PAGE_SHIFT) not in frames:
+            return False
+        hv.trace.record("mmio_unmapped", self._hc.domid, "hypervisor", paddr=paddr)
+        return True
 
     def _mediated_write(self, paddr: int, size: int, value: int) -> None:
         # vPCI msix_write: the guest may toggle Mask; address/data writes are dropped.
@@ -344,6 +358,17 @@ class Hypercalls:
         """``PHYSDEVOP_prepare_msix``: protect a device's MSI-X table and PBA frames."""
         self._privileged("prepare_msix")
         self._hv.msixtbl.prepare(MsixRegion(sbdf, table_paddr, table_size, pba_paddr, pba_size))
+
+    @hypercall
+    def memory_decode(self, domid: int, first_mfn: int, nr_mfns: int, enabled: bool) -> None:
+        """The owner's view of a BAR's memory decode changed: map or unmap its frames.
+
+        What vPCI's ``cmd_write``/``modify_bars`` do inside Xen; here the
+        component that sees the guest's COMMAND write (pciback in dom0) reports
+        it. Frames must be ones ``domid`` was granted.
+        """
+        self._privileged("memory_decode")
+        self._hv._memory_decode(domid, first_mfn, nr_mfns, enabled)
 
     @hypercall
     def release_msix(self, sbdf: int) -> None:

@@ -33,6 +33,7 @@ from xenpci.hv.iommu import Iommu
 from xenpci.hv.memory import DEFAULT_RAM_FRAMES, P2M, PAGE_SIZE, MachineMemory
 from xenpci.hv.msixtbl import MsixTables
 from xenpci.hv.permissions import NR_PIRQS, Permissions, check_iomem, check_ioports, check_pirq
+from xenpci.hv.rangeset import RangeSet
 from xenpci.hv.scheduler import Scheduler
 from xenpci.trace import Trace
 
@@ -64,6 +65,8 @@ class Hypervisor:
         self.iobus = IoBus()
         #: MSI-X tables/PBAs dom0 protected (``mmio_ro_ranges``); guest accesses are mediated.
         self.msixtbl = MsixTables()
+        #: Per guest: granted BAR frames whose memory decode the guest turned off (unmapped).
+        self.decode_off: dict[int, RangeSet] = {}
         self.iommu = Iommu(self.machine, self._p2m_of, self.trace, enabled=iommu)
         self._lock = threading.RLock()
         self._domains: dict[int, Domain] = {}
@@ -155,6 +158,7 @@ class Hypervisor:
             pinned = self.grants.remove_domain(domid)
             devices = self.iommu.remove_domain(domid)
             self.permissions.remove_domain(domid)
+            self.decode_off.pop(domid, None)
             for pirq in [p for p, (d, _) in self._pirqs.items() if d == domid]:
                 _, source = self._pirqs.pop(pirq)
                 del self._pirq_of_source[source]
@@ -211,6 +215,21 @@ class Hypervisor:
         if not self.permissions.iomem_permitted(caller, first, last):
             raise PermissionDenied("caller lacks the range itself", op=op, domid=caller)
         self.permissions.set_iomem(domid, first, last, allow)
+
+    def _memory_decode(self, domid: int, first: int, nr: int, enabled: bool) -> None:
+        op = "memory_decode"
+        last = check_iomem(first, nr)
+        self._target(domid, op, 0)
+        if not self.permissions.iomem_permitted(domid, first, last):
+            raise PermissionDenied(f"d{domid} was not granted these frames", op=op, domid=0)
+        with self._lock:
+            frames = self.decode_off.setdefault(domid, RangeSet(f"d{domid} decode off"))
+            if enabled:
+                frames.remove_range(first, last)
+            else:
+                frames.add_range(first, last)
+            if frames.is_empty():
+                del self.decode_off[domid]
 
     def _ioport_permission(self, caller: int, domid: int, first: int, nr: int, allow: bool) -> None:
         op = "ioport_permission"
