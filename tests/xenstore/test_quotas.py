@@ -91,3 +91,16 @@ def test_set_perms_event_reaches_watcher_losing_access(store: XenStore) -> None:
     assert g.events() == [(b"/shared", b"s")]  # old perms still count for this event
     dom0.one(w.XS_WRITE, b"/shared\0w")
     assert g.events() == []
+
+
+def test_path_max_quota_set_by_control_binds_everyone(store: XenStore) -> None:
+    """``path-max`` counts the part after ``/local/domain/<N>/`` (C ``is_valid_nodename``)."""
+    g, dom0 = guest(store), Sans(store)
+    name20, name21 = "p" * 20, "p" * 21
+    assert err(g.one(w.XS_WRITE, f"{name21}\0v".encode())) is None  # default 2048
+    assert dom0.one(w.XS_CONTROL, strings("quota", "set", "path-max", "20")).payload == b"OK\0"
+    assert err(g.one(w.XS_WRITE, f"{name20}\0v".encode())) is None
+    assert err(g.one(w.XS_WRITE, f"x{name20}\0v".encode())) == "EINVAL"
+    assert err(dom0.one(w.XS_READ, strings("/" + name20))) == "EINVAL"  # 21 counted
+    assert dom0.one(w.XS_READ, strings(f"/local/domain/5/{name20}")).payload == b"v"
+    assert err(dom0.one(w.XS_READ, strings(f"/local/domain/5/{name21}"))) == "EINVAL"

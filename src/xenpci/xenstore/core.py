@@ -507,8 +507,13 @@ def _atoi(raw: bytes) -> int:
 Handler = Callable[[XenStore, Connection, Frame, "Transaction | None"], bytes | None]
 
 
+def _canon(s: XenStore, c: Connection, raw: bytes, *, special: bool = False) -> str:
+    """``canonicalize`` for connection ``c`` under the store's current ``path-max`` quota."""
+    return canonicalize(raw, c.domid, allow_special=special, path_max=s.quotas["path-max"])
+
+
 def _do_read(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> bytes:
-    path = canonicalize(_onearg(req), c.domid)
+    path = _canon(s, c, _onearg(req))
     return s._get(c, s._tree(tx), tx, path, Access.READ).value
 
 
@@ -516,18 +521,18 @@ def _do_write(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) ->
     i = req.payload.find(b"\0")
     if i < 0:
         raise XsError("EINVAL", "WRITE without a NUL after the path")
-    path = canonicalize(req.payload[:i], c.domid)
+    path = _canon(s, c, req.payload[:i])
     s._write(c, tx, path, req.payload[i + 1 :])
     return OK
 
 
 def _do_mkdir(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> bytes:
-    s._write(c, tx, canonicalize(_onearg(req), c.domid), None)
+    s._write(c, tx, _canon(s, c, _onearg(req)), None)
     return OK
 
 
 def _do_rm(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> bytes:
-    path = canonicalize(_onearg(req), c.domid)
+    path = _canon(s, c, _onearg(req))
     if path == "/":
         raise XsError("EINVAL", "cannot remove /")
     tree = s._tree(tx)
@@ -548,13 +553,13 @@ def _do_rm(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> by
 
 
 def _do_directory(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> bytes:
-    path = canonicalize(_onearg(req), c.domid)
+    path = _canon(s, c, _onearg(req))
     return s._get(c, s._tree(tx), tx, path, Access.READ).child_names()
 
 
 def _do_directory_part(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> bytes:
     raw_path, raw_off = _nargs(req, 2)
-    path = canonicalize(raw_path, c.domid)
+    path = _canon(s, c, raw_path)
     node = s._get(c, s._tree(tx), tx, path, Access.READ)
     if not raw_off.isdigit():
         raise XsError("EINVAL", "bad offset")
@@ -580,7 +585,7 @@ def _do_directory_part(s: XenStore, c: Connection, req: Frame, tx: Transaction |
 
 
 def _do_get_perms(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> bytes:
-    path = canonicalize(_onearg(req), c.domid)
+    path = _canon(s, c, _onearg(req))
     return s._get(c, s._tree(tx), tx, path, Access.READ).perms.to_wire()
 
 
@@ -594,7 +599,7 @@ def _do_set_perms(s: XenStore, c: Connection, req: Frame, tx: Transaction | None
     perms = Perms.from_wire(rest)
     if not c.privileged and len(perms.entries) > s.quotas["permissions"]:
         raise XsError("ENOSPC", "permissions quota")
-    path = canonicalize(req.payload[:i], c.domid, allow_special=True)
+    path = _canon(s, c, req.payload[:i], special=True)
     if path.startswith("@"):
         if path not in SPECIAL_NODES:
             raise XsError("EINVAL", f"unknown special node {path}")
@@ -621,7 +626,7 @@ def _do_set_perms(s: XenStore, c: Connection, req: Frame, tx: Transaction | None
 
 def _do_watch(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> bytes | None:
     raw_path, token = _nargs(req, 2)
-    path = canonicalize(raw_path, c.domid, allow_special=True)
+    path = _canon(s, c, raw_path, special=True)
     key = (path, token)
     if key in c.watches:
         raise XsError("EEXIST", "watch already registered")
@@ -640,7 +645,7 @@ def _do_watch(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) ->
 
 def _do_unwatch(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> bytes:
     raw_path, token = _nargs(req, 2)
-    path = canonicalize(raw_path, c.domid, allow_special=True)
+    path = _canon(s, c, raw_path, special=True)
     watch = c.watches.pop((path, token), None)
     if watch is None:
         raise XsError("ENOENT", "no such watch")

@@ -19,7 +19,7 @@ DEFAULT_QUOTAS: dict[str, int] = {
     "transactions": 10,  # -t, ENOSPC (count > 10 fails)
     "permissions": 5,  # -A, ENOSPC
     "transaction-nodes": 1024,  # ENOSPC
-    "path-max": 2048,  # EINVAL; enforced by tree.canonicalize
+    "path-max": 2048,  # -M, EINVAL for everyone (tree.canonicalize)
     "outstanding": 20,
     "memory": 2621440,  # 2.5 MiB hard
 }

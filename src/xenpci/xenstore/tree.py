@@ -100,12 +100,15 @@ def _len_for_quota(path: str) -> int:
     return len(path)
 
 
-def canonicalize(raw: bytes, domid: int, *, allow_special: bool = False) -> str:
+def canonicalize(
+    raw: bytes, domid: int, *, allow_special: bool = False, path_max: int = XENSTORE_REL_PATH_MAX
+) -> str:
     """Validate a request path and make it absolute (C ``canonicalize`` + checks).
 
     Relative paths are rooted at ``/local/domain/<domid>``. Bad characters,
     ``//``, a trailing ``/``, the empty path and over-long paths are EINVAL; so
-    is an ``@`` name where the operation does not take one.
+    is an ``@`` name where the operation does not take one. ``path_max`` is the
+    store's ``path-max`` quota (C ``quota_max_path_len``), which binds dom0 too.
     """
     try:
         text = raw.decode("ascii")
@@ -124,7 +127,7 @@ def canonicalize(raw: bytes, domid: int, *, allow_special: bool = False) -> str:
         raise XsError("EINVAL", "invalid character in path")
     if "//" in path or (path != "/" and path.endswith("/")):
         raise XsError("EINVAL", "empty path component")
-    if _len_for_quota(path) > XENSTORE_REL_PATH_MAX:
+    if _len_for_quota(path) > path_max:
         raise XsError("EINVAL", "path too long")
     return path
 
