@@ -158,8 +158,9 @@ class MmioMapping:
     def _mediated_write(self, paddr: int, size: int, value: int) -> None:
         # vPCI msix_write: the guest may toggle Mask; address/data writes are dropped.
         hv = self._hc._hv
-        current = hv.iobus.mmio_read(paddr, size)
-        verdict, out = hv.msixtbl.filter_write(paddr, size, value, current)
+        verdict, out = hv.msixtbl.filter_write(
+            paddr, size, value, lambda: hv.iobus.mmio_read(paddr, size)
+        )
         hv.trace.record(
             "mmio_mediated",
             self._hc.domid,

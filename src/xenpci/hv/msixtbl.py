@@ -21,6 +21,7 @@ passed to the device, as vPCI does for a table that does not fill its page.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,12 +129,13 @@ class MsixTables:
         return None
 
     def filter_write(
-        self, paddr: int, size: int, value: int, current: int
+        self, paddr: int, size: int, value: int, current: Callable[[], int]
     ) -> tuple[Verdict, int | None]:
         """What reaches the device for a guest write to a protected frame.
 
-        ``current`` is the register's present value (read by the hypervisor).
-        Returns the verdict and the value to write (None: nothing is written).
+        ``current`` reads the register's present value (only a well-formed
+        Vector Control write needs it). Returns the verdict and the value to
+        write (None: nothing is written).
         """
         where = self.classify(paddr, size)
         if where is None:
@@ -141,6 +143,6 @@ class MsixTables:
         kind, offset = where
         if kind == "table" and size == 4 and offset % MSIX_ENTRY_SIZE == MSIX_VECTOR_CTRL:
             # Only the Mask bit is the guest's; the reserved bits keep their value.
-            return "mask", (current & ~MSIX_MASKBIT) | (value & MSIX_MASKBIT)
+            return "mask", (current() & ~MSIX_MASKBIT) | (value & MSIX_MASKBIT)
         # Message address/data, the PBA (read-only by spec) or a straddling access.
         return "dropped", None
