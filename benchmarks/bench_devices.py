@@ -10,10 +10,10 @@ bytes copied by ``MemoryDmaPort`` alone.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.timing import time_per_call
 from xenpci.devices import catalog
 from xenpci.devices.dma import MemoryDmaPort
 from xenpci.devices.nic import (
@@ -31,15 +31,8 @@ from xenpci.devices.ring import TXD_CMD_EOP, Descriptor
 from xenpci.pci import regs
 
 
-def _rate(fn: Callable[[], None], ops_per_call: int, min_time: float = 0.3) -> float:
-    calls = 0
-    start = time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return calls * ops_per_call / elapsed
+def _rate(fn: Callable[[], None], ops_per_call: int) -> float:
+    return ops_per_call / time_per_call(fn)
 
 
 def _config_reads() -> dict[str, Any]:

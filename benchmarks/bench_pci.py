@@ -11,11 +11,10 @@ read figure times ``ConfigSpace.read(off, 4)`` over a 4 KiB space against
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.timing import time_per_call
 from xenpci.pci.config import ConfigSpace
 from xenpci.pci.dump import format_dump, load_dump
 
@@ -23,17 +22,6 @@ _DUMPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "lspci-dumps"
 if not _DUMPS.is_dir():
     _DUMPS = Path("/work/shared/data/lspci-dumps")
 _ROW = re.compile(r"^[0-9a-f]{2,3}: ")
-
-
-def _time_per_call(fn: Callable[[], object], min_time: float = 0.3) -> float:
-    calls = 0
-    start = time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / calls
 
 
 def _largest_dump() -> Path:
@@ -51,8 +39,8 @@ def _load_convert() -> dict[str, Any]:
             if _ROW.match(line):
                 bytes.fromhex(line.split(": ", 1)[1])
 
-    t = _time_per_call(ours)
-    b = _time_per_call(baseline)
+    t = time_per_call(ours)
+    b = time_per_call(baseline)
     return {
         "name": f"load+convert {path.name} ({len(load_dump(path))} functions)",
         "value": t * 1e3,
@@ -77,8 +65,8 @@ def _dword_reads() -> dict[str, Any]:
         for off in offsets:
             int.from_bytes(raw[off : off + 4], "little")
 
-    t = _time_per_call(ours)
-    b = _time_per_call(baseline)
+    t = time_per_call(ours)
+    b = time_per_call(baseline)
     return {
         "name": "ConfigSpace dword reads",
         "value": len(offsets) / t,

@@ -10,10 +10,9 @@ Figure 2 times a whole-space guest view (1024 dword reads through
 from __future__ import annotations
 
 import ctypes
-import time
-from collections.abc import Callable
 from typing import Any
 
+from benchmarks.timing import time_per_call
 from xenpci.abi import pciif
 from xenpci.abi.pciif import xen_pci_sharedinfo
 from xenpci.devices import catalog
@@ -37,17 +36,6 @@ class _NoMsi:
         pass
 
 
-def _time_per_call(fn: Callable[[], object], min_time: float = 0.3) -> float:
-    calls = 0
-    start = time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time:
-            return elapsed / calls
-
-
 def run() -> list[dict[str, Any]]:
     (nic,) = catalog.make("nic")
     nic.assign_bar(0, 0xFE000000)
@@ -69,7 +57,7 @@ def run() -> list[dict[str, Any]]:
     def raw() -> None:
         nic.config_read(0x10, 4)
 
-    t, b = _time_per_call(one_op), _time_per_call(raw)
+    t, b = time_per_call(one_op), time_per_call(raw)
     assert ctypes.sizeof(info) == 572
     dd = psdev.dev_data
     offsets = range(0, nic.config.size, 4)
@@ -82,7 +70,7 @@ def run() -> list[dict[str, Any]]:
         for off in offsets:
             nic.config_read(off, 4)
 
-    v, h = _time_per_call(view), _time_per_call(host)
+    v, h = time_per_call(view), time_per_call(host)
     return [
         {
             "name": "conf_read op via shared page (BAR0)",
