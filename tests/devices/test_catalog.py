@@ -98,6 +98,11 @@ EXPECTED_LINES = {
 }
 
 
+def test_lspci_expectations_cover_the_whole_catalog() -> None:
+    """A model added to the catalog without lspci expectations would go undecoded."""
+    assert sorted(EXPECTED_LINES) == sorted(catalog.names())
+
+
 def place(fns: list[catalog.DeviceModel]) -> None:
     """Assign addresses like firmware would, so lspci shows every region."""
     mem, io = 0xFE00_0000, 0xC000
