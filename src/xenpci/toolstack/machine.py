@@ -14,11 +14,10 @@ It implements the toolstack's :class:`xenpci.toolstack.libxl.Platform`:
 ``host_functions``, ``pciback_bind``/``unbind``/``set_permissive`` (pciback's
 sysfs files), ``reset_device`` (sysfs ``reset``), ``start_guest``/``stop_guest``.
 
-Also here, for want of one in pciback: :class:`HvInterruptPlatform`, dom0's
-``xen_initdom_setup_msi_irqs`` (``arch/x86/pci/xen.c``): MSI and MSI-X
-vectors become ``PHYSDEVOP_map_pirq`` pirqs owned by the guest, and a model
-device's message reaches the guest's event channel through
-``Hypervisor.raise_pirq``.
+Dom0's MSI set-up is pciback's
+:class:`~xenpci.pciback.platform.HvInterruptPlatform`; the machine wires a
+model device's messages to it, so each reaches the guest's event channel
+through ``Hypervisor.raise_pirq``.
 
 Deliberate differences: the host-bridge allocator is a bump allocator over
 three fixed windows (no bridge windows are programmed); devices from dumps
@@ -28,7 +27,6 @@ and sysfs keep their host addresses and have nothing behind their BARs.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import threading
 from collections.abc import Iterable, Sequence
@@ -40,14 +38,13 @@ from xenpci.errors import XenpciError
 from xenpci.guest.kernel import GuestKernel
 from xenpci.guest.lspci import guest_function
 from xenpci.hv import Hypercalls, Hypervisor
-from xenpci.hv.errors import HvError
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.pciback.conf_space import DeviceOptions, ModuleParams
-from xenpci.pciback.conf_space.dom0_pci import HostFunction
 from xenpci.pciback.conf_space.explain import Difference, WriteRule, explain, write_rules
 from xenpci.pciback.pci_stub import PciStub, PcistubDevice, pci_reset_function
+from xenpci.pciback.platform import HvInterruptPlatform
 from xenpci.pciback.xenbus import PcibackDriver
 from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
 from xenpci.toolstack import libxl_pci
@@ -61,102 +58,6 @@ from xenpci.xenstore.server import XenstoredServer
 
 class MachineError(XenpciError):
     """A machine-level request that cannot be done (unknown device, no room...)."""
-
-
-def _neg_errno(e: HvError) -> int:
-    return -int(getattr(errno, e.errno, errno.EINVAL))
-
-
-class HvInterruptPlatform:
-    """pciback's :class:`InterruptPlatform` over the hypervisor (dom0's MSI set-up).
-
-    Each vector gets a pirq mapped for the owner guest and permitted to it;
-    the interrupt source name (``msi:BDF:N``, ``msix:BDF:ENTRY``) lets a model
-    device's message find its pirq.
-    """
-
-    def __init__(self, hv: Hypervisor) -> None:
-        self.hv = hv
-        self._hc = hv.dom0.hypercalls
-        self._lock = threading.Lock()
-        self._by_source: dict[str, tuple[int, int]] = {}
-        self._by_dev: dict[tuple[str, SBDF], list[str]] = {}
-
-    def _map(self, kind: str, dev: HostFunction, owner: int, vectors: Sequence[int]) -> list[int]:
-        names = [f"{kind}:{dev.sbdf}:{v}" for v in vectors]
-        pirqs: list[int] = []
-        try:
-            for name in names:
-                pirq = self._hc.map_pirq(owner, name)
-                pirqs.append(pirq)
-                self._hc.irq_permission(owner, pirq, True)
-        except HvError:
-            for p in pirqs:
-                with contextlib.suppress(HvError):
-                    self._hc.unmap_pirq(owner, p)
-            raise
-        with self._lock:
-            for name, pirq in zip(names, pirqs, strict=True):
-                self._by_source[name] = (owner, pirq)
-            self._by_dev[(kind, dev.sbdf)] = names
-        if kind == "msix":
-            self._program_msix(dev, list(vectors), pirqs)
-        return pirqs
-
-    @staticmethod
-    def _program_msix(dev: HostFunction, entries: list[int], pirqs: list[int] | None) -> None:
-        # Xen owns the MSI-X table (PHYSDEVOP_prepare_msix): it writes each
-        # entry's message when mapping the pirq and unmasks it when the guest
-        # binds it. We do both at once; the data word names the pirq.
-        block = dev.msix if isinstance(dev, DeviceModel) else None
-        if block is None:
-            return
-        for i, entry in enumerate(entries):
-            if not 0 <= entry < block.nvec:
-                continue
-            base = entry * 16
-            if pirqs is None:
-                block.write_table(base + 12, 4, 1)  # mask again
-                continue
-            block.write_table(base, 4, 0xFEE00000)
-            block.write_table(base + 4, 4, 0)
-            block.write_table(base + 8, 4, pirqs[i])
-            block.write_table(base + 12, 4, 0)
-
-    def _unmap(self, kind: str, dev: HostFunction) -> None:
-        with self._lock:
-            names = self._by_dev.pop((kind, dev.sbdf), [])
-            got = [self._by_source.pop(n) for n in names if n in self._by_source]
-        if kind == "msix":
-            self._program_msix(dev, [int(n.rsplit(":", 1)[1]) for n in names], None)
-        for owner, pirq in got:
-            with contextlib.suppress(HvError):
-                self._hc.irq_permission(owner, pirq, False)
-            with contextlib.suppress(HvError):
-                self._hc.unmap_pirq(owner, pirq)
-
-    def enable_msi(self, dev: HostFunction, owner: int, nvec: int) -> list[int] | int:
-        try:
-            return self._map("msi", dev, owner, range(nvec))
-        except HvError as e:
-            return _neg_errno(e)
-
-    def disable_msi(self, dev: HostFunction) -> None:
-        self._unmap("msi", dev)
-
-    def enable_msix(self, dev: HostFunction, owner: int, entries: Sequence[int]) -> list[int] | int:
-        try:
-            return self._map("msix", dev, owner, entries)
-        except HvError as e:
-            return _neg_errno(e)
-
-    def disable_msix(self, dev: HostFunction) -> None:
-        self._unmap("msix", dev)
-
-    def pirq_for(self, kind: str, sbdf: SBDF, vector: int) -> int | None:
-        with self._lock:
-            got = self._by_source.get(f"{kind}:{sbdf}:{vector}")
-        return got[1] if got else None
 
 
 @dataclass
@@ -226,7 +127,7 @@ class Machine:
         self.rings = XenstoredRings(self.store, self.hv.dom0) if guest_xenstore == "ring" else None
         #: dom0's toolstack connection (what libxl/xl use).
         self.xs = XsClient.in_process(self.store, 0)
-        self.irq_platform = HvInterruptPlatform(self.hv)
+        self.irq_platform = HvInterruptPlatform(self.hv.dom0.hypercalls)
         self.stub = PciStub(ModuleParams(permissive=permissive), self.irq_platform)
         self._pciback_xs = XsClient.in_process(self.store, 0)
         self.pciback = PcibackDriver(
