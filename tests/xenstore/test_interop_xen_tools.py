@@ -23,8 +23,14 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(90)]
 
 
 def require_xen_tool(name: str) -> str:
-    """The versioned Debian path first, then ``PATH`` (skip/fail as interop.py says)."""
-    for path in sorted(glob.glob(f"/usr/lib/xen-*/bin/{name}"), reverse=True):
+    """The versioned Debian path first, then ``PATH`` (skip/fail as interop.py says).
+
+    ``./dev`` unpacks xen-utils-4.17 under ``$XENPCI_XEN_UTILS`` (no maintainer
+    scripts run); an installed package is found under ``/usr/lib`` as usual.
+    """
+    roots = [os.environ.get("XENPCI_XEN_UTILS", ""), ""]
+    candidates = [p for r in roots for p in glob.glob(f"{r}/usr/lib/xen-*/bin/{name}")]
+    for path in sorted(candidates, reverse=True):
         if os.access(path, os.X_OK):
             return path
     return require_executable(name)
