@@ -83,8 +83,15 @@ class Platform(Protocol):
         """``echo 1 > /sys/bus/pci/devices/BDF/reset``: the method used, or None if none works."""
         ...
 
-    def start_guest(self, name: str, memory_kib: int) -> int:
-        """Create a PV domain running a guest kernel (XenBus, pcifront); return its domid."""
+    def start_guest(self, name: str, memory_kib: int, *, paused: bool = False) -> int:
+        """Create a PV domain with a guest kernel (XenBus, pcifront); return its domid.
+
+        With ``paused`` the kernel does not run until :meth:`unpause_guest`.
+        """
+        ...
+
+    def unpause_guest(self, domid: int) -> None:
+        """``libxl_domain_unpause``: let a guest created paused run."""
         ...
 
     def stop_guest(self, domid: int) -> None:
@@ -289,13 +296,17 @@ class Libxl:
             for sbdf in sorted(together):
                 self._check_attachable(sbdf, None, allow_unsafe, together)
             mem = cfg.memory_mib or DEFAULT_MEMORY_MIB
-            domid = self.platform.start_guest(cfg.name, mem * 1024)
+            # As xl: build the domain paused, add every device, unpause last. A guest
+            # running while devices are added could connect between two of them, and
+            # pciback ignores ``state-i = 1`` devices that appear after it is Connected.
+            domid = self.platform.start_guest(cfg.name, mem * 1024, paused=True)
             rec = DomainRecord(domid, cfg.name, mem, cfg.vcpus, allow_unsafe)
             with self._records_lock:
                 self.domains[domid] = rec
             try:
                 for spec in cfg.pci:
                     self._pci_add(rec, spec, starting=True, together=together)
+                self.platform.unpause_guest(domid)
             except BaseException:
                 self.domain_destroy(domid)
                 raise
@@ -550,7 +561,8 @@ class Libxl:
         lp.set_assigned_domid(self.xs, sbdf, rec.domid)
         rec.grants[sbdf] = Grants()
         try:
-            self._reset(sbdf)
+            # sysfs ``reset`` (libxl__device_pci_reset); pciback restores the config it saved
+            self.platform.reset_device(sbdf)
             iomem: list[tuple[int, int]] = []
             ioports: list[tuple[int, int]] = []
             for kind, first, nr in bar_page_ranges(fn):
@@ -645,33 +657,9 @@ class Libxl:
                 self._ignore_hv(self._dom0.unmap_pirq, rec.domid, g.pirq)
             if g.assigned:
                 self._ignore_hv(self._dom0.deassign_device, rec.domid, sbdf.sbdf_int)
-        self._reset(sbdf)
+        self.platform.reset_device(sbdf)
         with contextlib.suppress(XsError):
             lp.clear_assigned_domid(self.xs, sbdf)
-
-    def _reset(self, sbdf: SBDF) -> None:
-        """``echo 1 > /sys/bus/pci/devices/BDF/reset``, keeping the BARs where they are.
-
-        Linux's ``pci_reset_function`` saves the config state and restores it
-        around the reset (``pci_dev_save_and_disable``/``pci_dev_restore``);
-        the platform's ``reset_device`` may do the bare reset (an FLR zeroes the
-        BARs), so the BAR and ROM registers are put back here. COMMAND is left as
-        the reset made it: bus mastering and decode stay off until pciback or
-        the next driver enables them.
-        """
-        fn = self._function(sbdf)
-        regs_kept: list[tuple[int, int]] = []
-        if fn.config.header_type == regs.PCI_HEADER_TYPE_NORMAL:
-            regs_kept = [
-                (off, 4) for off in range(regs.PCI_BASE_ADDRESS_0, regs.PCI_BASE_ADDRESS_5 + 4, 4)
-            ]
-            regs_kept.append((regs.PCI_ROM_ADDRESS, 4))
-        regs_kept.append((regs.PCI_INTERRUPT_LINE, 1))  # firmware's routing, restored too
-        saved = [(off, size, fn.config_read(off, size)) for off, size in regs_kept]
-        self.platform.reset_device(sbdf)
-        for off, size, value in saved:
-            if fn.config_read(off, size) != value:
-                fn.config_write(off, size, value)
 
     @staticmethod
     def _ignore_hv(call: Callable[..., object], *args: object) -> None:

@@ -42,6 +42,7 @@ from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.pciback.conf_space import DeviceOptions, ModuleParams
+from xenpci.pciback.conf_space.dom0_pci import Dom0PciDev
 from xenpci.pciback.conf_space.explain import Difference, WriteRule, explain, write_rules
 from xenpci.pciback.pci_stub import PciStub, PcistubDevice, pci_reset_function
 from xenpci.pciback.platform import HvInterruptPlatform
@@ -223,9 +224,26 @@ class Machine:
             self.stub.set_permissive(sbdf)
 
     def reset_device(self, sbdf: SBDF) -> str | None:
+        """``echo 1 > /sys/bus/pci/devices/BDF/reset``: the method used, or None.
+
+        Linux's ``pci_reset_function`` saves the config header and restores it
+        around the reset, so the BARs stay where firmware put them. For a
+        function pciback holds, the state put back is the one pciback saved
+        at seize (``pcistub_init_device``), as after every reset it does
+        (``pcistub_put_pci_dev``): a reset never leaves a seized device with
+        zeroed BARs.
+        """
         fn = self.host_function(sbdf)
         with self.pciback.pool_lock:
-            return pci_reset_function(fn)
+            if sbdf in self.stub:
+                psdev = self.stub.get(sbdf)
+                linux, saved = psdev.dev_data.linux, psdev.saved_state
+            else:
+                linux = Dom0PciDev.probe(fn)
+                saved = linux.pci_save_state()
+            method = pci_reset_function(fn)
+            linux.pci_restore_state(saved)
+            return method
 
     def start_guest(self, name: str, memory_kib: int, *, paused: bool = False) -> int:
         """Create a PV domain with its XenStore home and boot its kernel.
