@@ -7,6 +7,8 @@ frames behind a guest page, and the IOMMU's fault log.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.datapath.conftest import NIC_BAR0, BareNic
 from xenpci.hv import PAGE_SHIFT, PAGE_SIZE, DmaFault, Hypervisor, MmioDenied, PermissionDenied
@@ -85,5 +87,33 @@ def test_dma_outside_the_guest_faults_with_an_iommu() -> None:
             hv.iommu.dma_port(0x0300).write(dom0_frame, b"x" * 16)
         assert hv.dom0.hypercalls.read(0, 16) == before
         assert hv.iommu.faults[-1].bus_addr == dom0_frame
+    finally:
+        hv.shutdown()
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.integers(0, 64 * PAGE_SIZE), st.integers(0, 5 * PAGE_SIZE), st.booleans())
+def test_dma_lands_exactly_where_the_guest_sees_it(start: int, n: int, iommu: bool) -> None:
+    """Any span: bytes written by DMA are read back by the guest at the same place, or the
+    whole DMA faults (nothing moves) when the span leaves the guest's 64 pages."""
+    hv = Hypervisor(iommu=iommu, ram_frames=8192, dom0_memory_kib=1024)
+    try:
+        guest = hv.create_domain("g", 256)
+        g = guest.hypercalls
+        if iommu:
+            hv.dom0.hypercalls.assign_device(guest.domid, 0x0300)
+        port = hv.iommu.dma_port(0x0300)
+        data = bytes((i * 7) & 0xFF for i in range(n))
+        if start + n > 64 * PAGE_SIZE or (not iommu and n == 0):
+            if start + n > 64 * PAGE_SIZE and iommu:
+                with pytest.raises(DmaFault):
+                    port.write(g.bus_address(0) + start, data)
+                assert g.read(0, 64 * PAGE_SIZE) == bytes(64 * PAGE_SIZE)
+            return
+        # Without an IOMMU the guest's frames are contiguous machine frames here.
+        port.write(g.bus_address(0) + start, data)
+        assert g.read(start, n) == data
+        assert port.read(g.bus_address(0) + start, n) == data
+        assert g.read(0, start) == bytes(start)
     finally:
         hv.shutdown()

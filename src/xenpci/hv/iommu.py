@@ -133,6 +133,18 @@ class Iommu:
         addr, end = bus_addr, bus_addr + n
         p2m = self._p2m_of(owner) if self.enabled else None
         fault = bus_addr < 0 or n < 0 or (self.enabled and p2m is None)
+        if not fault and p2m is not None and n > 0:
+            # Fast path: the whole span is inside the context; slice the p2m once.
+            first, last = bus_addr >> PAGE_SHIFT, (end - 1) >> PAGE_SHIFT
+            if last < p2m.nr_pages:
+                mfns = p2m.mfns[first : last + 1]
+                off = bus_addr & (PAGE_SIZE - 1)
+                pieces = [(m, 0, PAGE_SIZE) for m in mfns]
+                pieces[0] = (mfns[0], off, PAGE_SIZE - off)
+                tail = end - (last << PAGE_SHIFT)  # bytes used of the last frame
+                m_last, o_last, _ = pieces[-1]
+                pieces[-1] = (m_last, o_last, tail - o_last)
+                return pieces
         while not fault and addr < end:
             frame, off = addr >> PAGE_SHIFT, addr & (PAGE_SIZE - 1)
             length = min(PAGE_SIZE - off, end - addr)
@@ -189,7 +201,8 @@ class DmaPort:
     def read(self, bus_addr: int, n: int) -> bytes:
         pieces = self.iommu.translate(self.sbdf, bus_addr, n, write=False)
         mem = self.iommu.machine
-        data = b"".join(bytes(mem.frame(m)[o : o + ln]) for m, o, ln in pieces)
+        # One copy: memoryview slices of the frames are joined straight into the result.
+        data = b"".join([memoryview(mem.frame(m))[o : o + ln] for m, o, ln in pieces])
         self._record("dma_read", bus_addr, n, pieces)
         return data
 
@@ -204,10 +217,15 @@ class DmaPort:
     def _record(self, kind: str, bus_addr: int, n: int, pieces: list[tuple[int, int, int]]) -> None:
         iommu = self.iommu
         # Whose memory was touched: the context's owner, or (no IOMMU) the frame's owner.
-        touched = sorted({iommu.machine.owner(m) for m, _, _ in pieces} - {None})  # type: ignore[type-var]
+        owner = iommu.owner(self.sbdf)
+        if iommu.enabled:
+            touched = [owner]  # the context maps only the owner's frames
+        else:
+            owners = {iommu.machine.owner(m) for m, _, _ in pieces}
+            touched = sorted(d for d in owners if d is not None)
         iommu._trace.record(
             kind,
-            iommu.owner(self.sbdf),
+            owner,
             "direct",
             sbdf=format_sbdf(self.sbdf),
             bus_addr=bus_addr,
