@@ -35,7 +35,7 @@ from xenpci.hv.errors import (
 )
 from xenpci.hv.event_channel import Handler, PortInfo
 from xenpci.hv.grant_table import GrantMapping
-from xenpci.hv.iobus import check_access
+from xenpci.hv.iobus import ACCESS_SIZES, check_access
 from xenpci.hv.memory import PAGE_SHIFT, PAGE_SIZE
 from xenpci.hv.msixtbl import MsixRegion
 from xenpci.hv.permissions import check_iomem, check_ioports
@@ -82,7 +82,7 @@ def hypercall(
 class MmioMapping:
     """A domain's mapping of machine MMIO frames (a BAR), used straight from the guest."""
 
-    __slots__ = ("_hc", "first_mfn", "gfn", "mapped", "nr_mfns")
+    __slots__ = ("_base", "_hc", "_key", "_plain", "_size", "first_mfn", "gfn", "mapped", "nr_mfns")
 
     def __init__(self, hc: Hypercalls, first_mfn: int, nr_mfns: int, gfn: int | None) -> None:
         self._hc = hc
@@ -90,6 +90,27 @@ class MmioMapping:
         self.nr_mfns = nr_mfns
         self.gfn = gfn
         self.mapped = True
+        self._base = first_mfn << PAGE_SHIFT
+        self._size = nr_mfns * PAGE_SIZE
+        # The fast path: valid while no permission, MSI-X protection or decode state
+        # changed since the whole mapping was last found plain (permitted, unprotected,
+        # decoded). Any change sends accesses back through the full per-access checks.
+        self._key: tuple[int, int, int] = (-1, -1, -1)
+        self._plain = False
+
+    def _is_plain(self) -> bool:
+        hv = self._hc._hv
+        key = (hv.permissions.generation, hv.msixtbl.generation, hv.decode_generation)
+        if key != self._key:
+            last = self.first_mfn + self.nr_mfns - 1
+            off = hv.decode_off.get(self._hc.domid)
+            self._plain = (
+                hv.permissions.iomem_permitted(self._hc.domid, self.first_mfn, last)
+                and not hv.msixtbl.ro_frames.overlaps(self.first_mfn, last)
+                and (off is None or not off.overlaps(self.first_mfn, last))
+            )
+            self._key = key
+        return self._plain
 
     @property
     def size(self) -> int:
@@ -120,8 +141,17 @@ class MmioMapping:
         return paddr
 
     def read(self, offset: int, size: int) -> int:
-        paddr = self._paddr(offset, size)
         hv = self._hc._hv
+        if (
+            self.mapped
+            and size in ACCESS_SIZES
+            and 0 <= offset <= self._size - size
+            and self._is_plain()
+        ):
+            paddr = self._base + offset
+            hv.trace.record("mmio_read", self._hc.domid, "direct", paddr=paddr, size=size)
+            return hv.iobus.mmio_read(paddr, size)
+        paddr = self._paddr(offset, size)
         if hv.decode_off and self._decode_off(paddr):
             return (1 << (8 * size)) - 1
         if hv.msixtbl.is_protected(paddr >> PAGE_SHIFT):
@@ -134,9 +164,20 @@ class MmioMapping:
         return hv.iobus.mmio_read(paddr, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
+        hv = self._hc._hv
+        if (
+            self.mapped
+            and size in ACCESS_SIZES
+            and 0 <= offset <= self._size - size
+            and 0 <= value < 1 << (8 * size)
+            and self._is_plain()
+        ):
+            paddr = self._base + offset
+            hv.trace.record("mmio_write", self._hc.domid, "direct", paddr=paddr, size=size)
+            hv.iobus.mmio_write(paddr, size, value)
+            return
         paddr = self._paddr(offset, size)
         check_access(offset, size, value)
-        hv = self._hc._hv
         if hv.decode_off and self._decode_off(paddr):
             return
         if hv.msixtbl.is_protected(paddr >> PAGE_SHIFT):

@@ -67,6 +67,7 @@ class Hypervisor:
         self.msixtbl = MsixTables()
         #: Per guest: granted BAR frames whose memory decode the guest turned off (unmapped).
         self.decode_off: dict[int, RangeSet] = {}
+        self.decode_generation = 0
         self.iommu = Iommu(self.machine, self._p2m_of, self.trace, enabled=iommu)
         self._lock = threading.RLock()
         self._domains: dict[int, Domain] = {}
@@ -230,6 +231,7 @@ class Hypervisor:
                 frames.add_range(first, last)
             if frames.is_empty():
                 del self.decode_off[domid]
+            self.decode_generation += 1
 
     def _ioport_permission(self, caller: int, domid: int, first: int, nr: int, allow: bool) -> None:
         op = "ioport_permission"

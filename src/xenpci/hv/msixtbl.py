@@ -78,6 +78,8 @@ class MsixTables:
         self._regions: dict[int, MsixRegion] = {}
         #: ``mmio_ro_ranges``: frames a guest mapping reaches only through :meth:`filter_write`.
         self.ro_frames = RangeSet("mmio_ro_ranges")
+        #: Bumped whenever ``ro_frames`` changes.
+        self.generation = 0
 
     def prepare(self, region: MsixRegion) -> None:
         with self._lock:
@@ -104,6 +106,7 @@ class MsixTables:
             for first, last in region.frames():
                 frames.add_range(first, last)
         self.ro_frames = frames
+        self.generation += 1
 
     def regions(self) -> list[MsixRegion]:
         with self._lock:

@@ -58,6 +58,8 @@ class Permissions:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._caps: dict[int, IoCaps] = {}
+        #: Bumped by every change, so a holder of a checked answer can tell it is stale.
+        self.generation = 0
 
     def add_domain(self, domid: int, *, everything: bool = False) -> None:
         caps = IoCaps()
@@ -67,25 +69,30 @@ class Permissions:
             caps.irqs.add_range(0, NR_PIRQS - 1)
         with self._lock:
             self._caps[domid] = caps
+            self.generation += 1
 
     def remove_domain(self, domid: int) -> None:
         with self._lock:
             self._caps.pop(domid, None)
+            self.generation += 1
 
     def set_iomem(self, domid: int, first: int, last: int, allow: bool) -> None:
         with self._lock:
             rs = self._caps[domid].iomem
             (rs.add_range if allow else rs.remove_range)(first, last)
+            self.generation += 1
 
     def set_ioports(self, domid: int, first: int, last: int, allow: bool) -> None:
         with self._lock:
             rs = self._caps[domid].ioports
             (rs.add_range if allow else rs.remove_range)(first, last)
+            self.generation += 1
 
     def set_irq(self, domid: int, pirq: int, allow: bool) -> None:
         with self._lock:
             rs = self._caps[domid].irqs
             (rs.add_range if allow else rs.remove_range)(pirq, pirq)
+            self.generation += 1
 
     def iomem_permitted(self, domid: int, first: int, last: int) -> bool:
         with self._lock:
