@@ -124,3 +124,26 @@ def test_attach_detach_keeps_bars_and_routing(machine: Machine) -> None:
     libxl.pci_detach(g, parse_pci_spec("03:00.0"))
     assert [nic.config_read(off, 4) for off in HEADER_DWORDS[4:]] == before
     libxl.domain_destroy(g)
+
+
+def test_last_detach_and_destroy_leave_no_backend_directory(machine: Machine) -> None:
+    libxl = Libxl(machine, machine.xs, timeout=5.0)
+    for s in (NIC, NVME):
+        libxl.assignable_add(s)
+    g = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
+    h = libxl.domain_create(load_domain_config('name="h"\nmemory=16\npci=["04:00.0"]'))
+    for d in (g, h):
+        lp.wait_for_backend_state(machine.xs, d, timeout=5)
+    root = "/local/domain/0/backend/pci"
+    libxl.pci_detach(g, parse_pci_spec("03:00.0"))
+    assert not machine.xs.exists(f"{root}/{g}")  # xenstore-rm -t: the empty parent too
+    assert not machine.xs.exists(f"/local/domain/{g}/device/pci")
+    libxl.domain_destroy(g)
+    assert machine.xs.ls(root) == [str(h)]  # a parent still in use is kept
+    libxl.domain_destroy(h)
+    assert not machine.xs.exists(root)
+    # and the next guest's first device recreates everything
+    g2 = libxl.domain_create(load_domain_config('name="g2"\nmemory=16\npci=["03:00.0"]'))
+    lp.wait_for_backend_state(machine.xs, g2, timeout=5)
+    assert machine.guest(g2).wait_for_pcifront(5).wait_connected(1, 5)
+    assert guest_sees(machine, g2) == ids(machine, NIC)

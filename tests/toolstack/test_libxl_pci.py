@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from xenpci.pci.address import SBDF
 from xenpci.toolstack import libxl_pci as lp
+from xenpci.xenstore.client import XsClient
+from xenpci.xenstore.core import XenStore
 from xenpci.xenstore.perms import Perms
 
 
@@ -28,8 +30,22 @@ class DictStore:
                 case lp.XsRm(path):
                     for k in [k for k in self.nodes if k == path or k.startswith(path + "/")]:
                         del self.nodes[k]
+                case lp.XsPathCleanup(path):
+                    self.cleanup(path)
                 case lp.XsSetPerms(path, perms):
                     self.perms[path] = perms
+
+    def cleanup(self, path: str) -> None:
+        """xenstore-rm -t on a flat map: the subtree, then each parent left empty."""
+        gone = [k for k in self.nodes if k == path or k.startswith(path + "/")]
+        if not gone:
+            return
+        for k in gone:
+            del self.nodes[k]
+        parent = path.rpartition("/")[0]
+        while parent and self.nodes.get(parent) == "" and not self.dir(parent):
+            del self.nodes[parent]
+            parent = parent.rpartition("/")[0]
 
     def dir(self, path: str) -> dict[str, str]:
         pre = path + "/"
@@ -180,3 +196,23 @@ def test_add_remove_compacts_like_a_list(
     for k in snap:
         if "-" in k and k.rsplit("-", 1)[1].isdigit():
             assert int(k.rsplit("-", 1)[1]) < len(model), k
+
+
+def test_path_cleanup_stops_at_a_parent_with_a_value_or_children() -> None:
+    """``libxl__xs_path_cleanup`` against the real store: xenstore-rm -t semantics."""
+    xs = XsClient.in_process(XenStore(), 0)
+    try:
+        xs.write("/t/keep", "value")
+        xs.write("/t/keep/empty/leaf/node", "")
+        xs.write("/t/busy/sibling", "1")
+        xs.write("/t/busy/gone/node", "")
+        lp.apply_ops(
+            xs, [lp.XsPathCleanup("/t/keep/empty/leaf/node"), lp.XsPathCleanup("/t/busy/gone/node")]
+        )
+        assert not xs.exists("/t/keep/empty")
+        assert xs.read("/t/keep") == b"value"
+        assert xs.ls("/t/busy") == ["sibling"]
+        lp.apply_ops(xs, [lp.XsPathCleanup("/t/never")])  # missing: nothing else touched
+        assert sorted(xs.ls("/t")) == ["busy", "keep"]
+    finally:
+        xs.close()

@@ -151,12 +151,24 @@ class XsRm:
 
 
 @dataclass(frozen=True, slots=True)
+class XsPathCleanup:
+    """``libxl__xs_path_cleanup``: remove ``path``, then each parent left empty.
+
+    A parent goes only while its value is empty and it has no children
+    (``xenstore-rm -t``); the walk stops at the first one that is kept, or at
+    once if ``path`` did not exist.
+    """
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
 class XsSetPerms:
     path: str
     perms: Perms
 
 
-XsOp = XsWrite | XsMkdir | XsRm | XsSetPerms
+XsOp = XsWrite | XsMkdir | XsRm | XsPathCleanup | XsSetPerms
 
 
 def backend_perms(domid: int) -> Perms:
@@ -245,8 +257,11 @@ def remove_device_ops(domid: int, backend: Mapping[str, str], index: int) -> lis
 
 
 def destroy_ops(domid: int) -> list[XsOp]:
-    """``libxl__device_destroy``: remove both ends' directories."""
-    return [XsRm(frontend_path(domid)), XsRm(backend_path(domid))]
+    """``libxl__device_destroy``: remove both ends' directories and the parents left empty.
+
+    (``backend/pci/<domid>`` would otherwise outlive the guest.)
+    """
+    return [XsPathCleanup(frontend_path(domid)), XsPathCleanup(backend_path(domid))]
 
 
 def _num_devs(backend: Mapping[str, str]) -> int:
@@ -308,8 +323,28 @@ def apply_ops(xs: XsOps, ops: Iterable[XsOp]) -> None:
                 except XsError as e:
                     if e.code != "ENOENT":
                         raise
+            case XsPathCleanup(path):
+                _path_cleanup(xs, path)
             case XsSetPerms(path, perms):
                 xs.set_perms(path, perms)
+
+
+def _path_cleanup(xs: XsOps, path: str) -> None:
+    try:
+        xs.rm(path)
+    except XsError as e:
+        if e.code != "ENOENT":
+            raise
+        return  # libxl: nothing removed, no parent is touched
+    parent = path.rstrip("/")
+    while True:
+        parent = parent.rpartition("/")[0]
+        if not parent:
+            return
+        value = read_opt(xs, parent)
+        if value is None or value != "" or xs.ls(parent):
+            return
+        xs.rm(parent)
 
 
 # --------------------------------------------------------------------- thin IO shell
