@@ -27,6 +27,7 @@ from xenpci.hv.hypervisor import Hypervisor
 from xenpci.hv.iobus import IoBus, MmioHandler
 from xenpci.hv.iommu import DmaPort, FaultRecord, Iommu, format_sbdf
 from xenpci.hv.memory import MMIO_BASE, PAGE_SHIFT, PAGE_SIZE
+from xenpci.hv.msixtbl import MsixRegion, MsixTables
 from xenpci.hv.rangeset import RangeSet
 from xenpci.hv.scheduler import Scheduler, SteppedVcpu
 
@@ -57,6 +58,8 @@ __all__ = [
     "MmioDenied",
     "MmioHandler",
     "MmioMapping",
+    "MsixRegion",
+    "MsixTables",
     "NoSuchDomain",
     "OutOfMemory",
     "PermissionDenied",

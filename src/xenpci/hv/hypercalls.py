@@ -13,10 +13,19 @@ errno; ``path`` is ``dom0`` for calls made by the privileged domain (the
 control plane) and ``direct`` for a guest's own calls (its data plane).
 MMIO and port accesses are counted, not stored (see ``xenpci.trace``).
 
+MMIO mappings model the data plane of passthrough: accesses go straight to
+the device unless the frame is an MSI-X table/PBA frame dom0 protected with
+``prepare_msix`` (``mmio_ro_ranges``; mediated by :mod:`xenpci.hv.msixtbl`,
+traced as ``mmio_mediated``) or a BAR whose memory decode the owner turned
+off (``memory_decode``, vPCI's ``modify_bars``; traced as ``mmio_unmapped``).
+``bus_address`` is the PV kernel's ``xen_phys_to_bus``.
+
 Deliberate differences: guest memory is read and written through the handle
 (there are no guest page tables); ``mmio_map`` re-checks the capability on
 every access, so revoking ``iomem_permission`` cuts an existing mapping off at
-once (Xen relies on the toolstack/guest to tear such mappings down).
+once (Xen relies on the toolstack/guest to tear such mappings down). The
+check is cached per mapping and invalidated by any change of permissions,
+MSI-X protection or decode state, so the common access stays cheap.
 """
 
 from __future__ import annotations
