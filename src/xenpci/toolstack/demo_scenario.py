@@ -297,7 +297,8 @@ def run_demo(
             )
         )
         _dma_attack(report, machine, disk, victim_gfn, victim_bus)
-        step("isolation: guest2's attacks " + ("refused/faulted" if iommu else "SUCCEEDED"))
+        dma = "faulted in the IOMMU" if iommu else "REACHED dom0's memory (no IOMMU)"
+        step(f"isolation: guest2's BAR mapping and port access refused; its stray DMA {dma}")
 
         # -- teardown -----------------------------------------------------------------------
         for drv in reversed(drivers):
