@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,3 +218,48 @@ def test_hotplug_written_by_the_c_xenstore_client(tmp_path: Path, pair: Pair) ->
         finally:
             be.close()
             xs_be.close()
+
+
+def test_switch_state_never_recreates_a_removed_node(pair: Pair) -> None:
+    """``__xenbus_switch_state`` checks ``state`` exists in its transaction: a backend
+    (dom0, privileged) must not re-create ``backend/pci/<domid>/0`` after libxl removed it."""
+    pair.be.start()
+    pair.fe.start()
+    assert pair.be.wait_for(connected) and pair.fe.wait_for(connected)
+    pair.tool.rm(BE)
+    # the frontend sees the backend gone and closes; the backend follows the frontend ...
+    assert pair.fe.wait_for(lambda d: d.state is S.XenbusStateUnknown)
+    assert pair.be.wait_for(lambda d: d.state is S.XenbusStateClosed)  # it "wrote" 6
+    assert not pair.tool.exists(BE)
+    assert pair.state(FE) == b"6"  # the frontend's own node still exists: written
+
+
+def test_events_queued_before_close_are_dropped(pair: Pair) -> None:
+    """``unregister_xenbus_watch``: an event already queued for the watch never acts."""
+    pair.be.start()
+    settled = threading.Event()
+    pair.xs_be.watch("/test/settled", "settled", lambda _ev: settled.set())
+    assert settled.wait(5)  # the watches' initial events have been handled
+    state_before, calls_before = pair.be.device.state, list(pair.be.calls)
+    assert state_before is not S.XenbusStateClosing
+    gate, blocked, drained = threading.Event(), threading.Event(), threading.Event()
+    armed = [False]
+
+    def blocker(_ev: object) -> None:
+        if armed[0]:
+            blocked.set()
+            gate.wait(5)
+
+    # the backend's client delivers events in order on one dispatcher thread
+    pair.xs_be.watch("/test/block", "blocker", blocker)
+    armed[0] = True
+    pair.tool.write("/test/block", "1")
+    assert blocked.wait(5)
+    pair.tool.write(f"{BE}/state", str(int(S.XenbusStateClosing)))  # queued behind the blocker
+    pair.be.close()
+    pair.xs_be.watch("/test/drained", "drained", lambda _ev: drained.set())
+    gate.set()
+    assert drained.wait(5)
+    assert pair.be.device.state is state_before
+    assert pair.be.calls == calls_before
+    assert pair.be.errors == []

@@ -62,14 +62,15 @@ class GuestKernel:
         self.xs.watch(frontend_node(self.domid), self._token, self._device_changed)
 
     def shutdown(self) -> None:
-        """Remove the frontend and stop watching (the domain is going away)."""
+        """Stop the kernel: it stops watching and writes nothing more (the domain is
+        destroyed or hangs); its frontend's resources are dropped."""
         with self._lock:
             if not self._booted:
                 return
             self._booted = False
             with contextlib.suppress(XenpciError):
                 self.xs.unwatch(frontend_node(self.domid), self._token)
-            self._remove_frontend()
+            self._remove_frontend(halted=True)
 
     def wait_for_pcifront(self, timeout: float = 10.0) -> Pcifront:
         """Wait until a pcifront has been probed (raise ``TimeoutError`` otherwise)."""
@@ -110,8 +111,8 @@ class GuestKernel:
             elif not present and self.pcifront is not None:
                 self._remove_frontend()
 
-    def _remove_frontend(self) -> None:
+    def _remove_frontend(self, *, halted: bool = False) -> None:
         front, self.pcifront = self.pcifront, None
         if front is not None:
-            front.remove()
+            front.remove(halted=halted)
         self._changed.notify_all()

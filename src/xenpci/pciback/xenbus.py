@@ -52,7 +52,7 @@ from xenpci.pciback.vpci import VpciBackend, format_root, format_vdev
 from xenpci.trace import Trace
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
-from xenpci.xenstore.client import WatchEvent, XsClient, XsTransaction
+from xenpci.xenstore.client import WatchEvent, XsClient
 from xenpci.xenstore.errors import XsError
 
 if TYPE_CHECKING:
@@ -81,54 +81,6 @@ def parse_dev(text: str) -> SBDF:
         return SBDF(int(dom, 16), int(bus, 16), int(slot, 16), int(func, 16))
     except (ValueError, XenpciError):
         raise XenbusBackendError(f"Error reading device configuration: {text!r}") from None
-
-
-class SwitchStateClient:
-    """The XenStore client a XenBus shell drives, with two guards Linux has.
-
-    * ``xenbus_switch_state``: ``__xenbus_switch_state`` reads ``state`` in a
-      transaction and aborts if the node is gone; a plain write from dom0
-      (privileged) would recreate a removed backend node
-      (``.../backend/pci/<domid>/0/state = 6`` after libxl deleted it).
-    * An unregistered device is inert: watch events already queued for it
-      when it was removed must not act on a node re-created for a new device
-      (a reconnect). After :meth:`close` reads fail (the state reads as
-      Unknown) and writes are dropped.
-
-    Used by both ends (pciback here, pcifront) until :mod:`xenpci.xenbus.watch`
-    offers the same.
-    """
-
-    def __init__(self, xs: XsClient) -> None:
-        self.xs = xs
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def read(self, path: str) -> bytes:
-        if self.closed:
-            raise XsError("ENOENT", f"{path}: device unregistered")
-        return self.xs.read(path)
-
-    def watch(self, path: str, token: str, callback: Callable[[WatchEvent], None]) -> None:
-        self.xs.watch(path, token, callback)
-
-    def unwatch(self, path: str, token: str) -> None:
-        self.xs.unwatch(path, token)
-
-    def write(self, path: str, value: bytes | str) -> None:
-        if self.closed:
-            return
-        if not path.endswith("/state"):
-            self.xs.write(path, value)
-            return
-
-        def body(t: XsTransaction) -> None:
-            if t.exists(path):
-                t.write(path, value)
-
-        self.xs.retry_transaction(body)
 
 
 @dataclass
@@ -169,7 +121,6 @@ class PcibackDevice:
         self.frontend_path = ""
         self.xenbus = XenbusDevice(Role.BACKEND)
         self.watch: XenbusWatch | None = None
-        self.client: SwitchStateClient | None = None
         self._removed = False
         self.mapping: GrantMapping | None = None
         self.evtchn: int | None = None
@@ -187,9 +138,8 @@ class PcibackDevice:
         self.frontend_path = self.xs.read(f"{self.nodename}/frontend").decode()
         online = self._read_int("online", 1)
         self.xenbus.online = online != 0
-        self.client = SwitchStateClient(self.xs)
         self.watch = XenbusWatch(
-            self.client,
+            self.xs,
             self.xenbus,
             self.nodename,
             self.frontend_path,
@@ -200,10 +150,8 @@ class PcibackDevice:
 
     def remove(self) -> None:
         """``xen_pcibk_xenbus_remove`` -> ``free_pdev``: unwatch, disconnect, release all."""
-        if self.client is not None:
-            self.client.close()
         if self.watch is not None:
-            self.watch.close()
+            self.watch.remove()  # queued events for this device are dropped from here on
         with self._lock:
             self._removed = True
             self._disconnect()

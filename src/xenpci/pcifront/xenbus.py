@@ -30,7 +30,7 @@ from xenpci.abi.xenbus import XenbusState
 from xenpci.errors import XenpciError
 from xenpci.guest.pci_core import GuestPci, GuestPciDevice
 from xenpci.pci.address import SBDF
-from xenpci.pciback.xenbus import SwitchStateClient, parse_dev
+from xenpci.pciback.xenbus import parse_dev
 from xenpci.pcifront import ops
 from xenpci.pcifront.errors import NotConnected, PcifrontError
 from xenpci.trace import Trace
@@ -107,7 +107,6 @@ class Pcifront:
         self.evtchn: int | None = None
         self.chan: ops.PciOpChannel | None = None
         self.watch: XenbusWatch | None = None
-        self.client: SwitchStateClient | None = None
         self._removed = False
 
     # -- probe / remove -----------------------------------------------------
@@ -115,9 +114,8 @@ class Pcifront:
         """``pcifront_xenbus_probe``: publish the page and channel, watch the backend."""
         self.backend_path = self.xs.read(f"{self.nodename}/backend").decode()
         self.backend_id = int(self.xs.read(f"{self.nodename}/backend-id"))
-        self.client = SwitchStateClient(self.xs)
         self.watch = XenbusWatch(
-            self.client,
+            self.xs,
             self.xenbus,
             self.nodename,
             self.backend_path,
@@ -126,13 +124,19 @@ class Pcifront:
         )
         self.watch.start()
 
-    def remove(self) -> None:
-        """``pcifront_xenbus_remove``: free roots, unbind, end the grant, free the page."""
+    def remove(self, *, halted: bool = False) -> None:
+        """``pcifront_xenbus_remove``: free roots, unbind, end the grant, free the page.
+
+        The XenBus device is unregistered as ``xenbus_dev_remove`` does (Closed,
+        written only if our node still exists). With ``halted`` the kernel has
+        stopped running instead: the watches go and nothing more is written.
+        """
         self._removed = True
-        if self.client is not None:
-            self.client.close()
         if self.watch is not None:
-            self.watch.close()
+            if halted:
+                self.watch.close()
+            else:
+                self.watch.remove()
         self._disconnect()
         self._free_ring()
 

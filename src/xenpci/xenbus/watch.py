@@ -7,10 +7,20 @@ Models the watch plumbing of ``drivers/xen/xenbus/xenbus_probe.c``
 writes the error node). All protocol decisions are in the sans-IO core; this
 module only reads nodes, writes nodes and calls the driver.
 
-Works with any client offering ``read(path) -> bytes``, ``write(path, value)``,
-``watch(path, token, callback)`` and ``unwatch(path, token)``, such as
+Works with any client offering ``read``, ``write``, ``watch``, ``unwatch``
+and ``retry_transaction`` (see :class:`XenStoreLike`), such as
 :class:`xenpci.xenstore.client.XsClient` (whose callbacks run on its own
 dispatcher thread; a lock here serialises them with :meth:`XenbusWatch.probe`).
+
+Two guards Linux has are kept here, so every driver gets them:
+
+* ``xenbus_switch_state`` (``__xenbus_switch_state``) reads ``state`` in a
+  transaction and gives up if the node is gone: a plain write from dom0
+  (privileged) would re-create a backend node the toolstack just deleted.
+* ``unregister_xenbus_watch`` drops the events still queued for a watch and
+  waits for a running callback: after :meth:`XenbusWatch.close` no callback
+  acts and nothing is written, so a stale event cannot touch a node
+  re-created for a new device.
 
 Differences: Linux's backend watches its whole node and reacts to any
 change; here the own-node watch also treats a ``state`` value written by
@@ -48,10 +58,20 @@ Driver = Callable[[DriverCallback], None]
 _tokens = itertools.count()
 
 
+class XsTransactionLike(Protocol):
+    """What :meth:`XenbusWatch` needs from an open transaction."""
+
+    def exists(self, path: str) -> bool: ...
+
+    def write(self, path: str, value: bytes | str) -> None: ...
+
+
 class XenStoreLike(Protocol):
     """What the shell needs from a XenStore client."""
 
     def read(self, path: str) -> bytes: ...
+
+    def retry_transaction(self, fn: Callable[[Any], Any]) -> Any: ...
 
     def write(self, path: str, value: bytes | str) -> None: ...
 
@@ -85,6 +105,7 @@ class XenbusWatch:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._watches: list[tuple[str, str]] = []
+        self._closed = False
         #: The state this shell last wrote to ``<nodename>/state``.
         self._written = device.state
 
@@ -99,7 +120,15 @@ class XenbusWatch:
             self._watch(self.nodename, self._on_own_node)
 
     def close(self) -> None:
-        """Drop the watches (the device state stays as it is)."""
+        """Drop the watches (the device state stays as it is); later events are ignored.
+
+        Like ``unregister_xenbus_watch``: events already queued are dropped and a
+        callback running on another thread is waited for, so once this returns
+        nothing acts for this device any more.
+        """
+        self._closed = True
+        with self._lock:
+            pass  # a callback in progress finishes; the next ones see _closed
         for path, token in self._watches:
             try:
                 self.client.unwatch(path, token)
@@ -107,9 +136,26 @@ class XenbusWatch:
                 self.errors.append(e)
         self._watches.clear()
 
+    def remove(self) -> None:
+        """``xenbus_dev_remove``: the device is unregistered (its node went, or the
+        driver unbinds). Stop the watches, then close and forget the device:
+        Closed is written only if our node still exists, the driver gets its
+        disconnect/remove callbacks, and the device ends in Unknown."""
+        self.close()
+        with self._lock:
+            if self.device.state is XenbusState.XenbusStateUnknown:
+                return
+            try:
+                self._apply(self.device.otherend_vanished(), closing=True)
+            except XenpciError as e:
+                self.errors.append(e)
+            self._changed.notify_all()
+
     def switch_state(self, new: XenbusState) -> None:
         """A local request (e.g. the toolstack asks for Closing)."""
         with self._lock:
+            if self._closed:
+                return
             self._apply(self.device.switch_state(new))
 
     def wait_for(self, predicate: Callable[[XenbusDevice], bool], timeout: float = 5.0) -> bool:
@@ -126,6 +172,8 @@ class XenbusWatch:
 
     def _guarded(self, handler: Callable[[], None]) -> None:
         with self._lock:
+            if self._closed:
+                return  # queued before close: the device is unregistered
             try:
                 handler()
             except XenpciError as e:
@@ -185,11 +233,24 @@ class XenbusWatch:
 
     # -- actions ----------------------------------------------------------------
 
-    def _apply(self, actions: list[Action]) -> None:
+    def _write_state(self, state: XenbusState) -> None:
+        """``__xenbus_switch_state``: write ``state`` only if the node still exists."""
+        path = f"{self.nodename}/state"
+        value = str(int(state))
+
+        def body(t: XsTransactionLike) -> bool:
+            if not t.exists(path):
+                return False  # removed (by the toolstack): never re-create it
+            t.write(path, value)
+            return True
+
+        if self.client.retry_transaction(body):
+            self._written = state
+
+    def _apply(self, actions: list[Action], *, closing: bool = False) -> None:
         for act in actions:
             if isinstance(act, WriteState):
-                self.client.write(f"{self.nodename}/state", str(int(act.state)))
-                self._written = act.state
+                self._write_state(act.state)
             elif isinstance(act, WriteError):
                 if self.error_path is not None:
                     self.client.write(self.error_path, act.message)
@@ -205,6 +266,8 @@ class XenbusWatch:
                     # the driver step failed: xenbus_dev_fatal, and the rest
                     # of this input's writes never happen
                     self.errors.append(e)
+                    if closing:
+                        continue  # going away anyway: the teardown goes on
                     msg = f"{act.callback.value}: {e}"
                     self._apply(self.device.driver_failed(self._written, msg))
                     return
