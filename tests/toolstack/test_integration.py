@@ -10,6 +10,7 @@ guest's own view of its devices.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,7 @@ from xenpci.toolstack.host import HostDescription, boot_machine
 from xenpci.toolstack.libxl import Libxl
 from xenpci.toolstack.machine import Machine
 from xenpci.toolstack.xlcfg import load_domain_config, parse_pci_spec
+from xenpci.xenstore.client import XsClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -147,3 +149,77 @@ def test_last_detach_and_destroy_leave_no_backend_directory(machine: Machine) ->
     lp.wait_for_backend_state(machine.xs, g2, timeout=5)
     assert machine.guest(g2).wait_for_pcifront(5).wait_connected(1, 5)
     assert guest_sees(machine, g2) == ids(machine, NIC)
+
+
+class Gate:
+    """Holds one XenStore client's watch dispatcher (events queue behind it) until opened."""
+
+    def __init__(self, xs: XsClient, path: str) -> None:
+        self.xs, self.path, self.token = xs, path, f"gate-{path}"
+        self.armed = False
+        self.blocked, self.open = threading.Event(), threading.Event()
+        xs.watch(path, self.token, self._hold)
+
+    def _hold(self, _ev: object) -> None:
+        if self.armed:
+            self.blocked.set()
+            self.open.wait(10)
+
+    def close_gate(self, tool: XsClient) -> None:
+        self.armed = True
+        tool.write(self.path, "hold")
+        assert self.blocked.wait(5)
+
+    def release(self) -> None:
+        self.armed = False
+        self.open.set()
+
+
+def test_reattach_right_after_the_last_detach_reconnects(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``xl pci-detach g X; xl pci-attach g X`` with both drivers still holding the old
+    device objects when libxl re-creates the directories: both must probe afresh."""
+    libxl = Libxl(machine, machine.xs, timeout=5.0)
+    libxl.assignable_add(NIC)
+    g = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
+    kernel = machine.guest(g)
+    first = kernel.wait_for_pcifront(5)
+    assert first.wait_connected(1, 5)
+    old_back = machine.pciback.wait_for_device(g)
+    gates = [
+        Gate(machine.pciback.xs, "/test/gate-dom0"),
+        Gate(kernel.xs, f"/local/domain/{g}/data/gate"),
+    ]
+    real_destroy_ops = lp.destroy_ops
+
+    def destroy_ops_with_drivers_held(domid: int) -> list[lp.XsOp]:
+        # the handshake is done; hold both drivers so the deletion queues behind
+        for gate in gates:
+            if not gate.armed:
+                gate.close_gate(machine.xs)
+        return real_destroy_ops(domid)
+
+    monkeypatch.setattr(lp, "destroy_ops", destroy_ops_with_drivers_held)
+    try:
+        libxl.pci_detach(g, parse_pci_spec("03:00.0"))
+        assert not machine.xs.exists(lp.backend_path(g))
+        monkeypatch.setattr(lp, "destroy_ops", real_destroy_ops)
+        libxl.pci_attach(g, parse_pci_spec("03:00.0"))  # re-creates both directories
+        assert kernel.pcifront is first and machine.pciback.devices[g] is old_back  # stale
+    finally:
+        for gate in gates:
+            gate.release()
+    lp.wait_for_backend_state(machine.xs, g, timeout=5)
+    front = kernel.wait_for_pcifront(5)
+    assert front is not first and front.wait_connected(1, 5)
+    assert machine.pciback.devices[g] is not old_back
+    assert guest_sees(machine, g) == ids(machine, NIC)
+    # the stale objects wrote nothing into the new generation
+    assert first.watch is not None and old_back.watch is not None
+    assert first.watch.superseded() and old_back.watch.superseded()
+    assert front.xenbus.history == [1, 3, 4]
+    assert machine.pciback.devices[g].xenbus.history == [1, 2, 3, 4]
+    dev = next(kernel.pci.devices())
+    assert dev.read_config(regs.PCI_VENDOR_ID, 2) == machine.host_function(NIC).vendor_id
+    libxl.domain_destroy(g)

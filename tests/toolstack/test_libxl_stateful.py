@@ -9,8 +9,6 @@ bound to pciback and owned by nobody.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -85,21 +83,6 @@ class XlMachine(RuleBasedStateMachine):
             return
         dev = data.draw(st.sampled_from(attached))
         self.libxl.pci_detach(g, parse_pci_spec(str(dev)))
-        if len(attached) == 1:
-            self._wait_drivers_let_go(g)
-
-    def _wait_drivers_let_go(self, g: int) -> None:
-        """The last device gone, libxl removed both directories: wait until the guest's
-        XenBus and pciback have dropped their device objects. Recreating the directories
-        before that (an immediate re-attach) races both drivers' removal watches, which
-        then keep a stale device and never connect again (reported to the driver owners;
-        Linux's xenbus has the same window)."""
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if self.m.guest(g).pcifront is None and g not in self.m.pciback.devices:
-                return
-            time.sleep(0.005)
-        raise AssertionError(f"d{g}: drivers kept their device after the directories went")
 
     @precondition(lambda self: self.guests)
     @rule(data=st.data())

@@ -94,6 +94,10 @@ class GuestKernel:
                 present = self.xs.exists(f"{node}/state") and self.xs.exists(f"{node}/backend")
             except XsError:
                 present = False
+            if present and self.pcifront is not None and self.pcifront.superseded():
+                # libxl deleted and re-created device/pci/0 before we saw the
+                # deletion: drop the stale frontend, probe a fresh one below.
+                self._remove_frontend()
             if present and self.pcifront is None:
                 front = Pcifront(
                     self.domid,

@@ -157,6 +157,10 @@ class PcibackDevice:
             self._disconnect()
             self._release_all()
 
+    def superseded(self) -> bool:
+        """Our backend node was re-created for a new device (see ``XenbusWatch.superseded``)."""
+        return self.watch is not None and self.watch.superseded()
+
     def wait_for_state(self, state: XenbusState, timeout: float = 10.0) -> bool:
         if self.watch is None:
             return False
@@ -416,23 +420,31 @@ class PcibackDriver:
                 }
             except XsError:
                 present = set()
-            for domid in sorted(present - set(self.devices)):
-                dev = PcibackDevice(
-                    domid,
-                    self.hc,
-                    self.xs,
-                    self.stub,
-                    self.platform,
-                    passthrough=self.passthrough,
-                    lock=self.pool_lock,
-                    trace=self.trace,
-                )
-                self.devices[domid] = dev
-                try:
-                    dev.probe()
-                except XenpciError:
-                    del self.devices[domid]
-                    dev.remove()
             for domid in sorted(set(self.devices) - present):
                 self.devices.pop(domid).remove()
+            for domid in sorted(present & set(self.devices)):
+                # Deleted and re-created (a re-attach right after the last detach)
+                # before we saw the deletion: the old device is stale, probe afresh.
+                if self.devices[domid].superseded():
+                    self.devices.pop(domid).remove()
+            for domid in sorted(present - set(self.devices)):
+                self._probe(domid)
             self._changed.notify_all()
+
+    def _probe(self, domid: int) -> None:
+        dev = PcibackDevice(
+            domid,
+            self.hc,
+            self.xs,
+            self.stub,
+            self.platform,
+            passthrough=self.passthrough,
+            lock=self.pool_lock,
+            trace=self.trace,
+        )
+        self.devices[domid] = dev
+        try:
+            dev.probe()
+        except XenpciError:
+            del self.devices[domid]
+            dev.remove()

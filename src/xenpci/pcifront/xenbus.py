@@ -140,6 +140,10 @@ class Pcifront:
         self._disconnect()
         self._free_ring()
 
+    def superseded(self) -> bool:
+        """Our frontend node was re-created for a new device (``XenbusWatch.superseded``)."""
+        return self.watch is not None and self.watch.superseded()
+
     def wait_connected(self, count: int = 1, timeout: float = 10.0) -> bool:
         """Wait until the frontend has reached Connected ``count`` times (hot-plug rescans)."""
         if self.watch is None:

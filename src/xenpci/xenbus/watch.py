@@ -63,6 +63,8 @@ class XsTransactionLike(Protocol):
 
     def exists(self, path: str) -> bool: ...
 
+    def read(self, path: str) -> bytes: ...
+
     def write(self, path: str, value: bytes | str) -> None: ...
 
 
@@ -106,6 +108,7 @@ class XenbusWatch:
         self._changed = threading.Condition(self._lock)
         self._watches: list[tuple[str, str]] = []
         self._closed = False
+        self._superseded = False
         #: The state this shell last wrote to ``<nodename>/state``.
         self._written = device.state
 
@@ -151,6 +154,27 @@ class XenbusWatch:
                 self.errors.append(e)
             self._changed.notify_all()
 
+    def superseded(self) -> bool:
+        """Has the toolstack re-created our node for a new device?
+
+        libxl deletes a device's directories and may create them again (a
+        re-attach) before this device has handled the deletion. Only the
+        toolstack ever writes Initialising, and only when it creates the
+        node; so our ``state`` reading Initialising although this device has
+        left that state means the node now belongs to a new device: this
+        one is stale, must not act or write, and its driver re-probes.
+        """
+        if self._superseded:
+            return True
+        if self.device.history == [XenbusState.XenbusStateInitialising]:
+            return False  # not probed yet: Initialising is still ours
+        try:
+            raw = self.client.read(f"{self.nodename}/state")
+        except XenpciError:
+            return False  # gone, not re-created (yet)
+        self._superseded = _is_initialising(raw)
+        return self._superseded
+
     def switch_state(self, new: XenbusState) -> None:
         """A local request (e.g. the toolstack asks for Closing)."""
         with self._lock:
@@ -172,8 +196,8 @@ class XenbusWatch:
 
     def _guarded(self, handler: Callable[[], None]) -> None:
         with self._lock:
-            if self._closed:
-                return  # queued before close: the device is unregistered
+            if self._closed or self.superseded():
+                return  # queued before close, or our node is a new device's now
             try:
                 handler()
             except XenpciError as e:
@@ -241,6 +265,13 @@ class XenbusWatch:
         def body(t: XsTransactionLike) -> bool:
             if not t.exists(path):
                 return False  # removed (by the toolstack): never re-create it
+            if self._superseded or (
+                self.device.history[:2] != [XenbusState.XenbusStateInitialising, state]
+                and _is_initialising(t.read(path))
+            ):
+                # re-created for a new device since we last looked: not ours to write
+                self._superseded = True
+                return False
             t.write(path, value)
             return True
 
@@ -272,3 +303,7 @@ class XenbusWatch:
                     self._apply(self.device.driver_failed(self._written, msg))
                     return
         self._changed.notify_all()
+
+
+def _is_initialising(raw: bytes) -> bool:
+    return raw.strip(b"\x00").strip() == str(int(XenbusState.XenbusStateInitialising)).encode()
