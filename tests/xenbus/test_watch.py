@@ -7,6 +7,7 @@ the frontend acting as the guest domain with the guest's permissions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -263,3 +264,30 @@ def test_events_queued_before_close_are_dropped(pair: Pair) -> None:
     assert pair.be.device.state is state_before
     assert pair.be.calls == calls_before
     assert pair.be.errors == []
+
+
+def test_recreated_nodes_are_a_new_generation_the_old_ends_leave_alone(pair: Pair) -> None:
+    """libxl deletes both directories and creates them again (a re-attach) whenever the
+    ends handle the deletion: the old ends must never write into the new nodes."""
+    pair.be.start()
+    pair.fe.start()
+    assert pair.be.wait_for(connected) and pair.fe.wait_for(connected)
+    lp.device_destroy(pair.tool, DOMID)
+    lp.device_pci_add_xenstore(
+        pair.tool, DOMID, "guest", lp.PciBackendDevice(SBDF(0, 4, 0, 0)), starting=False
+    )
+    assert pair.be.wait_for(lambda _d: pair.be.superseded())
+    assert pair.fe.wait_for(lambda _d: pair.fe.superseded())
+    # let any queued event run: they all see a new generation and do nothing
+    settled = threading.Event()
+    pair.xs_be.watch("/test/settled", "s1", lambda _ev: settled.set())
+    assert settled.wait(5)
+    settled.clear()
+    pair.xs_fe.watch(f"/local/domain/{DOMID}/data/settled", "s2", lambda _ev: settled.set())
+    assert settled.wait(5)
+    assert pair.state(BE) == b"1" and pair.state(FE) == b"1"
+    with contextlib.suppress(StateError):  # (refused if the deletion was seen first)
+        pair.be.switch_state(S.XenbusStateClosing)  # even a local request writes nothing
+    pair.be.remove()
+    pair.fe.remove()
+    assert pair.state(BE) == b"1" and pair.state(FE) == b"1"

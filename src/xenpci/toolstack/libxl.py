@@ -80,7 +80,12 @@ class Platform(Protocol):
         ...
 
     def reset_device(self, sbdf: SBDF) -> str | None:
-        """``echo 1 > /sys/bus/pci/devices/BDF/reset``: the method used, or None if none works."""
+        """``echo 1 > /sys/bus/pci/devices/BDF/reset``: the method used, or None if none works.
+
+        As Linux's ``pci_reset_function``, the config header (BARs, ROM, interrupt
+        line) is restored after the reset; for a device pciback holds, to the state
+        pciback saved when it seized it.
+        """
         ...
 
     def start_guest(self, name: str, memory_kib: int, *, paused: bool = False) -> int:

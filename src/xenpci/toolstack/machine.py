@@ -12,7 +12,9 @@ thread.
 
 It implements the toolstack's :class:`xenpci.toolstack.libxl.Platform`:
 ``host_functions``, ``pciback_bind``/``unbind``/``set_permissive`` (pciback's
-sysfs files), ``reset_device`` (sysfs ``reset``), ``start_guest``/``stop_guest``.
+sysfs files), ``reset_device`` (sysfs ``reset``: the config header is restored
+after it, from what pciback saved at seize for a device it holds),
+``start_guest`` (optionally paused) / ``unpause_guest`` / ``stop_guest``.
 
 Dom0's MSI set-up is pciback's
 :class:`~xenpci.pciback.platform.HvInterruptPlatform`; the machine wires a

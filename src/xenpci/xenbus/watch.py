@@ -28,7 +28,12 @@ someone else (libxl's hot-plug ``state = 7``) as a local switch request, so
 the toolstack's write goes through :data:`~xenpci.xenbus.state.TRANSITIONS`.
 A state node holding garbage reads as Unknown, as in Linux, and the parse
 error is kept in :attr:`XenbusWatch.errors`; no input from the other end can
-raise out of a watch callback.
+raise out of a watch callback. Beyond Linux (which has the same window): if
+the toolstack deletes a device's directory and creates it again before this
+shell has handled the deletion (``xl pci-detach; xl pci-attach``), the node's
+``state`` reads Initialising again; :meth:`XenbusWatch.superseded` notices
+that new generation, the stale shell stops acting and writing, and the
+driver probes a fresh device.
 """
 
 from __future__ import annotations
