@@ -383,3 +383,26 @@ def test_hostile_frontend_keys_are_refused_at_attach(
     lp.device_destroy(machine.xs, domid)
     assert machine.pciback.wait(lambda d: domid not in d.devices, 5)
     assert machine.stub.get(nic.sbdf).owner is None
+
+
+def test_guest_faking_a_new_generation_only_hurts_itself(
+    two_guests: tuple[Machine, Pcifront, Pcifront],
+) -> None:
+    """A guest writes Initialising into its own frontend ``state`` (what a re-created
+    node reads): its own kernel re-probes; pciback keeps its device Connected (its
+    generation test reads the dom0-only backend node) and the other guest is untouched."""
+    m, evil, good = two_guests
+    back = m.pciback.devices[evil.domid]
+    kernel = m.guest(evil.domid)
+    kernel.xs.write(f"{evil.nodename}/state", "1")
+    # the guest's kernel sees a "new generation" and probes a fresh frontend,
+    # which cannot connect to a backend that is already Connected
+    assert kernel.wait(lambda k: k.pcifront is not None and k.pcifront is not evil, 5)
+    assert evil.watch is not None and evil.watch.superseded()
+    settled = threading.Event()
+    m.pciback.xs.watch("/test/settled", "settled", lambda _ev: settled.set())
+    assert settled.wait(5)
+    assert m.pciback.devices[evil.domid] is back and not back.superseded()
+    assert back.xenbus.state is S.XenbusStateConnected
+    assert m.stub.get(back.bus.devices()[0].sbdf).owner == evil.domid
+    _good_still_works(m, good)
