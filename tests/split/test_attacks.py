@@ -389,8 +389,8 @@ def test_guest_faking_a_new_generation_only_hurts_itself(
     two_guests: tuple[Machine, Pcifront, Pcifront],
 ) -> None:
     """A guest writes Initialising into its own frontend ``state`` (what a re-created
-    node reads): its own kernel re-probes; pciback keeps its device Connected (its
-    generation test reads the dom0-only backend node) and the other guest is untouched."""
+    node reads): its own kernel re-probes; pciback keeps the same device (its generation
+    test reads the dom0-only backend node), and the other guest is untouched."""
     m, evil, good = two_guests
     back = m.pciback.devices[evil.domid]
     kernel = m.guest(evil.domid)
@@ -403,6 +403,8 @@ def test_guest_faking_a_new_generation_only_hurts_itself(
     m.pciback.xs.watch("/test/settled", "settled", lambda _ev: settled.set())
     assert settled.wait(5)
     assert m.pciback.devices[evil.domid] is back and not back.superseded()
-    assert back.xenbus.state is S.XenbusStateConnected
+    # (its fresh frontend may time out talking to a backend still on the old page and
+    # close its own connection: that is the guest's loss alone)
+    assert back.watch is not None and back.watch.errors == []
     assert m.stub.get(back.bus.devices()[0].sbdf).owner == evil.domid
     _good_still_works(m, good)
