@@ -35,6 +35,15 @@ class _NoMsi:
     def disable_msix(self, dev: Any) -> None:
         pass
 
+    def prepare_msix(self, dev: Any) -> int:
+        return 0
+
+    def release_msix(self, dev: Any) -> int:
+        return 0
+
+    def memory_decode(self, dev: Any, owner: int, enabled: bool) -> int:
+        return 0
+
 
 def run() -> list[dict[str, Any]]:
     (nic,) = catalog.make("nic")

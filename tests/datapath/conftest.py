@@ -18,7 +18,8 @@ from xenpci.devices.nic import NicFunction
 from xenpci.guest.kernel import GuestKernel
 from xenpci.hv import PAGE_SHIFT, Domain, Hypervisor
 from xenpci.pci.address import SBDF
-from xenpci.toolstack.demo_scenario import NIC, NVME, UART, prepare_msix
+from xenpci.pciback.platform import prepare_msix
+from xenpci.toolstack.demo_scenario import NIC, NVME, UART
 from xenpci.toolstack.host import HostDescription, boot_machine
 from xenpci.toolstack.libxl import Libxl
 from xenpci.toolstack.machine import Machine
@@ -83,8 +84,7 @@ def boot_guests(iommu: bool = True) -> Guests:
     machine = boot_machine(HostDescription(iommu=iommu))
     lx = Libxl(machine, machine.xs, trace=machine.trace)
     for sbdf in (NIC, NVME, UART):
-        lx.assignable_add(sbdf)
-        prepare_msix(machine.dom0, machine.host_function(sbdf))
+        lx.assignable_add(sbdf)  # pciback protects the MSI-X table at seize
     kernels = []
     for name in ("guest1", "guest2"):
         cfg = load_domain_config_file(EXAMPLES / f"{name}.cfg")

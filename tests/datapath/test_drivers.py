@@ -13,6 +13,7 @@ import pytest
 
 from tests.datapath.conftest import Guests, boot_guests, vcpu_threads
 from xenpci.devices import nvme as nvme_hw
+from xenpci.devices.nic import E1000_IMS as IMS
 from xenpci.devices.nic import NicFunction
 from xenpci.devices.nvme import NvmeFunction
 from xenpci.guest.drivers.base import DeviceNotFound, PciDriver
@@ -21,6 +22,7 @@ from xenpci.guest.drivers.nvme import NvmeDriver
 from xenpci.guest.drivers.serial import SerialDriver
 from xenpci.guest.kernel import GuestKernel
 from xenpci.hv import PAGE_SHIFT, MmioDenied
+from xenpci.pci import regs
 from xenpci.toolstack.demo_scenario import NIC, NVME, UART
 from xenpci.toolstack.xlcfg import PciSpec
 
@@ -153,3 +155,43 @@ def test_hotplugged_uart_by_port_io_then_gone(guests: Guests) -> None:
     assert e.value.errno == "EPERM"
     assert guests.machine.trace.count("ioport_write", 0) == 0
     assert guests.machine.trace.count("ioport_write", guests.g1.domid) > 0
+
+
+def test_guest_memory_bit_unmaps_its_bars(guests: Guests) -> None:
+    """A guest clears COMMAND.MEMORY through pcifront: its BAR mapping goes dead (reads
+    float high, writes go nowhere, both traced as mmio_unmapped) while the device keeps
+    decoding for dom0; setting the bit again brings the same mapping back."""
+    wait_device(guests.g1, NicDriver)
+    drv = NicDriver(guests.g1)
+    drv.enable()
+    m = drv.iomap(0)
+    nic = guests.machine.host_function(NIC)
+    assert isinstance(nic, NicFunction)
+    m.write(IMS, 4, 0x80)
+    assert nic.core.regs["IMS"] == 0x80
+    trace, domid = guests.machine.trace, guests.g1.domid
+    cmd = drv.dev.read_config_checked(regs.PCI_COMMAND, 2)
+    drv.dev.write_config_checked(regs.PCI_COMMAND, 2, cmd & ~regs.PCI_COMMAND_MEMORY)
+    assert not drv.dev.read_config_checked(regs.PCI_COMMAND, 2) & regs.PCI_COMMAND_MEMORY
+    assert nic.config_read(regs.PCI_COMMAND, 2) & regs.PCI_COMMAND_MEMORY  # pciback: virtual
+    before = trace.count("mmio_unmapped", domid)
+    assert m.read(IMS, 4) == 0xFFFF_FFFF
+    m.write(IMS, 4, 0x01)
+    assert nic.core.regs["IMS"] == 0x80  # the write went nowhere
+    assert trace.count("mmio_unmapped", domid) == before + 2
+    assert guests.g2.domid not in guests.machine.hv.decode_off  # only the owner is affected
+    drv.dev.write_config_checked(regs.PCI_COMMAND, 2, cmd)
+    assert m.read(IMS, 4) == 0x80
+    assert domid not in guests.machine.hv.decode_off
+    drv.remove()
+
+
+def test_detach_with_decode_off_leaves_no_unmapping(guests: Guests) -> None:
+    wait_device(guests.g1, NicDriver)
+    drv = NicDriver(guests.g1)
+    drv.enable()
+    cmd = drv.dev.read_config_checked(regs.PCI_COMMAND, 2)
+    drv.dev.write_config_checked(regs.PCI_COMMAND, 2, cmd & ~regs.PCI_COMMAND_MEMORY)
+    assert guests.g1.domid in guests.machine.hv.decode_off
+    guests.lx.pci_detach("guest1", PciSpec(NIC))
+    assert guests.g1.domid not in guests.machine.hv.decode_off

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.datapath.conftest import NIC_BAR0, NIC_BAR3, BareNic, make_bare_nic
 from xenpci.hv import PAGE_SHIFT, InvalidArgument, PermissionDenied
 from xenpci.hv.msixtbl import MsixRegion, MsixTables
-from xenpci.toolstack.demo_scenario import msix_windows
+from xenpci.pciback.platform import msix_windows
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -35,6 +35,9 @@ class FakePlatform:
     next_pirq: int = 100
     calls: list[tuple[str, str, int, object]] = field(default_factory=list)
     refuse: int = 0  # a negative errno to return instead of pirqs
+    # MSI-X protection and memory decode requests, kept apart from the interrupt calls.
+    lifecycle: list[tuple[str, str, int, object]] = field(default_factory=list)
+    refuse_lifecycle: int = 0
 
     def enable_msi(self, dev: HostFunction, owner: int, nvec: int) -> list[int] | int:
         self.calls.append(("enable_msi", str(dev.sbdf), owner, nvec))
@@ -57,6 +60,18 @@ class FakePlatform:
 
     def disable_msix(self, dev: HostFunction) -> None:
         self.calls.append(("disable_msix", str(dev.sbdf), 0, None))
+
+    def prepare_msix(self, dev: HostFunction) -> int:
+        self.lifecycle.append(("prepare_msix", str(dev.sbdf), 0, None))
+        return self.refuse_lifecycle
+
+    def release_msix(self, dev: HostFunction) -> int:
+        self.lifecycle.append(("release_msix", str(dev.sbdf), 0, None))
+        return self.refuse_lifecycle
+
+    def memory_decode(self, dev: HostFunction, owner: int, enabled: bool) -> int:
+        self.lifecycle.append(("memory_decode", str(dev.sbdf), owner, enabled))
+        return self.refuse_lifecycle
 
 
 def firmware(dev: DeviceModel, bars: dict[int, int], irq: int = IRQ_LINE) -> DeviceModel:

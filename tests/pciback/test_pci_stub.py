@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pciback.conftest import NIC_BAR0, make_gpu, make_legacy, make_nic, seize
+from tests.pciback.conftest import (
+    NIC_BAR0,
+    FakePlatform,
+    make_gpu,
+    make_legacy,
+    make_nic,
+    seize,
+)
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pciback.conf_space import DeviceOptions, config_read, config_write
@@ -88,3 +95,55 @@ def test_cardbus_refused(stub: PciStub) -> None:
 def test_bad_policy_option() -> None:
     with pytest.raises(Exception, match="policy"):
         DeviceOptions(policy="lax")  # type: ignore[arg-type]
+
+
+def test_msix_prepared_at_seize_released_at_unbind(stub: PciStub, platform: FakePlatform) -> None:
+    nic, legacy = make_nic(), make_legacy()
+    stub.seize(nic)
+    stub.seize(legacy)  # no MSI-X capability: no hypercall (Linux checks dev->msix_cap)
+    assert platform.lifecycle == [("prepare_msix", str(nic.sbdf), 0, None)]
+    stub.get_pci_dev(nic.sbdf, 1)
+    stub.put_pci_dev(nic.sbdf)
+    assert len(platform.lifecycle) == 1  # a guest's release keeps the protection
+    stub.release(legacy.sbdf)
+    stub.release(nic.sbdf)
+    assert platform.lifecycle[1:] == [("release_msix", str(nic.sbdf), 0, None)]
+
+
+@pytest.mark.parametrize("policy", ["linux", "strict"])
+def test_guest_memory_bit_reaches_the_platform(
+    stub: PciStub, platform: FakePlatform, policy: str
+) -> None:
+    """Xen vPCI's rule in the PV model: the owner's COMMAND.MEMORY drives its BAR mapping,
+    while hardware keeps decoding (pciback keeps the bit virtual)."""
+    hw = make_nic()
+    psdev = seize(stub, hw, domid=7, policy=policy)
+    dd = psdev.dev_data
+    cmd = config_read(dd, regs.PCI_COMMAND, 2)[1] | regs.PCI_COMMAND_MEMORY
+    config_write(dd, regs.PCI_COMMAND, 2, cmd)  # the guest enables the device
+    platform.lifecycle.clear()
+    assert config_write(dd, regs.PCI_COMMAND, 2, cmd) == 0  # no change: no call
+    assert config_write(dd, regs.PCI_COMMAND, 2, cmd & ~regs.PCI_COMMAND_MEMORY) == 0
+    assert not config_read(dd, regs.PCI_COMMAND, 2)[1] & regs.PCI_COMMAND_MEMORY
+    assert hw.config_read(regs.PCI_COMMAND, 2) & regs.PCI_COMMAND_MEMORY  # hardware: still on
+    assert config_write(dd, regs.PCI_COMMAND, 2, cmd) == 0
+    off, on = ("memory_decode", str(hw.sbdf), 7, False), ("memory_decode", str(hw.sbdf), 7, True)
+    assert platform.lifecycle == [off, on]
+    # Left off at release: turned back on for that guest, then nothing more once unassigned.
+    config_write(dd, regs.PCI_COMMAND, 2, cmd & ~regs.PCI_COMMAND_MEMORY)
+    stub.put_pci_dev(hw.sbdf)
+    assert platform.lifecycle == [off, on, off, on]
+    config_write(dd, regs.PCI_COMMAND, 2, cmd)
+    assert platform.lifecycle == [off, on, off, on]
+
+
+def test_memory_decode_refusal_does_not_fail_the_guest_write(
+    stub: PciStub, platform: FakePlatform
+) -> None:
+    hw = make_nic()
+    dd = seize(stub, hw, domid=3).dev_data
+    cmd = config_read(dd, regs.PCI_COMMAND, 2)[1] | regs.PCI_COMMAND_MEMORY
+    config_write(dd, regs.PCI_COMMAND, 2, cmd)
+    platform.refuse_lifecycle = -1  # -EPERM
+    assert config_write(dd, regs.PCI_COMMAND, 2, cmd & ~regs.PCI_COMMAND_MEMORY) == 0
+    assert any("memory decode off for d3: -1" in w for w in dd.warnings)

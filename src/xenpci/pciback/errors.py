@@ -22,6 +22,7 @@ ENODEV = -errno.ENODEV  # -19
 EIO = -errno.EIO  # -5
 EBUSY = -errno.EBUSY  # -16
 ENOENT = -errno.ENOENT  # -2
+ENOSYS = -errno.ENOSYS  # -38
 
 
 class PcibackError(XenpciError):

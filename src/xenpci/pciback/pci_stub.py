@@ -11,8 +11,13 @@ Differences: reset picks the first of FLR, AF FLR, PM (D3hot->D0) that the
 function supports and *says* when none exists (Linux' ``__pci_reset_function_locked``
 also tries device-specific, ACPI and bus resets; a secondary bus reset would
 hit siblings we cannot see, so it is not used). The seize list (``hide=``,
-``new_slot``) is reduced to seizing a function directly; MSI-X table
-protection (``PHYSDEVOP_prepare_msix``) belongs to the hypervisor layer.
+``new_slot``) is reduced to seizing a function directly. MSI-X table
+protection (``PHYSDEVOP_prepare_msix`` at seize, ``release_msix`` at unbind)
+goes through the platform as in Linux. Not Linux: while a device is
+assigned, the guest's COMMAND.MEMORY is carried to the hypervisor's BAR
+mappings (Xen vPCI's behaviour, see ``header.memory_decode_follow``); a guest
+that left decode off has it turned back on for it when the device is taken
+back, so no stale unmapping outlives the assignment.
 """
 
 from __future__ import annotations
@@ -32,12 +37,20 @@ from xenpci.pciback.conf_space import (
     config_init_dev,
     config_reset_dev,
 )
-from xenpci.pciback.conf_space.dom0_pci import Dom0PciDev, HostFunction, InterruptPlatform
+from xenpci.pciback.conf_space.dom0_pci import (
+    Dom0PciDev,
+    HostFunction,
+    InterruptPlatform,
+    find_capability,
+    platform_call,
+)
+from xenpci.pciback.conf_space.header import memory_decode_follow
 from xenpci.pciback.conf_space.quirks import format_quirks, parse_quirk, quirk_field
 from xenpci.pciback.errors import (
     EBUSY,
     EINVAL,
     ENODEV,
+    ENOSYS,
     AssignError,
     FieldError,
     SeizeError,
@@ -113,12 +126,19 @@ class PciStub:
                 f"normal (0) or bridge (1) header type ({htype})",
             )
         linux = Dom0PciDev.probe(hw)
-        dd = DevData(hw=hw, linux=linux, params=self.params, options=options or DeviceOptions())
+        dd = DevData(
+            hw=hw,
+            linux=linux,
+            params=self.params,
+            options=options or DeviceOptions(),
+            platform=self.platform,
+        )
         try:
             config_init_dev(dd)
         except FieldError as e:
             raise SeizeError(str(hw.sbdf), EINVAL, e.reason) from None
         linux.pci_enable_device()
+        self._msix_hypercall(dd, "prepare")
         saved = linux.pci_save_state()
         psdev = PcistubDevice(hw=hw, dev_data=dd, saved_state=saved)
         self._reset_and_restore(psdev)
@@ -136,6 +156,7 @@ class PciStub:
             )
             self.put_pci_dev(sbdf)
         self._reset_and_restore(psdev)
+        self._msix_hypercall(psdev.dev_data, "release")
         self._reset_device(psdev)
         config_free_dev(psdev.dev_data)
         del self._devices[sbdf]
@@ -148,7 +169,7 @@ class PciStub:
             raise AssignError(
                 str(sbdf), ENODEV, f"Couldn't locate PCI device ({sbdf})! perhaps already in-use?"
             )
-        psdev.owner = domid
+        psdev.owner = psdev.dev_data.owner = domid
         return psdev
 
     def put_pci_dev(self, sbdf: SBDF) -> None:
@@ -157,12 +178,28 @@ class PciStub:
         ``allow_interrupt_control``."""
         psdev = self.get(sbdf)
         dd = psdev.dev_data
+        if dd.decode_off:
+            memory_decode_follow(dd, True)  # the guest left its mapping off: undo it
+        dd.owner = None
         self._reset_and_restore(psdev)
         self._reset_device(psdev)
         config_reset_dev(dd)
         config_free_dyn_fields(dd)
         dd.allow_interrupt_control = False
         psdev.owner = None
+
+    # --- the reset / disable helpers ----
+    def _msix_hypercall(self, dd: DevData, which: str) -> None:
+        """``PHYSDEVOP_prepare_msix`` / ``release_msix`` for a function with MSI-X. A
+        failure is logged and seizing goes on, as in Linux (-ENOSYS silently)."""
+        platform = self.platform
+        if platform is None or find_capability(dd.hw, regs.PCI_CAP_ID_MSIX) is None:
+            return
+        call = platform.prepare_msix if which == "prepare" else platform.release_msix
+        err = platform_call(lambda: call(dd.hw))
+        if err and err != ENOSYS:
+            verb = "preparation" if which == "prepare" else "release"
+            dd.warnings.append(f"MSI-X {verb} failed ({err})")
 
     # --- the reset / disable helpers -------------------------------------------------------
     def _reset_and_restore(self, psdev: PcistubDevice) -> None:

@@ -1,9 +1,18 @@
-"""The hypervisor-backed :class:`InterruptPlatform`: MSI/MSI-X vectors as pirqs.
+"""The hypervisor-backed :class:`InterruptPlatform`: MSI/MSI-X vectors as pirqs,
+MSI-X table protection, and BAR mappings that follow the guest's memory decode.
 
 Models dom0's ``xen_initdom_setup_msi_irqs`` (``arch/x86/pci/xen.c``): for
 each vector, ``PHYSDEVOP_map_pirq`` with the guest as owner; Xen's
 ``map_domain_pirq`` also grants the guest access to that irq, so the guest
 can bind the pirq to an event channel. Teardown revokes and unmaps.
+
+``PHYSDEVOP_prepare_msix`` / ``release_msix`` are issued at seize and release
+(``pcistub_init_device`` / ``pcistub_device_release``); the table and PBA
+windows are computed here from the function's MSI-X capability and BARs
+(:func:`msix_windows`), because the hypervisor model has no config space.
+:meth:`HvInterruptPlatform.memory_decode` maps or unmaps each memory BAR's
+frames for the owner: Xen vPCI's behaviour carried to the PV model (Linux PV
+pciback never tells Xen about the guest's COMMAND.MEMORY).
 
 Interrupt source names are ``msi:SBDF:N`` / ``msix:SBDF:ENTRY`` (the
 hypervisor's naming for message-signalled sources); :meth:`pirq_for` maps a
@@ -28,7 +37,11 @@ from collections.abc import Sequence
 from xenpci.devices.base import DeviceModel
 from xenpci.hv.errors import HvError
 from xenpci.hv.hypercalls import Hypercalls
+from xenpci.hv.memory import PAGE_SHIFT
+from xenpci.pci import regs
 from xenpci.pci.address import SBDF
+from xenpci.pci.capabilities import find_capability
+from xenpci.pci.function import PciFunction
 from xenpci.pciback.conf_space.dom0_pci import HostFunction
 
 #: x86 MSI address base (Intel SDM vol. 3 §11.11.1: 0xFEEx_xxxx).
@@ -71,7 +84,7 @@ class HvInterruptPlatform:
                 self._hc.irq_permission(owner, pirq, True)
         except HvError as e:
             self._unmap(done)
-            return -int(getattr(errno, e.errno, errno.EINVAL))
+            return _errno(e)
         with self._lock:
             self._mapped[(dev.sbdf, kind)] = done
         if kind == "msix":
@@ -103,6 +116,81 @@ class HvInterruptPlatform:
         entries = self._pop(dev, "msix")
         _mask_msix(dev, [i for i, _, _ in entries])
         self._unmap(entries)
+
+    def prepare_msix(self, dev: HostFunction) -> int:
+        try:
+            prepare_msix(self._hc, dev)
+        except HvError as e:
+            return _errno(e)
+        return 0
+
+    def release_msix(self, dev: HostFunction) -> int:
+        if msix_windows(dev) is None:
+            return 0  # nothing was prepared
+        try:
+            self._hc.release_msix(dev.sbdf.sbdf_int)
+        except HvError as e:
+            return _errno(e)
+        return 0
+
+    def memory_decode(self, dev: HostFunction, owner: int, enabled: bool) -> int:
+        # Every BAR is tried: one the toolstack did not grant is refused by the
+        # hypervisor (the guest could not map it anyway), the others still follow.
+        err = 0
+        for first, nr in memory_bar_frames(dev):
+            try:
+                self._hc.memory_decode(owner, first, nr, enabled)
+            except HvError as e:
+                err = err or _errno(e)
+        return err
+
+
+def msix_windows(fn: PciFunction) -> tuple[int, int, int, int] | None:
+    """(table paddr, table size, PBA paddr, PBA size) of ``fn``'s MSI-X, from its config;
+    None without MSI-X or when the BAR holding the table or PBA has no address."""
+    cap = find_capability(fn.config, regs.PCI_CAP_ID_MSIX)
+    if cap is None:
+        return None
+    nvec = (fn.config.read(cap + regs.PCI_MSIX_FLAGS, 2) & regs.PCI_MSIX_FLAGS_QSIZE) + 1
+    table = fn.config.read(cap + regs.PCI_MSIX_TABLE, 4)
+    pba = fn.config.read(cap + regs.PCI_MSIX_PBA, 4)
+    bars = {b.index: b for b in fn.bars}
+    tbar = bars.get(table & regs.PCI_MSIX_TABLE_BIR)
+    pbar = bars.get(pba & regs.PCI_MSIX_PBA_BIR)
+    if tbar is None or pbar is None or not tbar.address or not pbar.address:
+        return None
+    return (
+        tbar.address + (table & regs.PCI_MSIX_TABLE_OFFSET),
+        nvec * regs.PCI_MSIX_ENTRY_SIZE,
+        pbar.address + (pba & regs.PCI_MSIX_PBA_OFFSET),
+        max(8, (nvec + 63) // 64 * 8),  # one pending bit per vector, in qwords
+    )
+
+
+def prepare_msix(dom0: Hypercalls, fn: PciFunction) -> bool:
+    """``PHYSDEVOP_prepare_msix`` for ``fn``; False when it has no placed MSI-X.
+    A hypervisor refusal is raised (:class:`~xenpci.hv.errors.HvError`)."""
+    windows = msix_windows(fn)
+    if windows is None:
+        return False
+    dom0.prepare_msix(fn.sbdf.sbdf_int, *windows)
+    return True
+
+
+def memory_bar_frames(fn: PciFunction) -> list[tuple[int, int]]:
+    """``(first_mfn, nr_mfns)`` of each placed memory BAR (not the ROM: its own enable
+    bit governs it, and vPCI does not map it for guests)."""
+    out = []
+    for bar in fn.bars:
+        if bar.kind in ("mem32", "mem64") and bar.size and bar.address:
+            first = bar.address >> PAGE_SHIFT
+            last = (bar.address + bar.size - 1) >> PAGE_SHIFT
+            out.append((first, last - first + 1))
+    return out
+
+
+def _errno(e: HvError) -> int:
+    return -int(getattr(errno, e.errno, errno.EINVAL))
 
 
 def _program_msix(dev: HostFunction, entries: list[tuple[int, int, int]]) -> None:

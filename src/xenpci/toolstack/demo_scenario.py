@@ -10,15 +10,8 @@ into guest 1 and removes it, and then plays the attacks a hostile guest 2
 would try: map guest 1's BAR, DMA outside its memory, redirect an MSI-X
 message. The trace of the run gives the proof that the data plane never
 touches dom0 (:func:`path_counts`), and a sequence diagram of the connect
-handshake and one op (:func:`sequence`).
-
-Adapters that stand in for hooks other layers do not have yet (each is one
-call, done where the real component would do it):
-
-- :func:`prepare_msix`: ``PHYSDEVOP_prepare_msix`` for each seized device
-  with MSI-X (Linux pciback's ``pcistub_init_device`` issues it);
-- the machine's xenstored is given the run's trace, so XenStore requests
-  are counted.
+handshake and one op (:func:`sequence`). MSI-X tables are protected by
+pciback itself when it seizes a device, as in Linux.
 """
 
 from __future__ import annotations
@@ -37,12 +30,10 @@ from xenpci.guest.drivers.nic import NicDriver
 from xenpci.guest.drivers.nvme import NvmeDriver
 from xenpci.guest.drivers.serial import SerialDriver
 from xenpci.guest.kernel import GuestKernel
-from xenpci.hv import PAGE_SHIFT, Hypercalls
+from xenpci.hv import PAGE_SHIFT
 from xenpci.hv.errors import HvError
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
-from xenpci.pci.capabilities import find_capability
-from xenpci.pci.function import PciFunction
 from xenpci.toolstack.errors import Refused
 from xenpci.toolstack.host import HostDescription, boot_machine
 from xenpci.toolstack.libxl import Libxl
@@ -120,37 +111,6 @@ class DemoReport:
         raise KeyError(what)
 
 
-# -- dom0's side ---------------------------------------------------------------------
-def msix_windows(fn: PciFunction) -> tuple[int, int, int, int] | None:
-    """(table paddr, table size, PBA paddr, PBA size) of ``fn``'s MSI-X, from its config."""
-    cap = find_capability(fn.config, regs.PCI_CAP_ID_MSIX)
-    if cap is None:
-        return None
-    nvec = (fn.config.read(cap + regs.PCI_MSIX_FLAGS, 2) & regs.PCI_MSIX_FLAGS_QSIZE) + 1
-    table = fn.config.read(cap + regs.PCI_MSIX_TABLE, 4)
-    pba = fn.config.read(cap + regs.PCI_MSIX_PBA, 4)
-    bars = {b.index: b for b in fn.bars}
-    tbar = bars.get(table & regs.PCI_MSIX_TABLE_BIR)
-    pbar = bars.get(pba & regs.PCI_MSIX_PBA_BIR)
-    if tbar is None or pbar is None or not tbar.address or not pbar.address:
-        return None
-    return (
-        tbar.address + (table & regs.PCI_MSIX_TABLE_OFFSET),
-        nvec * regs.PCI_MSIX_ENTRY_SIZE,
-        pbar.address + (pba & regs.PCI_MSIX_PBA_OFFSET),
-        max(8, (nvec + 63) // 64 * 8),
-    )
-
-
-def prepare_msix(dom0: Hypercalls, fn: PciFunction) -> bool:
-    """``PHYSDEVOP_prepare_msix`` for ``fn`` (as pciback does on seize); False: no MSI-X."""
-    windows = msix_windows(fn)
-    if windows is None:
-        return False
-    dom0.prepare_msix(fn.sbdf.sbdf_int, *windows)
-    return True
-
-
 # -- the run -------------------------------------------------------------------------
 Progress = Callable[[str], None]
 
@@ -186,7 +146,6 @@ def run_demo(
     t0 = time.perf_counter()
     machine = boot_machine(HostDescription(iommu=iommu))
     trace = machine.trace
-    machine.store.trace = trace  # count XenStore requests too (see module doc)
     report = DemoReport(iommu=iommu, trace=trace)
 
     def step(text: str) -> None:
@@ -198,8 +157,7 @@ def run_demo(
         step(f"booted Xen (IOMMU {'on' if iommu else 'OFF'}), dom0, xenstored, pciback")
         lx = Libxl(machine, machine.xs, trace=trace, timeout=timeout)
         for sbdf in (NIC, NVME, UART):
-            lx.assignable_add(sbdf)
-            prepare_msix(machine.dom0, machine.host_function(sbdf))
+            lx.assignable_add(sbdf)  # pciback protects the MSI-X table at seize
         step("dom0: NIC, NVMe and UART made assignable; MSI-X tables protected")
 
         # A page of dom0's own memory: the target of guest 2's stray DMA later.

@@ -125,7 +125,7 @@ class Machine:
         self.trace = trace if trace is not None else Trace()
         self.hv = Hypervisor(iommu=iommu, trace=self.trace)
         self.op_timeout = op_timeout
-        self.store = XenStore()
+        self.store = XenStore(trace=self.trace)
         # xenstored's side of the guests' rings, served on dom0's vCPU.
         self.rings = XenstoredRings(self.store, self.hv.dom0) if guest_xenstore == "ring" else None
         #: dom0's toolstack connection (what libxl/xl use).

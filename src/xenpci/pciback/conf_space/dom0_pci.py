@@ -37,13 +37,25 @@ HostFunction = PciFunction
 
 
 class InterruptPlatform(Protocol):
-    """How dom0 gets MSI/MSI-X vectors for a guest: pirqs from the hypervisor.
+    """What pciback asks of the hypervisor through dom0 for a seized device.
 
-    Linux dom0 does this in ``xen_initdom_setup_msi_irqs`` (``arch/x86/pci/xen.c``):
-    ``PHYSDEVOP_map_pirq`` with the guest as owner, so the returned pirqs live in
-    the guest's pirq space. A refusal is returned as a negative errno (the value
+    MSI/MSI-X vectors are pirqs: Linux dom0 does this in
+    ``xen_initdom_setup_msi_irqs`` (``arch/x86/pci/xen.c``), ``PHYSDEVOP_map_pirq``
+    with the guest as owner, so the returned pirqs live in the guest's pirq
+    space. MSI-X table protection is ``PHYSDEVOP_prepare_msix`` at seize and
+    ``PHYSDEVOP_release_msix`` at release (``pci_stub.c``; privileged since
+    XSA-87). :meth:`memory_decode` follows the guest's COMMAND.MEMORY bit into
+    the hypervisor's mapping of the BARs: that is Xen vPCI's behaviour
+    (``cmd_write``/``modify_bars``) carried to the PV model, Linux PV pciback
+    has no such hook. A refusal is returned as a negative errno (the value
     pciback would get); a raised ``XenpciError`` is converted to one.
     """
+
+    def prepare_msix(self, dev: HostFunction) -> int: ...
+
+    def release_msix(self, dev: HostFunction) -> int: ...
+
+    def memory_decode(self, dev: HostFunction, owner: int, enabled: bool) -> int: ...
 
     def enable_msi(self, dev: HostFunction, owner: int, nvec: int) -> list[int] | int: ...
 
@@ -88,7 +100,7 @@ def find_capability(hw: HostFunction, cap_id: int) -> int | None:
     return _find_capability(hw.config, cap_id)
 
 
-def _platform_call(call: Callable[[], list[int] | int]) -> list[int] | int:
+def platform_call(call: Callable[[], list[int] | int]) -> list[int] | int:
     """Run a platform request; a raised xenpci error becomes its negative errno, so
     a hypervisor refusal can never escape into (and stop) the op handler."""
     try:
@@ -249,7 +261,7 @@ class Dom0PciDev:
         _, flags = hw_read(self.hw, pos + regs.PCI_MSI_FLAGS, 2)
         if nvec < 1 or nvec > 1 << ((flags & regs.PCI_MSI_FLAGS_QMASK) >> 1):
             return EINVAL
-        got = _platform_call(lambda: platform.enable_msi(self.hw, owner, nvec))
+        got = platform_call(lambda: platform.enable_msi(self.hw, owner, nvec))
         if isinstance(got, int):
             return got
         self.pci_intx(False)
@@ -278,7 +290,7 @@ class Dom0PciDev:
             return EINVAL
         if not entries or any(e >= size for e in entries) or len(set(entries)) != len(entries):
             return EINVAL
-        got = _platform_call(lambda: platform.enable_msix(self.hw, owner, entries))
+        got = platform_call(lambda: platform.enable_msix(self.hw, owner, entries))
         if isinstance(got, int):
             return got
         self.pci_intx(False)

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from xenpci.abi.pciif import XEN_PCI_ERR_invalid_offset
-from xenpci.pciback.conf_space.dom0_pci import Dom0PciDev, HostFunction, hw_read, hw_write
+from xenpci.pciback.conf_space.dom0_pci import (
+    Dom0PciDev,
+    HostFunction,
+    InterruptPlatform,
+    hw_read,
+    hw_write,
+)
 from xenpci.pciback.errors import FieldError
 
 # Linux PCIBIOS return codes (include/linux/pci.h) used by field handlers.
@@ -161,6 +167,11 @@ class DevData:
     isr_on: bool = False
     ack_intr: bool = False
     handled: int = 0  # interrupts the fake INTx handler acknowledged
+    # The guest the device is assigned to (``psdev->pdev`` set) and the platform
+    # that carries its COMMAND.MEMORY changes to the hypervisor (set by pci_stub).
+    owner: int | None = None
+    platform: InterruptPlatform | None = None
+    decode_off: bool = False  # the owner's BAR mappings were last turned off
     config_fields: list[FieldEntry] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xenpci.pci import regs
+from xenpci.pciback.conf_space.dom0_pci import platform_call
 from xenpci.pciback.conf_space.engine import ConfigField, DevData, InitHandler
 
 # Bits of COMMAND whose hardware value the guest sees (and, in permissive
@@ -143,13 +144,38 @@ def command_write(dd: DevData, offset: int, value: int, data: object) -> int:
     if dd.allow_interrupt_control and ((data.val ^ value) & regs.PCI_COMMAND_INTX_DISABLE):
         linux.pci_intx(not value & regs.PCI_COMMAND_INTX_DISABLE)
 
-    data.val = value
+    old, data.val = data.val, value
+    if (old ^ value) & regs.PCI_COMMAND_MEMORY:
+        memory_decode_follow(dd, bool(value & regs.PCI_COMMAND_MEMORY))
     if not dd.is_permissive:
         return 0
     err, hw = dd.hw_read(offset, 2)
     if err or hw == value:
         return err
     return dd.hw_write(offset, 2, (value & PCI_COMMAND_GUEST) | (hw & ~PCI_COMMAND_GUEST))
+
+
+def memory_decode_follow(dd: DevData, enabled: bool) -> None:
+    """Map or unmap the owner's BAR frames after its virtual MEMORY bit changed.
+
+    Not Linux: PV pciback keeps MEMORY virtual, so hardware goes on decoding
+    and the guest's BAR mapping would stay live. Xen's vPCI unmaps a domU's
+    BARs when it clears MEMORY (``cmd_write`` -> ``modify_bars``); we carry that
+    behaviour to the PV model through the platform. A refusal is recorded on
+    the device, never returned: the guest's COMMAND write itself succeeded.
+
+    Difference from vPCI: the mapping starts live (the hypervisor's default)
+    and follows the bit from its first change; vPCI starts a domU with decode
+    off. A PV guest kernel sets MEMORY when it enables the device, so the two
+    agree from then on.
+    """
+    owner, platform = dd.owner, dd.platform
+    if owner is None or platform is None:
+        return  # not assigned (dom0's own view) or no hypervisor behind pciback
+    dd.decode_off = not enabled
+    err = platform_call(lambda: platform.memory_decode(dd.hw, owner, enabled))
+    if err:
+        dd.warnings.append(f"memory decode {'on' if enabled else 'off'} for d{owner}: {err}")
 
 
 # --- BARs and ROM --------------------------------------------------------------------
