@@ -53,6 +53,12 @@ def wait_node(xs: XsClient, path: str, value: str, timeout: float = 10.0) -> Non
         xs.unwatch(path, token)
 
 
+def kill_when_claimed(machine: Machine, sbdf: SBDF, domid: int) -> None:
+    """Destroy guest ``domid`` as soon as libxl records ``sbdf`` as assigned to it."""
+    wait_node(machine.xs, f"{lp.libxl_pci_path(sbdf)}/domid", str(domid), timeout=30)
+    machine.stop_guest(domid)
+
+
 @pytest.fixture(params=[True], ids=["iommu"])
 def machine(request: pytest.FixtureRequest) -> Iterator[Machine]:
     m = boot_machine(HostDescription(iommu=request.param))
@@ -215,15 +221,20 @@ def test_guest_killed_mid_attach(machine: Machine, libxl: Libxl) -> None:
     cmd = nvme.config_read(regs.PCI_COMMAND, 2)
     nvme.config_write(regs.PCI_COMMAND, 2, cmd | regs.PCI_COMMAND_MASTER)
     # A third attach waits for the backend to be Connected again; the guest dies meanwhile.
-    killer = threading.Timer(0.3, machine.stop_guest, args=(domid,))
+    # The killer strikes once the attach has begun (libxl has claimed the device), not
+    # after a fixed delay: wherever the attach then is (granting, or waiting on the
+    # backend), the death must end it with DomainGone.
+    libxl.timeout = 20.0  # the attach must be ended by the death, not by its timeout
+    killer = threading.Thread(target=kill_when_claimed, args=(machine, LEGACY, domid))
     killer.start()
     t0 = time.monotonic()
     try:
         with pytest.raises(DomainGone):
             libxl.pci_attach(domid, spec("07:00.0"))
     finally:
-        killer.join()
-    assert time.monotonic() - t0 < 2.5  # woken by @releaseDomain, not the 3 s timeout
+        killer.join(timeout=30)
+    assert not killer.is_alive()
+    assert time.monotonic() - t0 < 10  # woken by @releaseDomain, not the 20 s timeout
     # the device being attached was rolled back at once
     assert lp.assigned_domid(machine.xs, LEGACY) is None
     assert LEGACY in {d.sbdf for d in libxl.assignable_list()}
@@ -234,6 +245,21 @@ def test_guest_killed_mid_attach(machine: Machine, libxl: Libxl) -> None:
     for s in (NIC, NVME, LEGACY):
         assert machine.hv.iommu.owner(s.sbdf_int) == 0
     assert not machine.xs.exists(lp.backend_path(domid))
+
+
+def test_attach_to_a_guest_that_died_unnoticed(machine: Machine, libxl: Libxl) -> None:
+    """The guest is gone before the attach grants anything: DomainGone, nothing kept."""
+    libxl.assignable_add(LEGACY)
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16'))
+    machine.stop_guest(domid)  # died behind the toolstack's back (libxl still has it)
+    with pytest.raises(DomainGone) as e:
+        libxl.pci_attach(domid, spec("07:00.0"))
+    assert e.value.domid == domid
+    assert lp.assigned_domid(machine.xs, LEGACY) is None
+    assert [d.sbdf for d in libxl.assignable_list()] == [LEGACY]
+    assert machine.hv.iommu.owner(LEGACY.sbdf_int) == 0
+    libxl.domain_destroy(domid)
+    assert [d.name for d in libxl.domain_list()] == ["Domain-0"]
 
 
 def test_no_iommu_refuses_dma_capable_devices() -> None:
@@ -309,7 +335,9 @@ def test_destroy_ends_an_attach_waiting_on_a_wedged_guest(machine: Machine, libx
 
     t = threading.Thread(target=waiter)
     t.start()
-    time.sleep(0.3)  # let it block on the backend
+    # Once libxl has claimed the device the waiter holds the context (a fixed sleep
+    # could let the destroy run first, and the attach would then find no domain).
+    wait_node(machine.xs, f"{lp.libxl_pci_path(LEGACY)}/domid", str(domid), timeout=30)
     t0 = time.monotonic()
     libxl.domain_destroy(domid)
     t.join(timeout=10)

@@ -44,7 +44,7 @@ from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.toolstack import libxl_pci as lp
-from xenpci.toolstack.errors import LibxlErrorCode, Refused, ToolstackError
+from xenpci.toolstack.errors import DomainGone, LibxlErrorCode, Refused, ToolstackError
 from xenpci.toolstack.xlcfg import DomainConfig, PciSpec
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
@@ -606,6 +606,11 @@ class Libxl:
             )
         except HvError as e:
             self._release(rec, sbdf)
+            if not self._alive(rec.domid):
+                # The guest died under us (xl destroy, a crash): the hypercall failed
+                # because the domain is gone, which is what the caller must hear, the
+                # same error a death seen while waiting on the backend gives.
+                raise DomainGone(rec.domid) from e
             raise ToolstackError(f"PCI device {sbdf}: hypervisor refused: {e}") from e
         except BaseException:
             self._release(rec, sbdf)
@@ -651,8 +656,7 @@ class Libxl:
     def _release(self, rec: DomainRecord, sbdf: SBDF) -> None:
         """Revoke what the attach granted, de-assign, reset, and forget the owner."""
         g = rec.grants.pop(sbdf, Grants())
-        alive = any(d.domid == rec.domid for d in self.hv.domains())
-        if alive:
+        if self._alive(rec.domid):
             for first, nr in g.iomem:
                 self._ignore_hv(self._dom0.iomem_permission, rec.domid, first, nr, False)
             for first, nr in g.ioports:
@@ -665,6 +669,9 @@ class Libxl:
         self.platform.reset_device(sbdf)
         with contextlib.suppress(XsError):
             lp.clear_assigned_domid(self.xs, sbdf)
+
+    def _alive(self, domid: int) -> bool:
+        return any(d.domid == domid for d in self.hv.domains())
 
     @staticmethod
     def _ignore_hv(call: Callable[..., object], *args: object) -> None:
