@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.devices.conftest import enable
@@ -175,7 +175,7 @@ def test_hostile_tail_beyond_ring_is_ignored(setup: tuple[Driver, IrqLog]) -> No
     assert drv.fn.core.errors
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(min_size=1, max_size=5000), min_size=1, max_size=3))
 def test_any_frame_round_trips(frames: list[bytes]) -> None:
     mem = MemoryDmaPort()

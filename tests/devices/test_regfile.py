@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenpci.devices.errors import MmioError
@@ -65,6 +65,7 @@ def test_hook_runs_even_when_value_unchanged() -> None:
     assert calls == [(0, 5), (5, 5)]
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.tuples(st.sampled_from([1, 2, 4, 8]), st.integers(0, 3), st.integers(0, 2**64 - 1)),

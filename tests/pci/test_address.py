@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenpci.pci.address import PCI_DEVFN, PCI_FUNC, PCI_SLOT, SBDF, parse_xl_bdf
@@ -37,6 +37,7 @@ def test_devfn_matches_linux_macros() -> None:
     assert (PCI_SLOT(0x0A), PCI_FUNC(0x0A)) == (1, 2)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sbdfs)
 def test_print_parse_roundtrip(a: SBDF) -> None:
     assert SBDF.parse(str(a)) == a
@@ -107,6 +108,7 @@ def test_xl_bdf_errors(text: str, fragment: str) -> None:
     assert fragment in str(exc.value)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=20))
 def test_parse_never_crashes(text: str) -> None:
     try:

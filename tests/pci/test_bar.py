@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenpci.pci import regs
@@ -100,6 +100,7 @@ def _bar_config(kind: str, size: int, address: int, pref: bool = False) -> Confi
     return cs
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     kind=st.sampled_from(["io", "mem32", "mem64"]),
     log2=st.integers(2, 40),

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenpci.pci import regs
@@ -206,7 +206,7 @@ def _build_space(
     return ConfigSpace(cs.raw()[:known], size), known
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_pointer_rich_spaces())
 def test_walkers_terminate_on_hostile_spaces(case: tuple[ConfigSpace, int]) -> None:
     """Any list: walks end, offsets are unique, aligned, in range and within known bytes."""

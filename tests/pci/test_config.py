@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenpci.pci import regs
@@ -129,6 +129,7 @@ def test_masks_cannot_overlap() -> None:
         cs.set_wmask(6, 2, 0x1000)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.binary(min_size=8, max_size=8),
     wmask=st.integers(0, 0xFFFFFFFF),

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.interop import require_executable
@@ -160,7 +160,7 @@ _fuzz_lines = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_fuzz_lines)
 def test_parser_fuzz_only_raises_source_error(lines: list[str]) -> None:
     try:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.interop import require_executable
@@ -142,7 +142,7 @@ def test_this_hosts_sysfs_matches_lspci() -> None:
             assert any("non-root" in note for note in ours.notes)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     config=st.binary(max_size=300),
     resource=st.text(alphabet="0x123456789abcdef \n", max_size=200),

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenpci.abi import pciif
@@ -206,6 +206,7 @@ def test_scan_probes_every_devfn_and_sizes_bars() -> None:
     assert bus.reads - before == 254
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=40))
 def test_dev_and_vdev_parsers_fail_precisely_on_any_text(text: str) -> None:
     # hostile XenStore values: either a valid address or the layer's own error
@@ -220,6 +221,7 @@ def test_dev_and_vdev_parsers_fail_precisely_on_any_text(text: str) -> None:
     assert parse_dev(format_vdev(GuestAddress(got.segment, got.bus, got.devfn))) == got
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 0xFFFF), st.integers(0, 0xFF), st.integers(0, 0x1F), st.integers(0, 7))
 def test_vdev_written_by_pciback_is_read_back_by_pcifront(d: int, b: int, s: int, f: int) -> None:
     text = format_vdev(GuestAddress(d, b, (s << 3) | f))

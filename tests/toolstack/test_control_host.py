@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenpci.toolstack.control import (
@@ -73,7 +73,7 @@ def test_refusal_crosses_the_wire_with_reason_and_code() -> None:
     assert back.id == 9
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_random_lines_never_raise_anything_but_protocol_errors(data: bytes) -> None:
     f = LineFramer(limit=256)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenpci.pci.address import SBDF
@@ -152,7 +152,7 @@ _devices = st.builds(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     devs=st.lists(_devices, min_size=1, max_size=6, unique_by=lambda d: d.sbdf),
     removals=st.lists(st.integers(0, 10), max_size=6),

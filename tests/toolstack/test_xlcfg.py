@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xenpci.pci.address import SBDF
@@ -173,6 +173,7 @@ sbdfs = st.builds(
 flag = st.booleans()
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sbdf=sbdfs,
     vslot=st.none() | st.integers(0, 0x1F),
@@ -220,6 +221,7 @@ def test_generated_specs_parse_to_their_fields(
     assert spec.rdm_policy == rdm and spec.name is None and not spec.all_functions
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=40))
 def test_arbitrary_text_never_crashes(text: str) -> None:
     """Any input either parses or raises XlCfgError located inside the text."""
@@ -230,6 +232,7 @@ def test_arbitrary_text_never_crashes(text: str) -> None:
         assert e.column >= 1
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet="0123456789abcdef:.,@=*xbdfvslotnamepriz", max_size=30))
 def test_arbitrary_spec_never_crashes(text: str) -> None:
     try:

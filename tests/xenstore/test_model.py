@@ -11,7 +11,7 @@ always succeeds, while one that read a value changed outside since always fails.
 from __future__ import annotations
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -172,5 +172,10 @@ class StoreMachine(RuleBasedStateMachine):
                 assert f.payload == b"ENOENT\0", path
 
 
-StoreMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+StoreMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 test_store_matches_model = pytest.mark.timeout(120)(StoreMachine.TestCase)

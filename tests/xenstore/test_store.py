@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.interop import require_module
@@ -279,7 +279,7 @@ def test_perms_value_roundtrip() -> None:
 
 
 @pytest.mark.interop
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.sampled_from(["/", "a", "Z", "9", "-", "_", "@", " ", ".", "\x00", "é", "~", "//"]),
