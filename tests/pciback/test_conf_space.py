@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.pciback.conftest import NIC_BAR0, make_nic, make_vpd_function, seize
+from tests.pciback.conftest import NIC_BAR0, FakePlatform, make_nic, make_vpd_function, seize
 from xenpci.pci import regs
 from xenpci.pciback.conf_space import ConfigField, add_field, config_read, config_write
 from xenpci.pciback.conf_space.engine import (
     PCIBIOS_SET_FAILED,
+    DevData,
     merge_value,
     xen_pcibios_err_to_errno,
 )
@@ -131,3 +134,49 @@ def test_field_table_rows_are_valid() -> None:
         ConfigField("x.y", 0, 3)
     with pytest.raises(Exception, match="offset"):
         ConfigField("x.y", 0x1000, 4)
+
+
+def _linear_read(dd: DevData, offset: int, size: int) -> tuple[int, int]:
+    """Linux's ``xen_pcibk_config_read`` loop as written: every entry, in list order."""
+    err, value = dd.hw_read(offset, size)
+    for e in dd.config_fields:
+        if offset + size > e.start and e.end > offset:
+            if e.field.read is None:
+                tmp = 0
+            else:
+                err, tmp = e.field.read(dd, e.start, e.data)
+                tmp &= (1 << (8 * e.field.size)) - 1
+            if err:
+                break
+            value = merge_value(value, tmp, (1 << (8 * e.field.size)) - 1, e.start - offset)
+    return xen_pcibios_err_to_errno(err), value
+
+
+_quirk_fields = st.lists(
+    st.tuples(st.sampled_from([1, 2, 4]), st.integers(0, 0xFF), st.integers(0, 0xFFFFFFFF)),
+    max_size=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    quirks=_quirk_fields,
+    reads=st.lists(st.tuples(st.integers(-8, 0x110), st.sampled_from([1, 2, 4]))),
+)
+def test_indexed_lookup_matches_linear_scan(
+    quirks: list[tuple[int, int, int]], reads: list[tuple[int, int]]
+) -> None:
+    """The offset index is only a cache: with arbitrary extra fields (overlapping
+    each other and the header, added between reads), every read equals Linux's
+    full linear scan, and fields added later are seen at once."""
+    dd = PciStub(platform=FakePlatform()).seize(make_nic()).dev_data
+    for i, (size, off, val) in enumerate(quirks):
+        off -= off % size
+        fld = ConfigField(f"test.q{i}", off, size, read=lambda _d, _o, _data, v=val: (0, v))
+        add_field(dd, fld)
+        for offset, rsize in reads[i : i + 3]:
+            offset -= offset % rsize
+            assert config_read(dd, offset, rsize) == _linear_read(dd, offset, rsize)
+    for offset, rsize in reads:
+        offset -= offset % rsize
+        assert config_read(dd, offset, rsize) == _linear_read(dd, offset, rsize)

@@ -23,6 +23,7 @@ space: no -EINVAL is reported), and writes to them are always dropped.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -107,14 +108,13 @@ class FieldEntry:
     field: ConfigField
     base_offset: int
     data: object = None
+    # Placed once: computed here rather than per access (the hot path reads them).
+    start: int = dataclasses.field(init=False)
+    end: int = dataclasses.field(init=False)
 
-    @property
-    def start(self) -> int:
-        return self.base_offset + self.field.offset
-
-    @property
-    def end(self) -> int:
-        return self.start + self.field.size
+    def __post_init__(self) -> None:
+        self.start = self.base_offset + self.field.offset
+        self.end = self.start + self.field.size
 
 
 @dataclass(slots=True)
@@ -174,6 +174,10 @@ class DevData:
     decode_off: bool = False  # the owner's BAR mappings were last turned off
     config_fields: list[FieldEntry] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Lookup cache over ``config_fields`` (see :func:`fields_at`); rebuilt whenever the
+    # list is replaced or grows/shrinks, which is how the engine changes it.
+    _index: dict[int, tuple[FieldEntry, ...]] = field(default_factory=dict, repr=False)
+    _indexed: tuple[list[FieldEntry] | None, int] = field(default=(None, -1), repr=False)
 
     @property
     def is_permissive(self) -> bool:
@@ -214,6 +218,30 @@ def _overlaps(entry: FieldEntry, offset: int, size: int) -> bool:
     return offset + size > entry.start and entry.end > offset
 
 
+def fields_at(dd: DevData, offset: int) -> tuple[FieldEntry, ...]:
+    """The entries touching the dword holding ``offset``, in list (Linux) order.
+
+    A valid request (size 1/2/4, naturally aligned) never leaves its dword, so
+    these are the only entries it can overlap; callers still apply the exact
+    overlap test. Linux scans the whole list per access; the index only skips
+    entries that cannot match, so order, overlaps and "last error wins" are
+    unchanged.
+    """
+    fields = dd.config_fields
+    indexed, length = dd._indexed
+    if indexed is not fields or length != len(fields):
+        # Holding the list itself (not its id) means a new list is always noticed.
+        dd._index = {}
+        dd._indexed = (fields, len(fields))
+    dword = offset >> 2
+    hit = dd._index.get(dword)
+    if hit is None:
+        lo = dword << 2
+        hit = tuple(e for e in fields if _overlaps(e, lo, 4))
+        dd._index[dword] = hit
+    return hit
+
+
 def _field_read(dd: DevData, entry: FieldEntry) -> tuple[int, int]:
     if entry.field.read is None:
         return 0, 0  # a field without a read handler contributes zeros
@@ -241,7 +269,7 @@ def config_read(dd: DevData, offset: int, size: int) -> tuple[int, int]:
         err, value = 0, get_mask(size)
     else:
         err, value = dd.hw_read(offset, size)
-    for entry in dd.config_fields:
+    for entry in fields_at(dd, offset):
         if _overlaps(entry, offset, size):
             err, tmp = _field_read(dd, entry)
             if err:
@@ -257,7 +285,7 @@ def config_write(dd: DevData, offset: int, size: int, value: int) -> int:
     value &= get_mask(size)
     err = 0
     handled = False
-    for entry in dd.config_fields:
+    for entry in fields_at(dd, offset):
         if _overlaps(entry, offset, size):
             err, tmp = _field_read(dd, entry)
             if err:
