@@ -370,3 +370,51 @@ def test_msi_enable_maps_one_pirq_and_delivers_it(machine: Machine) -> None:
     assert front.disable_msi(dev) == 0
     assert not gpu.config.read(msi + regs.PCI_MSI_FLAGS, 2) & regs.PCI_MSI_FLAGS_ENABLE
     assert machine.hv.pirq_owner(pirq) is None  # dom0 unmapped it (pci_disable_msi)
+
+
+def test_device_added_while_the_connect_is_still_queued_is_exported(machine: Machine) -> None:
+    """xl create writes one device at a time; pciback may set up after the first and see
+    the frontend Initialised before the later devices' own-node events: they must still
+    reach the guest (this lost a device of a two-device guest on a loaded machine).
+
+    Forced here by holding pciback's XenStore event thread: a frontend-state event is
+    queued before the second device is written, and is handled only once the guest is
+    Initialised, so the backend connects before it has seen the second device's event.
+    """
+    nic = catalog.make("nic", "0000:03:00.0")
+    nvme = catalog.make("nvme", "0000:04:00.0")
+    machine.add_host_devices([*nic, *nvme])
+    for fn in (*nic, *nvme):
+        machine.pciback_bind(fn.sbdf)
+    domid = machine.start_guest("g", 64 * 1024, paused=True)
+    lp.device_pci_add_xenstore(
+        machine.xs, domid, "g", lp.PciBackendDevice(nic[0].sbdf), starting=True
+    )
+    back = machine.pciback.wait_for_device(domid, 30)
+    assert back.wait_for_state(S.XenbusStateInitialised, 30)  # set up with the NIC only
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_ev: object) -> None:
+        entered.set()
+        release.wait(30)
+
+    pciback_xs = machine.pciback.xs
+    pciback_xs.watch("/test-hold", "test-hold", hold)  # its first event fires at once
+    try:
+        assert entered.wait(30)
+        fe_state = f"{lp.frontend_path(domid)}/state"
+        machine.xs.write(fe_state, machine.xs.read(fe_state))  # queues pciback's fe event
+        lp.device_pci_add_xenstore(
+            machine.xs, domid, "g", lp.PciBackendDevice(nvme[0].sbdf), starting=True
+        )
+        machine.unpause_guest(domid)
+        kernel = machine.guest(domid)
+        front = kernel.wait_for_pcifront(30)
+        assert front.watch is not None
+        assert front.watch.wait_for(lambda d: S.XenbusStateInitialised in d.history, 30)
+    finally:
+        release.set()
+        pciback_xs.unwatch("/test-hold", "test-hold")
+    assert front.wait_connected(1, 30), front.xenbus.history
+    seen = {(d.vendor, d.device) for d in kernel.pci.devices()}
+    assert seen == {(f.vendor_id, f.device_id) for f in (*nic, *nvme)}

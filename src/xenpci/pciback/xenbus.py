@@ -26,7 +26,12 @@ pending bit per port), the handler keeps one ``op_active`` flag per device
 no request posted is counted as spurious and costs nothing else. Guests are
 served in the order their upcalls reach dom0's queue, one op each.
 
-Deliberate differences: Linux loops in ``xen_pcibk_do_op`` while requests
+Deliberate differences: before attaching, the backend exports the devices
+still Initialising (``xen_pcibk_reconfigure`` as for Initialised): libxl
+writes a new guest's devices one transaction each, and if the frontend's
+Initialised is handled before a later device's ``be_watch`` event, Linux
+connects without that device and ignores it from then on (a race it rarely
+loses; a loaded model lost it). Linux loops in ``xen_pcibk_do_op`` while requests
 keep arriving; here each op needs its own event (a guest that posts without
 notifying waits, which pcifront never does). AER relay requests are not
 initiated (no host AER source exists).
@@ -174,6 +179,10 @@ class PcibackDevice:
             if cb is DriverCallback.SETUP:
                 self._setup_backend()
             elif cb is DriverCallback.CONNECT:
+                # Export devices added since setup whose own-node event is still queued
+                # behind the frontend's: once Connected, be_watch ignores them (as
+                # Linux's does), and the guest would never see them.
+                self._reconfigure()
                 self._attach()
             elif cb is DriverCallback.RECONFIGURE:
                 self._reconfigure()
