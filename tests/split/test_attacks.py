@@ -287,7 +287,7 @@ def test_backend_that_never_answers_times_out_with_minus_one() -> None:
         t0 = time.monotonic()
         res = _raw(front, pciif.XEN_PCI_OP_conf_read, offset=0, size=4)
         assert res.err == pciif.XEN_PCI_ERR_dev_not_found
-        assert 0.2 <= time.monotonic() - t0 < 2
+        assert 0.2 <= time.monotonic() - t0 < 10  # the timeout, not a hang (slack for load)
         assert dev.read_config(regs.PCI_VENDOR_ID, 2) == 0xFFFF  # PCI core: all-ones
         assert front.chan is not None and front.chan.timeouts == 2
         info = pciif.xen_pci_sharedinfo.from_buffer(front.chan.page)
@@ -336,7 +336,7 @@ def test_frontend_answers_an_aer_request_without_a_driver(machine: Machine) -> N
     assert info.flags & pciif.XEN_PCIB_AERHANDLER  # announced at probe
     assert aer_post(page, pciif.XEN_PCI_OP_aer_detected, 2, GuestAddress(0, 0, 0))
     machine.dom0.evtchn_send(back.evtchn)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20  # the guest's vCPU answers; slow only under load
     while aer_poll(page) is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert aer_poll(page) == 1  # PCI_ERS_RESULT_NONE: no guest driver has AER handlers

@@ -159,7 +159,7 @@ def test_wait_is_a_watch_not_a_poll(xs: XsClient, store: XenStore) -> None:
 
         t0 = time.monotonic()
         lp.wait_for_backend_state(xs, DOMID, timeout=10)
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 5  # half the timeout: a loaded machine is slow
     finally:
         t.join()
         other.close()
@@ -248,7 +248,7 @@ def test_wait_ends_when_the_guest_dies(xs: XsClient, store: XenStore) -> None:
         with pytest.raises(DomainGone) as e:
             lp.wait_for_backend_state(xs, DOMID, timeout=10)
         assert e.value.domid == DOMID
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 5  # half the timeout: a loaded machine is slow
     finally:
         t.join()
 
@@ -260,6 +260,6 @@ def test_remove_from_a_closed_backend_does_not_wait(xs: XsClient) -> None:
     lp.device_pci_add_xenstore(xs, DOMID, "g", dev(NIC), starting=True)
     xs.write(f"{BE}/state", "6")
     t0 = time.monotonic()
-    lp.device_pci_remove_xenstore(xs, DOMID, NIC, timeout=5)
-    assert time.monotonic() - t0 < 1
+    lp.device_pci_remove_xenstore(xs, DOMID, NIC, timeout=20)
+    assert time.monotonic() - t0 < 5
     assert not xs.exists(BE)
