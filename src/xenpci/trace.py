@@ -105,39 +105,54 @@ class Trace:
     def record(self, kind: str, domid: int, path: str = "hypervisor", /, **args: Any) -> None:
         """Record one event (or just count it, for count-only kinds).
 
-        Cheap by design (it sits on the event-channel path): one lock, a tuple
-        appended; the frozen ``TraceEvent`` objects are built when read.
+        Cheap by design (it sits on the event-channel path): one lock and a
+        tuple appended. A stored record is not also counted here: counts are
+        the stored records plus ``_counts`` (count-only kinds and records that
+        ``max_events`` pushed out). Timestamps are raw ``perf_counter`` values;
+        the frozen ``TraceEvent`` objects, relative times included, are built
+        when read.
         """
         if not self.enabled:
             return
         if path not in PATHS:
             raise ValueError(f"trace path {path!r} not one of {sorted(PATHS)}")
-        key = (kind, domid)
-        counts = self._counts
         lock = self._lock
-        lock.acquire()
+        lock.acquire()  # explicit acquire/release: cheaper than ``with`` on this path
         try:
-            counts[key] = counts.get(key, 0) + 1
-            if kind not in self.count_only:
+            if kind in self.count_only:
+                key = (kind, domid)
+                self._counts[key] = self._counts.get(key, 0) + 1
+            else:
+                raw = self._raw
+                if len(raw) == self.max_events:
+                    _, _, k, d, _, _ = raw.popleft()  # keep its count exact
+                    self._counts[(k, d)] = self._counts.get((k, d), 0) + 1
                 # Time taken under the lock so that time order and seq order agree.
-                self._raw.append((perf_counter() - self._t0, self._seq, kind, domid, path, args))
+                raw.append((perf_counter(), self._seq, kind, domid, path, args))
                 self._seq += 1
         finally:
             lock.release()
+
+    def _all_counts(self) -> Counter[tuple[str, int]]:
+        """Per (kind, domid): ``_counts`` plus the stored records (caller holds the lock)."""
+        out = Counter(self._counts)
+        out.update((r[2], r[3]) for r in self._raw)
+        return out
 
     @property
     def events(self) -> list[TraceEvent]:
         """A snapshot of the stored records, in order."""
         with self._lock:
             raw = list(self._raw)
-        return [TraceEvent(*r) for r in raw]
+        t0 = self._t0
+        return [TraceEvent(t - t0, seq, k, d, p, a) for t, seq, k, d, p, a in raw]
 
     def count(self, kind: str | None = None, domid: int | None = None) -> int:
         """How many events (stored or count-only) match ``kind`` and ``domid``."""
         with self._lock:
             return sum(
                 n
-                for (k, d), n in self._counts.items()
+                for (k, d), n in self._all_counts().items()
                 if (kind is None or k == kind) and (domid is None or d == domid)
             )
 
@@ -145,7 +160,7 @@ class Trace:
         """Totals per kind."""
         out: Counter[str] = Counter()
         with self._lock:
-            for (k, _d), n in self._counts.items():
+            for (k, _d), n in self._all_counts().items():
                 out[k] += n
         return dict(sorted(out.items()))
 
