@@ -7,7 +7,10 @@ the C ``xenstore-ls``/``xenstore-read`` (libxenstore) read the live layout at ea
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -96,7 +99,7 @@ def start_machine(run_dir: Path, *extra: str) -> int:
             "--dir",
             str(run_dir),
             "--timeout",
-            "5",
+            "30",  # the backend wait: generous for a loaded machine, instant when it works
             *extra,
         ],
         capture_output=True,
@@ -135,7 +138,9 @@ def machine_dir(tmp_path: Path) -> Iterator[Path]:
     yield d
     pid = read_pid(d)
     if pid is not None:  # a failed test must not leave a machine running
-        os.kill(pid, 15)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_two_guests_attach_hotplug_detach_destroy(machine_dir: Path) -> None:
