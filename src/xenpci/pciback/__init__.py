@@ -11,4 +11,9 @@ Public API (the XenBus backend and the toolstack build on these):
 * ``pciback_ops.handle_op``, ``pciback_ops.serve_shared_page`` -- requests;
   ``aer_post``/``aer_poll``/``aer_timeout`` for the AER relay.
 * ``conf_space.explain`` -- ``explain`` and ``write_rules``.
+* ``platform.HvInterruptPlatform`` -- the platform over dom0's hypercalls:
+  MSI/MSI-X pirqs, ``prepare_msix``/``release_msix`` (issued by ``PciStub`` at
+  seize/unbind), ``memory_decode`` (the owner's COMMAND.MEMORY -> its BAR
+  mappings); ``platform.msix_windows``/``platform.prepare_msix`` for callers
+  without pciback (a bare hypervisor).
 """

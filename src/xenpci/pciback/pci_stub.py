@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
@@ -188,8 +189,8 @@ class PciStub:
         dd.allow_interrupt_control = False
         psdev.owner = None
 
-    # --- the reset / disable helpers ----
-    def _msix_hypercall(self, dd: DevData, which: str) -> None:
+    # --- hypervisor requests -------------------------------------------------------------
+    def _msix_hypercall(self, dd: DevData, which: Literal["prepare", "release"]) -> None:
         """``PHYSDEVOP_prepare_msix`` / ``release_msix`` for a function with MSI-X. A
         failure is logged and seizing goes on, as in Linux (-ENOSYS silently)."""
         platform = self.platform
