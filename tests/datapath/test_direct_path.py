@@ -117,3 +117,39 @@ def test_dma_lands_exactly_where_the_guest_sees_it(start: int, n: int, iommu: bo
         assert g.read(0, start) == bytes(start)
     finally:
         hv.shutdown()
+
+
+class _Flat:
+    """A register window that answers every read with one value."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self.writes: list[tuple[int, int, int]] = []
+
+    def read(self, offset: int, size: int) -> int:
+        return self.value & ((1 << (8 * size)) - 1)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.writes.append((offset, size, value))
+
+
+def test_mapping_never_reaches_an_unregistered_device(bare_nic: BareNic) -> None:
+    """The fast path caches the device window behind a mapping: a device that leaves
+    the bus (hot-unplug) must stop answering at once, and a new one at the same
+    address must get the accesses, offsets relative to its own window."""
+    hv = bare_nic.hv
+    m = bare_nic.guest.hypercalls.mmio_map(FIRST, 0x20)
+    m.write(0xD0, 4, 0x80)
+    assert m.read(0xD0, 4) == 0x80  # the NIC, through the cached window
+    hv.iobus.unregister_mmio(NIC_BAR0)
+    unclaimed = hv.iobus.unclaimed
+    assert m.read(0xD0, 4) == 0xFFFF_FFFF  # master abort, not the departed NIC
+    m.write(0xD0, 4, 0x01)
+    assert hv.iobus.unclaimed == unclaimed + 2
+    assert bare_nic.nic.core.regs["IMS"] == 0x80
+    # A window starting one page below: the mapping's offsets shift by a page in it.
+    new = _Flat(0x1234_5678)
+    hv.iobus.register_mmio(NIC_BAR0 - PAGE_SIZE, 0x21 * PAGE_SIZE, new)
+    assert m.read(0xD0, 4) == 0x1234_5678
+    m.write(0xD0, 2, 0xBEEF)
+    assert new.writes == [(PAGE_SIZE + 0xD0, 2, 0xBEEF)]

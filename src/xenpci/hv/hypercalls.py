@@ -44,7 +44,7 @@ from xenpci.hv.errors import (
 )
 from xenpci.hv.event_channel import Handler, PortInfo
 from xenpci.hv.grant_table import GrantMapping
-from xenpci.hv.iobus import ACCESS_SIZES, check_access
+from xenpci.hv.iobus import ACCESS_SIZES, MmioHandler, check_access
 from xenpci.hv.memory import PAGE_SHIFT, PAGE_SIZE
 from xenpci.hv.msixtbl import MsixRegion
 from xenpci.hv.permissions import check_iomem, check_ioports
@@ -91,7 +91,18 @@ def hypercall(
 class MmioMapping:
     """A domain's mapping of machine MMIO frames (a BAR), used straight from the guest."""
 
-    __slots__ = ("_base", "_hc", "_key", "_plain", "_size", "first_mfn", "gfn", "mapped", "nr_mfns")
+    __slots__ = (
+        "_base",
+        "_bus",
+        "_hc",
+        "_key",
+        "_plain",
+        "_size",
+        "first_mfn",
+        "gfn",
+        "mapped",
+        "nr_mfns",
+    )
 
     def __init__(self, hc: Hypercalls, first_mfn: int, nr_mfns: int, gfn: int | None) -> None:
         self._hc = hc
@@ -106,6 +117,9 @@ class MmioMapping:
         # decoded). Any change sends accesses back through the full per-access checks.
         self._key: tuple[int, int, int] = (-1, -1, -1)
         self._plain = False
+        # The device window behind the whole mapping, valid for one I/O-bus table
+        # (token, handler, offset of the mapping in the window); None: use the bus.
+        self._bus: tuple[object, MmioHandler | None, int] = (None, None, 0)
 
     def _is_plain(self) -> bool:
         hv = self._hc._hv
@@ -120,6 +134,19 @@ class MmioMapping:
             )
             self._key = key
         return self._plain
+
+    def _window(self) -> tuple[MmioHandler, int] | None:
+        """The one device window covering the whole mapping, for the current bus table
+        (the access was bounds-checked against the mapping, so the window covers it);
+        None when no single window does (the bus then decodes each access)."""
+        iobus = self._hc._hv.iobus
+        token = iobus.mmio_generation()
+        bus = self._bus
+        if bus[0] is not token:
+            hit = iobus.mmio_covering(self._base, self._size)
+            bus = self._bus = (token, *hit) if hit is not None else (token, None, 0)
+        handler = bus[1]
+        return None if handler is None else (handler, self._base - bus[2])
 
     @property
     def size(self) -> int:
@@ -159,6 +186,9 @@ class MmioMapping:
         ):
             paddr = self._base + offset
             hv.trace.record("mmio_read", self._hc.domid, "direct", paddr=paddr, size=size)
+            window = self._window()
+            if window is not None:
+                return window[0].read(window[1] + offset, size)
             return hv.iobus.mmio_read(paddr, size)
         paddr = self._paddr(offset, size)
         if hv.decode_off and self._decode_off(paddr):
@@ -183,6 +213,10 @@ class MmioMapping:
         ):
             paddr = self._base + offset
             hv.trace.record("mmio_write", self._hc.domid, "direct", paddr=paddr, size=size)
+            window = self._window()
+            if window is not None:
+                window[0].write(window[1] + offset, size, value)
+                return
             hv.iobus.mmio_write(paddr, size, value)
             return
         paddr = self._paddr(offset, size)

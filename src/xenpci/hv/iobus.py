@@ -170,6 +170,22 @@ class IoBus:
         handler, offset = hit
         handler.write(offset, size, value)
 
+    def mmio_generation(self) -> object:
+        """A token that changes whenever an MMIO window is (un)registered.
+
+        The table is swapped as a whole on every change (copy-on-write), so its
+        identity is the token: a caller caching :meth:`mmio_covering` compares it
+        with ``is`` before every use and never talks to an unregistered device.
+        """
+        return self._mmio.table
+
+    def mmio_covering(self, paddr: int, size: int) -> tuple[MmioHandler, int] | None:
+        """The handler and its window's base if one window covers ``[paddr, paddr+size)``."""
+        if size <= 0 or paddr < 0:
+            return None
+        hit = self._mmio.find(paddr, size)
+        return None if hit is None else (hit[0], paddr - hit[1])
+
     def mmio_windows(self) -> list[Window]:
         with self._lock:
             return [w for w, _ in self._mmio.table[1]]
