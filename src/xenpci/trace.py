@@ -9,6 +9,10 @@ shows the split between control plane and data plane.
 
 Hot data-path kinds (MMIO, port IO) can be put in counter-only mode: they are
 counted but not stored, so a benchmark measures the device, not the trace.
+The hottest of them (a guest's direct MMIO access) does not even call
+:meth:`Trace.record`: it bumps a :class:`Tally`, a plain per-(kind, domain)
+integer the trace hands out and sums when counts are read (the way xentrace's
+per-CPU buffers are merged by the reader, not by the writer).
 """
 
 from __future__ import annotations
@@ -74,12 +78,33 @@ class TraceEvent:
         }
 
 
+class Tally:
+    """One count-only kind for one domain, bumped with ``tally.n += 1`` and no lock.
+
+    The owner domain's threads are the only writers. In CPython (3.11, with the
+    GIL) ``obj.n += 1`` on an int runs as one uninterrupted sequence of bytecodes
+    (no eval-breaker check between the load and the store), so even two threads
+    of one domain lose no increment; a test hammers it from several threads.
+    """
+
+    __slots__ = ("base", "domid", "kind", "n")
+
+    def __init__(self, kind: str, domid: int) -> None:
+        self.kind = kind
+        self.domid = domid
+        self.n = 0
+        #: ``n`` at the last ``Trace.clear``: clearing never writes ``n`` (its writers
+        #: hold no lock), it moves the base instead.
+        self.base = 0
+
+
 class Trace:
     """A thread-safe, append-only trace.
 
     ``enabled=False`` makes ``record`` a no-op (not even counted);
     ``count_only`` kinds are counted but not stored; ``max_events`` bounds memory
-    (oldest records are dropped, counts stay exact).
+    (oldest records are dropped, counts stay exact). All three are fixed at
+    construction (handed-out tallies rely on them).
     """
 
     def __init__(
@@ -91,16 +116,42 @@ class Trace:
     ) -> None:
         if max_events is not None and max_events <= 0:
             raise ValueError("max_events must be positive")
-        self.enabled = enabled
-        self.count_only = frozenset(count_only)
+        self._enabled = enabled
+        self._count_only = frozenset(count_only)
         self.max_events = max_events
         self._lock = threading.Lock()
+        self._tallies: dict[tuple[str, int], Tally] = {}
         self._raw: deque[tuple[float, int, str, int, str, dict[str, Any]]] = deque(
             maxlen=max_events
         )
         self._counts: dict[tuple[str, int], int] = {}
         self._seq = 0
         self._t0 = perf_counter()
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @property
+    def count_only(self) -> frozenset[str]:
+        return self._count_only
+
+    def tally(self, kind: str, domid: int) -> Tally | None:
+        """The counter a hot path bumps instead of calling :meth:`record`.
+
+        ``None`` when ``kind`` is stored (not count-only): the caller must
+        ``record`` it. With the trace disabled, a tally nobody reads (so the
+        caller's fast path stays the same and still counts nothing).
+        """
+        if not self._enabled:
+            return Tally(kind, domid)
+        if kind not in self._count_only:
+            return None
+        with self._lock:
+            tally = self._tallies.get((kind, domid))
+            if tally is None:
+                tally = self._tallies[kind, domid] = Tally(kind, domid)
+            return tally
 
     def record(self, kind: str, domid: int, path: str = "hypervisor", /, **args: Any) -> None:
         """Record one event (or just count it, for count-only kinds).
@@ -112,14 +163,14 @@ class Trace:
         the frozen ``TraceEvent`` objects, relative times included, are built
         when read.
         """
-        if not self.enabled:
+        if not self._enabled:
             return
         if path not in PATHS:
             raise ValueError(f"trace path {path!r} not one of {sorted(PATHS)}")
         lock = self._lock
         lock.acquire()  # explicit acquire/release: cheaper than ``with`` on this path
         try:
-            if kind in self.count_only:
+            if kind in self._count_only:
                 key = (kind, domid)
                 self._counts[key] = self._counts.get(key, 0) + 1
             else:
@@ -134,9 +185,14 @@ class Trace:
             lock.release()
 
     def _all_counts(self) -> Counter[tuple[str, int]]:
-        """Per (kind, domid): ``_counts`` plus the stored records (caller holds the lock)."""
+        """Per (kind, domid): ``_counts``, the tallies and the stored records (caller
+        holds the lock)."""
         out = Counter(self._counts)
         out.update((r[2], r[3]) for r in self._raw)
+        for key, tally in self._tallies.items():
+            n = tally.n - tally.base  # one read of ``n``: it may move under us
+            if n:
+                out[key] += n
         return out
 
     @property
@@ -168,6 +224,8 @@ class Trace:
         with self._lock:
             self._raw.clear()
             self._counts.clear()
+            for tally in self._tallies.values():
+                tally.base = tally.n
 
     def to_jsonl(self, path: str | Path) -> int:
         """Write the stored records as JSON lines; return how many were written."""

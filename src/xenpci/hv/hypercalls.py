@@ -88,16 +88,26 @@ def hypercall(
     return wrapper
 
 
+#: Per access size, the first value that no longer fits (``value < limit``).
+_VALUE_LIMIT = {size: 1 << (8 * size) for size in ACCESS_SIZES}
+
+
 class MmioMapping:
     """A domain's mapping of machine MMIO frames (a BAR), used straight from the guest."""
 
     __slots__ = (
         "_base",
         "_bus",
+        "_clock",
+        "_delta",
+        "_handler",
         "_hc",
         "_key",
         "_plain",
+        "_reads",
         "_size",
+        "_stamp",
+        "_writes",
         "first_mfn",
         "gfn",
         "mapped",
@@ -112,7 +122,7 @@ class MmioMapping:
         self.mapped = True
         self._base = first_mfn << PAGE_SHIFT
         self._size = nr_mfns * PAGE_SIZE
-        # The fast path: valid while no permission, MSI-X protection or decode state
+        # The checked answer: valid while no permission, MSI-X protection or decode state
         # changed since the whole mapping was last found plain (permitted, unprotected,
         # decoded). Any change sends accesses back through the full per-access checks.
         self._key: tuple[int, int, int] = (-1, -1, -1)
@@ -120,6 +130,32 @@ class MmioMapping:
         # The device window behind the whole mapping, valid for one I/O-bus table
         # (token, handler, offset of the mapping in the window); None: use the bus.
         self._bus: tuple[object, MmioHandler | None, int] = (None, None, 0)
+        # The fast path (the cached translation, see ``flushtlb``): usable while
+        # ``_stamp is _clock.now``; then the whole mapping is plain, ``_handler``
+        # answers it at ``_delta + offset``, and accesses are counted in the tallies.
+        hv = hc._hv
+        self._clock = hv.flush_clock
+        self._stamp: object = None
+        self._handler: MmioHandler | None = None
+        self._delta = 0
+        self._reads = hv.trace.tally("mmio_read", hc.domid)
+        self._writes = hv.trace.tally("mmio_write", hc.domid)
+
+    def _refill(self) -> bool:
+        """Walk the checks again; re-arm the fast path if the mapping is plain, has one
+        device window and both access kinds are count-only. Return whether it is armed."""
+        stamp = self._clock.now  # read before checking: a change meanwhile makes it stale
+        self._stamp = None
+        if not self.mapped or self._reads is None or self._writes is None:
+            return False
+        if not self._is_plain():
+            return False
+        window = self._window()
+        if window is None:
+            return False
+        self._handler, self._delta = window
+        self._stamp = stamp
+        return True
 
     def _is_plain(self) -> bool:
         hv = self._hc._hv
@@ -177,6 +213,17 @@ class MmioMapping:
         return paddr
 
     def read(self, offset: int, size: int) -> int:
+        # Fast path: the cached translation is current and the access is in bounds.
+        if (
+            (self._stamp is self._clock.now or self._refill())
+            and size in _VALUE_LIMIT
+            and 0 <= offset <= self._size - size
+        ):
+            self._reads.n += 1  # type: ignore[union-attr]  # armed only with tallies
+            return self._handler.read(self._delta + offset, size)  # type: ignore[union-attr]
+        return self._read_checked(offset, size)
+
+    def _read_checked(self, offset: int, size: int) -> int:
         hv = self._hc._hv
         if (
             self.mapped
@@ -203,6 +250,19 @@ class MmioMapping:
         return hv.iobus.mmio_read(paddr, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
+        limit = _VALUE_LIMIT.get(size)
+        if (
+            (self._stamp is self._clock.now or self._refill())
+            and limit is not None
+            and 0 <= offset <= self._size - size
+            and 0 <= value < limit
+        ):
+            self._writes.n += 1  # type: ignore[union-attr]  # armed only with tallies
+            self._handler.write(self._delta + offset, size, value)  # type: ignore[union-attr]
+            return
+        self._write_checked(offset, size, value)
+
+    def _write_checked(self, offset: int, size: int, value: int) -> None:
         hv = self._hc._hv
         if (
             self.mapped
@@ -260,6 +320,7 @@ class MmioMapping:
     def unmap(self) -> None:
         if self.mapped:
             self.mapped = False
+            self._stamp = None
             self._hc._hv.trace.record(
                 "mmio_unmap",
                 self._hc.domid,

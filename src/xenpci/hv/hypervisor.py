@@ -26,6 +26,7 @@ from xenpci.hv.errors import (
     PermissionDenied,
 )
 from xenpci.hv.event_channel import EventChannels
+from xenpci.hv.flushtlb import FlushClock
 from xenpci.hv.grant_table import GrantTables
 from xenpci.hv.hypercalls import Hypercalls
 from xenpci.hv.iobus import IoBus
@@ -61,10 +62,12 @@ class Hypervisor:
         self.machine = MachineMemory(ram_frames)
         self.grants = GrantTables(self.machine)
         self.evtchn = EventChannels()
-        self.permissions = Permissions()
-        self.iobus = IoBus()
+        #: One clock for every change that invalidates a mapping's cached MMIO checks.
+        self.flush_clock = FlushClock()
+        self.permissions = Permissions(self.flush_clock)
+        self.iobus = IoBus(self.flush_clock)
         #: MSI-X tables/PBAs dom0 protected (``mmio_ro_ranges``); guest accesses are mediated.
-        self.msixtbl = MsixTables()
+        self.msixtbl = MsixTables(self.flush_clock)
         #: Per guest: granted BAR frames whose memory decode the guest turned off (unmapped).
         self.decode_off: dict[int, RangeSet] = {}
         self.decode_generation = 0
@@ -232,6 +235,7 @@ class Hypervisor:
             if frames.is_empty():
                 del self.decode_off[domid]
             self.decode_generation += 1
+            self.flush_clock.tick()
 
     def _ioport_permission(self, caller: int, domid: int, first: int, nr: int, allow: bool) -> None:
         op = "ioport_permission"

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from xenpci.hv.errors import InvalidArgument
+from xenpci.hv.flushtlb import FlushClock
 
 #: x86 I/O space: 64 Ki ports (``MAX_IOPORTS`` in Xen).
 MAX_IOPORTS = 0x10000
@@ -109,8 +110,10 @@ class _Space:
 class IoBus:
     """MMIO and port-IO decode for the whole machine (thread-safe registration)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FlushClock | None = None) -> None:
         self._lock = threading.Lock()
+        #: Ticked by every MMIO (un)registration, for mappings that cache a window.
+        self.clock = clock if clock is not None else FlushClock()
         self._mmio = _Space("mmio", None)
         self._io = _Space("ioport", MAX_IOPORTS)
         self.unclaimed = 0
@@ -118,10 +121,12 @@ class IoBus:
     def register_mmio(self, base_paddr: int, size: int, handler: MmioHandler) -> None:
         with self._lock:
             self._mmio.add(Window(base_paddr, size), handler)
+            self.clock.tick()
 
     def unregister_mmio(self, base_paddr: int) -> None:
         with self._lock:
             self._mmio.remove(base_paddr)
+            self.clock.tick()
 
     # ``unregister`` in the API contract means the MMIO flavour.
     unregister = unregister_mmio

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from xenpci.hv.errors import InvalidArgument
+from xenpci.hv.flushtlb import FlushClock
 from xenpci.hv.iommu import check_sbdf
 from xenpci.hv.memory import PAGE_SHIFT
 from xenpci.hv.rangeset import RangeSet
@@ -73,9 +74,10 @@ class MsixRegion:
 class MsixTables:
     """Every protected MSI-X region of the machine, and the write filter over them."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FlushClock | None = None) -> None:
         self._lock = threading.Lock()
         self._regions: dict[int, MsixRegion] = {}
+        self.clock = clock if clock is not None else FlushClock()
         #: ``mmio_ro_ranges``: frames a guest mapping reaches only through :meth:`filter_write`.
         self.ro_frames = RangeSet("mmio_ro_ranges")
         #: Bumped whenever ``ro_frames`` changes.
@@ -107,6 +109,7 @@ class MsixTables:
                 frames.add_range(first, last)
         self.ro_frames = frames
         self.generation += 1
+        self.clock.tick()
 
     def regions(self) -> list[MsixRegion]:
         with self._lock:

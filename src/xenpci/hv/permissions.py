@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass, field
 
 from xenpci.hv.errors import InvalidArgument
+from xenpci.hv.flushtlb import FlushClock
 from xenpci.hv.iobus import MAX_IOPORTS
 from xenpci.hv.rangeset import RangeSet
 
@@ -55,11 +56,13 @@ def check_pirq(pirq: int) -> None:
 class Permissions:
     """All domains' capability rangesets under one lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: FlushClock | None = None) -> None:
         self._lock = threading.Lock()
         self._caps: dict[int, IoCaps] = {}
         #: Bumped by every change, so a holder of a checked answer can tell it is stale.
         self.generation = 0
+        #: Ticked with ``generation``: MMIO mappings' cached checks go stale at once.
+        self.clock = clock if clock is not None else FlushClock()
 
     def add_domain(self, domid: int, *, everything: bool = False) -> None:
         caps = IoCaps()
@@ -70,29 +73,34 @@ class Permissions:
         with self._lock:
             self._caps[domid] = caps
             self.generation += 1
+            self.clock.tick()
 
     def remove_domain(self, domid: int) -> None:
         with self._lock:
             self._caps.pop(domid, None)
             self.generation += 1
+            self.clock.tick()
 
     def set_iomem(self, domid: int, first: int, last: int, allow: bool) -> None:
         with self._lock:
             rs = self._caps[domid].iomem
             (rs.add_range if allow else rs.remove_range)(first, last)
             self.generation += 1
+            self.clock.tick()
 
     def set_ioports(self, domid: int, first: int, last: int, allow: bool) -> None:
         with self._lock:
             rs = self._caps[domid].ioports
             (rs.add_range if allow else rs.remove_range)(first, last)
             self.generation += 1
+            self.clock.tick()
 
     def set_irq(self, domid: int, pirq: int, allow: bool) -> None:
         with self._lock:
             rs = self._caps[domid].irqs
             (rs.add_range if allow else rs.remove_range)(pirq, pirq)
             self.generation += 1
+            self.clock.tick()
 
     def iomem_permitted(self, domid: int, first: int, last: int) -> bool:
         with self._lock:
