@@ -363,3 +363,137 @@ def test_foreground_machine_stops_on_sigterm(machine_dir: Path) -> None:
     assert proc.returncode == 0, err
     assert "XENSTORED_PATH=" in err and "stopped" in err
     assert not machine_dir.exists()
+
+
+def _status_devices(run_dir: Path) -> dict[str, str]:
+    r = CliRunner().invoke(app, ["machine", "status", "--dir", str(run_dir)])
+    assert r.exit_code == 0, r.stderr
+    return {ln.split()[0]: ln for ln in r.stdout.splitlines() if ln.startswith("  0000:")}
+
+
+def _resets(line: str) -> int:
+    return int(line.split("resets=")[1].split()[0])
+
+
+def test_guest_paused_then_destroyed_mid_attach(machine_dir: Path) -> None:
+    """xl pause wedges the guest; an attach waits on it; xl destroy ends it: all reset."""
+    require_executable("xenstore-ls")
+    pid = start_machine(machine_dir)
+    try:
+        xl = Xl(machine_dir)
+        for bdf in ("03:00.0", "04:00.0", "07:00.0"):
+            xl("pci-assignable-add", bdf)
+        xl("create", str(EXAMPLES / "guest1.cfg"))
+        xl.wait_connected(1)
+        time.sleep(0.5)  # let the guest settle after Connected (see test_pause.py)
+        xl("pause", "guest1")
+        assert xl("list")[1].splitlines()[2].split()[4] == "--p---"
+        xl("pci-attach", "guest1", "04:00.0")  # Reconfiguring written; nobody answers
+        before = _status_devices(machine_dir)
+        # the next attach waits for Connected, in its own process as a second xl would
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xenpci",
+                "xl",
+                "--dir",
+                str(machine_dir),
+                "pci-attach",
+                "guest1",
+                "07:00.0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while xl.xs_read("/libxl/pci/0000-07-00-0/domid") != "1":
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            time.sleep(0.5)
+            assert proc.poll() is None  # still waiting on the paused guest
+            xl("destroy", "guest1")
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 1 and "domain 1 went away" in err, err
+        assert xl("pci-assignable-list")[1].split() == [
+            "0000:03:00.0",
+            "0000:04:00.0",
+            "0000:07:00.0",
+        ]
+        for key in ("0000-03-00-0", "0000-04-00-0", "0000-07-00-0"):
+            assert xl.xs_read(f"/libxl/pci/{key}/domid") is None
+        assert xl.xs_read(lp.backend_path(1) + "/num_devs") is None
+        assert xl.xs_read("/local/domain/1/name") is None
+        assert len(xl("list")[1].splitlines()) == 2
+        after = _status_devices(machine_dir)
+        for bdf in ("0000:03:00.0", "0000:04:00.0", "0000:07:00.0"):
+            assert "pciback" in after[bdf]
+            if bdf != "0000:07:00.0":  # the legacy model has no reset method at all
+                assert _resets(after[bdf]) > _resets(before[bdf]), (before[bdf], after[bdf])
+            # no bus mastering left on: the reset put back the header pciback saved at seize
+            assert int(after[bdf].split("command=")[1][:4], 16) & 0x4 == 0, after[bdf]
+    finally:
+        stop_machine(machine_dir, pid)
+
+
+def test_attach_to_paused_guest_completes_on_unpause(machine_dir: Path) -> None:
+    pid = start_machine(machine_dir)
+    try:
+        xl = Xl(machine_dir)
+        for bdf in ("03:00.0", "04:00.0", "07:00.0"):
+            xl("pci-assignable-add", bdf)
+        xl("create", str(EXAMPLES / "guest1.cfg"))
+        xl.wait_connected(1)
+        time.sleep(0.5)
+        xl("pause", "1")
+        xl("pci-attach", "guest1", "04:00.0")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xenpci",
+                "xl",
+                "--dir",
+                str(machine_dir),
+                "pci-attach",
+                "guest1",
+                "07:00.0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(1.5)
+            assert proc.poll() is None  # waiting for the paused guest
+            xl("unpause", "guest1")
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        assert xl("list")[1].splitlines()[2].split()[4] == "-b----"
+        assert "libxl: error" in xl.refused("unpause", "guest1")  # not paused: EINVAL
+        xl.wait_connected(1)
+        assert (
+            xl("pci-list", "guest1")[1].split()[2:]
+            == [
+                "05.0",
+                "0000:03:00.0",
+                "00.0",
+                "0000:04:00.0",
+                "00.0",
+                "0000:07:00.0",
+            ]
+            or len(xl("pci-list", "guest1")[1].splitlines()) == 4
+        )
+    finally:
+        stop_machine(machine_dir, pid)

@@ -148,7 +148,11 @@ def status(dir: DirOption = None) -> None:
     typer.echo(f"domains    {st['domains']}")
     typer.echo("devices:")
     for dev in st["devices"]:
-        typer.echo(f"  {dev['bdf']}  {dev['owner']:<12} {dev['source']}")
+        resets = "-" if dev["resets"] is None else str(dev["resets"])
+        typer.echo(
+            f"  {dev['bdf']}  {dev['owner']:<12} command={dev['command']:04x} "
+            f"resets={resets:<3} {dev['source']}"
+        )
 
 
 @group.command()

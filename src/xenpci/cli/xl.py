@@ -75,6 +75,18 @@ def destroy(domain: str) -> None:
     _call("destroy", domain=domain)
 
 
+@group.command()
+def pause(domain: str) -> None:
+    """Pause a domain: its vCPU stops; events for it wait until it is unpaused."""
+    _call("pause", domain=domain)
+
+
+@group.command()
+def unpause(domain: str) -> None:
+    """Unpause a paused domain (pauses are counted: one unpause per pause)."""
+    _call("unpause", domain=domain)
+
+
 @group.command("list")
 def list_() -> None:
     """List domains in xl's format."""

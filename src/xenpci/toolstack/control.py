@@ -212,6 +212,8 @@ class ControlService:
             "create": self._create,
             "destroy": lambda a: self.libxl.domain_destroy(_domain(a)),
             "list": self._list,
+            "pause": lambda a: self.libxl.domain_pause(_domain(a)),
+            "unpause": lambda a: self.libxl.domain_unpause(_domain(a)),
             "pci-assignable-add": self._assignable_add,
             "pci-assignable-remove": lambda a: str(
                 self.libxl.assignable_remove(_str(a, "target"), rebind=_bool(a, "rebind"))

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xenpci.devices.base import DeviceModel
+from xenpci.pci import regs
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.control import (
     ControlProtocolError,
@@ -210,7 +212,17 @@ class MachineDaemon:
                 if fn.sbdf in bound
                 else "dom0"
             )
-            devices.append({"bdf": str(fn.sbdf), "source": fn.source, "owner": where})
+            devices.append(
+                {
+                    "bdf": str(fn.sbdf),
+                    "source": fn.source,
+                    "owner": where,
+                    # what lspci's "Control:" line shows, and how often the function was
+                    # reset (models count their resets; a dump or sysfs source cannot)
+                    "command": fn.config.read(regs.PCI_COMMAND, 2),
+                    "resets": len(fn.resets) if isinstance(fn, DeviceModel) else None,
+                }
+            )
         return {
             "pid": os.getpid(),
             "dir": str(self.run_dir),

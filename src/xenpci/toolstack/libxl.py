@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from xenpci.errors import XenpciError
 from xenpci.hv import Hypercalls, Hypervisor
 from xenpci.hv.errors import HvError
 from xenpci.hv.memory import PAGE_SHIFT, PAGE_SIZE
@@ -95,8 +96,17 @@ class Platform(Protocol):
         """
         ...
 
+    def pause_guest(self, domid: int) -> None:
+        """``xc_domain_pause``: the guest's vCPU stops running (counted, as Xen's)."""
+        ...
+
     def unpause_guest(self, domid: int) -> None:
-        """``libxl_domain_unpause``: let a guest created paused run."""
+        """``xc_domain_unpause``: undo one pause; the last lets the guest run (a guest
+        created paused boots)."""
+        ...
+
+    def guest_paused(self, domid: int) -> bool:
+        """Whether the toolstack holds the guest paused."""
         ...
 
     def stop_guest(self, domid: int) -> None:
@@ -358,8 +368,36 @@ class Libxl:
             dom0 = self.hv.dom0
             out = [DomainInfo("Domain-0", 0, dom0.nr_pages * PAGE_SIZE >> 20, 1, "r-----")]
             for rec in sorted(self.domains.values(), key=lambda r: r.domid):
-                out.append(DomainInfo(rec.name, rec.domid, rec.memory_mib, rec.vcpus))
+                out.append(
+                    DomainInfo(rec.name, rec.domid, rec.memory_mib, rec.vcpus, self._state(rec))
+                )
             return out
+
+    def _state(self, rec: DomainRecord) -> str:
+        """xl's six state flags ``rbpscd``; an idle guest is blocked, a paused one ``p``."""
+        try:
+            paused = self.platform.guest_paused(rec.domid)
+        except XenpciError:
+            return "-----d" if not self._alive(rec.domid) else "------"
+        return "--p---" if paused else "-b----"
+
+    def domain_pause(self, dom: int | str) -> None:
+        """``xl pause``: stop the guest's vCPU (``libxl_domain_pause``).
+
+        Takes no context lock: pausing (and above all unpausing) must work while
+        another operation waits on this guest, as xl's separate processes do.
+        """
+        with self._records_lock:
+            domid = self._domain(dom).domid
+        with self._traced("pause", domain=str(dom)):
+            self.platform.pause_guest(domid)
+
+    def domain_unpause(self, dom: int | str) -> None:
+        """``xl unpause``: undo one pause; queued guest work runs on the last one."""
+        with self._records_lock:
+            domid = self._domain(dom).domid
+        with self._traced("unpause", domain=str(dom)):
+            self.platform.unpause_guest(domid)
 
     # ------------------------------------------------------------------ assignable
     def assignable_add(self, sbdf: SBDF, name: str | None = None) -> None:

@@ -14,7 +14,10 @@ It implements the toolstack's :class:`xenpci.toolstack.libxl.Platform`:
 ``host_functions``, ``pciback_bind``/``unbind``/``set_permissive`` (pciback's
 sysfs files), ``reset_device`` (sysfs ``reset``: the config header is restored
 after it, from what pciback saved at seize for a device it holds),
-``start_guest`` (optionally paused) / ``unpause_guest`` / ``stop_guest``.
+``start_guest`` (optionally paused) / ``pause_guest`` / ``unpause_guest`` /
+``guest_paused`` / ``stop_guest``. Pausing holds the guest's vCPU
+(:mod:`xenpci.toolstack.domain_pause`): its kernel handles no XenBus event
+and no event-channel upcall until the last unpause.
 
 Dom0's MSI set-up is pciback's
 :class:`~xenpci.pciback.platform.HvInterruptPlatform`; the machine wires a
@@ -51,6 +54,7 @@ from xenpci.pciback.platform import HvInterruptPlatform
 from xenpci.pciback.xenbus import PcibackDriver
 from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
 from xenpci.toolstack import libxl_pci
+from xenpci.toolstack.domain_pause import ControllerPause
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.core import XenStore
@@ -146,6 +150,7 @@ class Machine:
         self._host: dict[SBDF, PciFunction] = {}
         self.guests: dict[int, GuestKernel] = {}
         self._guest_clients: dict[int, XsClient] = {}
+        self._pauses: dict[int, ControllerPause] = {}
         self._servers: list[XenstoredServer] = []
         self._lock = threading.RLock()
         self._closed = False
@@ -286,24 +291,56 @@ class Machine:
         with self._lock:
             self.guests[domid] = kernel
             self._guest_clients[domid] = client
+            self._pauses[domid] = ControllerPause(dom, start_paused=paused)
         if not paused:
             kernel.boot()
         return domid
 
+    def _pause_of(self, domid: int) -> ControllerPause:
+        with self._lock:
+            pause = self._pauses.get(domid)
+        if pause is None:
+            raise MachineError(f"no guest d{domid}")
+        return pause
+
+    def pause_guest(self, domid: int) -> None:
+        """``libxl_domain_pause``: the guest's vCPU stops; what reaches it waits."""
+        self._pause_of(domid).pause()
+
     def unpause_guest(self, domid: int) -> None:
-        """``libxl_domain_unpause``: the guest kernel starts (its frontends probe)."""
-        self.guest(domid).boot()
+        """``libxl_domain_unpause``: on the last unpause the vCPU runs what was queued;
+        a guest built paused boots its kernel (its frontends probe)."""
+        if self._pause_of(domid).unpause():
+            self.guest(domid).boot()  # idempotent: only a first unpause boots
+
+    def guest_paused(self, domid: int) -> bool:
+        """Is the domain paused by the toolstack (``xl list``'s ``p``)?"""
+        return self._pause_of(domid).paused
 
     def stop_guest(self, domid: int) -> None:
-        """Shut the kernel down, forget the domain in XenStore, destroy it."""
+        """Shut the kernel down, forget the domain in XenStore, destroy it.
+
+        A paused guest gets no chance to act: its XenStore connection is closed
+        first, so nothing it does from then on reaches the store; only then is
+        its vCPU let go, so a request it had in flight when paused gets its
+        reply (instead of waiting out the ring's timeout) and the vCPU can end.
+        """
         with self._lock:
             kernel = self.guests.pop(domid, None)
             client = self._guest_clients.pop(domid, None)
+            pause = self._pauses.pop(domid, None)
+        if pause is not None and pause.paused:
+            if client is not None:
+                with contextlib.suppress(XenpciError):
+                    client.close()
+            pause.release()
         if kernel is not None:
             kernel.shutdown()
         if client is not None:
             with contextlib.suppress(XenpciError):
                 client.close()
+        if pause is not None:
+            pause.release()
         with contextlib.suppress(XenpciError):
             self.store.release_domain(domid)
         with contextlib.suppress(XenpciError):

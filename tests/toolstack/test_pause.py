@@ -1,0 +1,173 @@
+"""``xl pause`` / ``xl unpause`` in process: a paused guest's vCPU runs nothing until unpaused.
+
+The truth checked: Xen's pause semantics (a counted controller pause, ``EINVAL`` for an
+unpause of a domain not paused, ``EOVERFLOW`` past 255), xl list's ``rbpscd`` flags,
+and the XenBus handshake: a paused frontend cannot answer a Reconfiguring backend, so
+a hot attach waits, and completes once the guest runs again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.toolstack.test_libxl_machine import LEGACY, NIC, NVME, spec, wait_node
+from xenpci.toolstack import libxl_pci as lp
+from xenpci.toolstack.domain_pause import MAX_CONTROLLER_PAUSES, PauseError
+from xenpci.toolstack.errors import DomainGone, ToolstackError
+from xenpci.toolstack.host import HostDescription, boot_machine
+from xenpci.toolstack.libxl import Libxl
+from xenpci.toolstack.machine import Machine
+from xenpci.toolstack.xlcfg import load_domain_config
+from xenpci.xenbus.state import XenbusState as S
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def machine() -> Iterator[Machine]:
+    m = boot_machine(HostDescription())
+    try:
+        yield m
+    finally:
+        m.shutdown()
+
+
+@pytest.fixture
+def libxl(machine: Machine) -> Libxl:
+    return Libxl(machine, machine.xs, timeout=20.0)
+
+
+def guest_with_nic(machine: Machine, libxl: Libxl) -> int:
+    for s in (NIC, NVME, LEGACY):
+        libxl.assignable_add(s)
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
+    wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4", timeout=30)
+    # Let the guest finish reacting to its own Connected write: a pause that lands while
+    # its XenStore callback thread waits on a reply stalls that thread (see the report).
+    machine.hv.run_until_idle()
+    time.sleep(0.3)
+    return domid
+
+
+def states(libxl: Libxl) -> dict[str, str]:
+    return {d.name: d.state for d in libxl.domain_list()}
+
+
+def test_pause_counts_and_list_flags(machine: Machine, libxl: Libxl) -> None:
+    domid = guest_with_nic(machine, libxl)
+    assert states(libxl) == {"Domain-0": "r-----", "g": "-b----"}
+    libxl.domain_pause("g")
+    libxl.domain_pause(domid)  # counted: two pauses need two unpauses
+    assert states(libxl)["g"] == "--p---"
+    libxl.domain_unpause("g")
+    assert states(libxl)["g"] == "--p---"
+    libxl.domain_unpause("g")
+    assert states(libxl)["g"] == "-b----"
+    with pytest.raises(PauseError) as e:
+        libxl.domain_unpause("g")  # Xen: unpausing a domain the controller did not pause
+    assert e.value.errno == "EINVAL" and e.value.domid == domid
+    with pytest.raises(ToolstackError, match="does not exist"):
+        libxl.domain_pause("nobody")
+
+
+def test_pause_count_is_capped(machine: Machine, libxl: Libxl) -> None:
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16'))
+    for _ in range(MAX_CONTROLLER_PAUSES):
+        machine.pause_guest(domid)
+    with pytest.raises(PauseError) as e:
+        machine.pause_guest(domid)
+    assert e.value.errno == "EOVERFLOW"
+    for _ in range(MAX_CONTROLLER_PAUSES):
+        machine.unpause_guest(domid)
+    assert not machine.guest_paused(domid)
+
+
+def test_paused_vcpu_runs_nothing_until_unpaused(machine: Machine, libxl: Libxl) -> None:
+    """Work queued for the vCPU waits, then runs in order on unpause."""
+    domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16'))
+    dom = machine.hv.domain(domid)
+    libxl.domain_pause(domid)
+    ran: list[int] = []
+    futures = [dom.run(ran.append, i) for i in range(3)]
+    time.sleep(0.3)
+    assert ran == [] and not any(f.done() for f in futures)
+    libxl.domain_unpause(domid)
+    for f in futures:
+        f.result(timeout=10)
+    assert ran == [0, 1, 2]
+
+
+def test_attach_to_a_paused_guest_completes_after_unpause(machine: Machine, libxl: Libxl) -> None:
+    """libxl's hot-plug writes Reconfiguring and returns; the next one waits for Connected,
+    which only a running frontend can bring about."""
+    domid = guest_with_nic(machine, libxl)
+    kernel = machine.guest(domid)
+    front = kernel.wait_for_pcifront(10)
+    libxl.domain_pause(domid)
+    libxl.pci_attach(domid, spec("04:00.0"))  # state 7 written; nobody answers yet
+    errors: list[BaseException] = []
+
+    def attach() -> None:
+        try:
+            libxl.pci_attach(domid, spec("07:00.0"))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=attach)
+    t.start()
+    try:
+        time.sleep(1.0)
+        assert t.is_alive(), errors  # waiting for the backend to be Connected again
+        assert lp.assigned_domid(machine.xs, LEGACY) == domid  # claimed, now waiting
+        assert len(list(kernel.pci.devices())) == 1  # the paused guest has not rescanned
+        assert front.xenbus.state is S.XenbusStateConnected
+        libxl.domain_unpause(domid)
+        t.join(timeout=30)
+        assert not t.is_alive()
+    finally:
+        if t.is_alive() and machine.guest_paused(domid):
+            machine.unpause_guest(domid)
+        t.join(timeout=30)
+    assert errors == []
+    assert [e.sbdf for e in libxl.pci_list(domid)] == [NIC, NVME, LEGACY]
+    # the guest ran its queued work: two rescans (Connected twice more), three devices
+    assert front.wait_connected(3, 30), front.xenbus.history
+    assert len(list(kernel.pci.devices())) == 3
+
+
+def test_destroying_a_paused_guest_mid_attach(machine: Machine, libxl: Libxl) -> None:
+    """The guest is paused, an attach waits on it, xl destroy: DomainGone, all reset."""
+    domid = guest_with_nic(machine, libxl)
+    libxl.domain_pause(domid)
+    libxl.pci_attach(domid, spec("04:00.0"))  # state 7 written; the paused guest never answers
+    nvme = machine.host_function(NVME)
+    resets_before = len(nvme.resets)  # type: ignore[attr-defined]
+    errors: list[BaseException] = []
+
+    def attach() -> None:
+        try:
+            libxl.pci_attach(domid, spec("07:00.0"))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=attach)
+    t.start()
+    wait_node(machine.xs, f"{lp.libxl_pci_path(LEGACY)}/domid", str(domid), timeout=30)
+    time.sleep(0.5)
+    assert t.is_alive()  # waiting for the backend to be Connected again
+    t0 = time.monotonic()
+    libxl.domain_destroy(domid)
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert time.monotonic() - t0 < 15  # ended by the death, not the 20 s backend timeout
+    assert len(errors) == 1 and isinstance(errors[0], DomainGone), errors
+    assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
+    assert len(nvme.resets) > resets_before  # type: ignore[attr-defined]
+    assert machine.hv.iommu.owner(NVME.sbdf_int) == 0
+    assert not machine.xs.exists(lp.backend_path(domid))
+    assert not machine.xs.exists(f"/local/domain/{domid}")
+    assert [d.name for d in libxl.domain_list()] == ["Domain-0"]
