@@ -17,10 +17,11 @@ per-CPU buffers are merged by the reader, not by the writer).
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from time import perf_counter
@@ -78,6 +79,24 @@ class TraceEvent:
         }
 
 
+#: A stored record from ``record``: perf_counter time, seq, kind, domid, path, arguments.
+_Record = tuple[float, int, str, int, str, dict[str, Any]]
+#: One from a ``recorder``: time, seq, its (kind, domid, path, names), the values.
+_Fields = tuple[float, int, tuple[str, int, str, tuple[str, ...]], tuple[Any, ...]]
+_Raw = _Record | _Fields
+
+
+def _unpack(r: _Raw) -> _Record:
+    if len(r) == 6:
+        return r
+    t, seq, (kind, domid, path, names), values = r
+    return t, seq, kind, domid, path, dict(zip(names, values, strict=True))
+
+
+def _ignore(*_values: Any) -> None:
+    return None
+
+
 class Tally:
     """One count-only kind for one domain, bumped with ``tally.n += 1`` and no lock.
 
@@ -121,11 +140,9 @@ class Trace:
         self.max_events = max_events
         self._lock = threading.Lock()
         self._tallies: dict[tuple[str, int], Tally] = {}
-        self._raw: deque[tuple[float, int, str, int, str, dict[str, Any]]] = deque(
-            maxlen=max_events
-        )
+        self._raw: deque[_Raw] = deque(maxlen=max_events)
         self._counts: dict[tuple[str, int], int] = {}
-        self._seq = 0
+        self._seq = itertools.count()  # ``next`` under the lock: seq follows time
         self._t0 = perf_counter()
 
     @property
@@ -176,19 +193,61 @@ class Trace:
             else:
                 raw = self._raw
                 if len(raw) == self.max_events:
-                    _, _, k, d, _, _ = raw.popleft()  # keep its count exact
+                    _, _, k, d, _, _ = _unpack(raw.popleft())  # keep its count exact
                     self._counts[(k, d)] = self._counts.get((k, d), 0) + 1
                 # Time taken under the lock so that time order and seq order agree.
-                raw.append((perf_counter(), self._seq, kind, domid, path, args))
-                self._seq += 1
+                raw.append((perf_counter(), next(self._seq), kind, domid, path, args))
         finally:
             lock.release()
+
+    def recorder(
+        self, kind: str, domid: int, path: str, names: tuple[str, ...]
+    ) -> Callable[[tuple[Any, ...]], None]:
+        """A ``record`` pre-bound to one kind, domain, path and argument names.
+
+        For the hottest callers (``evtchn_send``): everything that does not change
+        between calls is checked once here and kept in one preallocated tuple; a
+        call passes its values as one tuple (no keyword dict, no ``*args``
+        packing) and the stored record is (time, seq, that tuple, the values).
+        Names and values are paired when the record is read.
+        """
+        if not kind:
+            raise ValueError("trace event kind must be non-empty")
+        if path not in PATHS:
+            raise ValueError(f"trace path {path!r} not one of {sorted(PATHS)}")
+        if not self._enabled:
+            return _ignore
+        lock, raw, seq, counts = self._lock, self._raw, self._seq, self._counts
+        key = (kind, domid)
+        if kind in self._count_only:
+
+            def count(_values: tuple[Any, ...]) -> None:
+                with lock:
+                    counts[key] = counts.get(key, 0) + 1
+
+            return count
+        if self.max_events is not None:
+
+            def bounded(values: tuple[Any, ...]) -> None:
+                self.record(kind, domid, path, **dict(zip(names, values, strict=True)))
+
+            return bounded
+        static = (kind, domid, path, names)
+
+        def rec(values: tuple[Any, ...]) -> None:
+            lock.acquire()  # as in ``record``: time taken under the lock, with its seq
+            try:
+                raw.append((perf_counter(), next(seq), static, values))
+            finally:
+                lock.release()
+
+        return rec
 
     def _all_counts(self) -> Counter[tuple[str, int]]:
         """Per (kind, domid): ``_counts``, the tallies and the stored records (caller
         holds the lock)."""
         out = Counter(self._counts)
-        out.update((r[2], r[3]) for r in self._raw)
+        out.update((r[2], r[3]) if len(r) == 6 else (r[2][0], r[2][1]) for r in self._raw)
         for key, tally in self._tallies.items():
             n = tally.n - tally.base  # one read of ``n``: it may move under us
             if n:
@@ -201,7 +260,7 @@ class Trace:
         with self._lock:
             raw = list(self._raw)
         t0 = self._t0
-        return [TraceEvent(t - t0, seq, k, d, p, a) for t, seq, k, d, p, a in raw]
+        return [TraceEvent(t - t0, seq, k, d, p, a) for t, seq, k, d, p, a in map(_unpack, raw)]
 
     def count(self, kind: str | None = None, domid: int | None = None) -> int:
         """How many events (stored or count-only) match ``kind`` and ``domid``."""

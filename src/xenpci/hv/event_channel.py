@@ -81,6 +81,8 @@ class _Port:
         "handler",
         "masked",
         "number",
+        "peer",
+        "peer_dom",
         "pending",
         "pirq",
         "remote_dom",
@@ -99,6 +101,10 @@ class _Port:
         self.pending = False
         self.masked = False
         self.handler: Handler | None = None
+        # The other end of an interdomain channel and its domain, kept next to
+        # (remote_dom, remote_port) so a send needs no table lookups.
+        self.peer: _Port | None = None
+        self.peer_dom: _DomainPorts | None = None
         self.upcall: Callable[[], None] = _no_upcall
         self.wake: Callable[[], None] = _no_upcall
 
@@ -161,6 +167,8 @@ class EventChannels:
             port.remote_dom, port.remote_port = remote_domid, remote_port
             rport.state = PortState.INTERDOMAIN
             rport.remote_port = port.number
+            port.peer, port.peer_dom = rport, rdom
+            rport.peer, rport.peer_dom = port, dom
             return port.number
 
     def bind_pirq(self, domid: int, pirq: int) -> int:
@@ -204,8 +212,8 @@ class EventChannels:
             port = dom.ports.get(number) if dom is not None else None
             if port is None or port.state is not _INTERDOMAIN:
                 raise self._send_error(domid, number)
-            rdom = self._doms[port.remote_dom]  # type: ignore[index]
-            rport = rdom.ports[port.remote_port]  # type: ignore[index]
+            rport, rdom = port.peer, port.peer_dom
+            assert rport is not None and rdom is not None  # set with INTERDOMAIN
             wake = None
             if not rport.pending:
                 rport.pending = True
@@ -332,11 +340,13 @@ class EventChannels:
                 rport.state = PortState.UNBOUND
                 rport.remote_dom = dom.domid
                 rport.remote_port = None
+                rport.peer = rport.peer_dom = None
         elif port.state is PortState.PIRQ:
             assert port.pirq is not None
             self._pirq_port.pop((dom.domid, port.pirq), None)
         port.pending = False
         port.handler = None
+        port.peer = port.peer_dom = None
         del dom.ports[port.number]
 
     def _new_port(self, dom: _DomainPorts, state: PortState, op: str) -> _Port:

@@ -340,6 +340,9 @@ class Hypercalls:
         self._path = "dom0" if domain.privileged else "direct"
         self._trace = hv.trace
         self._evtchn = hv.evtchn
+        self._record_send = hv.trace.recorder(
+            "evtchn_send", self.domid, self._path, ("port", "to_domid", "to_port")
+        )
 
     # -- helpers ----------------------------------------------------------
     def _privileged(self, op: str) -> None:
@@ -412,9 +415,8 @@ class Hypercalls:
         except HvError as exc:
             trace.record("evtchn_send", self.domid, self._path, port=port, error=exc.errno)
             raise
-        trace.record(
-            "evtchn_send", self.domid, self._path, port=port, to_domid=to_domid, to_port=to_port
-        )
+        # Recorded before the wake-up: the handler's own events come after this one.
+        self._record_send((port, to_domid, to_port))
         if wake is not None:
             wake()
 
