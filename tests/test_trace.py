@@ -121,3 +121,54 @@ def test_concurrent_writers_get_unique_ordered_sequence_numbers() -> None:
     assert all(a.t <= b.t for a, b in itertools.pairwise(ev))
     for d in range(4):
         assert [e.args["i"] for e in ev if e.domid == d] == list(range(500))
+
+
+def test_recorder_stores_what_record_would() -> None:
+    """A pre-bound recorder and ``record`` give identical events, in one seq order."""
+    t = Trace()
+    rec = t.recorder("evtchn_send", 1, "direct", ("port", "to_domid", "to_port"))
+    rec((3, 2, 5))
+    t.record("evtchn_send", 1, "direct", port=3, to_domid=2, to_port=5)
+    a, b = t.events
+    assert (a.kind, a.domid, a.path, dict(a.args)) == (b.kind, b.domid, b.path, dict(b.args))
+    assert (a.seq, b.seq) == (0, 1) and a.t <= b.t
+    assert t.count("evtchn_send", 1) == 2 and t.counts() == {"evtchn_send": 2}
+    with pytest.raises(ValueError):
+        t.recorder("x", 0, "nowhere", ())
+    with pytest.raises(ValueError):
+        t.recorder("", 0, "direct", ())
+
+
+def test_recorder_follows_the_trace_configuration() -> None:
+    off = Trace(enabled=False)
+    off.recorder("x", 0, "dom0", ("a",))((1,))
+    assert off.count() == 0 and off.events == []
+    counted = Trace(count_only={"x"})
+    counted.recorder("x", 4, "dom0", ("a",))((1,))
+    assert counted.count("x", 4) == 1 and counted.events == []
+    bounded = Trace(max_events=2)
+    rec = bounded.recorder("x", 0, "dom0", ("n",))
+    for i in range(5):
+        rec((i,))
+    assert [e.args["n"] for e in bounded.events] == [3, 4] and bounded.count("x") == 5
+
+
+@pytest.mark.timeout(30)
+def test_recorders_and_record_share_one_time_ordered_sequence() -> None:
+    t = Trace()
+
+    def writer(d: int) -> None:
+        rec = t.recorder("w", d, "direct", ("i",))
+        for i in range(500):
+            rec((i,)) if i % 2 else t.record("w", d, "direct", i=i)
+
+    threads = [threading.Thread(target=writer, args=(d,)) for d in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    ev = t.events
+    assert [e.seq for e in ev] == list(range(2000))
+    assert all(a.t <= b.t for a, b in itertools.pairwise(ev))
+    for d in range(4):
+        assert [e.args["i"] for e in ev if e.domid == d] == list(range(500))
