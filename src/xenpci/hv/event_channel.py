@@ -66,14 +66,14 @@ def _no_upcall() -> None:
     return None
 
 
-def _waker(post: Post, upcall: Callable[[], None]) -> Callable[[], None]:
-    def wake() -> None:
-        try:  # noqa: SIM105 - the event hot path: no context manager per event
-            post(upcall)
-        except HvError:
-            pass  # racing with the receiver's destruction: lost, as on real Xen
-
-    return wake
+def wake(post: Post | None, upcall: Callable[[], None]) -> None:
+    """Post ``upcall`` to the receiver's vCPU (the second half of a deferred send)."""
+    if post is None:
+        return
+    try:  # noqa: SIM105 - the event hot path: no context manager per event
+        post(upcall)
+    except HvError:
+        pass  # racing with the receiver's destruction: lost, as on real Xen
 
 
 class _Port:
@@ -89,7 +89,6 @@ class _Port:
         "remote_port",
         "state",
         "upcall",
-        "wake",
     )
 
     def __init__(self, number: int, state: PortState) -> None:
@@ -106,7 +105,6 @@ class _Port:
         self.peer: _Port | None = None
         self.peer_dom: _DomainPorts | None = None
         self.upcall: Callable[[], None] = _no_upcall
-        self.wake: Callable[[], None] = _no_upcall
 
 
 class _DomainPorts:
@@ -192,18 +190,20 @@ class EventChannels:
     # -- signalling -------------------------------------------------------
     def send(self, domid: int, number: int) -> tuple[int, int]:
         """Notify the other end; return the ``(domid, port)`` that was signalled."""
-        to_domid, to_port, wake = self.send_deferred(domid, number)
-        if wake is not None:
-            wake()
+        to_domid, to_port, post, upcall = self.send_deferred(domid, number)
+        wake(post, upcall)
         return to_domid, to_port
 
-    def send_deferred(self, domid: int, number: int) -> tuple[int, int, Callable[[], None] | None]:
+    def send_deferred(
+        self, domid: int, number: int
+    ) -> tuple[int, int, Post | None, Callable[[], None]]:
         """Set the peer's pending bit; return it and the wake-up still to be done.
 
-        The hot path of every split driver. The caller runs ``wake`` (which
-        posts the peer's upcall to its vCPU) after its own bookkeeping, so the
-        woken vCPU does not wait for the sender to finish tracing. A wake-up
-        that arrives after the port was closed finds it gone and does nothing.
+        The hot path of every split driver. The caller does ``wake(post,
+        upcall)`` (``post`` is None when no upcall is due) after its own
+        bookkeeping, so the sender's trace record always precedes anything the
+        woken handler does. An upcall that runs after the port was closed finds
+        it gone and does nothing.
         """
         lock = self._lock
         lock.acquire()  # explicit acquire/release: measurably cheaper than ``with`` here
@@ -214,12 +214,12 @@ class EventChannels:
                 raise self._send_error(domid, number)
             rport, rdom = port.peer, port.peer_dom
             assert rport is not None and rdom is not None  # set with INTERDOMAIN
-            wake = None
+            post = None
             if not rport.pending:
                 rport.pending = True
                 if not rport.masked and rport.handler is not None:
-                    wake = rport.wake
-            return rdom.domid, rport.number, wake
+                    post = rdom.post
+            return rdom.domid, rport.number, post, rport.upcall
         finally:
             lock.release()
 
@@ -354,8 +354,7 @@ class EventChannels:
         for number in range(1, NR_EVTCHN_PORTS):
             if number not in dom.ports:
                 port = _Port(number, state)
-                port.upcall = upcall = self._make_upcall(dom, port)
-                port.wake = _waker(dom.post, upcall)
+                port.upcall = self._make_upcall(dom, port)
                 dom.ports[number] = port
                 return port
         raise EvtchnError("no free port", errno="ENOSPC", op=op, domid=dom.domid)
