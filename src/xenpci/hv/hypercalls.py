@@ -24,8 +24,14 @@ Deliberate differences: guest memory is read and written through the handle
 (there are no guest page tables); ``mmio_map`` re-checks the capability on
 every access, so revoking ``iomem_permission`` cuts an existing mapping off at
 once (Xen relies on the toolstack/guest to tear such mappings down). The
-check is cached per mapping and invalidated by any change of permissions,
-MSI-X protection or decode state, so the common access stays cheap.
+check is cached per mapping, with the device window behind it, like a TLB
+entry: stamped with the hypervisor's ``FlushClock`` (``flushtlb``), which every
+change of permissions, MSI-X protection, decode state or I/O-bus windows ticks,
+so the next access after any such change walks the full checks again. A plain
+access on a current stamp is counted in a lock-free per-domain trace ``Tally``
+(read back exactly by ``Trace.count``) and goes straight to the device.
+``evtchn_send`` is traced through a pre-bound ``Trace.recorder``, its record
+taken before the receiver's upcall is posted.
 """
 
 from __future__ import annotations
