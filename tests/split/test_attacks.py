@@ -248,7 +248,7 @@ def test_bad_magic_is_refused_and_a_silent_guest_hurts_nobody(machine: Machine) 
     machine.add_host_devices([nic])
     machine.pciback_bind(nic.sbdf)
     # a guest whose kernel never runs pcifront: it writes what it likes by hand
-    domid = machine.start_guest("mute", 64 * 1024, paused=True)
+    domid = machine.start_guest("mute", 64 * 1024, boot=False)
     lp.device_pci_add_xenstore(
         machine.xs, domid, "mute", lp.PciBackendDevice(nic.sbdf), starting=True
     )
@@ -360,7 +360,7 @@ def test_hostile_frontend_keys_are_refused_at_attach(
     nic = catalog.make("nic", "0000:03:00.0")[0]
     machine.add_host_devices([nic])
     machine.pciback_bind(nic.sbdf)
-    domid = machine.start_guest("liar", 32 * 1024, paused=True)
+    domid = machine.start_guest("liar", 32 * 1024, boot=False)
     lp.device_pci_add_xenstore(
         machine.xs, domid, "liar", lp.PciBackendDevice(nic.sbdf), starting=True
     )

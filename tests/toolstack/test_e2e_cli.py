@@ -385,7 +385,6 @@ def test_guest_paused_then_destroyed_mid_attach(machine_dir: Path) -> None:
             xl("pci-assignable-add", bdf)
         xl("create", str(EXAMPLES / "guest1.cfg"))
         xl.wait_connected(1)
-        time.sleep(0.5)  # let the guest settle after Connected (see test_pause.py)
         xl("pause", "guest1")
         assert xl("list")[1].splitlines()[2].split()[4] == "--p---"
         xl("pci-attach", "guest1", "04:00.0")  # Reconfiguring written; nobody answers
@@ -451,7 +450,6 @@ def test_attach_to_paused_guest_completes_on_unpause(machine_dir: Path) -> None:
             xl("pci-assignable-add", bdf)
         xl("create", str(EXAMPLES / "guest1.cfg"))
         xl.wait_connected(1)
-        time.sleep(0.5)
         xl("pause", "1")
         xl("pci-attach", "guest1", "04:00.0")
         proc = subprocess.Popen(

@@ -15,14 +15,16 @@ from collections.abc import Iterator
 import pytest
 
 from tests.toolstack.test_libxl_machine import LEGACY, NIC, NVME, spec, wait_node
+from xenpci.hv import MAX_CONTROLLER_PAUSES
 from xenpci.toolstack import libxl_pci as lp
-from xenpci.toolstack.domain_pause import MAX_CONTROLLER_PAUSES, PauseError
-from xenpci.toolstack.errors import DomainGone, ToolstackError
+from xenpci.toolstack.errors import DomainGone, PauseError, ToolstackError
 from xenpci.toolstack.host import HostDescription, boot_machine
 from xenpci.toolstack.libxl import Libxl
 from xenpci.toolstack.machine import Machine
 from xenpci.toolstack.xlcfg import load_domain_config
 from xenpci.xenbus.state import XenbusState as S
+from xenpci.xenstore.client import WatchEvent
+from xenpci.xenstore.errors import ConnectionClosed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,10 +48,6 @@ def guest_with_nic(machine: Machine, libxl: Libxl) -> int:
         libxl.assignable_add(s)
     domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
     wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4", timeout=30)
-    # Let the guest finish reacting to its own Connected write: a pause that lands while
-    # its XenStore callback thread waits on a reply stalls that thread (see the report).
-    machine.hv.run_until_idle()
-    time.sleep(0.3)
     return domid
 
 
@@ -171,3 +169,41 @@ def test_destroying_a_paused_guest_mid_attach(machine: Machine, libxl: Libxl) ->
     assert not machine.xs.exists(lp.backend_path(domid))
     assert not machine.xs.exists(f"/local/domain/{domid}")
     assert [d.name for d in libxl.domain_list()] == ["Domain-0"]
+
+
+def test_pause_at_the_busy_moment_then_destroy_is_prompt(machine: Machine, libxl: Libxl) -> None:
+    """xl pause lands while the guest's XenStore callback thread has a request in flight
+    (the reply can only come through the now-paused vCPU); xl destroy still ends at once:
+    the closed ring fails that request, the callback thread lets go, nothing waits out
+    the ring's 30 s reply timeout or the client's 5 s thread join."""
+    domid = guest_with_nic(machine, libxl)
+    kernel = machine.guest(domid)
+    home = f"/local/domain/{domid}"
+    entered, go = threading.Event(), threading.Event()
+    outcome: list[BaseException | bytes] = []
+
+    def on_change(ev: WatchEvent) -> None:  # runs on the guest client's callback thread
+        if ev.path != f"{home}/data/poke":
+            return
+        entered.set()
+        go.wait(10)
+        try:
+            outcome.append(kernel.xs.read(f"{home}/name"))
+        except BaseException as e:
+            outcome.append(e)
+
+    machine.xs.write(f"{home}/data/poke", "0")
+    kernel.xs.watch(f"{home}/data/poke", "busy", on_change)  # fires once at once
+    assert entered.wait(10)
+    libxl.domain_pause(domid)
+    go.set()  # the request goes out; its reply's upcall is queued on the paused vCPU
+    time.sleep(0.2)
+    assert outcome == []  # in flight
+    t0 = time.monotonic()
+    libxl.domain_destroy(domid)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 5, elapsed
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosed), outcome
+    assert [d.name for d in libxl.domain_list()] == ["Domain-0"]
+    assert not machine.xs.exists(home)
+    assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}

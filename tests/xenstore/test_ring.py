@@ -168,3 +168,36 @@ def test_requests_are_traced_with_the_guest_domid() -> None:
     finally:
         m.dom0.close()
         hv.shutdown()
+
+
+def test_close_fails_a_request_waiting_for_its_reply_at_once(machine: Machine) -> None:
+    """The guest's vCPU is paused, so the reply it would deliver never comes; closing the
+    ring (the domain is being destroyed) fails the waiting request with ConnectionClosed
+    instead of leaving it for the 30 s reply timeout."""
+    domid, ring, g = boot_guest(machine, "guest1")
+    g.write("data/x", "1")
+    machine.hv.dom0.hypercalls.domctl_pausedomain(domid)
+    outcome: list[BaseException | bytes] = []
+
+    def read() -> None:
+        try:
+            outcome.append(g.read("data/x"))
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=read)
+    t.start()
+    try:
+        time.sleep(0.2)
+        assert t.is_alive() and outcome == []  # in flight: the reply waits on the vCPU
+        t0 = time.monotonic()
+        ring.close()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - t0 < 1.0
+    finally:
+        ring.close()
+        machine.hv.dom0.hypercalls.domctl_unpausedomain(domid)
+        t.join(5)
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosed), outcome
+    with pytest.raises(ConnectionClosed):
+        g.read("data/x")  # and nothing more goes through a closed ring

@@ -4,7 +4,13 @@ Public names for the layers above; each lives in a module named after the Xen
 component it models.
 """
 
-from xenpci.hv.domain import DOMID_FIRST_RESERVED, DOMID_SELF, Domain, Vcpu
+from xenpci.hv.domain import (
+    DOMID_FIRST_RESERVED,
+    DOMID_SELF,
+    MAX_CONTROLLER_PAUSES,
+    Domain,
+    Vcpu,
+)
 from xenpci.hv.errors import (
     Deadlock,
     DeviceError,
@@ -34,6 +40,7 @@ from xenpci.hv.scheduler import Scheduler, SteppedVcpu
 __all__ = [
     "DOMID_FIRST_RESERVED",
     "DOMID_SELF",
+    "MAX_CONTROLLER_PAUSES",
     "MMIO_BASE",
     "NR_EVTCHN_PORTS",
     "PAGE_SHIFT",

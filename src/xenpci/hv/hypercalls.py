@@ -471,6 +471,25 @@ class Hypercalls:
         self._hv._destroy_domain(domid)
 
     @hypercall
+    def domctl_pausedomain(self, domid: int) -> None:
+        """``XEN_DOMCTL_pausedomain``: one more controller pause; returns with the
+        vCPU off the CPU. A domain cannot pause itself (``EINVAL``)."""
+        op = "domctl_pausedomain"
+        self._privileged(op)
+        target = self._hv._target(domid, op, self.domid)
+        if target is self._dom:
+            raise InvalidArgument("a domain cannot pause itself", op=op, domid=self.domid)
+        target.pause_by_systemcontroller()
+
+    @hypercall
+    def domctl_unpausedomain(self, domid: int) -> None:
+        """``XEN_DOMCTL_unpausedomain``: one controller pause less (``EINVAL`` if none);
+        the last lets the vCPU run what was queued for it."""
+        op = "domctl_unpausedomain"
+        self._privileged(op)
+        self._hv._target(domid, op, self.domid).unpause_by_systemcontroller()
+
+    @hypercall
     def iomem_permission(self, domid: int, first_mfn: int, nr_mfns: int, allow: bool) -> None:
         self._privileged("iomem_permission")
         self._hv._iomem_permission(self.domid, domid, first_mfn, nr_mfns, allow)

@@ -8,7 +8,8 @@ The same program then produces the same trace on every run. It models Xen's
 credit scheduler only in keeping each vCPU to one thing at a time: a vCPU
 whose work is on the stack (it is waiting in a nested ``call``) is skipped
 until that work returns, and waiting on such a vCPU is reported as the
-deadlock it would be.
+deadlock it would be. A paused vCPU's work is skipped too (it stays queued, in
+order) until it is unpaused.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Scheduler:
         """Run the oldest item whose vCPU is free; return whether one ran."""
         with self._lock:
             for i, entry in enumerate(self._queue):
-                if entry[0] not in self._running:
+                if not entry[0].paused and entry[0] not in self._running:
                     del self._queue[i]
                     break
             else:
@@ -91,8 +92,18 @@ class SteppedVcpu:
         self.on_error = on_error
         self.scheduler = scheduler
         self._stopped = False
+        self.paused = False
 
     ident = None
+
+    def pause(self, timeout: float) -> bool:
+        # One thread runs everything: when the caller runs, no other vCPU's call can be
+        # mid-flight except those on the caller's stack, which finish before it returns.
+        self.paused = True
+        return True
+
+    def unpause(self) -> None:
+        self.paused = False
 
     def on_this_vcpu(self) -> bool:
         return self.scheduler.current() is self

@@ -67,6 +67,17 @@ class DomainGone(ToolstackError):
         super().__init__(f"domain {domid} went away", LibxlErrorCode.ERROR_FAIL)
 
 
+class PauseError(ToolstackError):
+    """``libxl_domain_(un)pause`` failed: the pause domctl's errno (``EINVAL``,
+    ``EOVERFLOW``, ``EBUSY``, ``ESRCH``) is in ``errno``; libxl returns ``ERROR_FAIL``."""
+
+    def __init__(self, domid: int, op: str, errno: str, message: str) -> None:
+        self.domid = domid
+        self.op = op
+        self.errno = errno
+        super().__init__(f"Domain {domid}:{op}: {message}", LibxlErrorCode.ERROR_FAIL)
+
+
 class DeviceNotAttached(ToolstackError):
     """Detach of a BDF with no ``dev-N`` in the domain's backend."""
 

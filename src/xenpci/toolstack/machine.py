@@ -15,9 +15,10 @@ It implements the toolstack's :class:`xenpci.toolstack.libxl.Platform`:
 sysfs files), ``reset_device`` (sysfs ``reset``: the config header is restored
 after it, from what pciback saved at seize for a device it holds),
 ``start_guest`` (optionally paused) / ``pause_guest`` / ``unpause_guest`` /
-``guest_paused`` / ``stop_guest``. Pausing holds the guest's vCPU
-(:mod:`xenpci.toolstack.domain_pause`): its kernel handles no XenBus event
-and no event-channel upcall until the last unpause.
+``guest_paused`` / ``stop_guest``. Pausing is the hypervisor's
+(``XEN_DOMCTL_pausedomain``, :meth:`xenpci.hv.Hypercalls.domctl_pausedomain`):
+the guest's kernel handles no XenBus event and no event-channel upcall until
+the last unpause.
 
 Dom0's MSI set-up is pciback's
 :class:`~xenpci.pciback.platform.HvInterruptPlatform`; the machine wires a
@@ -42,7 +43,7 @@ from xenpci.devices.irq import Interrupt
 from xenpci.errors import XenpciError
 from xenpci.guest.kernel import GuestKernel
 from xenpci.guest.lspci import guest_function
-from xenpci.hv import Hypercalls, Hypervisor
+from xenpci.hv import HvError, Hypercalls, Hypervisor
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
@@ -54,7 +55,7 @@ from xenpci.pciback.platform import HvInterruptPlatform
 from xenpci.pciback.xenbus import PcibackDriver
 from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
 from xenpci.toolstack import libxl_pci
-from xenpci.toolstack.domain_pause import ControllerPause
+from xenpci.toolstack.errors import PauseError
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.core import XenStore
@@ -150,7 +151,6 @@ class Machine:
         self._host: dict[SBDF, PciFunction] = {}
         self.guests: dict[int, GuestKernel] = {}
         self._guest_clients: dict[int, XsClient] = {}
-        self._pauses: dict[int, ControllerPause] = {}
         self._servers: list[XenstoredServer] = []
         self._lock = threading.RLock()
         self._closed = False
@@ -252,14 +252,19 @@ class Machine:
             linux.pci_restore_state(saved)
             return method
 
-    def start_guest(self, name: str, memory_kib: int, *, paused: bool = False) -> int:
+    def start_guest(
+        self, name: str, memory_kib: int, *, paused: bool = False, boot: bool = True
+    ) -> int:
         """Create a PV domain with its XenStore home and boot its kernel.
 
         With ``paused`` the kernel boots only at :meth:`unpause_guest`, as
         ``xl create`` builds a paused domain, adds its devices and unpauses
         it last: devices added with ``starting`` then reach pciback before the
         frontend connects (once Connected, pciback ignores ``state-i = 1``
-        devices unless the backend is switched to Reconfiguring).
+        devices unless the backend is switched to Reconfiguring). A paused
+        guest does nothing at all, XenStore requests included. With
+        ``boot=False`` the domain runs but its kernel never starts its XenBus
+        frontend bus (no pcifront): a guest that acts only by hand.
         """
         dom = self.hv.create_domain(name, memory_kib)
         domid = dom.domid
@@ -291,56 +296,58 @@ class Machine:
         with self._lock:
             self.guests[domid] = kernel
             self._guest_clients[domid] = client
-            self._pauses[domid] = ControllerPause(dom, start_paused=paused)
-        if not paused:
+        if paused:
+            # Xen builds every domain paused; ours are built running, so pause it
+            # before its kernel has anything to run (the vCPU is idle: no wait).
+            self.pause_guest(domid)
+        elif boot:
             kernel.boot()
         return domid
 
-    def _pause_of(self, domid: int) -> ControllerPause:
-        with self._lock:
-            pause = self._pauses.get(domid)
-        if pause is None:
-            raise MachineError(f"no guest d{domid}")
-        return pause
-
     def pause_guest(self, domid: int) -> None:
         """``libxl_domain_pause``: the guest's vCPU stops; what reaches it waits."""
-        self._pause_of(domid).pause()
+        self.guest(domid)  # a guest of this machine, not dom0
+        try:
+            self.dom0.domctl_pausedomain(domid)
+        except HvError as e:
+            raise PauseError(domid, "Pausing domain", e.errno, str(e)) from e
 
     def unpause_guest(self, domid: int) -> None:
         """``libxl_domain_unpause``: on the last unpause the vCPU runs what was queued;
         a guest built paused boots its kernel (its frontends probe)."""
-        if self._pause_of(domid).unpause():
-            self.guest(domid).boot()  # idempotent: only a first unpause boots
+        kernel = self.guest(domid)
+        try:
+            self.dom0.domctl_unpausedomain(domid)
+        except HvError as e:
+            raise PauseError(domid, "Unpausing domain", e.errno, str(e)) from e
+        if not self.guest_paused(domid):
+            kernel.boot()  # idempotent: only a first unpause boots
 
     def guest_paused(self, domid: int) -> bool:
         """Is the domain paused by the toolstack (``xl list``'s ``p``)?"""
-        return self._pause_of(domid).paused
+        self.guest(domid)
+        try:
+            return self.hv.domain(domid).paused
+        except HvError:
+            return False  # destroyed under us: nothing left paused
 
     def stop_guest(self, domid: int) -> None:
-        """Shut the kernel down, forget the domain in XenStore, destroy it.
+        """Cut the guest's XenStore connection, stop its kernel, forget it, destroy it.
 
-        A paused guest gets no chance to act: its XenStore connection is closed
-        first, so nothing it does from then on reaches the store; only then is
-        its vCPU let go, so a request it had in flight when paused gets its
-        reply (instead of waiting out the ring's timeout) and the vCPU can end.
+        The connection goes first, paused or not: a request the kernel is blocked
+        on (its reply never comes from a paused vCPU) fails at once with
+        ``ConnectionClosed``, so its threads let go and the kernel stops without
+        waiting out any timeout; nothing it does from then on reaches the store.
+        The domain is destroyed still paused: its vCPU never runs again.
         """
         with self._lock:
             kernel = self.guests.pop(domid, None)
             client = self._guest_clients.pop(domid, None)
-            pause = self._pauses.pop(domid, None)
-        if pause is not None and pause.paused:
-            if client is not None:
-                with contextlib.suppress(XenpciError):
-                    client.close()
-            pause.release()
-        if kernel is not None:
-            kernel.shutdown()
         if client is not None:
             with contextlib.suppress(XenpciError):
                 client.close()
-        if pause is not None:
-            pause.release()
+        if kernel is not None:
+            kernel.shutdown()
         with contextlib.suppress(XenpciError):
             self.store.release_domain(domid)
         with contextlib.suppress(XenpciError):

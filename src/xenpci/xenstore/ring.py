@@ -16,7 +16,10 @@ field carries that grant reference (Xen's toolstack reserves grant entry
 ``GNTTAB_RESERVED_XENSTORE`` for the same purpose; here the guest picks it).
 The event channel is the guest's unbound port, bound by xenstored as in Xen.
 Guest-side requests block for their reply, so they must not be issued from
-the guest's own vCPU thread (where the event upcall runs).
+the guest's own vCPU thread (where the event upcall runs). Closing the guest's
+end (the domain is being destroyed) fails a request waiting for its reply or
+for ring space at once with ``ConnectionClosed``: a paused guest's vCPU never
+delivers that reply, and a destroy must not wait out the reply timeout.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ CONNECTION = _IFACE.connection.offset
 ERROR = _IFACE.error.offset
 _U32 = struct.Struct("<I")
 SIZE = w.XENSTORE_RING_SIZE
+#: Put on the reply queue by GuestRing.close to wake a request waiting for its reply.
+_CLOSED = object()
 
 
 class RingIndexError(XenstoreError):
@@ -217,7 +222,8 @@ class GuestRing:
         self.port = hc.evtchn_alloc_unbound(backend_domid)
         self.on_event: Callable[[Frame], None] = lambda f: None
         self._decoder = FrameDecoder()
-        self._replies: queue.Queue[Frame | None] = queue.Queue()
+        # None: the ring failed (xenstored set ``error``); _CLOSED: our end was closed.
+        self._replies: queue.Queue[Frame | object | None] = queue.Queue()
         self._space = threading.Condition()
         self._lock = threading.Lock()
         self._closed = False
@@ -265,18 +271,33 @@ class GuestRing:
                     sent += n
                     if n:
                         self.hc.evtchn_send(self.port)
+                    elif self._closed:
+                        raise ConnectionClosed("ring closed while waiting for space")
                     elif not self._space.wait(timeout=10):
                         raise ConnectionClosed("xenstored does not consume the ring")
+                    if self._closed:
+                        raise ConnectionClosed("ring closed while waiting for space")
             try:
                 reply = self._replies.get(timeout=30)
             except queue.Empty:
                 raise ConnectionClosed("no reply from xenstored") from None
+            if reply is _CLOSED:
+                raise ConnectionClosed("ring closed while waiting for the reply")
             if reply is None:
                 self._closed = True
                 raise ConnectionClosed(f"ring error {self.error}")
+            assert isinstance(reply, Frame)
             return reply
 
     def close(self) -> None:
+        """Shut our end: a request blocked on a reply or on ring space fails now."""
+        if self._closed:
+            return
         self._closed = True
         with contextlib.suppress(Exception):
             self.hc.evtchn_set_handler(self.port, None)
+        # Not under _lock: the request waiting holds it. The marker is left for a
+        # request not yet waiting too; none can come after (they check _closed).
+        self._replies.put(_CLOSED)
+        with self._space:
+            self._space.notify_all()
