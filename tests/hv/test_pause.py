@@ -192,3 +192,17 @@ def test_pausing_is_traced_with_errno(hv: Hypervisor, guest: Domain) -> None:
         ("domctl_pausedomain", "EINVAL"),
         ("domctl_unpausedomain", None),
     ]
+
+
+def test_run_until_idle_does_not_wait_on_a_paused_domain(hv: Hypervisor, guest: Domain) -> None:
+    other = hv.create_domain("other", 256)
+    hv.dom0.hypercalls.domctl_pausedomain(guest.domid)
+    ran: list[str] = []
+    guest.run(ran.append, "paused")
+    other.run(ran.append, "running")
+    t0 = time.monotonic()
+    hv.run_until_idle()
+    assert time.monotonic() - t0 < 2.0 and ran == ["running"]
+    hv.dom0.hypercalls.domctl_unpausedomain(guest.domid)
+    hv.run_until_idle()
+    assert ran == ["running", "paused"]

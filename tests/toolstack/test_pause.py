@@ -161,7 +161,7 @@ def test_destroying_a_paused_guest_mid_attach(machine: Machine, libxl: Libxl) ->
     libxl.domain_destroy(domid)
     t.join(timeout=30)
     assert not t.is_alive()
-    assert time.monotonic() - t0 < 15  # ended by the death, not the 20 s backend timeout
+    assert time.monotonic() - t0 < 5  # ended by the death, not a reply or backend timeout
     assert len(errors) == 1 and isinstance(errors[0], DomainGone), errors
     assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
     assert len(nvme.resets) > resets_before  # type: ignore[attr-defined]

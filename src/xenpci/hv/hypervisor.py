@@ -176,10 +176,13 @@ class Hypervisor:
 
         Deterministic mode: runs everything runnable on this thread. Threaded
         mode: waits until every domain's queue, as of now, has drained (returns 0).
+        A paused domain's queue waits for its unpause: it is not waited for.
         """
         if self.scheduler is not None:
             return self.scheduler.run_until_idle()
         for dom in self.domains():
+            if dom.paused:
+                continue
             with contextlib.suppress(HvError):
                 dom.call(lambda: None)
         return 0
