@@ -16,6 +16,7 @@ import pytest
 
 from tests.toolstack.test_libxl_machine import LEGACY, NIC, NVME, spec, wait_node
 from xenpci.hv import MAX_CONTROLLER_PAUSES
+from xenpci.pcifront.errors import PcifrontError
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.errors import DomainGone, PauseError, ToolstackError
 from xenpci.toolstack.host import HostDescription, boot_machine
@@ -206,4 +207,43 @@ def test_pause_at_the_busy_moment_then_destroy_is_prompt(machine: Machine, libxl
     assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosed), outcome
     assert [d.name for d in libxl.domain_list()] == ["Domain-0"]
     assert not machine.xs.exists(home)
+    assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
+
+
+def test_pause_during_a_pcifront_scan_then_destroy_is_prompt(
+    machine: Machine, libxl: Libxl
+) -> None:
+    """xl pause lands while the guest kernel scans through pcifront (Linux probes all
+    256 devfns of a root, one op each); every answer needs the paused vCPU's upcall.
+    xl destroy must not wait out the op timeout once per devfn: the kernel halts its
+    channel first, the op in flight and the rest of the scan fail at once."""
+    domid = guest_with_nic(machine, libxl)
+    kernel = machine.guest(domid)
+    front = kernel.pcifront
+    assert front is not None and front.chan is not None
+    front.chan.timeout = 30.0  # a stalled op would hold destroy for 30 s per devfn
+    started = threading.Event()
+    results: list[int] = []
+
+    def scan() -> None:  # the guest kernel's rescan of root 0000:00
+        started.set()
+        for devfn in range(256):
+            try:
+                results.append(front.read(0, 0, devfn, 0, 4)[0])
+            except PcifrontError:  # the frontend is gone: the scan stops as in Linux
+                results.append(-1)
+
+    libxl.domain_pause(domid)
+    scanner = threading.Thread(target=scan)
+    scanner.start()
+    assert started.wait(10)
+    time.sleep(0.2)  # the first op is posted; its answer's upcall waits on the paused vCPU
+    t0 = time.monotonic()
+    libxl.domain_destroy(domid)
+    scanner.join(10)
+    elapsed = time.monotonic() - t0
+    assert not scanner.is_alive()
+    assert elapsed < 5, elapsed
+    # the scan did not go on as if devices answered: every op after the halt failed
+    assert len(results) == 256 and results[-1] != 0
     assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}

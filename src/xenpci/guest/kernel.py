@@ -52,6 +52,7 @@ class GuestKernel:
         self._changed = threading.Condition(self._lock)
         self._token = f"guest-{self.domid}-device-pci"
         self._booted = False
+        self._halting = False
 
     def boot(self) -> None:
         """Start the XenBus frontend bus: watch ``device/pci/0`` (fires once at once)."""
@@ -59,11 +60,19 @@ class GuestKernel:
             if self._booted:
                 return
             self._booted = True
+            self._halting = False
         self.xs.watch(frontend_node(self.domid), self._token, self._device_changed)
 
     def shutdown(self) -> None:
         """Stop the kernel: it stops watching and writes nothing more (the domain is
         destroyed or hangs); its frontend's resources are dropped."""
+        # First, without the lock: a watch callback may hold it while rescanning
+        # through pcifront, and a dying guest's answers never come back. Halting
+        # the channel makes those ops fail at once instead of timing out per devfn.
+        self._halting = True
+        front = self.pcifront
+        if front is not None and front.chan is not None:
+            front.chan.halt()
         with self._lock:
             if not self._booted:
                 return
@@ -88,7 +97,7 @@ class GuestKernel:
     def _device_changed(self, _ev: WatchEvent) -> None:
         node = frontend_node(self.domid)
         with self._lock:
-            if not self._booted:
+            if not self._booted or self._halting:
                 return
             try:
                 present = self.xs.exists(f"{node}/state") and self.xs.exists(f"{node}/backend")

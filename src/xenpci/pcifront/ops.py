@@ -105,6 +105,7 @@ class PciOpChannel:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._event = threading.Event()
+        self._halted = False
         self.timeouts = 0
         self.ops = 0
 
@@ -122,6 +123,16 @@ class PciOpChannel:
         """The event-channel upcall: the backend answered (or an AER request arrived)."""
         self._event.set()
 
+    def halt(self) -> None:
+        """The guest is being destroyed: fail the op in flight and every later one now.
+
+        A destroyed (or paused-then-destroyed) guest's answers never arrive, since
+        its upcalls do not run; without this a rescan in progress would wait out
+        the op timeout once per devfn while the toolstack waits on the kernel.
+        """
+        self._halted = True
+        self._event.set()
+
     def do_pci_op(self, op: xen_pci_op, name: str = "") -> xen_pci_op:
         """Post ``op``, wait for the answer, return a private copy of the shared op.
 
@@ -131,6 +142,8 @@ class PciOpChannel:
         if self._on_vcpu():
             raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
         with self._lock:
+            if self._halted:
+                raise NotConnected("the guest is being destroyed")
             info = self._info
             ctypes.memmove(ctypes.addressof(info) + _OP_OFFSET, ctypes.addressof(op), _OP_SIZE)
             self._event.clear()
@@ -142,6 +155,8 @@ class PciOpChannel:
             deadline = time.monotonic() + self.timeout
             while info.flags & pciif.XEN_PCIF_active:
                 left = deadline - time.monotonic()
+                if self._halted:
+                    raise NotConnected("the guest is being destroyed")
                 if left <= 0:
                     info.flags &= ~pciif.XEN_PCIF_active
                     self.timeouts += 1
@@ -166,6 +181,8 @@ class PciOpChannel:
         if self._on_vcpu():
             raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
         with self._lock:
+            if self._halted:
+                return pciif.XEN_PCI_ERR_dev_not_found, value
             info = self._info
             shared = info.op
             shared.cmd, shared.err, shared.domain, shared.bus = cmd, 0, domain, bus
@@ -180,6 +197,8 @@ class PciOpChannel:
                 if not deadline:
                     deadline = time.monotonic() + self.timeout
                 left = deadline - time.monotonic()
+                if self._halted:
+                    return pciif.XEN_PCI_ERR_dev_not_found, value
                 if left <= 0:
                     info.flags &= ~pciif.XEN_PCIF_active
                     self.timeouts += 1
