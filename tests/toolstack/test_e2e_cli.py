@@ -44,6 +44,15 @@ class Xl:
             assert r.exit_code == 0, (args, r.stdout, r.stderr)
         return r.exit_code, r.stdout, r.stderr
 
+    def background(self, *args: str) -> subprocess.Popen[str]:
+        """``xenpci xl ARGS`` in its own process, as a second xl invocation would run."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "xenpci", "xl", "--dir", str(self.dir), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def refused(self, *args: str) -> str:
         code, _out, err = self(*args, ok=False)
         assert code == 1
@@ -390,22 +399,7 @@ def test_guest_paused_then_destroyed_mid_attach(machine_dir: Path) -> None:
         xl("pci-attach", "guest1", "04:00.0")  # Reconfiguring written; nobody answers
         before = _status_devices(machine_dir)
         # the next attach waits for Connected, in its own process as a second xl would
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xenpci",
-                "xl",
-                "--dir",
-                str(machine_dir),
-                "pci-attach",
-                "guest1",
-                "07:00.0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = xl.background("pci-attach", "guest1", "07:00.0")
         try:
             deadline = time.monotonic() + 30
             while xl.xs_read("/libxl/pci/0000-07-00-0/domid") != "1":
@@ -452,22 +446,7 @@ def test_attach_to_paused_guest_completes_on_unpause(machine_dir: Path) -> None:
         xl.wait_connected(1)
         xl("pause", "1")
         xl("pci-attach", "guest1", "04:00.0")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xenpci",
-                "xl",
-                "--dir",
-                str(machine_dir),
-                "pci-attach",
-                "guest1",
-                "07:00.0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = xl.background("pci-attach", "guest1", "07:00.0")
         try:
             time.sleep(1.5)
             assert proc.poll() is None  # waiting for the paused guest
