@@ -382,7 +382,11 @@ class HvRingClient(_RingClient):
             self._cond.notify_all()
 
     def _kick(self) -> None:
-        self.hc.evtchn_send(self.port)
+        try:
+            self.hc.evtchn_send(self.port)
+        except Exception:
+            # xenstored closed its end (RELEASE): like a real guest, nothing to notify.
+            self.closed = True
 
     def _wait(self) -> None:
         with self._cond:
@@ -429,6 +433,16 @@ class XsDaemon(abc.ABC):
     def pid(self) -> int:
         """The process whose CPU time and memory are the daemon's."""
         return os.getpid()
+
+    def settle(self, via: RawClient) -> None:
+        """Return once everything sent to the daemon so far (on any connection) is processed.
+
+        Two barrier round trips on ``via``: the daemon answers the second in a
+        main-loop pass after the one that answered the first, and that first
+        pass already saw all input sent before it, rings included.
+        """
+        via.sync()
+        via.sync()
 
     def introduce(self, via: RawClient, domid: int) -> tuple[list[Frame], RawClient]:
         """INTRODUCE ``domid`` on dom0 connection ``via``; the reply frames and the guest."""
@@ -534,7 +548,12 @@ class RealXenstored(XsDaemon):
             args = [str(binary), "--no-fork", "--config-file", str(d / "etc" / "oxenstored.conf")]
         args += extra
         self._proc = subprocess.Popen(
-            args, env=env, stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL
+            args,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         stderr.close()
         self._wait_ready()
@@ -602,6 +621,15 @@ class RealXenstored(XsDaemon):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the test process dies (no leaked daemons)."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+
+
 class OurXenstored(XsDaemon):
     """Our daemon in process: the socket server for dom0, ring service over the model hv.
 
@@ -643,6 +671,12 @@ class OurXenstored(XsDaemon):
         client = HvRingClient(dom)
         self._guests.append(client)
         return GuestSlot(domid, f"{domid}\0{client.gref}\0{client.port}\0".encode(), client)
+
+    def settle(self, via: RawClient) -> None:
+        # Rings are served on dom0's vCPU: wait until its queue (kicks already
+        # posted by the guests' sends) has drained, then the socket thread.
+        self.hv.run_until_idle()
+        via.sync()
 
     def close(self) -> None:
         for g in self._guests:
