@@ -10,10 +10,15 @@ do not copy; the test is skipped with the reason.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import pytest
+
+from xenpci.abi import xs_wire as w
+
+if TYPE_CHECKING:
+    from .scenario import Step
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -124,3 +129,39 @@ def known(name: str) -> Callable[[F], F]:
         return mark(fn)  # type: ignore[no-any-return]
 
     return apply
+
+
+@dataclass(frozen=True)
+class OcamlDivergence:
+    """Where oxenstored answers differently from C 4.17 (ours follows C)."""
+
+    reason: str
+    script: list[Step]
+    c_reply: str
+    ocaml_reply: str
+    daemon_args: dict[str, object] = field(default_factory=dict)
+
+
+def _ocaml_divergences() -> dict[str, OcamlDivergence]:
+    from .scenario import op
+
+    return {
+        "ocaml-equota": OcamlDivergence(
+            "oxenstored reports a watch quota hit as EQUOTA (no errno name "
+            "clients know); C 4.17 says E2BIG",
+            [op("g5", w.XS_WATCH, f"data/w{i}", "t") for i in range(4)],
+            "XS_ERROR req=0x0 tx=0 b'E2BIG\\x00'",
+            "XS_ERROR req=0x0 tx=0 b'EQUOTA\\x00'",
+            {"quotas": {"watches": 2}},
+        ),
+        "ocaml-no-directory-part": OcamlDivergence(
+            "oxenstored has no DIRECTORY_PART (ENOSYS); libxenstore then reports E2BIG",
+            [op("g5", w.XS_DIRECTORY_PART, "/local/domain/5", "0")],
+            "XS_DIRECTORY_PART req=0x0 tx=0 b'8\\x00\\x00'",
+            "XS_ERROR req=0x0 tx=0 b'ENOSYS\\x00'",
+        ),
+    }
+
+
+#: oxenstored's divergences from C, each asserted by test_oxenstored.py.
+OCAML_DIVERGENCES: dict[str, OcamlDivergence] = _ocaml_divergences()
