@@ -74,6 +74,7 @@ SYNC_REQ_ID: Final = 0x5EC0FFEE
 _KICK = struct.Struct("<II")  # the shim's event datagram: kind, value
 _KICK_DOMAIN, _KICK_VIRQ = 0, 1
 _SHIM_SOURCE = Path(__file__).parent / "shim" / "xsshim.c"
+_XSBENCH_SOURCE = Path(__file__).parent / "clients" / "xsbench.c"
 
 # Our quota names (CONTROL ``quota``) -> C xenstored 4.17 command-line options.
 _C_QUOTA_FLAGS: Final = {
@@ -127,25 +128,39 @@ def _project_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "xenpci"
 
 
-def shim_library() -> Path:
-    """The compiled shim: ``$XENPCI_XSSHIM``, else ``.cache/xsshim.so`` (built if stale)."""
-    env = os.environ.get("XENPCI_XSSHIM")
+def _compiled(source: Path, name: str, flags: list[str], env_override: str) -> Path:
+    """``$<env_override>``, else ``.cache/<name>`` compiled from ``source`` if missing or stale."""
+    env = os.environ.get(env_override)
     if env:
         return Path(env)
-    out = _project_cache() / "xsshim.so"
-    if out.exists() and out.stat().st_mtime >= _SHIM_SOURCE.stat().st_mtime:
+    out = _project_cache() / name
+    if out.exists() and out.stat().st_mtime >= source.stat().st_mtime:
         return out
     gcc = shutil.which("gcc")
     if gcc is None:
-        raise OracleUnavailable("gcc is missing: cannot build the xenstored shim")
+        raise OracleUnavailable(f"gcc is missing: cannot build {name}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
-    cmd = [gcc, "-shared", "-fPIC", "-O2", "-o", str(tmp), str(_SHIM_SOURCE), "-ldl"]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [gcc, *flags, "-o", str(tmp), str(source), "-ldl"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if r.returncode != 0:
-        raise OracleUnavailable(f"building the xenstored shim failed: {r.stderr.strip()}")
+        raise OracleUnavailable(f"building {name} failed: {r.stderr.strip()}")
     os.replace(tmp, out)  # atomic: parallel test workers may build at once
     return out
+
+
+def shim_library() -> Path:
+    """The compiled shim: ``$XENPCI_XSSHIM``, else ``.cache/xsshim.so`` (built if stale)."""
+    return _compiled(_SHIM_SOURCE, "xsshim.so", ["-shared", "-fPIC", "-O2"], "XENPCI_XSSHIM")
+
+
+def xsbench_client() -> Path:
+    """The benchmarks' C client (``clients/xsbench.c``), built into ``.cache`` if stale."""
+    return _compiled(_XSBENCH_SOURCE, "xsbench", ["-O2"], "XENPCI_XSBENCH")
 
 
 # -- raw clients -------------------------------------------------------------------
@@ -468,7 +483,9 @@ class RealXenstored(XsDaemon):
         domids: Iterable[int] = (0, 5, 6, 7, 8),
         quotas: Mapping[str, int] | None = None,
         extra_args: Iterable[str] = (),
+        trace: bool = False,
     ) -> None:
+        """``trace``: C's -T trace of every request into ``<dir>/log/trace`` (slow)."""
         if kind not in ("c", "ocaml"):
             raise ValueError(f"kind must be 'c' or 'ocaml', not {kind!r}")
         self.kind = kind
@@ -482,6 +499,7 @@ class RealXenstored(XsDaemon):
         self.dir = Path(tempfile.mkdtemp(prefix="xso", dir="/tmp"))
         self._guests: list[RawClient] = []
         self._proc: subprocess.Popen[bytes] | None = None
+        self._trace = trace
         try:
             self._start(binary, shim, list(domids), dict(quotas or {}), list(extra_args))
         except BaseException:
@@ -516,7 +534,9 @@ class RealXenstored(XsDaemon):
         stderr = open(d / "stderr", "wb")  # noqa: SIM115 - the child keeps it
         if self.kind == "c":
             env["XSSHIM_REDIRECT"] = f"/proc/xen={d}/proc"
-            args = [str(binary), "-N", "-P", "-T", str(d / "log" / "trace")]
+            args = [str(binary), "-N", "-P"]
+            if self._trace:
+                args += ["-T", str(d / "log" / "trace")]
             for name, value in quotas.items():
                 flag = _C_QUOTA_FLAGS[name]
                 args += [flag[0], f"{flag[1]}{value}"] if len(flag) == 2 else [flag[0], str(value)]
