@@ -84,6 +84,11 @@ EXCEPTIONS: dict[str, Known] = {
         "issue 14 §2.3: C drops an event identical to one still queued for that "
         "connection (XSA-326)",
     ),
+    "set-perms-missing-domain": Known(
+        "xfail",
+        "issue 14 §2.12: C answers ENOENT when entry 0 (the owner) names a domain "
+        "that does not run",
+    ),
     # Found by this oracle, not listed in issue 14 §2 (reported to the coordinator).
     "perm-strtol": Known(
         "xfail",

@@ -516,6 +516,7 @@ def test_missing_node_checks_the_ops_own_permission() -> None:
 # -- special paths ----------------------------------------------
 
 
+@known("set-perms-missing-domain")
 def test_set_perms_naming_a_domain_that_does_not_exist() -> None:
     # Domains 0, 5, 6, 7, 8 run; 9 and 12345 do not.
     compare(
