@@ -46,7 +46,7 @@ from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.errors import DomainGone, LibxlErrorCode, Refused, ToolstackError
-from xenpci.toolstack.xlcfg import DomainConfig, PciSpec
+from xenpci.toolstack.xlcfg import DomainConfig, PciSpec, require_supported_type
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
@@ -291,6 +291,7 @@ class Libxl:
         As libxl, a failed device attach fails the whole creation and the domain
         is destroyed.
         """
+        require_supported_type(cfg)  # HVM/PVH: refused until modelled
         with self._traced("create", name=cfg.name), self._lock:
             if any(r.name == cfg.name for r in self.domains.values()) or cfg.name == "Domain-0":
                 raise ToolstackError(
