@@ -375,6 +375,8 @@ def compare_cfg(oracle: XluOracle, text: str) -> None:
         ours = parse_cfg(text, "test.cfg")
     except XlCfgError as e:
         assert e.exit_code == 1
+        if "NUL" in e.reason:
+            return  # documented: NUL is always an error here
         assert theirs["rc"] != 0, f"we reject {text!r} ({e}) but libxlutil accepts it"
         return
     assert theirs["rc"] == 0, f"we accept {text!r} but libxlutil rejects it: {theirs['report']}"
@@ -432,6 +434,13 @@ CFG_CASES = [
     'name="a" # comment\n',
     'name="a" # no newline at the end',
     'name="a"',
+    'name="a"\nmemory = 64M',  # a stray last byte is dropped by libxlutil's lexer
+    "x=1 #",
+    "x = '",
+    "x=1\n$",
+    "x=1\n$\n",
+    "x=1 é",
+    "x=1\0",
     'name="a";memory=3;;\n',
     'Name="a"\n',
     '_name="a"\n',

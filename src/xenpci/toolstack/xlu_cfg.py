@@ -14,7 +14,11 @@ concatenation, ``dequote``). The rules that decide what is accepted:
   (the lexer's comment rule ends in ``\\n``);
 * a key given again replaces the earlier one (``find`` returns the newest);
   ``+=`` concatenates with the newest earlier value of the same type;
-* any lexical or syntax error rejects the whole file.
+* any lexical or syntax error rejects the whole file -- except that a stray
+  character as the very last byte of a file (``memory = 64M`` without a
+  final newline, a lone ``#`` or quote) is silently dropped: the lexer
+  reports a lexical error only when it matches the text *after* the bad
+  character. We follow that, as refusing would reject files xl accepts.
 
 Deliberate differences (listed for users in
 :data:`xenpci.toolstack.xlcfg.LIBXLUTIL_DIVERGENCES`):
@@ -141,6 +145,11 @@ def tokenize(text: str, path: str = "<string>") -> list[Token]:
     n = len(text)
     while i < n:
         c = text[i]
+        if i == n - 1 and "\0" < c < "\x80" and not _ends_token(c):
+            # flex reports a lexical error only when the next match in its
+            # error state runs; after the last byte none does: dropped.
+            # (A non-ASCII character is several bytes: the error fires.)
+            break
         if c == "\n":
             toks.append(Token("NL", c, line, col))
             i, line, col = i + 1, line + 1, 1
@@ -175,6 +184,11 @@ def tokenize(text: str, path: str = "<string>") -> list[Token]:
             raise _lex_error(path, line, col, f"unexpected character {shown}{hint}")
     toks.append(Token("EOF", "", line, col))
     return toks
+
+
+def _ends_token(c: str) -> bool:
+    """Whether ``c`` alone, as a file's last character, is a token or a blank."""
+    return c in "\n \t,;[]=" or c in _LOWER or c in _DIGITS
 
 
 def _lex_string(text: str, start: int, line: int, col: int, path: str) -> tuple[Token, int]:
