@@ -229,7 +229,7 @@ flag = st.booleans()
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sbdf=sbdfs,
-    vslot=st.none() | st.integers(0, 0x1F),
+    vslot=st.none() | st.integers(1, 0x1F),
     perm=flag,
     msi=flag,
     seize=flag,
@@ -311,3 +311,9 @@ def test_toolstack_refuses_hvm_and_creates_nothing() -> None:
         assert libxl.domain_create(load_domain_config("name='h'\ntype='pv'\nmemory=16\n")) > 0
     finally:
         machine.shutdown()
+
+
+def test_vslot_zero_is_no_vslot_as_libxl_vdevfn() -> None:
+    assert parse_pci_spec("03:00.0@0").vslot is None
+    assert parse_pci_spec("03:00.0,vslot=0x0") == parse_pci_spec("03:00.0")
+    assert parse_pci_spec("03:00.*@0").vdevfn == 0

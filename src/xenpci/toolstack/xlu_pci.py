@@ -89,7 +89,8 @@ class PciSpec:
 
     ``sbdf`` is None only for a spec naming an assignable device (``name=``,
     which may be empty, as libxlutil allows: the lookup then fails).
-    ``vslot`` is the requested virtual slot or None; ``all_functions`` is
+    ``vslot`` is the requested virtual slot or None (never 0, which libxl's
+    ``vdevfn`` cannot tell from "none"); ``all_functions`` is
     libxl's ``vfunc_mask = LIBXL_PCI_FUNC_ALL`` (``.*``), with function 0.
     """
 
@@ -341,7 +342,9 @@ def _parse_spec(s: str, d: PciDefaults) -> PciSpec:
     b = pci.bdf if bdf_present else None
     return PciSpec(
         sbdf=None if b is None else SBDF(b.domain, b.bus, b.dev, b.func),
-        vslot=pci.vslot,
+        # libxl keeps only vdevfn, where 0 means "no slot asked for": "@0" is
+        # no request (and "06:00.*@0" is refused like "06:00.*").
+        vslot=pci.vslot or None,
         permissive=pci.permissive,
         msitranslate=pci.msitranslate,
         seize=pci.seize,
