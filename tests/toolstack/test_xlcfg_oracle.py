@@ -12,7 +12,8 @@ assumes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -395,6 +396,10 @@ def compare_cfg(oracle: XluOracle, text: str) -> None:
     # xl's pci part: the globals, rdm (no policy= here), the list
     try:
         devices = pci_devices(ours)
+        # libxlutil's own warnings for the pci_* and pci keys, word for word
+        assert _accessor_warnings(ours.warnings) == _accessor_warnings(
+            theirs["report"].splitlines()
+        ), text
     except CfgPciSpecError as e:
         if e.libxlutil_ub:
             return
@@ -407,6 +412,10 @@ def compare_cfg(oracle: XluOracle, text: str) -> None:
         return
     assert all(d["rc"] == 0 for d in theirs["pci"]), text
     assert [our_view(s) for s in devices] == [oracle_view(d) for d in theirs["pci"]], text
+
+
+def _accessor_warnings(lines: Iterable[str]) -> list[str]:
+    return [w for w in lines if re.match(r"test\.cfg:\d+: warning: (parameter|can't use)", w)]
 
 
 CFG_CASES = [
@@ -451,6 +460,8 @@ CFG_CASES = [
     "memory = ' 64'\n",
     "memory = '64 '\n",
     "memory = 99999999999999999999\n",
+    "pci_seize = 99999999999999999999x\n",
+    "pci_seize = 0x\npci_permissive = [1]\npci_power_mgmt += 1\npci=['03:00.0']\n",
     "memory = -5\n",
     "memory = 64M\n",
     "x = [1 2]\n",

@@ -204,7 +204,7 @@ def pci_devices(cfg: XluConfig) -> tuple[PciSpec, ...]:
     """
     path = cfg.source
     flags: dict[str, bool] = {}
-    for k in _BOOL_KEYS:
+    for k in ("msitranslate", "power_mgmt", "permissive", "seize"):  # xl's order
         v = cfg.get_long(f"pci_{k}")
         flags[k] = v is not None and _c_int(v) != 0
     rdm_policy: RdmPolicy | None = None

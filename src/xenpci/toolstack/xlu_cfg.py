@@ -38,7 +38,7 @@ Deliberate differences (listed for users in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from xenpci.errors import XenpciError
 
@@ -406,17 +406,16 @@ class XluConfig:
         if s.append:
             self._warn(s, f"can't use += with numbers for parameter `{key}'", dont_warn)
             return None
-        got = strtol0(s.value.value)
-        if got is None:
-            self._warn(s, f"parameter `{key}' is not a valid number", dont_warn)
-            return None
-        value, in_range = got
-        if not in_range:
+        value, status = strtol0(s.value.value)
+        if status == "range":
             self._warn(
                 s,
                 f"parameter `{key}' could not be parsed as a number: Numerical result out of range",
                 dont_warn,
             )
+            return None
+        if status == "invalid":
+            self._warn(s, f"parameter `{key}' is not a valid number", dont_warn)
             return None
         return value
 
@@ -431,11 +430,11 @@ class XluConfig:
         return s.value.value
 
 
-def strtol0(text: str) -> tuple[int, bool] | None:
-    """``strtol(text, &ep, 0)`` that must consume all of ``text``.
+def strtol0(text: str) -> tuple[int, Literal["ok", "range", "invalid"]]:
+    """``strtol(text, &ep, 0)`` judged as ``xlu_cfg_get_bounded_long`` does.
 
-    None when it does not (no digits, or trailing characters); else the value
-    and whether it fits a C ``long`` (``ERANGE`` otherwise).
+    ``range`` (``ERANGE``) is checked first, as there, even when characters
+    follow the digits; ``invalid`` is no digits or anything after them.
     """
     i, n = 0, len(text)
     while i < n and text[i] in C_SPACE:
@@ -451,10 +450,12 @@ def strtol0(text: str) -> tuple[int, bool] | None:
     j = i
     while j < n and text[j] in digits:
         j += 1
-    if j == i or j != n:
-        return None
+    if j == i:
+        return 0, "invalid"
     value = int(text[i:j], base) * (-1 if neg else 1)
-    return value, LONG_MIN <= value <= LONG_MAX
+    if not LONG_MIN <= value <= LONG_MAX:
+        return value, "range"
+    return value, "ok" if j == n else "invalid"
 
 
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
