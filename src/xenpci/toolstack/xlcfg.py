@@ -73,9 +73,16 @@ xl-pci-configuration(5)), with these deliberate choices where it has bugs:
     ignore (with a warning) an rdm= that does not parse.
   * A NUL character anywhere in a config is an error (libxlutil aborts on
     one inside a string).
-  * Checked here rather than by libxl later: name, memory and vcpus must be
-    non-empty/at least 1, and type=hvm/pvh is refused until HVM is modelled.
+  * Refused here where xl passes them on to libxl: an empty name, memory or
+    vcpus below 1, and type=hvm/pvh (until HVM is modelled).
   * A config must be UTF-8. Errors give line and column.
+Kept because xl does the same: the last setting of a key wins; numbers may
+be quoted (memory = "64"); a non-number memory/vcpus/pci_* is warned about
+and ignored; pci = "BDF" (a string, not a list) is warned about and the
+domain is created without the device; in a spec "permissive=yes" is 0, an
+empty "permissive=" is 0 even with pci_permissive=1, "bdf=" ignores text
+after the function, rdm_policy= is case-insensitive; a stray last byte of a
+file without a final newline is ignored.
 """
 
 _BOOL_KEYS: Final = ("permissive", "msitranslate", "seize", "power_mgmt")
