@@ -460,6 +460,12 @@ CFG_CASES = [
     "memory = ' 64'\n",
     "memory = '64 '\n",
     "memory = 99999999999999999999\n",
+    "memory = " + "1" * 5000 + "\n",
+    "memory = 0x" + "f" * 5000 + "\n",
+    "memory = 0" + "7" * 5000 + "\n",
+    "memory = -" + "0" * 5000 + "12\n",
+    "pci_seize = " + "0" * 5000 + "\npci=['03:00.0,permissive=" + "1" * 5000 + "']\n",
+    "pci = ['" + "0" * 5000 + "3:00.0@" + "0" * 5000 + "1f', '" + "f" * 5000 + ":0.0']\n",
     "pci_seize = 99999999999999999999x\n",
     "pci_seize = 0x\npci_permissive = [1]\npci_power_mgmt += 1\npci=['03:00.0']\n",
     "memory = -5\n",
@@ -490,7 +496,7 @@ CFG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("text", CFG_CASES)
+@pytest.mark.parametrize("text", CFG_CASES, ids=lambda t: repr(t)[:40])
 def test_config_cases_agree(oracle: XluOracle, text: str) -> None:
     compare_cfg(oracle, text)
 
@@ -561,3 +567,17 @@ def test_not_utf8_is_one_line(tmp_path: Path) -> None:
         load_domain_config_file(f)
     assert str(ei.value) == f"{f}:2:4: not UTF-8 text (byte 0xff)"
     assert ei.value.exit_code == 1
+
+
+def test_deep_nesting_is_a_clean_error(oracle: XluOracle) -> None:
+    """Hostile nesting: libxlutil's parser stack gives out near 5000 levels; ours at 200."""
+    deep = "x = " + "[" * 6000 + "]" * 6000 + "\n"
+    assert oracle.cfg(deep, [])["rc"] == EINVAL
+    assert "memory exhausted" in oracle.cfg(deep, [])["report"]
+    with pytest.raises(XlCfgError, match="lists nested deeper than 200 levels"):
+        parse_cfg(deep)
+    ok = "x = " + "[" * 200 + "]" * 200 + "\n"
+    assert oracle.cfg(ok, [])["rc"] == 0
+    assert parse_cfg(ok).get_list("x") is not None
+    with pytest.raises(XlCfgError):
+        parse_cfg("x = " + "[" * 201 + "]" * 201 + "\n")

@@ -75,6 +75,7 @@ xl-pci-configuration(5)), with these deliberate choices where it has bugs:
     one inside a string).
   * Refused here where xl passes them on to libxl: an empty name, memory or
     vcpus below 1, and type=hvm/pvh (until HVM is modelled).
+  * Lists nested more than 200 deep are refused (libxlutil: about 5000).
   * A config must be UTF-8. Errors give line and column.
 Kept because xl does the same: the last setting of a key wins; numbers may
 be quoted (memory = "64"); a non-number memory/vcpus/pci_* is warned about

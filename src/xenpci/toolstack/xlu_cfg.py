@@ -32,6 +32,8 @@ Deliberate differences (listed for users in
   rejecting it would refuse files xl accepts.
 * a NUL character: libxlutil aborts on an assertion when one is inside a
   string and calls it a lexical error elsewhere; we reject it everywhere.
+* lists nested deeper than :data:`MAX_LIST_DEPTH` are refused (libxlutil
+  refuses from about 5000 levels, "memory exhausted");
 * errors name a line and column; libxlutil reports a line only.
 """
 
@@ -42,6 +44,10 @@ from typing import Final, Literal
 
 from xenpci.errors import XenpciError
 
+# libxlutil's bison stack (YYMAXDEPTH 10000, two entries a level) gives out
+# near 5000 nested lists; ours are recursive Python values, so we stop far
+# earlier -- no real xl.cfg nests more than two.
+MAX_LIST_DEPTH: Final = 200
 LONG_MAX: Final = (1 << 63) - 1
 LONG_MIN: Final = -(1 << 63)
 C_SPACE: Final = " \t\n\v\f\r"  # isspace() in the C locale
@@ -334,19 +340,21 @@ class _Parser:
                     value = Node(a + b, value.line, value.column, cols)
         return Setting(key.text, value, value.line, key.column, op.kind == "+=")
 
-    def value(self) -> Node:
+    def value(self, depth: int = 0) -> Node:
         tok = self.take()
         if tok.kind in ("STRING", "NUMBER"):
             cols = tok.cols or tuple(range(tok.column, tok.column + len(tok.text)))
             return Node(tok.text, tok.line, tok.column, cols)
         if tok.kind != "[":
             raise self.fail(tok, f"expected a value, got {_describe(tok)}")
+        if depth >= MAX_LIST_DEPTH:
+            raise self.fail(tok, f"lists nested deeper than {MAX_LIST_DEPTH} levels")
         items: list[Node] = []
         self.nlok()
         while self.peek().kind != "]":
             if self.peek().kind == "EOF":
                 raise self.fail(tok, "unterminated list: '[' never closed")
-            items.append(self.value())
+            items.append(self.value(depth + 1))
             self.nlok()
             sep = self.peek()
             if sep.kind == ",":
@@ -430,6 +438,18 @@ class XluConfig:
         return s.value.value
 
 
+def c_digits(digits: str, base: int) -> int:
+    """The value of a C digit string, capped just past 64 bits.
+
+    C saturates on overflow; capping first keeps a hostile 10000-digit
+    number from costing time (and from Python's int-from-string limit).
+    """
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > 66:  # more than 64 bits in any base >= 2
+        return 1 << 65
+    return int(digits, base)
+
+
 def strtol0(text: str) -> tuple[int, Literal["ok", "range", "invalid"]]:
     """``strtol(text, &ep, 0)`` judged as ``xlu_cfg_get_bounded_long`` does.
 
@@ -452,7 +472,7 @@ def strtol0(text: str) -> tuple[int, Literal["ok", "range", "invalid"]]:
         j += 1
     if j == i:
         return 0, "invalid"
-    value = int(text[i:j], base) * (-1 if neg else 1)
+    value = c_digits(text[i:j], base) * (-1 if neg else 1)
     if not LONG_MIN <= value <= LONG_MAX:
         return value, "range"
     return value, "ok" if j == n else "invalid"

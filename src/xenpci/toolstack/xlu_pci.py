@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from xenpci.pci.address import SBDF
-from xenpci.toolstack.xlu_cfg import C_SPACE, LONG_MAX, LONG_MIN, XlCfgError
+from xenpci.toolstack.xlu_cfg import C_SPACE, LONG_MAX, LONG_MIN, XlCfgError, c_digits
 
 RdmPolicy = Literal["strict", "relaxed"]
 ERROR_FAIL: Final = -3
@@ -157,7 +157,7 @@ def scan_hex(s: str, i: int) -> tuple[int, int] | None:
     digits += s[i:j]
     if not digits:
         return None
-    v = int(digits, 16)
+    v = c_digits(digits, 16)
     if v > _ULONG_MAX:
         v = _ULONG_MAX  # strtoul's ERANGE result, then stored as unsigned int
     elif neg:
@@ -178,7 +178,7 @@ def atoi(s: str) -> int:
         j += 1
     if j == i:
         return 0
-    v = int(s[i:j]) * (-1 if neg else 1)
+    v = c_digits(s[i:j], 10) * (-1 if neg else 1)
     v = max(LONG_MIN, min(LONG_MAX, v))
     v &= 0xFFFFFFFF
     return v - (1 << 32) if v & 0x80000000 else v
