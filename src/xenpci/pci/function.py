@@ -197,6 +197,11 @@ class PciFunction:
             methods.append("pm")
         return methods
 
+    @property
+    def reset_methods_listed(self) -> bool:
+        """True when the source listed the methods (sysfs ``reset_method``)."""
+        return self._reset_methods is not None
+
     def reset(self, method: str) -> None:
         """Reset with ``method``: config returns to its state at construction."""
         supported = self.reset_methods()
