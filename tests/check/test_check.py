@@ -288,3 +288,66 @@ def test_this_machine_real_sysfs() -> None:
     if owners:
         row = next(r for r in out["rows"] if r["check"] == "dom0-use" and r["device"] == owners[-1])
         assert row["status"] == "fail" and root_dev in row["reason"]
+
+
+_NOBODY_CHILD = """
+import json
+from xenpci.check import load_host_facts, run_checks
+facts = load_host_facts("/")
+print(json.dumps([[str(r.device), r.rule, r.status, r.reason] for r in run_checks(facts)]))
+"""
+
+
+@pytest.mark.interop
+def test_this_machine_as_nobody_reads_without_privilege() -> None:
+    """Run as a non-root user, the report still comes out (config stops at 64 bytes) and
+    agrees with root's about the IOMMU; where 64 bytes cannot answer it says so."""
+    import shutil
+    import tempfile
+
+    import xenpci
+    from tests.pci.test_sysfs_nonroot import SYSTEM_PYTHON, _as_nobody
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to nobody (an unprivileged run is this case already)")
+    if not _listdir("/sys/bus/pci/devices") or not os.access(SYSTEM_PYTHON, os.X_OK):
+        pytest.skip("no PCI functions here, or no system python")
+    with tempfile.TemporaryDirectory(prefix="xenpci-check-nonroot") as tmp:
+        shutil.copytree(Path(xenpci.__file__).parent, Path(tmp) / "xenpci")
+        for d, _, files in os.walk(tmp):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        seen = json.loads(_as_nobody(SYSTEM_PYTHON, "-c", _NOBODY_CHILD, pythonpath=tmp))
+    root_rows = run_checks(load_host_facts("/"))
+    assert [(d, rule, st) for d, rule, st, _ in seen if rule == "iommu"] == [
+        (str(r.device), r.rule, r.status) for r in root_rows if r.rule == "iommu"
+    ]
+    for d, rule, status, reason in seen:
+        if rule == "msix-page" and status != "pass":
+            assert "(read as root)" in reason or "size is unknown" in reason, (d, reason)
+
+
+# --- hostile captured trees ---------------------------------------------------------------
+def test_mounts_escapes_and_garbage() -> None:
+    from xenpci.check.host import parse_mounts
+
+    got = parse_mounts("/dev/sda1 /mnt/a\\040b ext4 rw 0 0\n\\x \\xZZ \\9\nshort line\n")
+    assert [(m.device, m.mountpoint) for m in got] == [("/dev/sda1", "/mnt/a b"), ("\\x", "\\xZZ")]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "irq").write_text("eleven\n"), "expected a decimal number"),
+        (lambda d: (d / "resource").write_text("0x1 0x0 0x0\n"), "expected one of"),
+        (lambda d: (d / "vendor").write_text("0x1234\n"), "disagrees with config"),
+    ],
+)
+def test_damaged_capture_is_one_line_exit_3(tmp_path: Path, damage: object, message: str) -> None:
+    root = build_tree(tmp_path, load_dump(DUMPS / "cap-pci-af"))
+    d = (root / "sys" / "bus" / "pci" / "devices" / UHCI).resolve()
+    damage(d)  # type: ignore[operator]
+    result = runner.invoke(app, ["check", f"sysfs:{root}"])
+    assert result.exit_code == 3, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1

@@ -200,3 +200,13 @@ def test_guest_regions_are_dom0_resources_for_every_shared_dump(tmp_path: Path) 
             if fn.irq is not None:
                 assert guest.config.read(regs.PCI_INTERRUPT_LINE, 1) == fn.irq & 0xFF
     assert checked >= 15
+
+
+@pytest.mark.parametrize("irq", [None, 43])
+def test_libxl_maps_the_irq_the_guest_sees(stub: PciStub, irq: int | None) -> None:
+    """libxl reads sysfs irq to map the guest's pirq; pciback shows the same dev->irq."""
+    from xenpci.toolstack.libxl import legacy_irq
+
+    hw = conventional(irq=irq)
+    dd = seize(stub, hw).dev_data
+    assert legacy_irq(hw) == config_read(dd, regs.PCI_INTERRUPT_LINE, 1)[1] == (irq or 0x0B)

@@ -19,6 +19,7 @@ so the report can say so rather than call the host IOMMU-less.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,9 @@ from xenpci.pci.address import SBDF
 from xenpci.pci.errors import AddressError, SourceError
 from xenpci.pci.function import PciFunction
 from xenpci.pci.sysfs import load_sysfs
+
+# The kernel's mangle() escapes space, tab, newline and backslash as \ooo.
+_OCTAL = re.compile(r"\\([0-3][0-7]{2})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +108,7 @@ def parse_mounts(text: str) -> list[Mount]:
         fields = line.split()
         if len(fields) < 3:
             continue
-        dev, mnt, fstype = (f.encode().decode("unicode_escape") for f in fields[:3])
+        dev, mnt, fstype = (_OCTAL.sub(lambda m: chr(int(m[1], 8)), f) for f in fields[:3])
         out.append(Mount(dev, mnt, fstype))
     return out
 

@@ -181,7 +181,9 @@ def legacy_irq(fn: PciFunction) -> int | None:
         return None
     if not fn.config.read(regs.PCI_INTERRUPT_PIN, 1):
         return None
-    irq = fn.config.read(regs.PCI_INTERRUPT_LINE, 1)
+    # The source's dev->irq when it gave one (sysfs irq, "routed to IRQ N"): the value
+    # pciback shows the guest as INTERRUPT_LINE, so the pirq libxl maps must be this one.
+    irq = fn.irq if fn.irq is not None else fn.config.read(regs.PCI_INTERRUPT_LINE, 1)
     return irq if 0 < irq < 0xFF else None
 
 
