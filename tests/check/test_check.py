@@ -117,8 +117,8 @@ def test_conventional_bridge_aliases_requester_ids(tmp_path: Path) -> None:
     assert "conventional PCI bridge 0000:00:1e.0 aliases requester IDs" in by["acs"].reason
 
 
-def _root_port_with_acs(ctrl: int) -> PciFunction:
-    port = load_dump(DUMPS / "cap-aer-root")[0]
+def _root_port_with_acs(dump: str, ctrl: int) -> PciFunction:
+    port = load_dump(DUMPS / dump)[0]
     cs = port.config.copy()
     acs = find_ext_capability(cs, regs.PCI_EXT_CAP_ID_ACS)
     assert acs is not None
@@ -127,21 +127,33 @@ def _root_port_with_acs(ctrl: int) -> PciFunction:
 
 
 @pytest.mark.interop
-@pytest.mark.parametrize(("ctrl", "status"), [(0x0000, "warn"), (0x001D, "pass"), (0x0015, "warn")])
+@pytest.mark.parametrize(
+    ("dump", "ctrl", "status"),
+    [
+        ("cap-aer-root", 0x0000, "warn"),
+        ("cap-aer-root", 0x001D, "pass"),
+        ("cap-aer-root", 0x000D, "warn"),  # UpstreamFwd+ in ACSCap: needed
+        ("cap-aer-log", 0x000D, "pass"),  # UpstreamFwd- in ACSCap: hard-wired, not needed
+        ("cap-aer-log", 0x0005, "warn"),
+    ],
+)
 def test_acs_on_the_root_port_as_real_lspci_reads_it(
-    tmp_path: Path, ctrl: int, status: str
+    tmp_path: Path, dump: str, ctrl: int, status: str
 ) -> None:
-    """Real lspci decodes the port's ACSCtl; the rule wants SrcValid ReqRedir CmpltRedir
-    UpstreamFwd all on (Linux's REQ_ACS_FLAGS)."""
+    """Real lspci decodes the port's ACSCap/ACSCtl; Linux wants SrcValid ReqRedir
+    CmpltRedir UpstreamFwd on wherever the capability has them (pci_acs_flags_enabled)."""
     lspci = require_executable("lspci")
-    port = _root_port_with_acs(ctrl)
+    port = _root_port_with_acs(dump, ctrl)
     dump = tmp_path / "port.txt"
     dump.write_text(format_dump([port]))
     text = subprocess.run(
         [lspci, "-F", str(dump), "-vv"], capture_output=True, text=True, check=True
     ).stdout
+    cap = next(line for line in text.splitlines() if "ACSCap:" in line)
     ctl = next(line for line in text.splitlines() if "ACSCtl:" in line)
-    lspci_ok = all(f"{w}+" in ctl for w in ("SrcValid", "ReqRedir", "CmpltRedir", "UpstreamFwd"))
+    # Linux wants each of these on where the capability has it (pci_acs_flags_enabled).
+    wanted = [w for w in ("SrcValid", "ReqRedir", "CmpltRedir", "UpstreamFwd") if f"{w}+" in cap]
+    lspci_ok = all(f"{w}+" in ctl for w in wanted)
     secondary = port.config.read(regs.PCI_SECONDARY_BUS, 1)
     ep = moved(load_dump(DUMPS / "cap-pcie-2")[0], f"0000:{secondary:02x}:00.0")
     root = build_tree(tmp_path / "t", [port, ep])

@@ -48,12 +48,20 @@ PAGE_SHIFT = 12  # x86 pages: what Xen grants a PV guest's iomem permissions in
 PAGE_SIZE = 1 << PAGE_SHIFT
 
 # ACS capability (PCIe Base §7.7.8): control register and Linux's REQ_ACS_FLAGS.
+PCI_ACS_CAP = 0x04
 PCI_ACS_CTRL = 0x06
 PCI_ACS_SV = 0x01
 PCI_ACS_RR = 0x04
 PCI_ACS_CR = 0x08
 PCI_ACS_UF = 0x10
 REQ_ACS_FLAGS = {"SV": PCI_ACS_SV, "RR": PCI_ACS_RR, "CR": PCI_ACS_CR, "UF": PCI_ACS_UF}
+#: Express types whose multifunction devices need ACS between functions (pci_acs_enabled).
+_MF_ACS_TYPES = (
+    regs.PCI_EXP_TYPE_ENDPOINT,
+    regs.PCI_EXP_TYPE_UPSTREAM,
+    regs.PCI_EXP_TYPE_LEG_END,
+    regs.PCI_EXP_TYPE_RC_END,
+)
 #: Drivers that hold a device for passthrough rather than use it.
 PASSTHROUGH_DRIVERS = ("pciback", "xen-pciback", "pci-stub")
 
@@ -214,15 +222,20 @@ def check_acs(facts: HostFacts, fn: PciFunction) -> Finding:
             )
         elif t in (regs.PCI_EXP_TYPE_ROOT_PORT, regs.PCI_EXP_TYPE_DOWNSTREAM):
             problems.extend(_acs_problems(b, "port"))
-    siblings = [
+    slot = (fn.sbdf.segment, fn.sbdf.bus, fn.sbdf.device)
+    others = [
         f
         for f in facts.functions
-        if f.sbdf != fn.sbdf
-        and (f.sbdf.segment, f.sbdf.bus, f.sbdf.device)
-        == (fn.sbdf.segment, fn.sbdf.bus, fn.sbdf.device)
+        if f.sbdf != fn.sbdf and (f.sbdf.segment, f.sbdf.bus, f.sbdf.device) == slot
     ]
-    if siblings and _express_type(fn) is not None:
-        problems.extend(_acs_problems(fn, "multifunction device"))
+    if fn.config.multifunction and others:
+        # pci_acs_enabled: a multifunction endpoint (or upstream port) needs ACS to keep
+        # its functions apart; conventional PCI never has it (a shared bus snoops DMA).
+        t = _express_type(fn)
+        if t in _MF_ACS_TYPES:
+            problems.extend(_acs_problems(fn, "multifunction device"))
+        elif t is None and not _truncated(fn, regs.PCI_CFG_SPACE_SIZE):
+            problems.append(f"conventional PCI multifunction device {fn.sbdf} has no ACS")
     if problems:
         return Finding("warn", "; ".join(problems))
     if not chain:
@@ -237,8 +250,10 @@ def _acs_problems(fn: PciFunction, what: str) -> list[str]:
     acs = find_ext_capability(fn.config, regs.PCI_EXT_CAP_ID_ACS)
     if acs is None:
         return [f"{what} {fn.sbdf} has no ACS capability"]
+    # pci_acs_flags_enabled: a feature the capability lacks counts as hard-wired on.
+    cap = fn.config.read(acs + PCI_ACS_CAP, 2)
     ctrl = fn.config.read(acs + PCI_ACS_CTRL, 2)
-    missing = [n for n, bit in REQ_ACS_FLAGS.items() if not ctrl & bit]
+    missing = [n for n, bit in REQ_ACS_FLAGS.items() if cap & bit and not ctrl & bit]
     if missing:
         return [f"{what} {fn.sbdf}: ACS {' '.join(missing)} not enabled"]
     return []
