@@ -52,6 +52,7 @@ def check_cmd(
             help="[SOURCE] [BDF...]: SOURCE is 'sysfs' (default, this host), 'sysfs:ROOT' "
             "(a captured tree) or an lspci dump FILE; then the devices to check "
             "(default: every non-bridge function).",
+            metavar="SOURCE|BDF",
             show_default=False,
         ),
     ] = None,
