@@ -89,3 +89,27 @@ def test_explain_strict_reports_hidden_space(stub: PciStub) -> None:
     hidden = [d for d in diffs if d.rule == UNHANDLED]
     assert any(d.offset == 0x40 for d in hidden)  # the PM capability
     assert any(d.rule == "strict.capability_list" for d in diffs)
+
+
+def test_strict_exposes_identity_registers_vpci_reads_as_ones(stub: PciStub) -> None:
+    """What the strict docstring promises: vendor/device, class, header type, subsystem,
+    interrupt line/pin, cache line, latency and BIST read from the device (line: dom0's
+    irq), although Xen's vPCI gives a domU all-ones there."""
+    from xenpci.pciback.conf_space import strict
+
+    nic = make_nic()
+    nic.config.poke(regs.PCI_CACHE_LINE_SIZE, 1, 0x10)
+    nic.config.poke(regs.PCI_BIST, 1, 0x80)
+    view = guest_view(seize(stub, nic, policy="strict").dev_data)
+    for off, size in (
+        (regs.PCI_VENDOR_ID, 4), (regs.PCI_CLASS_REVISION, 4), (regs.PCI_HEADER_TYPE, 1),
+        (regs.PCI_SUBSYSTEM_VENDOR_ID, 4), (regs.PCI_INTERRUPT_PIN, 1),
+        (regs.PCI_CACHE_LINE_SIZE, 1), (regs.PCI_LATENCY_TIMER, 1), (regs.PCI_BIST, 1),
+    ):  # fmt: skip
+        assert view.read(off, size) == nic.config_read(off, size) != (1 << 8 * size) - 1, off
+    assert view.read(regs.PCI_INTERRUPT_LINE, 1) == nic.config_read(regs.PCI_INTERRUPT_LINE, 1)
+    doc = " ".join((strict.__doc__ or "").split())
+    for words in ("vendor/device ID", "class code", "header type", "subsystem",
+                  "interrupt line and pin", "cache line size", "latency timer", "BIST",
+                  "all-ones"):  # fmt: skip
+        assert words in doc, words

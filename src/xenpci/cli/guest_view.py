@@ -5,7 +5,8 @@ model, dom0 (XenStore, pciback) and one guest (pcifront, PCI core), passes the
 SOURCE device(s) through, and writes the guest's config space in ``lspci
 -xxxx`` form (decode it with ``lspci -F FILE -vvv``). Tables name the pciback
 rule behind every register the guest sees differently and every write it may
-not make. Devices whose BAR sizes are unknown are refused, not guessed.
+not make. Devices whose BAR sizes are unknown are refused, not guessed;
+``--bar-size BAR=SIZE`` supplies them for a bare ``lspci -xxxx`` dump.
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from xenpci.cli.pci import pci_app
+from xenpci.cli.pci import BarSizeOpt, open_with_sizes, pci_app
 from xenpci.errors import XenpciError
 from xenpci.pci.dump import format_dump
-from xenpci.pci.errors import PciError
-from xenpci.pci.sources import open_source
 from xenpci.pci.sysfs import SYSFS_PCI_DEVICES
 from xenpci.toolstack.machine import DeviceView, GuestViewReport, guest_view
 
@@ -96,17 +95,14 @@ def register(app: typer.Typer) -> None:
         sysfs_root: Annotated[
             Path, typer.Option("--sysfs-root", help="Where 'sysfs' sources are read from.")
         ] = SYSFS_PCI_DEVICES,
+        bar_size: BarSizeOpt = None,
     ) -> None:
         """Pass SOURCE through to a PV guest and write what the guest sees."""
         err = Console(stderr=True)
         if policy not in POLICIES:
             err.print(f"xenpci pci guest-view: --policy must be one of {', '.join(POLICIES)}")
             raise typer.Exit(2)
-        try:
-            functions = open_source(source, sysfs_root=sysfs_root)
-        except PciError as e:
-            err.print(f"xenpci pci guest-view: {e}")
-            raise typer.Exit(1) from None
+        functions = open_with_sizes(source, sysfs_root, bar_size, "xenpci pci guest-view")
         try:
             report = guest_view(functions, permissive=permissive, policy=policy, op_timeout=timeout)
         except XenpciError as e:

@@ -6,11 +6,20 @@ Models the BAR rules of PCI Local Bus 3.0 §6.2.5 as Linux applies them in
 prefetchable memory, and the expansion ROM BAR with its enable bit (index 6,
 Linux's ``PCI_ROM_RESOURCE``). Sizing uses the all-ones write protocol.
 
+Also dom0's view of the same BARs, :class:`Resource` (Linux's ``struct
+resource`` in ``dev->resource[0..6]``, what sysfs ``resource`` prints): it can
+differ from the registers -- the legacy IDE ports of ``pci_setup_device``
+(0x1f0-0x1f7, 0x3f6, 0x170-0x177, 0x376, whatever BAR0-3 hold), a ROM the
+kernel assigned but never enabled, ``[virtual]`` and Enhanced Allocation
+BARs whose registers read 0.
+
 Differences: a passive source (a dump) cannot be probed, so a BAR's size is
 whatever the source said (``lspci`` ``[size=...]``, sysfs ``resource``) or
 ``None``, never guessed. The reserved memory type ``11b``, a 64-bit BAR in
 the last slot, or an address not aligned to the known size are
-:class:`~xenpci.pci.errors.BarError`, not silently repaired.
+:class:`~xenpci.pci.errors.BarError`, not silently repaired;
+:func:`plausible_sizes` turns an impossible size of one BAR into a note so
+the rest of the function (and of the source) stays usable.
 """
 
 from __future__ import annotations
@@ -27,6 +36,31 @@ if TYPE_CHECKING:
 
 BarKind = Literal["io", "mem32", "mem64", "rom"]
 ROM_INDEX = 6
+
+# ``struct resource`` flags (include/linux/ioport.h), as sysfs ``resource`` prints them.
+IORESOURCE_ROM_ENABLE = 0x1
+IORESOURCE_ROM_SHADOW = 0x2
+IORESOURCE_PCI_FIXED = 0x10
+IORESOURCE_PCI_EA_BEI = 0x20
+IORESOURCE_IO = 0x100
+IORESOURCE_MEM = 0x200
+IORESOURCE_PREFETCH = 0x2000
+IORESOURCE_READONLY = 0x4000
+IORESOURCE_SIZEALIGN = 0x40000
+IORESOURCE_MEM_64 = 0x100000
+IORESOURCE_DISABLED = 0x10000000
+IORESOURCE_UNSET = 0x20000000
+IORESOURCE_BUSY = 0x80000000
+#: The register's low bits Linux keeps in ``flags`` (``PCI_REGION_FLAG_MASK``).
+PCI_REGION_FLAG_MASK = 0x0F
+#: probe.c's ``LEGACY_IO_RESOURCE``: fixed I/O ports, no BAR type bits.
+LEGACY_IO_RESOURCE = IORESOURCE_IO | IORESOURCE_PCI_FIXED
+PCI_CLASS_STORAGE_IDE = 0x0101
+#: ``pci_setup_device``'s legacy IDE quirk: (prog-if native bit, [(BAR, start, size)]).
+_LEGACY_IDE = (
+    (0x01, ((0, 0x1F0, 8), (1, 0x3F6, 1))),
+    (0x04, ((2, 0x170, 8), (3, 0x376, 1))),
+)
 _MIN_SIZE: dict[str, int] = {"io": 4, "mem32": 16, "mem64": 16, "rom": 2048}
 _ADDR_LIMIT: dict[str, int] = {"io": 1 << 32, "mem32": 1 << 32, "mem64": 1 << 64, "rom": 1 << 32}
 
@@ -84,6 +118,102 @@ class Bar:
         return None if self.size is None else self.address + self.size - 1
 
 
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """dom0's record of one BAR (``dev->resource[index]``; 6 = ROM).
+
+    ``flags`` are Linux's ``IORESOURCE_*`` bits; ``size`` is ``None`` when the
+    source printed the region without ``[size=]``.
+    """
+
+    index: int
+    start: int
+    size: int | None
+    flags: int
+
+    @property
+    def usable(self) -> bool:
+        """False for what ``bar_init`` treats as absent (no flags, disabled, unset, busy)."""
+        return bool(self.flags) and not self.flags & (
+            IORESOURCE_DISABLED | IORESOURCE_UNSET | IORESOURCE_BUSY
+        )
+
+    @property
+    def is_io(self) -> bool:
+        return bool(self.flags & IORESOURCE_IO) and not self.flags & IORESOURCE_MEM
+
+    @property
+    def is_mem64(self) -> bool:
+        return bool(self.flags & IORESOURCE_MEM_64)
+
+
+def bar_flags(bar: Bar) -> int:
+    """The ``IORESOURCE_*`` flags Linux's ``__pci_read_base`` gives a decoded BAR."""
+    if bar.kind == "io":
+        return IORESOURCE_IO | IORESOURCE_SIZEALIGN | regs.PCI_BASE_ADDRESS_SPACE_IO
+    if bar.kind == "rom":
+        enable = IORESOURCE_ROM_ENABLE if bar.enabled else 0
+        return IORESOURCE_MEM | IORESOURCE_PREFETCH | IORESOURCE_READONLY | enable
+    flags = IORESOURCE_MEM | IORESOURCE_SIZEALIGN
+    if bar.kind == "mem64":
+        flags |= IORESOURCE_MEM_64 | regs.PCI_BASE_ADDRESS_MEM_TYPE_64
+    if bar.prefetchable:
+        flags |= IORESOURCE_PREFETCH | regs.PCI_BASE_ADDRESS_MEM_PREFETCH
+    return flags
+
+
+def bar_resource(bar: Bar) -> Resource:
+    """The resource Linux would record for a BAR decoded from its registers."""
+    return Resource(bar.index, bar.address, bar.size, bar_flags(bar))
+
+
+def legacy_ide_resources(cs: ConfigSpace) -> dict[int, Resource]:
+    """The fixed ports ``pci_setup_device`` gives an IDE controller in legacy mode.
+
+    A channel whose prog-if "native" bit is clear gets 0x1f0/0x3f6 (primary)
+    or 0x170/0x376 (secondary), sizes 8 and 1, whatever BAR0-3 hold.
+    """
+    if cs.known_size < regs.PCI_CLASS_DEVICE + 2 or cs.header_type != 0:
+        return {}
+    if cs.class_code >> 8 != PCI_CLASS_STORAGE_IDE:
+        return {}
+    progif = cs.read(regs.PCI_CLASS_PROG, 1)
+    out: dict[int, Resource] = {}
+    for native, ports in _LEGACY_IDE:
+        if not progif & native:
+            for index, start, size in ports:
+                out[index] = Resource(index, start, size, LEGACY_IO_RESOURCE)
+    return out
+
+
+def plausible_sizes(cs: ConfigSpace, sizes: Mapping[int, int]) -> tuple[dict[int, int], list[str]]:
+    """The sizes :func:`decode_bars` accepts, and a note for each one dropped.
+
+    Sizes of legacy IDE ports (see :func:`legacy_ide_resources`) are not BAR
+    sizes and are set aside; any other size that makes its BAR impossible
+    (not a power of two, misaligned...) is dropped with the reason, so one odd
+    BAR never makes the whole function -- or the whole source -- unusable.
+    """
+    kept = {i: s for i, s in sizes.items() if s}
+    notes: list[str] = []
+    legacy = legacy_ide_resources(cs)
+    for i in sorted(set(kept) & set(legacy)):
+        del kept[i]
+    if legacy:
+        ports = ", ".join(f"BAR {r.index} 0x{r.start:x}+{r.size}" for r in legacy.values())
+        notes.append(f"legacy IDE mode: fixed ports {ports} (Linux ignores these registers)")
+    for _ in range(ROM_INDEX + 1):
+        try:
+            decode_bars(cs, kept)
+        except BarError as e:
+            if e.index not in kept:
+                break  # an encoding error, not a size: the caller reports it
+            notes.append(f"BAR {e.index}: size {kept.pop(e.index)} ignored ({e.reason})")
+            continue
+        break
+    return kept, notes
+
+
 def bar_register_offset(index: int, header_type: int = regs.PCI_HEADER_TYPE_NORMAL) -> int:
     """Config offset of BAR ``index`` (6 = ROM) for a header type (0 or 1)."""
     nbars = bar_count(header_type)
@@ -118,11 +248,16 @@ def decode_bars(cs: ConfigSpace, sizes: Mapping[int, int] | None = None) -> tupl
     htype = cs.header_type
     out: list[Bar] = []
     nbars = bar_count(htype)
+    # Linux overrides legacy-mode IDE BARs with fixed ports: their registers mean nothing.
+    legacy = legacy_ide_resources(cs)
     i = 0
     while i < nbars:
         off = regs.PCI_BASE_ADDRESS_0 + 4 * i
         if off + 4 > cs.known_size:
             break
+        if i in legacy:
+            i += 1
+            continue
         lo = cs.read(off, 4)
         size = sizes.get(i) or None
         if lo == 0 and size is None:

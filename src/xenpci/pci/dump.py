@@ -10,10 +10,15 @@ bytes per row, a blank line after each device.
 Differences, all stricter: a bad byte, an offset past 4096, a row outside any
 device, a duplicate device or a domain over 16 bits is a :class:`SourceError`
 naming ``FILE:LINE`` (lspci aborts with a bare message or silently ignores).
-From the ``-v`` text we additionally take BAR sizes (``Region N: ...
-[size=S]`` and ``Expansion ROM at ... [size=S]``), which the hex alone
-cannot give, plus ``IOMMU group: N`` and ``Kernel driver in use: D``;
-without that text sizes stay unknown (and say so in the function's notes).
+From the ``-vv`` text we additionally take dom0's resources (``Region N:
+... at ADDR ... [size=S]`` and ``Expansion ROM at ...``, with ``[virtual]``,
+``[enhanced]`` and ``<unassigned>``), which the hex alone cannot give, the
+routed IRQ (``Interrupt: pin A routed to IRQ N``), ``IOMMU group: N`` and
+``Kernel driver in use: D``; without that text sizes stay unknown (and say
+so in the function's notes; ``--bar-size`` supplies them). A size that
+cannot be right for its BAR is a note on that function only. lspci prints
+an I/O address masked with ``~3``, so legacy IDE ports (0x3f6 shows as
+``03f4 [size=1]``) come from Linux's fixed values, not from the text.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenpci.pci import bar as _bar
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
-from xenpci.pci.bar import ROM_INDEX
+from xenpci.pci.bar import ROM_INDEX, Resource, legacy_ide_resources, plausible_sizes
 from xenpci.pci.config import ConfigSpace, apply_standard_masks
-from xenpci.pci.errors import AddressError, ConfigError, SourceError
+from xenpci.pci.errors import AddressError, ConfigError, PciError, SourceError
 from xenpci.pci.function import PciFunction
 
 # lspci prints the domain with %04x, so it can be longer for domains >= 0x10000.
@@ -43,9 +49,20 @@ _ROW_BODY_RE = re.compile(r"(?:[0-9a-fA-F]{2}(?: |$))*")
 # function's own BARs; deeper "Region" lines are SR-IOV VF BARs. "[virtual]"
 # resources are not in config space and are skipped.
 _INDENT = r"^(?:\t| {8})"
-_SIZE = r"\[size=(?P<size>\d+)(?P<unit>[KMGTPE]?)\]"
-_REGION_RE = re.compile(_INDENT + r"Region (?P<idx>\d+): .*" + _SIZE)
-_ROM_RE = re.compile(_INDENT + r"Expansion ROM at .*" + _SIZE)
+_SIZE_RE = re.compile(r"\[size=(?P<size>\d+)(?P<unit>[KMGTPE]?)\]")
+_ADDR = r"(?P<addr>[0-9a-fA-F]+|<[a-z0-9-]+>)"
+_REGION_RE = re.compile(
+    _INDENT
+    + r"Region (?P<idx>\d+): (?P<pre>\[virtual\] )?(?P<kind>I/O ports|Memory) at "
+    + _ADDR
+    + r"(?P<rest>.*)$"
+)
+# lspci before 3.7 printed "[virtual] " before the region, newer "... at X [virtual]".
+_ROM_RE = re.compile(
+    _INDENT + r"(?P<pre>\[virtual\] )?Expansion ROM at " + _ADDR + r"(?P<rest>.*)$"
+)
+_IRQ_RE = re.compile(_INDENT + r"Interrupt: pin \S routed to IRQ (?P<irq>\d+)$")
+_CONTROL_RE = re.compile(_INDENT + r"Control: ")
 _GROUP_RE = re.compile(_INDENT + r"IOMMU group: (?P<group>\d+)$")
 _DRIVER_RE = re.compile(_INDENT + r"Kernel driver in use: (?P<driver>\S+)$")
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
@@ -60,6 +77,9 @@ class _Block:
     data: bytearray = field(default_factory=lambda: bytearray(b"\xff" * 256))
     length: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
+    resources: dict[int, Resource] = field(default_factory=dict)
+    verbose: bool = False  # saw -vv text, so Region lines are the whole resource list
+    irq: int | None = None
     iommu_group: int | None = None
     driver: str | None = None
 
@@ -138,6 +158,9 @@ def _store(block: _Block, offset: int, values: bytes, where: str) -> None:
 
 
 def _parse_text(block: _Block, line: str, where: str) -> None:
+    if _CONTROL_RE.match(line):
+        block.verbose = True
+        return
     g = _GROUP_RE.match(line)
     if g:
         block.iommu_group = int(g["group"])
@@ -146,18 +169,49 @@ def _parse_text(block: _Block, line: str, where: str) -> None:
     if d:
         block.driver = d["driver"]
         return
+    q = _IRQ_RE.match(line)
+    if q:
+        block.irq = int(q["irq"])
+        return
     m = _REGION_RE.match(line)
-    idx: int | None = None
     if m:
         idx = int(m["idx"])
         if idx >= ROM_INDEX:
             raise SourceError(where, f"region index {idx} out of range 0..5")
-    else:
-        m = _ROM_RE.match(line)
-        if m:
-            idx = ROM_INDEX
-    if m is not None and idx is not None:
-        block.sizes[idx] = int(m["size"]) * _UNITS[m["unit"]]
+        _add_resource(block, idx, m, _region_flags(m["kind"], m["rest"]))
+        return
+    m = _ROM_RE.match(line)
+    if m:
+        enabled = "[disabled]" not in m["rest"]
+        flags = _bar.IORESOURCE_MEM | _bar.IORESOURCE_PREFETCH | _bar.IORESOURCE_READONLY
+        _add_resource(block, ROM_INDEX, m, flags | (_bar.IORESOURCE_ROM_ENABLE if enabled else 0))
+
+
+def _region_flags(kind: str, rest: str) -> int:
+    """``IORESOURCE_*`` flags for a Region line, as Linux's ``decode_bar`` sets them."""
+    if kind == "I/O ports":
+        return _bar.IORESOURCE_IO | _bar.IORESOURCE_SIZEALIGN | regs.PCI_BASE_ADDRESS_SPACE_IO
+    flags = _bar.IORESOURCE_MEM | _bar.IORESOURCE_SIZEALIGN
+    if "(64-bit," in rest:
+        flags |= _bar.IORESOURCE_MEM_64 | regs.PCI_BASE_ADDRESS_MEM_TYPE_64
+    if ", prefetchable)" in rest:
+        flags |= _bar.IORESOURCE_PREFETCH | regs.PCI_BASE_ADDRESS_MEM_PREFETCH
+    return flags
+
+
+def _add_resource(block: _Block, idx: int, m: re.Match[str], flags: int) -> None:
+    s = _SIZE_RE.search(m["rest"])
+    size = int(s["size"]) * _UNITS[s["unit"]] if s else None
+    if size is not None:
+        block.sizes[idx] = size
+    if "[enhanced]" in m["rest"]:
+        flags |= _bar.IORESOURCE_PCI_EA_BEI
+    addr = m["addr"]
+    # <unassigned>/<ignored>: the kernel holds no address for it (bar_init shows 0).
+    start = 0 if addr.startswith("<") else int(addr, 16)
+    if addr.startswith("<"):
+        flags |= _bar.IORESOURCE_UNSET
+    block.resources[idx] = Resource(idx, start, size, flags)
 
 
 def _to_function(block: _Block, name: str) -> PciFunction:
@@ -179,29 +233,38 @@ def _to_function(block: _Block, name: str) -> PciFunction:
         notes.append(f"config truncated at {block.length} bytes (header incomplete)")
     elif block.length < regs.PCI_CFG_SPACE_SIZE:
         notes.append(f"config truncated at {block.length} bytes (an lspci -x dump)")
+    sizes = block.sizes
     if block.length >= regs.PCI_STD_HEADER_SIZEOF:
-        apply_standard_masks(cs, _plausible_sizes(block.sizes))
+        sizes, size_notes = plausible_sizes(cs, block.sizes)
+        notes.extend(size_notes)
+        try:
+            apply_standard_masks(cs, sizes)
+        except PciError as e:  # an impossible encoding: a note on this function only
+            notes.append(f"BARs not decoded: {e}")
+    resources: dict[int, Resource] | None = None
+    if block.verbose or block.resources:
+        # lspci's text names every resource the kernel had; legacy IDE ports
+        # are printed masked with ~3, so Linux's own fixed values replace them.
+        legacy = legacy_ide_resources(cs) if block.length >= regs.PCI_STD_HEADER_SIZEOF else {}
+        resources = {**block.resources, **legacy}
     fn = PciFunction(
         block.sbdf,
         cs,
         source=f"dump:{name}:{block.line}",
-        bar_sizes=block.sizes,
+        bar_sizes=sizes,
         iommu_group=block.iommu_group,
         driver=block.driver,
         notes=notes,
+        resources=resources,
+        irq=block.irq,
     )
     unknown = [str(b.index) for b in fn.bars if b.size is None]
     if unknown:
         fn.notes.append(
-            f"size unknown for BAR {', '.join(unknown)} (no [size=] in the dump's -v text)"
+            f"size unknown for BAR {', '.join(unknown)} (no [size=] in the dump's -v text; "
+            "give it with --bar-size BAR=SIZE)"
         )
     return fn
-
-
-def _plausible_sizes(sizes: dict[int, int]) -> dict[int, int]:
-    # Masks are only opened for power-of-two sizes; anything else is left to
-    # decode_bars, which reports it as a BarError note on the function.
-    return {i: s for i, s in sizes.items() if s > 0 and not s & (s - 1)}
 
 
 def load_dump(path: str | Path) -> list[PciFunction]:

@@ -4,8 +4,10 @@ Models what pciutils ``lib/sysfs.c``, QEMU ``xen-host-pci-device.c`` and
 libxl read from ``drivers/pci/pci-sysfs.c``'s files: ``config`` (binary;
 only the first 64 bytes without CAP_SYS_ADMIN, 128 for CardBus),
 ``resource`` (``start end flags`` per line: BAR0-5, ROM, then bridge
-windows), ``vendor``/``device``/``class``, the ``iommu_group`` and ``driver``
-symlinks and ``reset_method``.
+windows; the start and flags are dom0's ``struct resource``, which the
+guest's virtual BARs show), ``vendor``/``device``/``class``, ``irq``
+(``dev->irq``, shown to a guest as INTERRUPT_LINE), the ``iommu_group`` and
+``driver`` symlinks and ``reset_method``.
 
 Nothing is ever written: files are only opened for reading. Differences: the
 sysfs root is a parameter so tests use a fake tree; a short ``config`` read
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
-from xenpci.pci.bar import ROM_INDEX
+from xenpci.pci.bar import ROM_INDEX, Resource, plausible_sizes
 from xenpci.pci.config import ConfigSpace, apply_standard_masks
 from xenpci.pci.errors import AddressError, ConfigError, SourceError
 from xenpci.pci.function import PciFunction
@@ -51,30 +53,48 @@ def _hex_attr(path: Path) -> int | None:
         raise SourceError(str(path), f"expected 0x-hex, got {text.strip()[:40]!r}") from None
 
 
-def parse_resource(text: str, where: str) -> dict[int, int]:
-    """Sizes by BAR index (6 = ROM) from a sysfs ``resource`` file.
+def _int_attr(path: Path) -> int | None:
+    text = _read_text(path)
+    if text is None:
+        return None
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise SourceError(
+            str(path), f"expected a decimal number, got {text.strip()[:40]!r}"
+        ) from None
 
-    A line is ``0x%016llx 0x%016llx 0x%016llx`` (start, end, flags); the size
-    is ``end - start + 1`` when ``start`` is non-zero (unassigned BARs are
-    all zero). Bridge windows (lines 7-10) and SR-IOV VF BARs are skipped.
+
+def parse_resources(text: str, where: str) -> dict[int, Resource]:
+    """dom0's resources by BAR index (6 = ROM) from a sysfs ``resource`` file.
+
+    A line is ``0x%016llx 0x%016llx 0x%016llx`` (start, end, flags). A line
+    of zero flags is no resource; the size is ``end - start + 1`` when
+    ``start`` is non-zero (unassigned BARs print start 0). Bridge windows
+    (lines 7-10) and SR-IOV VF BARs are skipped.
     """
     lines = text.splitlines()
     if len(lines) not in _RESOURCE_LINES:
         raise SourceError(where, f"{len(lines)} lines; expected one of {_RESOURCE_LINES}")
-    sizes: dict[int, int] = {}
+    out: dict[int, Resource] = {}
     for i, line in enumerate(lines[: ROM_INDEX + 1]):
         fields = line.split()
         if len(fields) != 3:
             raise SourceError(f"{where}:{i + 1}", "expected 'start end flags'")
         try:
-            start, end, _flags = (int(f, 16) for f in fields)
+            start, end, flags = (int(f, 16) for f in fields)
         except ValueError:
             raise SourceError(f"{where}:{i + 1}", f"bad hex in {line!r}") from None
         if start and end < start:
             raise SourceError(f"{where}:{i + 1}", f"end 0x{end:x} below start 0x{start:x}")
-        if start:
-            sizes[i] = end - start + 1
-    return sizes
+        if start or flags:
+            out[i] = Resource(i, start, end - start + 1 if start else None, flags)
+    return out
+
+
+def parse_resource(text: str, where: str) -> dict[int, int]:
+    """Sizes by BAR index (6 = ROM) from a sysfs ``resource`` file (see :func:`parse_resources`)."""
+    return {i: r.size for i, r in parse_resources(text, where).items() if r.size}
 
 
 def load_sysfs_function(path: str | Path) -> PciFunction:
@@ -108,11 +128,15 @@ def load_sysfs_function(path: str | Path) -> PciFunction:
         raise SourceError(str(cfg_path), str(e)) from None
     _cross_check(d, cs)
     res_text = _read_text(d / "resource")
-    sizes = parse_resource(res_text, str(d / "resource")) if res_text is not None else {}
+    resources = parse_resources(res_text, str(d / "resource")) if res_text is not None else None
+    sizes = {i: r.size for i, r in (resources or {}).items() if r.size}
     if res_text is None:
-        notes.append("no resource file: BAR sizes unknown")
+        notes.append("no resource file: BAR sizes unknown (give them with --bar-size BAR=SIZE)")
     if cs.known_size >= regs.PCI_STD_HEADER_SIZEOF:
+        sizes, size_notes = plausible_sizes(cs, sizes)
+        notes.extend(size_notes)
         apply_standard_masks(cs, sizes)
+    irq = _int_attr(d / "irq")
     group: int | None = None
     if (d / "iommu_group").is_symlink():
         name = os.path.basename(os.readlink(d / "iommu_group"))
@@ -131,6 +155,8 @@ def load_sysfs_function(path: str | Path) -> PciFunction:
         # Absent reset_method means Linux found no method; say so, do not guess.
         reset_methods=rm_text.split() if rm_text is not None else [],
         notes=notes,
+        resources=resources,
+        irq=irq,
     )
 
 

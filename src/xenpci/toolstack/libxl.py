@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from xenpci.check.host import HostFacts
+from xenpci.check.rules import refusal as check_refusal
 from xenpci.errors import XenpciError
 from xenpci.hv import Hypercalls, Hypervisor
 from xenpci.hv.errors import HvError
@@ -46,7 +48,7 @@ from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.errors import DomainGone, LibxlErrorCode, Refused, ToolstackError
-from xenpci.toolstack.xlcfg import DomainConfig, PciSpec
+from xenpci.toolstack.xlcfg import DomainConfig, PciSpec, require_supported_type
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
@@ -179,41 +181,10 @@ def legacy_irq(fn: PciFunction) -> int | None:
         return None
     if not fn.config.read(regs.PCI_INTERRUPT_PIN, 1):
         return None
-    irq = fn.config.read(regs.PCI_INTERRUPT_LINE, 1)
+    # The source's dev->irq when it gave one (sysfs irq, "routed to IRQ N"): the value
+    # pciback shows the guest as INTERRUPT_LINE, so the pirq libxl maps must be this one.
+    irq = fn.irq if fn.irq is not None else fn.config.read(regs.PCI_INTERRUPT_LINE, 1)
     return irq if 0 < irq < 0xFF else None
-
-
-def shared_page_neighbours(fn: PciFunction, others: Iterable[PciFunction]) -> list[str]:
-    """Other functions' BARs that share a 4 KiB page with one of ``fn``'s sub-page memory BARs."""
-    mine = [
-        (b.address >> PAGE_SHIFT, b.index)
-        for b in fn.bars
-        if b.address and b.size and not b.is_io and b.size < PAGE_SIZE
-    ]
-    hits: list[str] = []
-    for other in others:
-        if other.sbdf == fn.sbdf:
-            continue
-        for ob in other.bars:
-            if not ob.address or not ob.size or ob.is_io:
-                continue
-            o_first = ob.address >> PAGE_SHIFT
-            o_last = (ob.address + ob.size - 1) >> PAGE_SHIFT
-            for page, idx in mine:
-                if o_first <= page <= o_last:
-                    hit = f"BAR{idx} of {fn.sbdf} shares page 0x{page:x} with {other.sbdf}"
-                    if hit not in hits:
-                        hits.append(hit)
-    return hits
-
-
-def is_dma_capable(fn: PciFunction) -> bool:
-    """Can the function master the bus? Any endpoint can; a bridge forwards, it does not master.
-
-    (A type-1 header is a bridge; everything else may set Bus Master and DMA.)
-    """
-    header = fn.config.read(regs.PCI_HEADER_TYPE, 1) & 0x7F
-    return header == regs.PCI_HEADER_TYPE_NORMAL
 
 
 class Libxl:
@@ -291,6 +262,7 @@ class Libxl:
         As libxl, a failed device attach fails the whole creation and the domain
         is destroyed.
         """
+        require_supported_type(cfg)  # HVM/PVH: refused until modelled
         with self._traced("create", name=cfg.name), self._lock:
             if any(r.name == cfg.name for r in self.domains.values()) or cfg.name == "Domain-0":
                 raise ToolstackError(
@@ -550,27 +522,18 @@ class Libxl:
                 )
         if allow_unsafe:
             return
-        if not self.hv.iommu_enabled and is_dma_capable(fn):
-            raise Refused(
-                "no-iommu",
-                f"PCI device {sbdf} can DMA and this machine has no IOMMU: the guest could "
-                "read and write all memory and would be as trusted as dom0 "
-                "(override with --allow-unsafe)",
-            )
         neighbours = [
             o
             for o in self.platform.host_functions()
             if o.sbdf not in together
             and (domid is None or lp.assigned_domid(self.xs, o.sbdf) != domid)
         ]
-        shared = shared_page_neighbours(fn, neighbours)
-        if shared:
-            raise Refused(
-                "shared-page",
-                f"PCI device {sbdf} has a BAR smaller than a page sharing it with another "
-                f"device ({'; '.join(shared)}); the guest would be granted the neighbour's "
-                "registers (XSA-461) (override with --allow-unsafe)",
-            )
+        # The same rules (and reason texts) as ``xenpci check``.
+        facts = HostFacts(functions=neighbours, source="xl", iommu=self.hv.iommu_enabled)
+        for rule in ("iommu", "shared-page"):
+            hit = check_refusal(rule, facts, fn)
+            if hit is not None:
+                raise Refused(hit[0], f"{hit[1]} (override with --allow-unsafe)")
 
     def _pci_add(
         self,

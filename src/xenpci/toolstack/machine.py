@@ -439,7 +439,7 @@ def refusal_reason(fn: PciFunction) -> str | None:
         )
         return (
             f"size of {which} unknown (the source has no Region lines): "
-            "pciback's virtual BARs would be a guess"
+            "pciback's virtual BARs would be a guess; give sizes with --bar-size BAR=SIZE"
         )
     return None
 

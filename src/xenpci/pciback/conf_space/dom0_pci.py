@@ -7,6 +7,13 @@ Models the parts of ``struct pci_dev`` and ``drivers/pci/pci.c`` /
 ``pci_intx``, ``pci_set_power_state``, ``msi_enabled`` / ``msix_enabled`` and
 ``dev->irq``, plus ``pci_save_state`` / ``pci_restore_state``.
 
+``pci_set_master`` runs ``pcibios_set_master`` (a conventional function's
+latency timer below 16 becomes 64; PCIe has none), ``pci_set_mwi`` first
+programs the cache line size (``pci_set_cacheline_size``: 64-byte lines, 16
+dwords, as x86's clflush size gives), and ``pci_set_power_state`` refuses to
+go from a low-power state to a shallower one other than D0 (D3hot -> D1 is
+-EINVAL, which pciback reports as "access denied").
+
 Differences: these helpers act on the host function through its
 ``config_read``/``config_write`` only (so device models see the same config
 cycles Linux would issue), MSI/MSI-X vector set-up is delegated to an
@@ -23,13 +30,19 @@ from typing import Protocol
 
 from xenpci.errors import XenpciError
 from xenpci.pci import regs
-from xenpci.pci.bar import Bar, bar_register_offset
+from xenpci.pci.bar import IORESOURCE_ROM_ENABLE, ROM_INDEX, Bar, bar_register_offset
 from xenpci.pci.capabilities import find_capability as _find_capability
 from xenpci.pci.errors import ConfigError
 from xenpci.pci.function import PciFunction
 from xenpci.pciback.errors import EINVAL, EIO
 
 _PCI_CFG_SPACE_MAX = regs.PCI_CFG_SPACE_EXP_SIZE
+#: ``pci_cache_line_size`` in dwords: x86's ``boot_cpu_data.x86_clflush_size >> 2`` (64 bytes).
+PCI_CACHE_LINE_SIZE = 16
+#: ``pcibios_max_latency`` (drivers/pci/pci.c default; x86 does not lower it).
+PCIBIOS_MAX_LATENCY = 255
+#: What ``pcibios_set_master`` programs into a latency timer below 16.
+PCIBIOS_MIN_LATENCY = 64
 
 
 #: Every host device source (dump, sysfs, model) is a ``PciFunction``.
@@ -131,8 +144,13 @@ class Dom0PciDev:
     def probe(cls, hw: HostFunction) -> Dom0PciDev:
         """What Linux knows after enumerating the function (before any driver)."""
         _, pin = hw_read(hw, regs.PCI_INTERRUPT_PIN, 1)
-        _, line = hw_read(hw, regs.PCI_INTERRUPT_LINE, 1)
-        irq = line if pin and line != 0xFF else 0
+        if hw.irq is not None:
+            # The source said what dom0 routed (sysfs irq, lspci "routed to IRQ N"):
+            # that is dev->irq, which may differ from the firmware's INTERRUPT_LINE.
+            irq = hw.irq
+        else:
+            _, line = hw_read(hw, regs.PCI_INTERRUPT_LINE, 1)
+            irq = line if pin and line != 0xFF else 0
         return cls(hw=hw, intx_irq=irq, irq=irq, resources=hw.bars)
 
     # --- command register helpers --------------------------------------------------
@@ -148,12 +166,12 @@ class Dom0PciDev:
         if self.enable_cnt > 1:
             return 0
         want = 0
-        for bar in self.hw.bars:
-            if not bar.size:
+        for r in self.hw.resources.values():
+            if not r.size or not r.usable:
                 continue
-            if bar.kind == "io":
+            if r.is_io:
                 want |= regs.PCI_COMMAND_IO
-            elif bar.kind != "rom" or bar.enabled:
+            elif r.index != ROM_INDEX or r.flags & IORESOURCE_ROM_ENABLE:
                 want |= regs.PCI_COMMAND_MEMORY
         cmd = self._cmd()
         if cmd & want != want:
@@ -171,18 +189,48 @@ class Dom0PciDev:
         self.is_busmaster = False
 
     def pci_set_master(self, enable: bool) -> None:
+        """``pci_set_master`` (with ``pcibios_set_master``) or ``pci_clear_master``."""
         cmd = self._cmd()
         new = cmd | regs.PCI_COMMAND_MASTER if enable else cmd & ~regs.PCI_COMMAND_MASTER
         if new != cmd:
             self._set_cmd(new)
         self.is_busmaster = enable
+        if enable:
+            self.pcibios_set_master()
+
+    def pcibios_set_master(self) -> None:
+        """A conventional function's latency timer below 16 becomes 64 (PCIe has none)."""
+        if find_capability(self.hw, regs.PCI_CAP_ID_EXP) is not None:
+            return
+        _, lat = hw_read(self.hw, regs.PCI_LATENCY_TIMER, 1)
+        if lat < 16:
+            lat = min(PCIBIOS_MIN_LATENCY, PCIBIOS_MAX_LATENCY)
+        elif lat > PCIBIOS_MAX_LATENCY:  # pragma: no cover - a u8 never exceeds 255
+            lat = PCIBIOS_MAX_LATENCY
+        else:
+            return
+        hw_write(self.hw, regs.PCI_LATENCY_TIMER, 1, lat)
+
+    def pci_set_cacheline_size(self) -> int:
+        """Keep a multiple of the system line size, else program it; -EINVAL if it
+        does not stick (the register is read-only or takes other values)."""
+        _, cls = hw_read(self.hw, regs.PCI_CACHE_LINE_SIZE, 1)
+        if cls >= PCI_CACHE_LINE_SIZE and cls % PCI_CACHE_LINE_SIZE == 0:
+            return 0
+        hw_write(self.hw, regs.PCI_CACHE_LINE_SIZE, 1, PCI_CACHE_LINE_SIZE)
+        if hw_read(self.hw, regs.PCI_CACHE_LINE_SIZE, 1)[1] == PCI_CACHE_LINE_SIZE:
+            return 0
+        return EINVAL
 
     def pci_set_mwi(self) -> int:
-        """Set Memory-Write-Invalidate; -EINVAL when the function does not implement it."""
+        """``pci_set_mwi``: the cache line size first (its failure is the only error),
+        then Memory-Write-Invalidate, without checking that the bit stuck."""
+        err = self.pci_set_cacheline_size()
+        if err:
+            return err
         cmd = self._cmd()
-        self._set_cmd(cmd | regs.PCI_COMMAND_INVALIDATE)
-        if not self._cmd() & regs.PCI_COMMAND_INVALIDATE:
-            return EINVAL
+        if not cmd & regs.PCI_COMMAND_INVALIDATE:
+            self._set_cmd(cmd | regs.PCI_COMMAND_INVALIDATE)
         return 0
 
     def pci_clear_mwi(self) -> None:
@@ -201,19 +249,26 @@ class Dom0PciDev:
 
     # --- power management ---------------------------------------------------------
     def pci_set_power_state(self, state: int) -> int:
-        """Move to D0..D3hot through PMCSR; D1/D2 only if PMC advertises them."""
+        """Move to D0..D3hot through PMCSR; D1/D2 only if PMC advertises them.
+
+        As ``pci_set_low_power_state``: from a low-power state only D0 or a
+        deeper state is allowed (D3hot -> D1 is -EINVAL and nothing is written).
+        """
         pm = find_capability(self.hw, regs.PCI_CAP_ID_PM)
         if pm is None:
-            return EIO
-        _, pmc = hw_read(self.hw, pm + regs.PCI_PM_PMC, 2)
-        if (state == 1 and not pmc & regs.PCI_PM_CAP_D1) or (
-            state == 2 and not pmc & regs.PCI_PM_CAP_D2
-        ):
             return EIO
         _, csr = hw_read(self.hw, pm + regs.PCI_PM_CTRL, 2)
         old = csr & regs.PCI_PM_CTRL_STATE_MASK
         if old == state:
             return 0
+        if state != 0 and old > state:
+            self.log.append(f"invalid power transition (from D{old} to D{state})")
+            return EINVAL
+        _, pmc = hw_read(self.hw, pm + regs.PCI_PM_PMC, 2)
+        if (state == 1 and not pmc & regs.PCI_PM_CAP_D1) or (
+            state == 2 and not pmc & regs.PCI_PM_CAP_D2
+        ):
+            return EIO
         # Never write PME_STATUS back as 1: it is RW1C and would clear a pending PME.
         new = (csr & ~(regs.PCI_PM_CTRL_STATE_MASK | regs.PCI_PM_CTRL_PME_STATUS)) | state
         err = hw_write(self.hw, pm + regs.PCI_PM_CTRL, 2, new)

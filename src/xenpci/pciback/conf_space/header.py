@@ -7,10 +7,13 @@ from them reads from hardware and is writable only in permissive mode
 windows...). The COMMAND register follows the post-XSA-120 design; BARs and
 the ROM are synthetic and can never be moved by the guest.
 
-Difference: Linux takes BAR values from dom0's ``struct resource``; we take
-them from the host function's decoded :class:`~xenpci.pci.bar.Bar` tuple
-(same start/size/type bits). A BAR whose size the source did not know is
-treated like an unset resource (reads 0), with a warning on the device.
+BAR and ROM values come, as in Linux, from dom0's ``struct resource``
+(:attr:`PciFunction.resources`: sysfs ``resource``, a dump's ``Region``
+lines, legacy IDE ports, else the decoded registers), so a disabled ROM the
+kernel placed elsewhere, a ``[virtual]`` ROM or an Enhanced Allocation BAR
+whose register reads 0 show the kernel's address. Difference: a resource
+whose size the source did not know is treated like an unset one (reads 0),
+with a warning on the device.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xenpci.pci import regs
+from xenpci.pci.bar import PCI_REGION_FLAG_MASK, ROM_INDEX
 from xenpci.pciback.conf_space.dom0_pci import platform_call
 from xenpci.pciback.conf_space.engine import ConfigField, DevData, InitHandler
 
@@ -32,8 +36,6 @@ PCI_COMMAND_GUEST = (
     | regs.PCI_COMMAND_FAST_BACK
 )
 assert PCI_COMMAND_GUEST == 0x02BC
-
-PCI_REGION_FLAG_MASK = 0x0F
 
 
 # --- identity and cached values ------------------------------------------------------
@@ -189,38 +191,29 @@ class BarInfo:
     mask: int  # low bits the guest may leave clear in a probe (0x3 IO, 0xF mem, 0 upper, 0x7FF ROM)
 
 
-def _bar_flags(kind: str, prefetchable: bool, enabled: bool) -> int:
-    """The low bits Linux keeps in ``resource.flags & PCI_REGION_FLAG_MASK``."""
-    if kind == "io":
-        return regs.PCI_BASE_ADDRESS_SPACE_IO
-    if kind == "rom":
-        return regs.PCI_ROM_ADDRESS_ENABLE if enabled else 0  # IORESOURCE_ROM_ENABLE
-    flags = regs.PCI_BASE_ADDRESS_MEM_TYPE_64 if kind == "mem64" else 0
-    return flags | (regs.PCI_BASE_ADDRESS_MEM_PREFETCH if prefetchable else 0)
-
-
 def bar_init(dd: DevData, offset: int) -> object:
     """``bar_init``: values from dom0's resources, computed once at seize."""
-    bars = {b.index: b for b in dd.hw.bars}
+    res = dd.hw.resources
     if offset in (regs.PCI_ROM_ADDRESS, regs.PCI_ROM_ADDRESS1):
-        pos = 6
+        pos = ROM_INDEX
         mask = ~regs.PCI_ROM_ADDRESS_MASK & 0xFFFFFFFF
     else:
         pos = (offset - regs.PCI_BASE_ADDRESS_0) // 4
-        prev = bars.get(pos - 1)
-        if pos > 0 and prev is not None and prev.kind == "mem64":
+        prev = res.get(pos - 1)
+        if pos > 0 and prev is not None and prev.is_mem64:
             if prev.size:
-                return BarInfo(prev.address >> 32, ((-prev.size) & 0xFFFFFFFFFFFFFFFF) >> 32, 0, 0)
+                return BarInfo(prev.start >> 32, ((-prev.size) & 0xFFFFFFFFFFFFFFFF) >> 32, 0, 0)
             return BarInfo(0, 0, 0, 0)
-        bar = bars.get(pos)
-        mask = 0x3 if bar is not None and bar.kind == "io" else 0xF
-    bar = bars.get(pos)
-    if bar is None or not bar.size:
-        if bar is not None:
-            dd.warnings.append(f"BAR {pos}: size unknown to the source; the guest sees it unset")
+        r = res.get(pos)
+        mask = 0x3 if r is not None and r.is_io else 0xF
+    r = res.get(pos)
+    if r is None or not r.usable:
         return BarInfo(0, 0, 0, mask)
-    flags = _bar_flags(bar.kind, bar.prefetchable, bar.enabled)
-    return BarInfo((bar.address & 0xFFFFFFFF) | flags, ((-bar.size) & 0xFFFFFFFF) | flags, 0, mask)
+    if not r.size:
+        dd.warnings.append(f"BAR {pos}: size unknown to the source; the guest sees it unset")
+        return BarInfo(0, 0, 0, mask)
+    flags = r.flags & PCI_REGION_FLAG_MASK
+    return BarInfo((r.start & 0xFFFFFFFF) | flags, ((-r.size) & 0xFFFFFFFF) | flags, 0, mask)
 
 
 def bar_read(dd: DevData, offset: int, data: object) -> tuple[int, int]:

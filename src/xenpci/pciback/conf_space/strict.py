@@ -13,6 +13,12 @@ Differences from Linux' default, each one a field in this table:
 
 Deliberately *not* vPCI: COMMAND and the BARs keep Linux' rules (a PV guest
 has no p2m to remap BARs into), and MSI/MSI-X flags keep Linux' handler.
+Nor does it hide the identity and housekeeping registers: vendor/device ID,
+class code and revision, header type, subsystem vendor/device ID, interrupt
+line and pin, cache line size, latency timer and BIST stay readable (Linux'
+header fields plus the ``strict.*`` identity fields below), where Xen's vPCI
+gives a domU all-ones for every register it has no handler for -- a PV
+guest's PCI core cannot enumerate a function whose IDs read all-ones.
 """
 
 from __future__ import annotations
