@@ -146,7 +146,6 @@ class BlkifRingServer:
         rp = ring.req_prod
         if ring.prod_overflow(rp):
             self.halted = True
-            self.halt_event.set()
             msg = (
                 f"{self.name}: Frontend provided bogus ring requests "
                 f"({rp} - {ring.rsp_prod_pvt} = {(rp - ring.rsp_prod_pvt) & 0xFFFFFFFF}). "
@@ -155,6 +154,7 @@ class BlkifRingServer:
             log.warning(msg)
             if self.trace is not None:
                 self.trace.record(TRACE_HALT, 0, "dom0", frontend=self.frontend, req_prod=rp)
+            self.halt_event.set()  # last: a waiter sees the log and the trace record
             return 0
         rc = ring.req_cons
         n = 0
