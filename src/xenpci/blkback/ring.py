@@ -29,15 +29,16 @@ RSP_PROD, RSP_EVENT = r.SRING_RSP_PROD, r.SRING_RSP_EVENT
 
 
 class BackRing:
-    """``BACK_RING_INIT`` over ``page`` (the frontend initialised the shared header)."""
+    """``BACK_RING_ATTACH`` over ``page`` at index ``start`` (``BACK_RING_INIT``: 0); the
+    frontend initialised the shared header."""
 
-    def __init__(self, page: memoryview, size: int = BLKIF_RING_SIZE) -> None:
+    def __init__(self, page: memoryview, size: int = BLKIF_RING_SIZE, start: int = 0) -> None:
         if len(page) < _RING + size * _ENTRY:
             raise ValueError(f"a {len(page)}-byte page cannot hold {size} entries")
         self.page = page
         self.nr_ents = size
-        self.rsp_prod_pvt = 0
-        self.req_cons = 0
+        self.rsp_prod_pvt = r.idx(start)
+        self.req_cons = r.idx(start)
 
     def _get(self, off: int) -> int:
         value: int = _IDX.unpack_from(self.page, off)[0]
