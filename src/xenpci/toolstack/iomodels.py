@@ -21,10 +21,15 @@ from dataclasses import dataclass, field
 from xenpci.blkback.dom0_block import Dom0Disk
 from xenpci.blkback.xenbus import BlkbackDriver
 from xenpci.blkfront.blkfront import Blkfront
+from xenpci.emu.device_model import XenDeviceModel
+from xenpci.emu.hvm_guest import HvmKernel
 from xenpci.errors import XenpciError
+from xenpci.guest.drivers.nvme import NvmeDriver
 from xenpci.pci.address import SBDF
 from xenpci.toolstack.host import HostDescription, boot_machine
+from xenpci.toolstack.libxl import Libxl
 from xenpci.toolstack.machine import Machine
+from xenpci.toolstack.xlcfg import load_domain_config
 from xenpci.toolstack.xldisk import DiskSpec, parse_disk_spec, vbd_add
 from xenpci.trace import Trace
 
@@ -42,6 +47,8 @@ class IoModelsHost:
     disk: Dom0Disk
     blkback: BlkbackDriver
     fronts: list[Blkfront] = field(default_factory=list)
+    models: list[XenDeviceModel] = field(default_factory=list)
+    drivers: list[NvmeDriver] = field(default_factory=list)
 
     @property
     def trace(self) -> Trace:
@@ -61,7 +68,51 @@ class IoModelsHost:
             raise XenpciError(f"{name}: vbd {disk.vdev} did not connect ({front.xenbus.history})")
         return front
 
+    def add_hvm_guest(
+        self, name: str, memory_kib: int = 16 * 1024
+    ) -> tuple[NvmeDriver, XenDeviceModel]:
+        """An HVM guest with an emulated NVMe controller (``type = "hvm"``): its device
+        model started in dom0, the guest's NVMe driver probed through it."""
+        m = self.machine
+        domid = m.start_guest(name, memory_kib, boot=False)
+        dom = m.hv.domain(domid)
+        dm = XenDeviceModel(m.hv, dom, self.disk)
+        self.models.append(dm)
+        kernel = HvmKernel(dom, m.guest(domid).xs)
+        kernel.scan()
+        driver = NvmeDriver(kernel)
+        driver.probe()
+        self.drivers.append(driver)
+        return driver, dm
+
+    def add_passthrough_guest(self, name: str, memory_kib: int = 16 * 1024) -> NvmeDriver:
+        """A PV guest with the second NVMe function passed through (``pci=[...]``)."""
+        m = self.machine
+        lx = Libxl(m, m.xs, trace=m.trace)
+        lx.assignable_add(PASSTHROUGH_NVME)
+        cfg = load_domain_config(
+            f'name = "{name}"\nmemory = {memory_kib // 1024}\n'
+            f'pci = [ "{PASSTHROUGH_NVME},msitranslate=1" ]\n',
+        )
+        domid = lx.domain_create(cfg)
+        kernel = m.guest(domid)
+        front = kernel.wait_for_pcifront(10)
+        # The XenBus shell notifies after each driver step, the connect scan included.
+        if front.watch is None or not front.watch.wait_for(
+            lambda _d: any(d.vendor == NvmeDriver.VENDOR for d in kernel.pci.devices()), 10
+        ):
+            raise XenpciError(f"{name}: the NVMe function did not appear")
+        driver = NvmeDriver(kernel)
+        driver.probe()
+        self.drivers.append(driver)
+        return driver
+
     def shutdown(self) -> None:
+        for driver in self.drivers:
+            with contextlib.suppress(XenpciError):
+                driver.remove()
+        for dm in self.models:
+            dm.stop()
         for front in self.fronts:
             with contextlib.suppress(XenpciError):
                 front.remove()
