@@ -107,6 +107,12 @@ class BlkbackDevice:
             return False
         return self.watch.wait_for(lambda d: d.state is state, timeout)
 
+    @property
+    def thread_ident(self) -> int | None:
+        """The ``xenblkd`` thread (for its CPU clock), while connected."""
+        thread = self._thread
+        return thread.ident if thread is not None else None
+
     # -- driver callbacks -------------------------------------------------------------
     def _callback(self, cb: DriverCallback) -> None:
         with self._lock:

@@ -102,6 +102,11 @@ class XenDeviceModel:
         self.hc.evtchn_set_handler(self.buf_port, self._kick)
 
     # -- lifecycle -----------------------------------------------------------------
+    @property
+    def thread_ident(self) -> int | None:
+        """The device model's thread (for its CPU clock)."""
+        return self._thread.ident
+
     def stop(self) -> None:
         with self._cond:
             self._stop = True
