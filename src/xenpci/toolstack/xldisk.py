@@ -14,8 +14,9 @@ Supported: ``target``, ``format`` (``raw`` only), ``vdev`` (``xvdX``,
 ``hdX``, ``sdX`` with an optional partition number, or ``dN``/``dNpM``),
 ``access`` (``r``/``ro``/``w``/``rw``), ``devtype=disk``,
 ``backendtype=phy``, ``backend=<domain>`` (``0``/``Domain-0`` only),
-``script=``. Anything else (qcow2, qdisk, cdrom, the deprecated
-``phy:`` prefix syntax, unknown keys) is refused with a message naming it,
+``script=``, and the deprecated ``phy:``/``raw:`` prefix form
+(``phy:/dev/x,xvda,w``). Anything else (qcow2, qdisk, cdrom, empty
+CD-ROM drives, other prefixes, unknown keys) is refused with a message naming it,
 where libxlu would accept it: this model has one backend (blkback) and one
 kind of target (dom0's block devices).
 
@@ -52,6 +53,8 @@ _POSITIONAL = ("target", "format", "vdev", "access")
 _KEYS = frozenset(
     {"target", "format", "vdev", "access", "devtype", "backendtype", "backend", "script"}
 )
+_DEPRECATED_POSITIONAL = ("target", "vdev", "access")
+_DEPRECATED = re.compile(r"^(phy|raw):/")
 _ACCESS = {"r": False, "ro": False, "w": True, "rw": True}
 
 
@@ -123,6 +126,7 @@ def parse_disk_spec(spec: str) -> DiskSpec:
     """Parse one DISKSPEC (``xlu_disk_parse`` for a single string)."""
     values: dict[str, str] = {}
     positional = 0
+    order = _POSITIONAL
     rest = spec
     while True:
         item, sep, tail = rest.partition(",")
@@ -140,14 +144,23 @@ def parse_disk_spec(spec: str) -> DiskSpec:
             values[key] = value.strip()
         elif text in ("cdrom", "devtype=cdrom"):
             raise DiskSpecError(spec, "cdrom devices are not modelled (blkback serves disks)")
-        elif text in ("trusted", "untrusted", "discard", "no-discard", "direct-io-safe"):
+        elif text in ("discard", "no-discard", "direct-io-safe"):
             pass  # hints libxl passes to the backend; blkback here has no use for them
-        elif ":" in text and positional == 0:
-            raise DiskSpecError(spec, f"the deprecated prefix syntax {text!r} is not supported")
+        elif positional == 0 and _DEPRECATED.match(text):
+            # The deprecated "phy:/dev/x,xvda,w": the prefix gives format/backend, and
+            # the positional order is then target, vdev, access (no format).
+            prefix, _, target = text.partition(":")
+            if prefix == "phy":
+                values["backendtype"] = "phy"
+            values["target"] = target
+            order = _DEPRECATED_POSITIONAL
+            positional = 1
+        elif positional == 0 and ":" in text.split("/")[0]:
+            raise DiskSpecError(spec, f"the deprecated prefix of {text!r} is not supported")
         else:
-            if positional >= len(_POSITIONAL):
+            if positional >= len(order):
                 raise DiskSpecError(spec, f"too many positional parameters at {text!r}")
-            name = _POSITIONAL[positional]
+            name = order[positional]
             positional += 1
             if text:
                 if name in values:
