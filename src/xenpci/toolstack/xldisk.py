@@ -126,7 +126,7 @@ def parse_disk_spec(spec: str) -> DiskSpec:
     """Parse one DISKSPEC (``xlu_disk_parse`` for a single string)."""
     values: dict[str, str] = {}
     positional = 0
-    order = _POSITIONAL
+    order: tuple[str, ...] = _POSITIONAL
     rest = spec
     while True:
         item, sep, tail = rest.partition(",")
