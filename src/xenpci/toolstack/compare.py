@@ -25,9 +25,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenpci.blkback.blkback import TRACE_REQUEST
 from xenpci.blkfront.blkfront import Blkfront
 from xenpci.devices import nvme as hw
+from xenpci.emu.device_model import TRACE_DM_IOREQ, TRACE_INJECT
 from xenpci.guest.drivers.nvme import MAX_BLOCKS_PER_CMD, NvmeDriver
+from xenpci.hv.ioreq import TRACE_BUF_IOREQ, TRACE_IOREQ
 from xenpci.toolstack.demo_scenario import Message, html, mermaid
 from xenpci.toolstack.iomodels import DOM0_DISK, IoModelsHost, boot_iomodels_host
 from xenpci.trace import Trace, TraceEvent
@@ -178,12 +181,12 @@ def _measure(
         read_s=read - wrote,
         random_s=done - read,
         verified=ok,
-        dom0_round_trips=t.count("dm_ioreq", 0) + t.count("blkif_request", 0),
+        dom0_round_trips=t.count(TRACE_DM_IOREQ, 0) + t.count(TRACE_REQUEST, 0),
         # Each of dom0's own NVMe commands completes with one interrupt to dom0.
         dom0_disk_commands=t.count("pirq", 0),
-        ioreqs=t.count("ioreq", domid) + t.count("buf_ioreq", domid),
+        ioreqs=t.count(TRACE_IOREQ, domid) + t.count(TRACE_BUF_IOREQ, domid),
         evtchn_sends=t.count("evtchn_send"),
-        interrupts=t.count("pirq") + t.count("dm_inject_msi"),
+        interrupts=t.count("pirq") + t.count(TRACE_INJECT),
         grant_ops=sum(t.count(k) for k in _GRANT_KINDS),
         foreign_maps=t.count("foreign_map"),
         guest_register_accesses=t.count("mmio_write", domid) + t.count("mmio_read", domid),
@@ -265,15 +268,15 @@ def model_sequence(trace: Trace, model: str, guest: int) -> list[Message]:
     for e in trace.events:
         a = e.args
         k = e.kind
-        if k == "ioreq" and e.domid == guest:
+        if k == TRACE_IOREQ and e.domid == guest:
             add("Xen", "dom0", f"ioreq {a.get('type')} {a.get('dir')} (guest vCPU waits)")
-        elif k == "dm_ioreq":
+        elif k == TRACE_DM_IOREQ:
             add("dom0", "device", "device model emulates the register")
         elif k == "evtchn_send" and e.domid == guest and e.path == "hypervisor":
             add("Xen", "dom0", "event: ioreq posted")
         elif k == "evtchn_send" and e.domid == guest:
             add("guest1", "Xen", "event: requests pushed on the ring")
-        elif k == "blkif_request":
+        elif k == TRACE_REQUEST:
             add("dom0", "Xen", "blkback: request copied, its grants mapped")
         elif k == "pirq" and e.domid == 0:
             add("device", "dom0", "dom0's NVMe command completes (MSI-X -> event)")
@@ -282,7 +285,7 @@ def model_sequence(trace: Trace, model: str, guest: int) -> list[Message]:
             add("device", "Xen", "DMA from dom0's buffer (IOMMU)")
         elif k == "evtchn_send" and e.domid == 0 and a.get("to_domid") == guest:
             add("dom0", "guest1", "event: response / ioreq answered")
-        elif k == "dm_inject_msi":
+        elif k == TRACE_INJECT:
             add("dom0", "guest1", "completion interrupt injected")
         elif k == "dma_read" and e.domid == guest:
             add("device", "Xen", "DMA from guest memory (IOMMU)")
