@@ -15,7 +15,7 @@ import logging
 import pytest
 
 from xenpci.abi import ioreq as abi
-from xenpci.emu.device_model import XenDeviceModel
+from xenpci.emu.device_model import SYNC_RULES, TRACE_DM_REFUSED, XenDeviceModel
 from xenpci.guest.drivers.nvme import NvmeDriver
 from xenpci.hv import Hypercalls
 from xenpci.toolstack.iomodels import IoModelsHost
@@ -50,26 +50,39 @@ def answer(dm: XenDeviceModel, g: Hypercalls, slot: abi.ioreq) -> None:
     slot.state = abi.STATE_IOREQ_NONE
 
 
+#: One scribble per refusal rule of the device model (each must break exactly that rule).
+SCRIBBLES = {
+    "bad-size": [{"size": 3}, {"size": 16}],
+    "rep": [{"count": 2}, {"data_is_ptr": 1}],
+    "bad-type": [{"type": 0x42}],
+}
+
+
 def test_scribbled_ioreq_slot_fails_and_is_logged_once(
     host: IoModelsHost, caplog: pytest.LogCaptureFixture
 ) -> None:
     drv, dm = host.add_hvm_guest("hvm")
+    assert set(SCRIBBLES) == {rule.name for rule in SYNC_RULES}  # every row is attacked
     caplog.set_level(logging.WARNING, "xenpci.emu")
     g = host.machine.hv.domain(dm.domid).hypercalls
     slot = abi.shared_iopage.from_buffer(g.page(dm.server.ioreq_gfn)).vcpu_ioreq[0]
-    for size in (3, 16):
-        slot.addr, slot.size, slot.count, slot.type, slot.dir = dm.bar0, size, 1, 1, 1
-        answer(dm, g, slot)
-        assert slot.data == (1 << 64) - 1  # failed: all ones, no device touched
-    assert dm.refused == 2
-    assert len([r for r in caplog.records if "Invalid ioreq size" in r.getMessage()]) == 1
-    # A rep/pointer ioreq and an unknown type are refused too; none reached the device.
-    for field, value in (("data_is_ptr", 1), ("type", 0x42)):
-        slot.addr, slot.size, slot.count, slot.type, slot.dir = dm.bar0, 4, 1, 1, 1
-        setattr(slot, field, value)
-        answer(dm, g, slot)
-        setattr(slot, field, 0)
-    assert dm.refused == 4
+    t = host.trace
+    handled = dm.handled
+    for name, variants in SCRIBBLES.items():
+        t.clear()
+        for fields in variants:
+            # A valid read of the controller's CAP register, then one field broken.
+            slot.addr, slot.size, slot.count, slot.type = dm.bar0, 4, 1, abi.IOREQ_TYPE_COPY
+            slot.dir, slot.data_is_ptr = abi.IOREQ_READ, 0
+            for field, value in fields.items():
+                setattr(slot, field, value)
+            answer(dm, g, slot)
+            assert slot.data == (1 << (8 * 4 if "size" not in fields else 64)) - 1
+        reasons = [e.args["reason"] for e in t.events if e.kind == TRACE_DM_REFUSED]
+        assert reasons == [name] * len(variants)
+    assert dm.handled == handled  # no device saw any of them
+    logged = [r for r in caplog.records if "device model" in r.getMessage()]
+    assert len(logged) == len(SCRIBBLES)  # once per rule
     still_works(host, drv)
 
 

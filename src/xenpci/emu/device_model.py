@@ -32,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from xenpci.abi import ioreq as abi
 from xenpci.blkback.blkback import BlockDevice
@@ -144,37 +146,31 @@ class XenDeviceModel:
         self.trace.record(TRACE_DM_REFUSED, 0, "dom0", domid=self.domid, reason=reason)
 
     # -- the synchronous slot ----------------------------------------------------------------
+    def _check(self, req: IoreqCopy, rules: tuple[IoreqRule, ...]) -> bool:
+        for rule in rules:
+            if rule.refused(req):
+                self._refuse(rule.name, rule.message(req))
+                return False
+        return True
+
     def cpu_handle_ioreq(self) -> None:
+        """``cpu_get_ioreq`` + ``handle_ioreq``: one copy of the slot, checked, served."""
         slot = self._slot
         if slot.state != abi.STATE_IOREQ_READY:
-            return  # cpu_get_ioreq: nothing posted (or a spurious event)
+            return  # nothing posted (or a spurious event)
         slot.state = abi.STATE_IOREQ_INPROCESS
-        kind, size, direction = int(slot.type), int(slot.size), int(slot.dir)
-        addr, data = int(slot.addr), int(slot.data)
-        ones = (1 << (8 * size)) - 1 if size in _SIZES else (1 << 64) - 1
-        if size not in _SIZES:
-            self._refuse("bad-size", f"Invalid ioreq size {size}")
-            result = ones
-        elif slot.data_is_ptr or slot.count != 1:
-            self._refuse("rep", "string/rep ioreqs (data_is_ptr, count) are not supported")
-            result = ones
-        elif kind not in (
-            abi.IOREQ_TYPE_PIO,
-            abi.IOREQ_TYPE_COPY,
-            abi.IOREQ_TYPE_PCI_CONFIG,
-            abi.IOREQ_TYPE_INVALIDATE,
-        ):
-            self._refuse("bad-type", f"Invalid ioreq type {kind:#x}")
-            result = ones
-        else:
-            result = self.handle_ioreq(kind, addr, size, direction, data & ones)
-        if direction == abi.IOREQ_READ:
+        req = IoreqCopy.of(slot)  # read once: the guest may rewrite its page meanwhile
+        ones = (1 << (8 * req.size)) - 1 if req.size in _SIZES else (1 << 64) - 1
+        result = ones
+        if self._check(req, SYNC_RULES):
+            result = self.handle_ioreq(req.kind, req.addr, req.size, req.dir, req.data & ones)
+        if req.dir == abi.IOREQ_READ:
             slot.data = result & ones
         slot.state = abi.STATE_IORESP_READY  # last, after the data (wmb)
         self.hc.evtchn_send(self.vcpu_port)
 
     def handle_ioreq(self, kind: int, addr: int, size: int, direction: int, data: int) -> int:
-        """One valid ioreq: dispatch to the emulated device; returns the data read."""
+        """One valid ioreq: dispatch by type (:data:`HANDLERS`); returns the data read."""
         self.handled += 1
         self.trace.record(
             TRACE_DM_IOREQ,
@@ -185,34 +181,39 @@ class XenDeviceModel:
             addr=addr,
             size=size,
         )
-        read = direction == abi.IOREQ_READ
-        ones = (1 << (8 * size)) - 1
+        handler: Callable[[XenDeviceModel, int, int, bool, int], int] = HANDLERS[kind]
         try:
-            if kind == abi.IOREQ_TYPE_PIO:
-                if addr == POST_PORT and not read:
-                    self.post_codes.append(data)
-                return ones
-            if kind == abi.IOREQ_TYPE_COPY:
-                off = addr - self.bar0
-                if not 0 <= off <= hw.NVME_BAR_SIZE - size:
-                    return ones
-                if read:
-                    return self.nvme.mmio_read(0, off, size)
-                self.nvme.mmio_write(0, off, size, data)
-                return 0
-            if kind == abi.IOREQ_TYPE_PCI_CONFIG:
-                bdf, reg = addr >> 32, addr & 0xFFFF_FFFF
-                if bdf != (EMU_SBDF.bus << 8 | EMU_SBDF.devfn) or reg + size > 0x1000:
-                    return ones
-                if read:
-                    return self.nvme.config_read(reg, size)
-                self.nvme.config_write(reg, size, data)
-                return 0
-            self.mapcache.invalidate()  # IOREQ_TYPE_INVALIDATE
-            return 0
+            return handler(self, addr, size, direction == abi.IOREQ_READ, data)
         except XenpciError as e:
             self._refuse("device-error", f"emulated device refused the access: {e}")
-            return ones
+            return (1 << (8 * size)) - 1
+
+    def cpu_ioreq_pio(self, port: int, size: int, read: bool, data: int) -> int:
+        if port == POST_PORT and not read:
+            self.post_codes.append(data)
+        return (1 << (8 * size)) - 1
+
+    def cpu_ioreq_move(self, addr: int, size: int, read: bool, data: int) -> int:
+        off = addr - self.bar0
+        if not 0 <= off <= hw.NVME_BAR_SIZE - size:
+            return (1 << (8 * size)) - 1
+        if read:
+            return self.nvme.mmio_read(0, off, size)
+        self.nvme.mmio_write(0, off, size, data)
+        return 0
+
+    def cpu_ioreq_config(self, addr: int, size: int, read: bool, data: int) -> int:
+        bdf, reg = addr >> 32, addr & 0xFFFF_FFFF
+        if bdf != (EMU_SBDF.bus << 8 | EMU_SBDF.devfn) or reg + size > 0x1000:
+            return (1 << (8 * size)) - 1
+        if read:
+            return self.nvme.config_read(reg, size)
+        self.nvme.config_write(reg, size, data)
+        return 0
+
+    def invalidate(self, _addr: int, _size: int, _read: bool, _data: int) -> int:
+        self.mapcache.invalidate()
+        return 0
 
     # -- the buffered ring ---------------------------------------------------------------
     def handle_buffered_iopage(self) -> None:
@@ -233,15 +234,10 @@ class XenDeviceModel:
             value = int(entry.data)
             if slots == 2:
                 value |= int(buf.buf_ioreq[(rp + 1) % abi.IOREQ_BUFFER_SLOT_NUM].data) << 32
-            kind, direction, addr = int(entry.type), int(entry.dir), int(entry.addr)
+            req = IoreqCopy(int(entry.type), int(entry.addr), size, int(entry.dir), value, 1, 0)
             buf.read_pointer = (rp + slots) & 0xFFFF_FFFF
-            if direction != abi.IOREQ_WRITE:
-                self._refuse("buffered-read", "a buffered ioreq must be a write")
-                continue
-            if kind not in (abi.IOREQ_TYPE_PIO, abi.IOREQ_TYPE_COPY):
-                self._refuse("bad-type", f"Invalid ioreq type {kind:#x}")
-                continue
-            self.handle_ioreq(kind, addr, size, direction, value)
+            if self._check(req, BUFFERED_RULES):
+                self.handle_ioreq(req.kind, req.addr, req.size, req.dir, req.data)
 
     # -- interrupts -------------------------------------------------------------------------
     def _inject(self, irq: Interrupt) -> None:
@@ -258,3 +254,73 @@ class XenDeviceModel:
             self.hc.evtchn_send(local)
         except XenpciError as e:
             self._refuse("inject", f"cannot inject MSI to port {port}: {e}")
+
+
+@dataclass(frozen=True, slots=True)
+class IoreqCopy:
+    """The device model's private copy of one ioreq (taken once from the shared page)."""
+
+    kind: int
+    addr: int
+    size: int
+    dir: int
+    data: int
+    count: int
+    data_is_ptr: int
+
+    @classmethod
+    def of(cls, r: abi.ioreq) -> IoreqCopy:
+        return cls(
+            int(r.type),
+            int(r.addr),
+            int(r.size),
+            int(r.dir),
+            int(r.data),
+            int(r.count),
+            int(r.data_is_ptr),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IoreqRule:
+    """One reason to refuse an ioreq: a stable name (logged once), a test, a message."""
+
+    name: str
+    refused: Callable[[IoreqCopy], bool]
+    message: Callable[[IoreqCopy], str]
+
+
+#: Who serves each ioreq type (QEMU's ``handle_ioreq`` switch).
+HANDLERS: dict[int, Callable[[XenDeviceModel, int, int, bool, int], int]] = {
+    abi.IOREQ_TYPE_PIO: XenDeviceModel.cpu_ioreq_pio,
+    abi.IOREQ_TYPE_COPY: XenDeviceModel.cpu_ioreq_move,
+    abi.IOREQ_TYPE_PCI_CONFIG: XenDeviceModel.cpu_ioreq_config,
+    abi.IOREQ_TYPE_INVALIDATE: XenDeviceModel.invalidate,
+}
+
+#: Checks of a synchronous ioreq, in order; the first that refuses fails it.
+SYNC_RULES: tuple[IoreqRule, ...] = (
+    IoreqRule("bad-size", lambda r: r.size not in _SIZES, lambda r: f"Invalid ioreq size {r.size}"),
+    IoreqRule(
+        "rep",
+        lambda r: bool(r.data_is_ptr) or r.count != 1,
+        lambda r: f"string/rep ioreqs (data_is_ptr {r.data_is_ptr}, count {r.count}) unsupported",
+    ),
+    IoreqRule(
+        "bad-type", lambda r: r.kind not in HANDLERS, lambda r: f"Invalid ioreq type {r.kind:#x}"
+    ),
+)
+
+#: Checks of a buffered entry (Xen only buffers port/MMIO writes).
+BUFFERED_RULES: tuple[IoreqRule, ...] = (
+    IoreqRule(
+        "buffered-read",
+        lambda r: r.dir != abi.IOREQ_WRITE,
+        lambda _r: "a buffered ioreq must be a write",
+    ),
+    IoreqRule(
+        "bad-type",
+        lambda r: r.kind not in (abi.IOREQ_TYPE_PIO, abi.IOREQ_TYPE_COPY),
+        lambda r: f"Invalid ioreq type {r.kind:#x}",
+    ),
+)
