@@ -19,11 +19,11 @@ idx = st.integers(0, M)
 
 def test_shared_index_offsets_are_the_checked_struct_offsets() -> None:
     # blkif_sring's offsets are compared with the C compiler's in tests/abi.
-    assert r.SRING_REQ_PROD == blkif_sring.req_prod.offset
-    assert r.SRING_REQ_EVENT == blkif_sring.req_event.offset
-    assert r.SRING_RSP_PROD == blkif_sring.rsp_prod.offset
-    assert r.SRING_RSP_EVENT == blkif_sring.rsp_event.offset
-    assert r.SRING_HEADER_SIZE == blkif_sring.ring.offset
+    assert blkif_sring.req_prod.offset == r.SRING_REQ_PROD
+    assert blkif_sring.req_event.offset == r.SRING_REQ_EVENT
+    assert blkif_sring.rsp_prod.offset == r.SRING_RSP_PROD
+    assert blkif_sring.rsp_event.offset == r.SRING_RSP_EVENT
+    assert blkif_sring.ring.offset == r.SRING_HEADER_SIZE
 
 
 @given(old=idx, pushed=st.integers(0, 64), event_delta=st.integers(-100, 100))
