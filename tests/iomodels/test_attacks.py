@@ -146,3 +146,20 @@ def test_bogus_req_prod_halts_only_that_ring(
     assert any("bogus ring requests" in r.getMessage() for r in caplog.records)
     assert server.served == 0
     still_works(host, good)
+
+
+def test_read_into_a_read_only_grant_fails(
+    host: IoModelsHost, two: tuple[Blkfront, Blkfront]
+) -> None:
+    evil, good = two
+    hc = evil.hc
+    gfn = hc.alloc_page()
+    hc.write(gfn << 12, b"\x42" * 4096)
+    ro = hc.gnttab_grant_foreign_access(0, gfn, True)
+    # A read would make dom0 write into a page granted read-only: the map fails.
+    assert raw(evil, blkif.BLKIF_OP_READ, 0, [(ro, 0, 7)]) == blkif.BLKIF_RSP_ERROR
+    assert hc.read(gfn << 12, 4096) == b"\x42" * 4096
+    # Writing from it is what read-only grants are for.
+    assert raw(evil, blkif.BLKIF_OP_WRITE, 0, [(ro, 0, 7)]) == blkif.BLKIF_RSP_OKAY
+    assert media(host, 0, 8) == b"\x42" * 4096
+    still_works(host, evil, good)

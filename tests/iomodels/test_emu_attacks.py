@@ -17,7 +17,7 @@ import pytest
 from xenpci.abi import ioreq as abi
 from xenpci.emu.device_model import SYNC_RULES, TRACE_DM_REFUSED, XenDeviceModel
 from xenpci.guest.drivers.nvme import NvmeDriver
-from xenpci.hv import Hypercalls
+from xenpci.hv import Hypercalls, MmioDenied, PermissionDenied
 from xenpci.toolstack.iomodels import IoModelsHost
 
 pytestmark = pytest.mark.timeout(60)
@@ -114,3 +114,19 @@ def test_buffered_read_and_wild_pointers_are_dropped(
     g.ioport_read(0x80, 1)
     assert dm.post_codes == [0x99]
     still_works(host, drv)
+
+
+def test_another_guest_cannot_reach_the_emulated_device(host: IoModelsHost) -> None:
+    _, dm = host.add_hvm_guest("hvm")
+    other = host.add_pv_guest("other", "/dev/nvme0n1,,xvda")
+    hc = other.hc
+    with pytest.raises(MmioDenied):
+        hc.mmio_map(dm.bar0 >> 12, 4)
+    with pytest.raises(MmioDenied):
+        hc.ioport_write(0xCF8, 4, 0x8000_2000)
+    with pytest.raises(MmioDenied):
+        hc.ioport_write(0x80, 1, 0x42)
+    assert dm.post_codes == []
+    # Nor can it map the HVM guest's ioreq page: only dom0 may map foreign frames.
+    with pytest.raises(PermissionDenied):
+        hc.foreign_map(dm.domid, dm.server.ioreq_gfn, False)

@@ -12,7 +12,7 @@ import pytest
 from xenpci.abi.xenbus import XenbusState as S
 from xenpci.devices.nvme import NvmeFunction
 from xenpci.toolstack.iomodels import DOM0_NVME, IoModelsHost
-from xenpci.toolstack.xldisk import backend_path, frontend_path
+from xenpci.toolstack.xldisk import backend_path, frontend_path, vbd_remove
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,3 +84,14 @@ def test_read_only_disk_refuses_writes(host: IoModelsHost) -> None:
     front = host.add_pv_guest("pv", "/dev/nvme0n1,,xvdb,r")
     assert front.readonly
     assert host.machine.xs.read(f"{backend_path(0, front.domid, front.devid)}/mode").decode() == "r"
+
+
+def test_vbd_removal_tears_the_backend_down(host: IoModelsHost) -> None:
+    front = host.add_pv_guest("pv", "/dev/nvme0n1,,xvda")
+    back = host.blkback.wait_for_device(front.domid, front.devid)
+    assert back.thread_ident is not None
+    vbd_remove(host.machine.xs, front.domid, front.devid)
+    assert host.blkback.wait(lambda d: (front.domid, front.devid) not in d.devices)
+    assert back.thread_ident is None and back.evtchn is None and back.mapping is None
+    held = [m for m in host.machine.hv.grants.mappings(0) if m.gref == front.ring_gref]
+    assert all(m.granter != front.domid for m in held)

@@ -261,3 +261,20 @@ def vbd_add(xs: XsClient, domid: int, disk: DiskSpec) -> tuple[str, str]:
 
     xs.retry_transaction(body)
     return be, fe
+
+
+def vbd_remove(xs: XsClient, domid: int, devid: int, backend_domid: int = 0) -> None:
+    """``libxl__device_destroy`` (forced): remove both directories in one transaction.
+
+    blkback sees its backend directory vanish and tears the device down (the
+    ring unmapped, the channel closed, its thread stopped).
+    """
+    be = backend_path(backend_domid, domid, devid)
+    fe = frontend_path(domid, devid)
+
+    def body(t: XsTransaction) -> None:
+        for path in (fe, be):
+            if t.exists(path):
+                t.rm(path)
+
+    xs.retry_transaction(body)
