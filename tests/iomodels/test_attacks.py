@@ -163,3 +163,16 @@ def test_read_into_a_read_only_grant_fails(
     assert raw(evil, blkif.BLKIF_OP_WRITE, 0, [(ro, 0, 7)]) == blkif.BLKIF_RSP_OKAY
     assert media(host, 0, 8) == b"\x42" * 4096
     still_works(host, evil, good)
+
+
+def test_flush_with_data_is_a_write_and_read_only_disks_refuse_it(host: IoModelsHost) -> None:
+    rw = host.add_pv_guest("rw", "/dev/nvme0n1,,xvda")
+    ro = host.add_pv_guest("ro", "/dev/nvme0n1,,xvdb,r")
+    _, gref = granted_page(rw, b"\x3c")
+    assert raw(rw, blkif.BLKIF_OP_FLUSH_DISKCACHE, 16, [(gref, 0, 7)]) == blkif.BLKIF_RSP_OKAY
+    assert media(host, 16, 8) == b"\x3c" * 4096
+    _, gref = granted_page(ro, b"\x3d")
+    for op, segs in ((blkif.BLKIF_OP_WRITE, [(gref, 0, 7)]), (blkif.BLKIF_OP_FLUSH_DISKCACHE, [])):
+        assert raw(ro, op, 24, segs) == blkif.BLKIF_RSP_ERROR
+    assert media(host, 24, 8) == bytes(4096)
+    assert ro.read(16, 8) == b"\x3c" * 4096  # reading is still allowed

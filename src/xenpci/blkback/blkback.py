@@ -19,8 +19,9 @@ ring requests") and nothing else.
 Deliberate differences: no persistent grants and no indirect descriptors
 (neither is advertised), so every segment is mapped and unmapped per
 request, as Linux does without ``feature-persistent``; the block IO is
-synchronous (one bio chain at a time); ``BLKIF_OP_FLUSH_DISKCACHE`` succeeds
-at once (the disk model has no volatile cache).
+synchronous (one bio chain at a time); a ``BLKIF_OP_FLUSH_DISKCACHE``
+without data succeeds at once (the disk model has no volatile cache), one
+with data is a write.
 """
 
 from __future__ import annotations
@@ -70,11 +71,14 @@ class Refusal:
 
 
 def check_request(req: blkif.blkif_request, sectors: int, readonly: bool) -> Refusal | None:
-    """``dispatch_rw_block_io``'s checks before any grant is touched, in Linux's order."""
+    """``dispatch_rw_block_io``'s checks before any grant is touched, in Linux's order.
+
+    A flush is a write with ``REQ_PREFLUSH``: it may carry no segment at all, and
+    like any write it is refused on a read-only device (``xen_vbd_translate``).
+    """
     nseg = req.nr_segments
-    if req.operation == blkif.BLKIF_OP_FLUSH_DISKCACHE and nseg == 0:
-        return None
-    if nseg == 0 or nseg > blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST:
+    flush = req.operation == blkif.BLKIF_OP_FLUSH_DISKCACHE
+    if (nseg == 0 and not flush) or nseg > blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST:
         return Refusal("bad-segment-count", f"Bad number of segments in request ({nseg})")
     total = 0
     for i in range(nseg):
@@ -85,7 +89,7 @@ def check_request(req: blkif.blkif_request, sectors: int, readonly: bool) -> Ref
                 f"segment {i}: sectors {seg.first_sect}..{seg.last_sect} do not fit a page",
             )
         total += seg.last_sect - seg.first_sect + 1
-    if req.operation == blkif.BLKIF_OP_WRITE and readonly:
+    if req.operation != blkif.BLKIF_OP_READ and readonly:
         return Refusal("read-only", "write to a read-only device")
     if req.sector_number + total > sectors:
         # xen_vbd_translate: "access beyond end of device"
@@ -197,9 +201,9 @@ class BlkifRingServer:
         refusal = check_request(req, self.disk.sectors, self.readonly)
         if refusal is not None:
             return self._refuse(refusal, req)
-        if op == blkif.BLKIF_OP_FLUSH_DISKCACHE:
-            return blkif.BLKIF_RSP_OKAY
-        write = op == blkif.BLKIF_OP_WRITE
+        if req.nr_segments == 0:
+            return blkif.BLKIF_RSP_OKAY  # a bare flush: the disk model has no volatile cache
+        write = op != blkif.BLKIF_OP_READ  # a write, or a flush carrying data
         maps: list[GrantMapping] = []
         try:
             for i in range(req.nr_segments):
