@@ -10,7 +10,9 @@ when ``RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`` says so), and
 ``xen_blkif_schedule``'s loop around ``RING_FINAL_CHECK_FOR_REQUESTS``.
 
 Errors are the protocol's: a malformed read/write gets ``BLKIF_RSP_ERROR``,
-an unknown operation ``BLKIF_RSP_EOPNOTSUPP`` (``dispatch_other_io``). Each
+an unknown operation ``BLKIF_RSP_EOPNOTSUPP`` (``dispatch_other_io``);
+``BLKIF_OP_DISCARD`` and ``BLKIF_OP_INDIRECT`` get ``BLKIF_RSP_EOPNOTSUPP``
+too (Linux serves them; neither feature is advertised here). Each
 kind of error is logged once per ring (Linux uses ``pr_debug``/ratelimited
 messages); every one is counted and traced. A frontend that claims more
 requests than the ring holds halts its own ring ("Frontend provided bogus
@@ -49,6 +51,11 @@ TRACE_ERROR = "blkif_error"
 TRACE_HALT = "blkif_ring_halted"
 
 SECTOR = blkif.SECTOR_SIZE
+#: ``BLKIF_OP_WRITE_BARRIER`` is served as a flush (Linux: ``drain``, then the
+#: ``BLKIF_OP_FLUSH_DISKCACHE`` path); both are writes with ``REQ_PREFLUSH``.
+_FLUSH_OPS = frozenset({blkif.BLKIF_OP_WRITE_BARRIER, blkif.BLKIF_OP_FLUSH_DISKCACHE})
+#: What ``dispatch_rw_block_io`` serves here; anything else is ``dispatch_other_io``.
+_RW_OPS = frozenset({blkif.BLKIF_OP_READ, blkif.BLKIF_OP_WRITE}) | _FLUSH_OPS
 
 
 class BlockDevice(Protocol):
@@ -77,7 +84,7 @@ def check_request(req: blkif.blkif_request, sectors: int, readonly: bool) -> Ref
     like any write it is refused on a read-only device (``xen_vbd_translate``).
     """
     nseg = req.nr_segments
-    flush = req.operation == blkif.BLKIF_OP_FLUSH_DISKCACHE
+    flush = req.operation in _FLUSH_OPS
     if (nseg == 0 and not flush) or nseg > blkif.BLKIF_MAX_SEGMENTS_PER_REQUEST:
         return Refusal("bad-segment-count", f"Bad number of segments in request ({nseg})")
     total = 0
@@ -194,7 +201,7 @@ class BlkifRingServer:
                 sector=req.sector_number,
                 nseg=req.nr_segments,
             )
-        if op not in (blkif.BLKIF_OP_READ, blkif.BLKIF_OP_WRITE, blkif.BLKIF_OP_FLUSH_DISKCACHE):
+        if op not in _RW_OPS:
             return self._refuse(
                 Refusal("unsupported-op", f"operation {op}", blkif.BLKIF_RSP_EOPNOTSUPP), req
             )
