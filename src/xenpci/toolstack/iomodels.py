@@ -8,9 +8,11 @@ role, :mod:`xenpci.emu`) serves an HVM guest's emulated controller from it;
 a second function of the same NVMe model is passed through to a third guest
 with pciback, exactly as ``xl create`` with ``pci=[...]`` does today.
 
-Deliberate difference: the passthrough guest drives its own NVMe function
+Deliberate differences: the passthrough guest drives its own NVMe function
 (the same model class, another function), since a disk cannot be owned by
-dom0 and assigned to a guest at once.
+dom0 and assigned to a guest at once. The machine runs threaded (not the
+deterministic scheduler): blkback's ``xenblkd`` and the device model wait for
+dom0's disk interrupts on their own threads, as their real counterparts do.
 """
 
 from __future__ import annotations
