@@ -19,7 +19,7 @@ from types import ModuleType
 import pytest
 
 from tests.interop import require_executable, require_file
-from xenpci.abi import grant_table, pciif, xenbus, xs_wire
+from xenpci.abi import blkif, grant_table, ioreq, pciif, xenbus, xs_wire
 
 INCLUDE = Path("/usr/include")
 
@@ -30,6 +30,8 @@ class Header:
     path: str  # relative to /usr/include
     prefixes: tuple[str, ...]  # constants of the header we model
     structs: tuple[str, ...]
+    #: Python name -> C expression, for values the header computes with macros.
+    computed: tuple[tuple[str, str], ...] = ()
 
 
 HEADERS = (
@@ -51,6 +53,19 @@ HEADERS = (
         "xen/grant_table.h",
         ("GTF_", "_GTF_", "GNTMAP_", "_GNTMAP_", "GNTST_"),
         ("grant_entry_v1",),
+    ),
+    Header(
+        blkif,
+        "xen/io/blkif.h",
+        ("BLKIF_", "VDISK_"),
+        ("blkif_request_segment", "blkif_request", "blkif_response", "blkif_sring"),
+        (("BLKIF_RING_SIZE", "__CONST_RING_SIZE(blkif, 4096)"),),
+    ),
+    Header(
+        ioreq,
+        "xen/hvm/ioreq.h",
+        ("IOREQ_", "STATE_IOREQ", "STATE_IORESP"),
+        ("ioreq", "shared_iopage", "buf_ioreq", "buffered_iopage"),
     ),
 )
 
@@ -84,6 +99,7 @@ def c_program(h: Header, consts: dict[str, str]) -> str:
         "#include <stddef.h>",
         "#include <stdint.h>",
         "#include <errno.h>",
+        "#include <string.h>",
         f"#include <{h.path}>",
         "int main(void) {",
     ]
@@ -92,9 +108,25 @@ def c_program(h: Header, consts: dict[str, str]) -> str:
             lines.append(f'  printf("const {name} %s\\n", {name});')
         else:
             lines.append(f'  printf("const {name} %lld\\n", (long long)({name}));')
+    for name, expr in h.computed:
+        lines.append(f'  printf("const {name} %lld\\n", (long long)({expr}));')
     for struct in h.structs:
         lines.append(f'  printf("sizeof {struct} %zu\\n", sizeof(struct {struct}));')
-        for field, *_ in getattr(h.module, struct)._fields_:
+        for field, _, *bits in getattr(h.module, struct)._fields_:
+            if bits:
+                # offsetof/sizeof do not apply to a bitfield: compare the byte image
+                # of the structure with only this field set to all ones.
+                lines += [
+                    "  {",
+                    f"    struct {struct} v; memset(&v, 0, sizeof v);",
+                    f"    v.{field} = {(1 << bits[0]) - 1}u;",
+                    f'    printf("bits {struct}.{field} ");',
+                    "    for (size_t i = 0; i < sizeof v; i++)",
+                    '      printf("%02x", ((unsigned char *)&v)[i]);',
+                    '    printf("\\n");',
+                    "  }",
+                ]
+                continue
             lines.append(
                 f'  printf("offsetof {struct}.{field} %zu\\n", offsetof(struct {struct}, {field}));'
             )
@@ -115,10 +147,17 @@ def python_view(h: Header, consts: dict[str, str]) -> list[str]:
     for name, kind in sorted(consts.items()):
         value = getattr(h.module, name)
         out.append(f"const {name} {value if kind == 'str' else int(value)}")
+    for name, _ in h.computed:
+        out.append(f"const {name} {int(getattr(h.module, name))}")
     for struct in h.structs:
         cls = getattr(h.module, struct)
         out.append(f"sizeof {struct} {ctypes.sizeof(cls)}")
-        for field, *_ in cls._fields_:
+        for field, _, *bits in cls._fields_:
+            if bits:
+                v = cls()
+                setattr(v, field, (1 << bits[0]) - 1)
+                out.append(f"bits {struct}.{field} {bytes(v).hex()}")
+                continue
             desc = getattr(cls, field)
             out += [
                 f"offsetof {struct}.{field} {desc.offset}",
@@ -160,3 +199,9 @@ def test_header_scan_finds_the_known_anchors() -> None:
     )
     assert len([n for n in found["xen/io/xenbus.h"] if n.startswith("XenbusState")]) == 9
     assert {"GTF_permit_access", "GNTST_okay"} <= set(found["xen/grant_table.h"])
+    assert {"BLKIF_OP_READ", "BLKIF_RSP_ERROR", "BLKIF_MAX_SEGMENTS_PER_REQUEST"} <= set(
+        found["xen/io/blkif.h"]
+    )
+    assert {"IOREQ_TYPE_PIO", "STATE_IORESP_READY", "IOREQ_BUFFER_SLOT_NUM"} <= set(
+        found["xen/hvm/ioreq.h"]
+    )

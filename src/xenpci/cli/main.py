@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from xenpci.cli import check, demo, guest_view, machine, pci, xenstored, xl
+from xenpci.cli import check, compare, demo, guest_view, machine, pci, xenstored, xl
 
 app = typer.Typer(
     name="xenpci",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _group in (demo, xenstored, pci, guest_view, machine, xl, check):
+for _group in (demo, xenstored, pci, guest_view, machine, xl, check, compare):
     _group.register(app)
 
 

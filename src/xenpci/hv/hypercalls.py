@@ -551,6 +551,16 @@ class Hypercalls:
         self._privileged("release_msix")
         self._hv.msixtbl.release(sbdf)
 
+    @hypercall
+    def foreign_map(self, domid: int, gfn: int, readonly: bool) -> memoryview:
+        """``xenforeignmemory_map`` (privcmd ``IOCTL_PRIVCMD_MMAPBATCH_V2``): map a frame
+        of another domain's RAM, as a device model maps an HVM guest's memory.
+        Privileged (XSM's default policy: dom0 only)."""
+        op = "foreign_map"
+        self._privileged(op)
+        view = memoryview(self._hv._target(domid, op, self.domid).p2m.frame(gfn))
+        return view.toreadonly() if readonly else view
+
     # -- data path --------------------------------------------------------
     def bus_address(self, gpaddr: int) -> int:
         """The bus address a device must be given to reach ``gpaddr`` of this domain.

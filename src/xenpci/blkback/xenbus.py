@@ -1,0 +1,309 @@
+"""blkback's XenBus backend driver: one device per ``backend/vbd/<domid>/<devid>``.
+
+Models ``drivers/block/xen-blkback/xenbus.c``: ``xen_blkbk_probe`` (the
+backend device), ``backend_changed`` (open the disk named by the toolstack,
+check ``mode``), ``connect`` (publish ``feature-flush-cache``,
+``feature-persistent``, ``sectors``, ``info``, ``sector-size``,
+``physical-sector-size``), ``connect_ring`` (read ``ring-ref``,
+``event-channel``, ``protocol``; map the ring, bind the channel) and
+``xen_blkif_disconnect``; and ``xen_blkif_schedule``, the per-ring kernel
+thread (``xenblkd``) woken by the event-channel interrupt.
+
+The XenBus state logic is the shared :class:`~xenpci.xenbus.state.XenbusDevice`
+(the one pciback uses), driven by :class:`~xenpci.xenbus.watch.XenbusWatch`.
+Deliberate differences: that machine takes pciback's path
+(InitWait -> Initialised -> Connected) where Linux blkback goes from
+InitWait straight to Connected; the disk is looked up by the ``params``
+target in dom0's table of block devices (Linux opens ``physical-device``,
+written by the hotplug script); only ``x86_64-abi`` (or no ``protocol``) is
+accepted; one ring (no ``multi-queue-num-queues``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Mapping
+
+from xenpci.abi import blkif
+from xenpci.abi.xenbus import XenbusState
+from xenpci.blkback.blkback import BlkifRingServer, BlockDevice
+from xenpci.blkback.ring import BackRing
+from xenpci.errors import XenpciError
+from xenpci.hv import Hypercalls
+from xenpci.hv.grant_table import GrantMapping
+from xenpci.trace import Trace
+from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
+from xenpci.xenbus.watch import XenbusWatch
+from xenpci.xenstore.client import WatchEvent, XsClient
+from xenpci.xenstore.errors import XsError
+
+BACKEND_ROOT = "/local/domain/0/backend/vbd"
+#: ``XEN_IO_PROTO_ABI_X86_64`` (``xen/io/protocols.h``).
+PROTOCOL_X86_64 = "x86_64-abi"
+
+
+class BlkbackError(XenpciError):
+    """A backend set-up step failed (reported with ``xenbus_dev_fatal``)."""
+
+
+class BlkbackDevice:
+    """``struct backend_info`` + its ``xen_blkif``: the backend of one virtual disk."""
+
+    def __init__(
+        self,
+        domid: int,
+        devid: int,
+        hc: Hypercalls,
+        xs: XsClient,
+        disks: Mapping[str, BlockDevice],
+        *,
+        trace: Trace | None = None,
+    ) -> None:
+        self.domid = domid
+        self.devid = devid
+        self.hc = hc
+        self.xs = xs
+        self.disks = disks
+        self.trace = trace
+        self.nodename = f"{BACKEND_ROOT}/{domid}/{devid}"
+        self.frontend_path = ""
+        self.xenbus = XenbusDevice(Role.BACKEND)
+        self.watch: XenbusWatch | None = None
+        self.disk: BlockDevice | None = None
+        self.readonly = False
+        self.server: BlkifRingServer | None = None
+        self.mapping: GrantMapping | None = None
+        self.evtchn: int | None = None
+        self._lock = threading.RLock()
+        self._work = threading.Condition()
+        self._pending = False
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._removed = False
+
+    def probe(self) -> None:
+        """``xen_blkbk_probe``: InitWait, then the watch machinery drives the rest."""
+        self.frontend_path = self.xs.read(f"{self.nodename}/frontend").decode()
+        self.watch = XenbusWatch(
+            self.xs,
+            self.xenbus,
+            self.nodename,
+            self.frontend_path,
+            driver=self._callback,
+            error_path=f"/local/domain/0/error/backend/vbd/{self.domid}/{self.devid}/error",
+        )
+        self.watch.start()
+
+    def remove(self) -> None:
+        if self.watch is not None:
+            self.watch.remove()
+        with self._lock:
+            self._removed = True
+            self._disconnect()
+
+    def wait_for_state(self, state: XenbusState, timeout: float = 10.0) -> bool:
+        if self.watch is None:
+            return False
+        return self.watch.wait_for(lambda d: d.state is state, timeout)
+
+    @property
+    def thread_ident(self) -> int | None:
+        """The ``xenblkd`` thread (for its CPU clock), while connected."""
+        thread = self._thread
+        return thread.ident if thread is not None else None
+
+    # -- driver callbacks -------------------------------------------------------------
+    def _callback(self, cb: DriverCallback) -> None:
+        with self._lock:
+            if self._removed:
+                return
+            if cb is DriverCallback.SETUP:
+                self._backend_changed()
+            elif cb is DriverCallback.CONNECT:
+                self._connect_ring()
+            elif cb in (DriverCallback.DISCONNECT, DriverCallback.REMOVE):
+                self._disconnect()
+
+    def _read(self, path: str) -> str:
+        try:
+            return self.xs.read(path).decode()
+        except XsError:
+            raise BlkbackError(f"reading {path}") from None
+
+    def _backend_changed(self) -> None:
+        """``backend_changed`` + ``connect``'s feature nodes: open the disk, publish it."""
+        target = self._read(f"{self.nodename}/params")
+        mode = self._read(f"{self.nodename}/mode")
+        disk = self.disks.get(target)
+        if disk is None:
+            raise BlkbackError(f"no such block device {target!r} in dom0")
+        self.disk = disk
+        self.readonly = "w" not in mode
+        for key, value in (
+            ("feature-flush-cache", "1"),
+            ("feature-persistent", "0"),
+            ("sectors", str(disk.sectors)),
+            ("info", str(blkif.VDISK_READONLY if self.readonly else 0)),
+            ("sector-size", str(blkif.SECTOR_SIZE)),
+            ("physical-sector-size", str(blkif.SECTOR_SIZE)),
+        ):
+            self.xs.write(f"{self.nodename}/{key}", value)
+
+    def _connect_ring(self) -> None:
+        """``connect_ring``: read the frontend's keys, map the ring, bind the channel."""
+        fe = self.frontend_path
+        try:
+            gref = int(self._read(f"{fe}/ring-ref"))
+            port = int(self._read(f"{fe}/event-channel"))
+        except ValueError:
+            raise BlkbackError("ring-ref or event-channel is not a number") from None
+        with contextlib.suppress(BlkbackError):
+            proto = self._read(f"{fe}/protocol")
+            if proto != PROTOCOL_X86_64:
+                raise BlkbackError(f"unknown fe protocol {proto}")
+        if self.disk is None:
+            raise BlkbackError("no disk opened")
+        try:
+            mapping = self.hc.gnttab_map_grant_ref(self.domid, gref, False)
+        except XenpciError as e:
+            raise BlkbackError(f"mapping ring-ref {gref}: {e}") from None
+        try:
+            local = self.hc.evtchn_bind_interdomain(self.domid, port)
+        except XenpciError as e:
+            with contextlib.suppress(XenpciError):
+                self.hc.gnttab_unmap_grant_ref(mapping.handle)
+            raise BlkbackError(f"binding port {port}: {e}") from None
+        self.mapping, self.evtchn = mapping, local
+        hc = self.hc
+        self.server = BlkifRingServer(
+            BackRing(mapping.view),
+            hc,
+            self.domid,
+            self.disk,
+            lambda: hc.evtchn_send(local),
+            readonly=self.readonly,
+            trace=self.trace,
+            name=f"vbd-{self.domid}-{self.devid}",
+        )
+        self._stop = False
+        self._thread = threading.Thread(
+            target=self._schedule, name=f"xenblkd-{self.domid}-{self.devid}", daemon=True
+        )
+        self._thread.start()
+        self.hc.evtchn_set_handler(local, self._irq)
+
+    def _disconnect(self) -> None:
+        """``xen_blkif_disconnect``: stop the thread, unbind, unmap."""
+        thread = self._thread
+        if thread is not None:
+            with self._work:
+                self._stop = True
+                self._work.notify_all()
+            if thread is not threading.current_thread():
+                thread.join(10)
+            self._thread = None
+        if self.evtchn is not None:
+            with contextlib.suppress(XenpciError):
+                self.hc.evtchn_close(self.evtchn)
+            self.evtchn = None
+        self.server = None
+        if self.mapping is not None:
+            with contextlib.suppress(XenpciError):
+                self.hc.gnttab_unmap_grant_ref(self.mapping.handle)
+            self.mapping = None
+
+    # -- the data path -----------------------------------------------------------------
+    def _irq(self, _port: int) -> None:
+        # xen_blkif_be_int on dom0's vCPU: only wake the thread (it may sleep on IO).
+        with self._work:
+            self._pending = True
+            self._work.notify()
+
+    def _schedule(self) -> None:
+        """``xen_blkif_schedule``: sleep until kicked, serve the ring, repeat."""
+        while True:
+            with self._work:
+                self._work.wait_for(lambda: self._pending or self._stop)
+                if self._stop:
+                    return
+                self._pending = False
+            server = self.server
+            if server is not None:
+                server.do_block_io_op()
+
+
+class BlkbackDriver:
+    """The ``vbd`` backend driver: probes a device per backend directory that appears."""
+
+    def __init__(
+        self,
+        hc: Hypercalls,
+        xs: XsClient,
+        disks: Mapping[str, BlockDevice],
+        *,
+        trace: Trace | None = None,
+    ) -> None:
+        self.hc = hc
+        self.xs = xs
+        self.disks = disks
+        self.trace = trace
+        self.devices: dict[tuple[int, int], BlkbackDevice] = {}
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._token = "blkback-vbd"
+        self._started = False
+
+    def start(self) -> None:
+        self._started = True
+        self.xs.watch(BACKEND_ROOT, self._token, self._backend_changed)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._started:
+                self._started = False
+                with contextlib.suppress(XenpciError):
+                    self.xs.unwatch(BACKEND_ROOT, self._token)
+            for dev in list(self.devices.values()):
+                dev.remove()
+            self.devices.clear()
+
+    def wait_for_device(self, domid: int, devid: int, timeout: float = 10.0) -> BlkbackDevice:
+        with self._changed:
+            if not self._changed.wait_for(lambda: (domid, devid) in self.devices, timeout):
+                raise TimeoutError(f"no blkback device for d{domid} vbd {devid}")
+            return self.devices[(domid, devid)]
+
+    def wait(self, predicate: Callable[[BlkbackDriver], bool], timeout: float = 10.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self), timeout)
+
+    def _present(self) -> set[tuple[int, int]]:
+        out: set[tuple[int, int]] = set()
+        try:
+            for d in self.xs.ls(BACKEND_ROOT):
+                if not d.isdigit():
+                    continue
+                for n in self.xs.ls(f"{BACKEND_ROOT}/{d}"):
+                    if n.isdigit() and self.xs.exists(f"{BACKEND_ROOT}/{d}/{n}/frontend"):
+                        out.add((int(d), int(n)))
+        except XsError:
+            pass
+        return out
+
+    def _backend_changed(self, _ev: WatchEvent) -> None:
+        with self._lock:
+            if not self._started:
+                return
+            present = self._present()
+            for key in sorted(set(self.devices) - present):
+                self.devices.pop(key).remove()
+            for key in sorted(present - set(self.devices)):
+                dev = BlkbackDevice(*key, self.hc, self.xs, self.disks, trace=self.trace)
+                self.devices[key] = dev
+                try:
+                    dev.probe()
+                except XenpciError:
+                    del self.devices[key]
+                    dev.remove()
+            self._changed.notify_all()

@@ -1,0 +1,1 @@
+"""blkfront: the PV block frontend in a guest (Linux ``drivers/block/xen-blkfront.c``)."""

@@ -1,0 +1,21 @@
+"""Fixtures: one host with dom0's NVMe driver bound, blkback running, guests on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.datapath.conftest import vcpu_threads
+from xenpci.toolstack.iomodels import IoModelsHost, boot_iomodels_host
+
+
+@pytest.fixture
+def host() -> Iterator[IoModelsHost]:
+    before = vcpu_threads()
+    h = boot_iomodels_host()
+    try:
+        yield h
+    finally:
+        h.shutdown()
+    assert vcpu_threads() <= before
