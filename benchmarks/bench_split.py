@@ -19,7 +19,7 @@ from typing import Any
 
 from xenpci.devices import catalog
 from xenpci.guest.pci_core import GuestPciBus
-from xenpci.pci import regs
+from xenpci.pci import pcibios, regs
 from xenpci.pci.address import SBDF
 from xenpci.pciback.conf_space import config_read, config_write
 from xenpci.pciback.pciback_ops import Backend
@@ -97,14 +97,14 @@ class _DirectOps:
     def read(self, domain: int, bus: int, devfn: int, offset: int, size: int) -> tuple[int, int]:
         psdev = self.backend.get(domain, bus, devfn)
         if psdev is None:
-            return ops.PCIBIOS_DEVICE_NOT_FOUND, 0
+            return pcibios.PCIBIOS_DEVICE_NOT_FOUND, 0
         err, value = config_read(psdev.dev_data, offset, size)
         return errno_to_pcibios_err(err), value & ((1 << (8 * size)) - 1)
 
     def write(self, domain: int, bus: int, devfn: int, offset: int, size: int, value: int) -> int:
         psdev = self.backend.get(domain, bus, devfn)
         if psdev is None:
-            return ops.PCIBIOS_DEVICE_NOT_FOUND
+            return pcibios.PCIBIOS_DEVICE_NOT_FOUND
         return errno_to_pcibios_err(config_write(psdev.dev_data, offset, size, value))
 
 

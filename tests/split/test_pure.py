@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from xenpci.abi import pciif
 from xenpci.guest.pci_core import GuestPciBus
-from xenpci.pci import regs
+from xenpci.pci import pcibios, regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.config import ConfigSpace, apply_standard_masks
 from xenpci.pciback.vpci import GuestAddress, format_root, format_vdev
@@ -58,7 +58,7 @@ def test_silent_backend_times_out_with_minus_one_and_clears_active() -> None:
     t0 = time.monotonic()
     err, value = ops.conf_read(chan, 0, 0, 0, 0, 4)
     assert time.monotonic() - t0 >= 0.05
-    assert err == ops.PCIBIOS_DEVICE_NOT_FOUND and value == 0
+    assert err == pcibios.PCIBIOS_DEVICE_NOT_FOUND and value == 0
     info = pciif.xen_pci_sharedinfo.from_buffer(buf)
     assert info.flags & pciif.XEN_PCIF_active == 0
     assert sent == [1] and chan.timeouts == 1
@@ -102,7 +102,7 @@ def test_round_trip_truncates_to_access_size_and_maps_errors() -> None:
         assert ops.conf_read(chan, 0, 0, 8, 0x10, 1) == (0, 0x78)
         assert ops.conf_read(chan, 0, 0, 8, 0x10, 4) == (0, 0x12345678)
         answer["err"] = pciif.XEN_PCI_ERR_access_denied
-        assert ops.conf_write(chan, 0, 0, 8, 0x4, 2, 7) == ops.PCIBIOS_SET_FAILED
+        assert ops.conf_write(chan, 0, 0, 8, 0x4, 2, 7) == pcibios.PCIBIOS_SET_FAILED
         answer["err"] = -19  # raw -ENODEV reads as success with value 0 (Linux)
         assert ops.conf_read(chan, 0, 0, 8, 0x0, 4) == (0, 0)
         answer["err"] = 0
@@ -154,13 +154,13 @@ class _FakeBus:
         self.reads += 1
         cs = self.devs.get(devfn)
         if cs is None:
-            return ops.PCIBIOS_DEVICE_NOT_FOUND, 0
+            return pcibios.PCIBIOS_DEVICE_NOT_FOUND, 0
         return 0, cs.read(offset, size)
 
     def write(self, domain: int, bus: int, devfn: int, offset: int, size: int, value: int) -> int:
         cs = self.devs.get(devfn)
         if cs is None:
-            return ops.PCIBIOS_DEVICE_NOT_FOUND
+            return pcibios.PCIBIOS_DEVICE_NOT_FOUND
         cs.write(offset, size, value)
         return 0
 

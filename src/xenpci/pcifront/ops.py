@@ -29,16 +29,14 @@ from typing import Final
 
 from xenpci.abi import pciif
 from xenpci.abi.pciif import SH_INFO_MAX_VEC, xen_pci_op, xen_pci_sharedinfo
+from xenpci.pci.pcibios import (
+    PCIBIOS_BAD_REGISTER_NUMBER,
+    PCIBIOS_DEVICE_NOT_FOUND,
+    PCIBIOS_FUNC_NOT_SUPPORTED,
+    PCIBIOS_SET_FAILED,
+    PCIBIOS_SUCCESSFUL,
+)
 from xenpci.pcifront.errors import BackendTimeout, NotConnected, PciOpError
-
-#: Linux ``include/linux/pci.h`` PCIBIOS codes (what the guest PCI core returns).
-PCIBIOS_SUCCESSFUL: Final = 0x00
-PCIBIOS_FUNC_NOT_SUPPORTED: Final = 0x81
-PCIBIOS_BAD_VENDOR_ID: Final = 0x83
-PCIBIOS_DEVICE_NOT_FOUND: Final = 0x86
-PCIBIOS_BAD_REGISTER_NUMBER: Final = 0x87
-PCIBIOS_SET_FAILED: Final = 0x88
-PCIBIOS_BUFFER_TOO_SMALL: Final = 0x89
 
 ENODEV: Final = 19
 EINVAL: Final = 22
