@@ -134,6 +134,7 @@ class Trace:
         enabled: bool = True,
         count_only: Iterable[str] = DEFAULT_COUNT_ONLY,
         max_events: int | None = None,
+        clock: Callable[[], float] = perf_counter,
     ) -> None:
         if max_events is not None and max_events <= 0:
             raise ValueError("max_events must be positive")
@@ -145,11 +146,21 @@ class Trace:
         self._raw: deque[_Raw] = deque(maxlen=max_events)
         self._counts: dict[tuple[str, int], int] = {}
         self._seq = itertools.count()  # ``next`` under the lock: seq follows time
-        self._t0 = perf_counter()
+        #: Where record times come from: ``perf_counter``, or the machine's virtual
+        #: clock in deterministic mode (then two runs give byte-identical traces).
+        self._now = clock
+        self._t0 = clock()
 
     @property
     def enabled(self) -> bool:
         return self._enabled
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Take times from ``clock`` from now on (a machine switching to its virtual
+        clock right after building its hypervisor); time 0 is its present reading."""
+        with self._lock:
+            self._now = clock
+            self._t0 = clock()
 
     @property
     def count_only(self) -> frozenset[str]:
@@ -178,7 +189,7 @@ class Trace:
         Cheap by design (it sits on the event-channel path): one lock and a
         tuple appended. A stored record is not also counted here: counts are
         the stored records plus ``_counts`` (count-only kinds and records that
-        ``max_events`` pushed out). Timestamps are raw ``perf_counter`` values;
+        ``max_events`` pushed out). Timestamps are raw readings of the clock;
         the frozen ``TraceEvent`` objects, relative times included, are built
         when read.
         """
@@ -198,7 +209,7 @@ class Trace:
                     _, _, k, d, _, _ = _unpack(raw.popleft())  # keep its count exact
                     self._counts[(k, d)] = self._counts.get((k, d), 0) + 1
                 # Time taken under the lock so that time order and seq order agree.
-                raw.append((perf_counter(), next(self._seq), kind, domid, path, args))
+                raw.append((self._now(), next(self._seq), kind, domid, path, args))
         finally:
             lock.release()
 
@@ -242,7 +253,7 @@ class Trace:
         def rec(values: tuple[Any, ...]) -> None:
             lock.acquire()  # as in ``record``: time taken under the lock, with its seq
             try:
-                raw.append((perf_counter(), next(seq), static, values))
+                raw.append((self._now(), next(seq), static, values))
             finally:
                 lock.release()
 

@@ -64,6 +64,13 @@ def register(app: typer.Typer) -> None:
         blocks: Annotated[
             int, typer.Option(min=16, max=4096, help="NVMe blocks (multiple of 16)")
         ] = 64,
+        deterministic: Annotated[
+            bool,
+            typer.Option(
+                "--deterministic",
+                help="run the whole machine on one thread on a virtual clock (replayable)",
+            ),
+        ] = False,
     ) -> None:
         """Boot Xen, dom0 and two guests; pass a NIC and a disk through; prove the split."""
         if blocks % 16:
@@ -77,7 +84,11 @@ def register(app: typer.Typer) -> None:
                     status.update("running...")
 
                 report = run_demo(
-                    iommu=not no_iommu, frames=frames, blocks=blocks, progress=progress
+                    iommu=not no_iommu,
+                    frames=frames,
+                    blocks=blocks,
+                    progress=progress,
+                    deterministic=deterministic,
                 )
         except XenpciError as e:
             console.print(f"[red]demo failed:[/red] {e}")

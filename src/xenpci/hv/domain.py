@@ -224,6 +224,12 @@ class Domain:
     def nr_pages(self) -> int:
         return self.p2m.nr_pages
 
+    @property
+    def executor(self) -> Scheduler | None:
+        """The machine's deterministic executor, or None in threaded mode."""
+        vcpu = self.vcpu
+        return vcpu.scheduler if isinstance(vcpu, SteppedVcpu) else None
+
     def run(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue ``fn(*args)`` on this domain's vCPU; the Future carries its result."""
         job = _Job(fn, args, self.vcpu.name)

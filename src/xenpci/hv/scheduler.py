@@ -262,3 +262,20 @@ class SteppedVcpu:
     @property
     def alive(self) -> bool:
         return not self._stopped
+
+
+def wait_for(
+    cond: threading.Condition,
+    predicate: Callable[[], bool],
+    timeout: float,
+    executor: Scheduler | None,
+) -> bool:
+    """The one way a model waits for another party: ``predicate()`` within ``timeout``.
+
+    Threaded mode: ``cond.wait_for`` (the caller holds ``cond``, whose owner
+    notifies it). Deterministic mode: the executor runs the machine until the
+    predicate holds or the deadline passes on the virtual clock.
+    """
+    if executor is not None:
+        return executor.wait_until(predicate, timeout)
+    return cond.wait_for(predicate, timeout)

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 from xenpci.abi import pciif
 from xenpci.abi.xenbus import XenbusState
 from xenpci.errors import XenpciError
+from xenpci.hv.scheduler import wait_for
 from xenpci.pci.address import SBDF
 from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
 from xenpci.pciback.passthrough import PassthroughBackend
@@ -405,14 +406,16 @@ class PcibackDriver:
 
     def wait_for_device(self, domid: int, timeout: float = 10.0) -> PcibackDevice:
         with self._changed:
-            if not self._changed.wait_for(lambda: domid in self.devices, timeout):
+            if not wait_for(
+                self._changed, lambda: domid in self.devices, timeout, self.xs.executor
+            ):
                 raise TimeoutError(f"no pciback device for d{domid} after {timeout:g} s")
             return self.devices[domid]
 
     def wait(self, predicate: Callable[[PcibackDriver], bool], timeout: float = 10.0) -> bool:
         """Block until ``predicate(self)`` holds after a device probe/removal."""
         with self._changed:
-            return self._changed.wait_for(lambda: predicate(self), timeout)
+            return wait_for(self._changed, lambda: predicate(self), timeout, self.xs.executor)
 
     def _backend_changed(self, _ev: WatchEvent) -> None:
         with self._lock:

@@ -40,6 +40,7 @@ from xenpci.xenstore.errors import XsError
 
 if TYPE_CHECKING:
     from xenpci.hv.hypercalls import Hypercalls
+    from xenpci.hv.scheduler import Scheduler
 
 S = XenbusState
 
@@ -126,6 +127,7 @@ class Pcifront:
         *,
         op_timeout: float = ops.DEFAULT_OP_TIMEOUT,
         on_vcpu: Callable[[], bool] = lambda: False,
+        executor: Scheduler | None = None,
         trace: Trace | None = None,
     ) -> None:
         self.domid = domid
@@ -134,6 +136,7 @@ class Pcifront:
         self.pci = pci
         self.op_timeout = op_timeout
         self.on_vcpu = on_vcpu
+        self.executor = executor
         self.trace = trace
         self.nodename = frontend_node(domid)
         self.xenbus = XenbusDevice(Role.FRONTEND)
@@ -260,6 +263,7 @@ class Pcifront:
             lambda: hc.evtchn_send(port),
             timeout=self.op_timeout,
             on_vcpu=self.on_vcpu,
+            executor=self.executor,
         )
         hc.evtchn_set_handler(port, lambda _p: self._handle_event(chan))
         self.gfn, self.gref, self.evtchn, self.chan = gfn, gref, port, chan

@@ -115,7 +115,14 @@ class DemoReport:
 Progress = Callable[[str], None]
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+def _wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, machine: Machine | None = None
+) -> None:
+    ex = machine.hv.scheduler if machine is not None else None
+    if ex is not None:
+        if not ex.wait_until(predicate, timeout):
+            raise DemoError(f"timed out waiting for {what}")
+        return
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -139,12 +146,13 @@ def run_demo(
     progress: Progress | None = None,
     timeout: float = 10.0,
     seed: int = 7,
+    deterministic: bool = False,
 ) -> DemoReport:
     """Run the whole story; raise :class:`DemoError` if any step misbehaves."""
     say = progress or (lambda _s: None)
     rng = random.Random(seed)
     t0 = time.perf_counter()
-    machine = boot_machine(HostDescription(iommu=iommu))
+    machine = boot_machine(HostDescription(iommu=iommu), deterministic=deterministic)
     trace = machine.trace
     report = DemoReport(iommu=iommu, trace=trace)
 
@@ -182,7 +190,7 @@ def run_demo(
         for name, cls in (("guest1", NicDriver), ("guest2", NvmeDriver)):
             kernel = kernels[name]
             kernel.wait_for_pcifront(timeout).wait_connected(1, timeout)
-            _wait_for(lambda k=kernel, c=cls: _has(k, c), timeout, f"{name}'s device")  # type: ignore[misc]
+            _wait_for(lambda k=kernel, c=cls: _has(k, c), timeout, f"{name}'s device", machine)  # type: ignore[misc]
         step("guest1 (NIC) and guest2 (NVMe) created from xl.cfg; pcifront connected")
 
         # -- workloads -------------------------------------------------------------
@@ -217,7 +225,7 @@ def run_demo(
         # -- hot-plug ---------------------------------------------------------------------
         g1 = kernels["guest1"]
         lx.pci_attach("guest1", PciSpec(UART))
-        _wait_for(lambda: _has(g1, SerialDriver), timeout, "the UART in guest1")
+        _wait_for(lambda: _has(g1, SerialDriver), timeout, "the UART in guest1", machine)
         report.hotplug.append(f"{UART} attached to guest1")
         uart = SerialDriver(g1)
         uart.probe()
@@ -229,7 +237,7 @@ def run_demo(
         uart_port = uart.bar(0).address
         uart.remove()
         lx.pci_detach("guest1", PciSpec(UART))
-        _wait_for(lambda: not _has(g1, SerialDriver), timeout, "the UART to leave guest1")
+        _wait_for(lambda: not _has(g1, SerialDriver), timeout, "the UART to leave guest1", machine)
         report.hotplug.append(f"{UART} detached from guest1")
         step(f"hot-plug: UART into guest1, {len(echoed)} bytes by port IO, then removed")
         report.checks.append(

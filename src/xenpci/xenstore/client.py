@@ -5,13 +5,18 @@ the same one xenstored uses; a transport only moves frames. Like libxenstore
 it keeps one request in flight per client and files watch events aside as
 they arrive (on a reader thread for sockets and rings). Events reach the
 caller either as an iterator (:meth:`XsClient.events`) or through a callback
-registered with :meth:`XsClient.watch`, run on a dispatcher thread the client
-owns (what XenBus needs).
+registered with :meth:`XsClient.watch`. Where that callback runs: on a
+dispatcher thread the client owns (threaded mode, what an OS edge such as a
+tool on the Unix socket needs), or, given a ``lane`` of the machine's
+deterministic executor (``xenpci.hv.scheduler``), as a task on that lane: the
+owning domain's vCPU for a kernel's client, so watch delivery is ordered with
+everything else the machine does and no thread exists.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import queue
 import socket
@@ -22,11 +27,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from xenpci.abi import xs_wire as w
+from xenpci.errors import XenpciError
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XsError
 from xenpci.xenstore.perms import Perms
 from xenpci.xenstore.wire import Frame, FrameDecoder, check_reply, encode, strings
 
 if TYPE_CHECKING:
+    from xenpci.hv.scheduler import Scheduler, SteppedVcpu
     from xenpci.xenstore.core import Connection, XenStore
 
 T = TypeVar("T")
@@ -213,8 +220,10 @@ class XsTransaction:
 class XsClient:
     """XenStore client. Build with :meth:`unix`, :meth:`in_process` or :meth:`ring`."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, lane: SteppedVcpu | None = None) -> None:
         self._t = transport
+        #: Deterministic mode: watch callbacks run as tasks on this executor lane.
+        self.lane = lane
         self._req_ids = itertools.count()
         self._events: queue.Queue[WatchEvent] = queue.Queue()
         self._callbacks: dict[str, WatchCallback] = {}
@@ -230,9 +239,21 @@ class XsClient:
         return cls(_SocketTransport(path))
 
     @classmethod
-    def in_process(cls, store: XenStore, domid: int = 0, readonly: bool = False) -> XsClient:
+    def in_process(
+        cls,
+        store: XenStore,
+        domid: int = 0,
+        readonly: bool = False,
+        *,
+        lane: SteppedVcpu | None = None,
+    ) -> XsClient:
         """A connection inside this process acting as ``domid`` (dom0 is privileged)."""
-        return cls(_InProcessTransport(store.connection(domid, readonly)))
+        return cls(_InProcessTransport(store.connection(domid, readonly)), lane=lane)
+
+    @property
+    def executor(self) -> Scheduler | None:
+        """The deterministic executor this client's callbacks run on (None: threaded)."""
+        return self.lane.scheduler if self.lane is not None else None
 
     @classmethod
     def ring(cls, transport: Transport) -> XsClient:
@@ -311,7 +332,8 @@ class XsClient:
         to :meth:`events`. The first event (the watch path itself) arrives at once."""
         if callback is not None:
             self._callbacks[token] = callback
-            self._ensure_cb_thread()
+            if self.lane is None:
+                self._ensure_cb_thread()
         try:
             self._call(w.XS_WATCH, strings(path, token))
         except BaseException:
@@ -341,7 +363,14 @@ class XsClient:
         ev = WatchEvent(parts[0].decode("ascii", "replace"), parts[1].decode("ascii", "replace"))
         cb = self._callbacks.get(ev.token)
         if cb is not None:
-            self._cb_queue.put((cb, ev))
+            if self.lane is not None:
+                # An exception goes to the lane's owner (a vCPU traces it), never
+                # to stderr: no traceback reaches a user. A lane that has stopped
+                # (its domain is gone) drops the event, as a dead kernel would.
+                with contextlib.suppress(XenpciError):
+                    self.lane.post(functools.partial(cb, ev))
+            else:
+                self._cb_queue.put((cb, ev))
         else:
             self._events.put(ev)
 
