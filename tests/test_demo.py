@@ -12,16 +12,20 @@ import typer
 from typer.testing import CliRunner
 
 from xenpci.cli import demo
-from xenpci.toolstack.demo_scenario import (
+from xenpci.demo import (
     CATEGORIES,
+    STEPS,
+    DemoError,
     DemoReport,
     Message,
     PathCount,
+    Step,
     html,
     mermaid,
     run_demo,
     sequence,
 )
+from xenpci.trace import Kind
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -216,3 +220,33 @@ def test_cli_writes_trace_and_diagrams(tmp_path: Path) -> None:
 def test_cli_rejects_a_partial_block_batch() -> None:
     result = CliRunner().invoke(_app(), ["demo", "--blocks", "20"])
     assert result.exit_code != 0
+
+
+def test_the_demo_is_a_list_of_named_steps() -> None:
+    assert [s.name for s in STEPS] == [
+        "boot",
+        "assignable",
+        "guests",
+        "NIC",
+        "NVMe",
+        "MSI-X",
+        "hot-plug",
+        "isolation",
+        "teardown",
+    ]
+
+
+def test_a_failing_check_stops_the_run_naming_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import xenpci.demo.scenario as scenario
+
+    steps = tuple(
+        Step(s.name, s.action, lambda _run: "bytes differ") if s.name == "NIC" else s for s in STEPS
+    )
+    monkeypatch.setattr(scenario, "STEPS", steps)
+    with pytest.raises(DemoError, match=r"^NIC: bytes differ$"):
+        run_demo(frames=1, blocks=16, deterministic=True)
+
+
+def test_every_kind_the_demo_records_is_typed(report: DemoReport) -> None:
+    kinds = {e.kind for e in report.trace.events}
+    assert kinds and all(isinstance(k, Kind) for k in kinds), kinds - set(Kind)

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 import xenpci.toolstack as toolstack
+from xenpci.demo import NIC, NVME, UART
 from xenpci.devices.nic import NicFunction
 from xenpci.guest.kernel import GuestKernel
 from xenpci.hv import PAGE_SHIFT, Domain, Hypervisor
 from xenpci.pci.address import SBDF
 from xenpci.pciback.platform import prepare_msix
-from xenpci.toolstack.demo_scenario import NIC, NVME, UART
 from xenpci.toolstack.host import HostDescription, boot_machine
 from xenpci.toolstack.libxl import Libxl
 from xenpci.toolstack.machine import Machine

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.datapath.conftest import Guests, boot_guests, vcpu_threads
+from xenpci.demo import NIC, NVME, UART
 from xenpci.devices import nvme as nvme_hw
 from xenpci.devices.nic import E1000_IMS as IMS
 from xenpci.devices.nic import NicFunction
@@ -23,7 +24,6 @@ from xenpci.guest.drivers.serial import SerialDriver
 from xenpci.guest.kernel import GuestKernel
 from xenpci.hv import PAGE_SHIFT, MmioDenied
 from xenpci.pci import regs
-from xenpci.toolstack.demo_scenario import NIC, NVME, UART
 from xenpci.toolstack.xlcfg import PciSpec
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,6 +1,6 @@
 """``xenpci demo``: the whole passthrough story in one process, in seconds.
 
-A thin shell over :func:`xenpci.toolstack.demo_scenario.run_demo`: a progress
+A thin shell over :func:`xenpci.demo.run_demo`: a progress
 display while it runs, then what happened (steps, isolation checks, the
 toolstack's warnings) and the table that proves the split: per category of
 operation, how many went through dom0, how many went direct, and how many
@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from xenpci.demo import DemoReport, run_demo, write_diagram
 from xenpci.errors import XenpciError
-from xenpci.toolstack.demo_scenario import DemoReport, run_demo, write_diagram
 
 
 def _checks(report: DemoReport) -> Table:

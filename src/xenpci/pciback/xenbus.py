@@ -55,7 +55,7 @@ from xenpci.pciback.passthrough import PassthroughBackend
 from xenpci.pciback.pci_stub import PciStub, PcistubDevice
 from xenpci.pciback.pciback_ops import serve_shared_page
 from xenpci.pciback.vpci import VpciBackend, format_root, format_vdev
-from xenpci.trace import Trace
+from xenpci.trace import Kind, Trace
 from xenpci.xenbus import pci_keys
 from xenpci.xenbus.pci_keys import BACKEND_ROOT
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
@@ -346,7 +346,7 @@ class PcibackDevice:
         if self.trace is not None:
             cmd = int(info.op.cmd)
             self.trace.record(
-                "pci_op",
+                Kind.PCI_OP,
                 self.domid,
                 "dom0",
                 cmd=pciif.XEN_PCI_OP_NAMES.get(cmd, cmd),

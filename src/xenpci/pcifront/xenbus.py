@@ -31,7 +31,7 @@ from xenpci.errors import XenpciError
 from xenpci.pci.address import SBDF
 from xenpci.pcifront import ops
 from xenpci.pcifront.errors import NotConnected, PcifrontError
-from xenpci.trace import Trace
+from xenpci.trace import Kind, Trace
 from xenpci.xenbus import pci_keys
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
@@ -304,7 +304,7 @@ class Pcifront:
             found += len(self.pci.add_root(dom, bus, self).scan())
         if self.trace is not None:
             self.trace.record(
-                "pcifront_scan", self.domid, "dom0", roots=len(roots), new_devices=found
+                Kind.PCIFRONT_SCAN, self.domid, "dom0", roots=len(roots), new_devices=found
             )
 
     def _detach_devices(self) -> None:
