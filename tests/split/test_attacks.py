@@ -27,7 +27,7 @@ from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.machine import Machine
 from xenpci.xenstore.errors import XsError
 
-from .helpers import boot_guest_with
+from .helpers import boot_guest_with, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -336,9 +336,7 @@ def test_frontend_answers_an_aer_request_without_a_driver(machine: Machine) -> N
     assert info.flags & pciif.XEN_PCIB_AERHANDLER  # announced at probe
     assert aer_post(page, pciif.XEN_PCI_OP_aer_detected, 2, GuestAddress(0, 0, 0))
     machine.dom0.evtchn_send(back.evtchn)
-    deadline = time.monotonic() + 20  # the guest's vCPU answers; slow only under load
-    while aer_poll(page) is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    until(machine, lambda: aer_poll(page) is not None)  # the guest's vCPU answers
     assert aer_poll(page) == 1  # PCI_ERS_RESULT_NONE: no guest driver has AER handlers
     # and ordinary ops still work afterwards
     assert ops.conf_read(front._chan(), 0, 0, 0, regs.PCI_VENDOR_ID, 2) == (0, 0x1B36)
@@ -399,9 +397,7 @@ def test_guest_faking_a_new_generation_only_hurts_itself(
     # which cannot connect to a backend that is already Connected
     assert kernel.wait(lambda k: k.pcifront is not None and k.pcifront is not evil, 5)
     assert evil.watch is not None and evil.watch.superseded()
-    settled = threading.Event()
-    m.pciback.xs.watch("/test/settled", "settled", lambda _ev: settled.set())
-    assert settled.wait(5)
+    m.hv.run_until_idle()  # everything the fake caused, pciback's reactions included
     assert m.pciback.devices[evil.domid] is back and not back.superseded()
     # (its fresh frontend may time out talking to a backend still on the old page and
     # close its own connection: that is the guest's loss alone)

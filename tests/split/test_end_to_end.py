@@ -22,12 +22,13 @@ from xenpci.hv.errors import MmioDenied
 from xenpci.pci import regs
 from xenpci.pci.capabilities import find_capability
 from xenpci.pcifront.errors import PciOpError
+from xenpci.pcifront.xenbus import Pcifront
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.libxl import Libxl
 from xenpci.toolstack.machine import Machine
 from xenpci.toolstack.xlcfg import load_domain_config
 
-from .helpers import StateLog, boot_guest_with
+from .helpers import StateLog, boot_guest_with, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -129,7 +130,7 @@ def test_msix_enable_delivers_device_interrupts_to_guest_event_channels(machine:
     # the guest reads the real MSI-X flags through pciback
     assert dev.read_config(msix + regs.PCI_MSIX_FLAGS, 2) & regs.PCI_MSIX_FLAGS_ENABLE
     nic.signal(1)
-    assert fired.wait(5)
+    until(machine, fired.is_set)
     assert got == [(ports[1], True)]  # on the guest's own vCPU, the port of entry 1
     # second enable: -EALREADY from pciback (raw errno), guest sees a PciOpError
     with pytest.raises(PciOpError) as ei:
@@ -366,7 +367,8 @@ def test_msi_enable_maps_one_pirq_and_delivers_it(machine: Machine) -> None:
         front.enable_msi(dev, lambda p: None)
     assert ei.value.err == -5
     gpu.signal(0)
-    assert fired.wait(5) and ports == [port]
+    until(machine, fired.is_set)
+    assert ports == [port]
     assert front.disable_msi(dev) == 0
     assert not gpu.config.read(msi + regs.PCI_MSI_FLAGS, 2) & regs.PCI_MSI_FLAGS_ENABLE
     assert machine.hv.pirq_owner(pirq) is None  # dom0 unmapped it (pci_disable_msi)
@@ -392,29 +394,27 @@ def test_device_added_while_the_connect_is_still_queued_is_exported(machine: Mac
     )
     back = machine.pciback.wait_for_device(domid, 30)
     assert back.wait_for_state(S.XenbusStateInitialised, 30)  # set up with the NIC only
-    entered, release = threading.Event(), threading.Event()
+    fe_state = f"{lp.frontend_path(domid)}/state"
+    held: list[Pcifront] = []
 
     def hold(_ev: object) -> None:
-        entered.set()
-        release.wait(30)
-
-    pciback_xs = machine.pciback.xs
-    pciback_xs.watch("/test-hold", "test-hold", hold)  # its first event fires at once
-    try:
-        assert entered.wait(30)
-        fe_state = f"{lp.frontend_path(domid)}/state"
+        # Runs as a task on dom0's vCPU, where pciback's watch events run too: until
+        # it returns, pciback handles nothing, exactly as a busy event thread.
         machine.xs.write(fe_state, machine.xs.read(fe_state))  # queues pciback's fe event
         lp.device_pci_add_xenstore(
             machine.xs, domid, "g", lp.PciBackendDevice(nvme[0].sbdf), starting=True
         )
         machine.unpause_guest(domid)
-        kernel = machine.guest(domid)
-        front = kernel.wait_for_pcifront(30)
+        front = machine.guest(domid).wait_for_pcifront(30)
         assert front.watch is not None
         assert front.watch.wait_for(lambda d: S.XenbusStateInitialised in d.history, 30)
-    finally:
-        release.set()
-        pciback_xs.unwatch("/test-hold", "test-hold")
+        held.append(front)
+
+    pciback_xs = machine.pciback.xs
+    pciback_xs.watch("/test-hold", "test-hold", hold)  # its first event fires at once
+    until(machine, lambda: bool(held))
+    pciback_xs.unwatch("/test-hold", "test-hold")
+    front, kernel = held[0], machine.guest(domid)
     assert front.wait_connected(1, 30), front.xenbus.history
     seen = {(d.vendor, d.device) for d in kernel.pci.devices()}
     assert seen == {(f.vendor_id, f.device_id) for f in (*nic, *nvme)}
