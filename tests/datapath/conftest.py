@@ -46,7 +46,7 @@ class BareNic:
 @contextlib.contextmanager
 def make_bare_nic() -> Iterator[BareNic]:
     before = vcpu_threads()
-    hv = Hypervisor(ram_frames=8192, dom0_memory_kib=1024)
+    hv = Hypervisor(ram_frames=8192, dom0_memory_kib=1024, deterministic=True)
     try:
         nic = NicFunction(SBDF.parse("0000:03:00.0"))
         nic.assign_bar(0, NIC_BAR0)
@@ -81,7 +81,7 @@ class Guests:
 
 
 def boot_guests(iommu: bool = True) -> Guests:
-    machine = boot_machine(HostDescription(iommu=iommu))
+    machine = boot_machine(HostDescription(iommu=iommu), deterministic=True)
     lx = Libxl(machine, machine.xs, trace=machine.trace)
     for sbdf in (NIC, NVME, UART):
         lx.assignable_add(sbdf)  # pciback protects the MSI-X table at seize
