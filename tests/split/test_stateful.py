@@ -27,7 +27,7 @@ MODELS = ("nic", "nvme", "legacy", "subpage")
 class HotPlug(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.m = Machine(op_timeout=2.0)
+        self.m = Machine(op_timeout=2.0, deterministic=True)
         self.fns = [catalog.make(name, SBDF(0, 3 + i, 0, 0))[0] for i, name in enumerate(MODELS)]
         self.m.add_host_devices(self.fns)
         for fn in self.fns:
