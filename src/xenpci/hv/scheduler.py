@@ -74,8 +74,12 @@ class Scheduler:
 
     # -- posting --------------------------------------------------------------
     def post(self, vcpu: SteppedVcpu, item: Callable[[], None]) -> None:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: cheaper on the event hot path
+        try:
             self._queue.append((vcpu, item))
+        finally:
+            lock.release()
 
     def lane(self, name: str) -> SteppedVcpu:
         """A lane for work that is no domain's (a toolstack step, a tool's watch delivery)."""
@@ -128,22 +132,32 @@ class Scheduler:
     # -- running --------------------------------------------------------------
     def run_one(self) -> bool:
         """Run the oldest item whose lane is free and not paused; return whether one ran."""
-        with self._lock:
-            for i, entry in enumerate(self._queue):
-                if not entry[0].paused and entry[0] not in self._running:
-                    del self._queue[i]
-                    break
-            else:
+        queue, running, lock = self._queue, self._running, self._lock
+        lock.acquire()  # explicit acquire/release: this is the event hot path
+        try:
+            if not queue:
                 return False
-        vcpu, item = entry
-        self._running.append(vcpu)
+            vcpu, item = queue[0]
+            if not vcpu.paused and vcpu not in running:
+                queue.popleft()  # the common case: the oldest item can run
+            else:
+                for i, entry in enumerate(queue):
+                    if not entry[0].paused and entry[0] not in running:
+                        del queue[i]
+                        vcpu, item = entry
+                        break
+                else:
+                    return False
+        finally:
+            lock.release()
+        running.append(vcpu)
         self.steps += 1
         try:
             item()
         except BaseException as exc:
             vcpu.on_error(exc)
         finally:
-            self._running.pop()
+            running.pop()
         return True
 
     def run_until(
@@ -159,10 +173,11 @@ class Scheduler:
         and the result is ``done()`` then. Without one, nothing left to run or
         to fire while not done is a :class:`Deadlock`.
         """
+        run_one = self.run_one
         for _ in range(max_steps):
             if done():
                 return True
-            if self.run_one():
+            if run_one():
                 continue
             nxt = self.next_deadline()
             if nxt is not None and (deadline is None or nxt <= deadline):
@@ -211,7 +226,9 @@ class Scheduler:
     def drop(self, vcpu: SteppedVcpu) -> list[Callable[[], None]]:
         with self._lock:
             mine = [item for v, item in self._queue if v is vcpu]
-            self._queue = deque((v, it) for v, it in self._queue if v is not vcpu)
+            keep = [(v, it) for v, it in self._queue if v is not vcpu]
+            self._queue.clear()  # in place: every lane holds a reference to this deque
+            self._queue.extend(keep)
         return mine
 
 
@@ -224,6 +241,7 @@ class SteppedVcpu:
         self.name = name
         self.on_error = on_error
         self.scheduler = scheduler
+        self._lock, self._queue = scheduler._lock, scheduler._queue
         self._stopped = False
         self.paused = False
 
@@ -244,7 +262,13 @@ class SteppedVcpu:
     def post(self, item: Callable[[], None]) -> None:
         if self._stopped:
             raise DomainDead(f"vCPU {self.name} has stopped")
-        self.scheduler.post(self, item)
+        # Scheduler.post inlined: this is every event-channel upcall's way in.
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._queue.append((self, item))
+        finally:
+            lock.release()
 
     def wait(self, fut: Future[Any], timeout: float | None) -> Any:
         # No deadline jump here: a call nobody can ever run is a deadlock to report,
