@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from xenpci.toolstack import libxl_pci as lp
 from xenpci.xenbus.state import DriverCallback as CB
 from xenpci.xenbus.state import InvalidStateValue, Role, StateError, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
-from xenpci.xenstore.client import XsClient
+from xenpci.xenstore.client import WatchEvent, XsClient
 from xenpci.xenstore.core import XenStore
 from xenpci.xenstore.server import XenstoredServer
 
@@ -303,3 +305,30 @@ def test_recreated_nodes_are_a_new_generation_the_old_ends_leave_alone(pair: Pai
     pair.be.remove()
     pair.fe.remove()
     assert pair.state(BE) == b"1" and pair.state(FE) == b"1"
+
+
+def test_a_client_on_an_executor_lane_delivers_watches_as_tasks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Deterministic mode: no dispatcher thread; a callback runs when the executor
+    runs its lane, a failing one is handed to the lane's owner (never printed), and
+    ``next_event`` waits on the virtual clock."""
+    store, ex = XenStore(), Scheduler()
+    before = set(threading.enumerate())
+    xs = XsClient.in_process(store, 0, lane=ex.lane("tool"))
+    got: list[str] = []
+    xs.watch("/w", "cb", lambda ev: got.append(ev.path))
+    xs.watch("/bad", "bad", lambda ev: [][0])
+    xs.write("/w/x", "1")
+    assert got == []  # nothing runs until the executor is driven
+    ex.run_until_idle()
+    assert got == ["/w", "/w/x"]
+    assert [type(e) for e in ex.errors] == [IndexError]  # /bad's first event
+    assert capsys.readouterr().err == ""
+    xs.watch("/q", "queued")  # no callback: filed for next_event
+    assert xs.next_event(timeout=2.0) == WatchEvent("/q", "queued")
+    with pytest.raises(queue.Empty):
+        xs.next_event(timeout=2.0)
+    assert ex.clock.now() == 2.0  # the empty wait cost 2 s of virtual time, no wall time
+    assert set(threading.enumerate()) <= before
+    xs.close()

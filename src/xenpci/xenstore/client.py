@@ -348,13 +348,26 @@ class XsClient:
         """Watch events as they arrive; stops after ``timeout`` seconds of silence."""
         while True:
             try:
-                yield self._events.get(timeout=timeout)
+                yield self.next_event(timeout)
             except queue.Empty:
                 return
 
     def next_event(self, timeout: float | None = None) -> WatchEvent:
-        """The next event (``queue.Empty`` after ``timeout``)."""
-        return self._events.get(timeout=timeout)
+        """The next event (``queue.Empty`` after ``timeout``).
+
+        With an executor the wait runs the machine until an event is filed, a
+        deadline on its virtual clock; with no ``timeout`` an event nothing can
+        ever cause is the executor's ``Deadlock``, not a hang.
+        """
+        ex = self.executor
+        if ex is None:
+            return self._events.get(timeout=timeout)
+        events = self._events
+        if timeout is None:
+            ex.run_until(lambda: not events.empty())
+        else:
+            ex.wait_until(lambda: not events.empty(), timeout)
+        return events.get_nowait()
 
     def _on_event(self, frame: Frame) -> None:
         parts = frame.payload.split(b"\0")
