@@ -90,7 +90,7 @@ def boot_guests(iommu: bool = True) -> Guests:
         cfg = load_domain_config_file(EXAMPLES / f"{name}.cfg")
         domid = lx.domain_create(cfg, allow_unsafe=not iommu)
         kernel = machine.guest(domid)
-        assert kernel.wait_for_pcifront(10).wait_connected(1, 10)
+        assert kernel.wait_for_pcifront().wait_connected(1)
         kernels.append(kernel)
     return Guests(machine, lx, kernels[0], kernels[1])
 

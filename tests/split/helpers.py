@@ -38,8 +38,8 @@ def boot_guest_with(
     m.unpause_guest(domid)
     kernel = m.guest(domid)
     # generous: a loaded CI machine is slow, and a working one returns at once
-    front = kernel.wait_for_pcifront(30)
-    assert front.wait_connected(1, 30), front.xenbus.history
+    front = kernel.wait_for_pcifront()
+    assert front.wait_connected(1), front.xenbus.history
     return domid, kernel, front
 
 

@@ -45,7 +45,7 @@ def test_connect_handshake_and_conf_read(machine: Machine) -> None:
     nic = catalog.make("nic", "0000:03:00.0")
     domid, kernel, front = boot_guest_with(machine, list(nic))
     back = machine.pciback.wait_for_device(domid)
-    assert back.wait_for_state(S.XenbusStateConnected, 5)
+    assert back.wait_for_state(S.XenbusStateConnected)
     assert back.xenbus.history == BACKEND_CONNECT
     assert front.xenbus.history == FRONTEND_CONNECT
 
@@ -158,8 +158,8 @@ def test_hot_attach_and_detach_follow_the_reconfigure_dance(machine: Machine) ->
     lp.device_pci_add_xenstore(
         machine.xs, domid, "guest", lp.PciBackendDevice(nvme.sbdf), starting=False
     )
-    assert front.wait_connected(2, 5)
-    lp.wait_for_backend_state(machine.xs, domid, S.XenbusStateConnected, 5)
+    assert front.wait_connected(2)
+    lp.wait_for_backend_state(machine.xs, domid, S.XenbusStateConnected)
     reconf_be = [S.XenbusStateReconfiguring, S.XenbusStateReconfigured, S.XenbusStateConnected]
     reconf_fe = [S.XenbusStateReconfiguring, S.XenbusStateConnected]
     assert back.xenbus.history == BACKEND_CONNECT + reconf_be
@@ -194,8 +194,8 @@ def test_last_detach_disconnects_and_a_new_attach_reconnects(machine: Machine) -
     gref = front.gref
     lp.device_pci_remove_xenstore(machine.xs, domid, nic.sbdf)
     # both directories are gone: each end closes and is removed
-    assert kernel.wait(lambda k: k.pcifront is None, 5)
-    assert machine.pciback.wait(lambda d: domid not in d.devices, 5)
+    assert kernel.wait(lambda k: k.pcifront is None)
+    assert machine.pciback.wait(lambda d: domid not in d.devices)
     assert front.xenbus.history[-2:] == [S.XenbusStateClosed, S.XenbusStateUnknown]
     assert back.xenbus.history[-2:] == [S.XenbusStateClosed, S.XenbusStateUnknown]
     assert domid not in machine.pciback.devices
@@ -211,10 +211,10 @@ def test_last_detach_disconnects_and_a_new_attach_reconnects(machine: Machine) -
     lp.device_pci_add_xenstore(
         machine.xs, domid, "guest", lp.PciBackendDevice(nic.sbdf), starting=False
     )
-    lp.wait_for_backend_state(machine.xs, domid, S.XenbusStateConnected, 5)
-    front2 = kernel.wait_for_pcifront(5)
+    lp.wait_for_backend_state(machine.xs, domid, S.XenbusStateConnected)
+    front2 = kernel.wait_for_pcifront()
     assert front2 is not front
-    assert front2.wait_connected(1, 5)
+    assert front2.wait_connected(1)
     assert front2.xenbus.history == FRONTEND_CONNECT
     assert machine.pciback.devices[domid].xenbus.history == BACKEND_CONNECT
     dev = next(kernel.pci.devices())
@@ -265,7 +265,7 @@ def test_destroying_a_connected_guest_releases_and_resets_its_device(machine: Ma
     # vanish, closes and unregisters (releasing the device) though libxl has
     # not removed the backend directory
     assert back.watch is not None
-    assert back.watch.wait_for(lambda d: d.state is S.XenbusStateUnknown, 5)
+    assert back.watch.wait_for(lambda d: d.state is S.XenbusStateUnknown)
     assert back.xenbus.history[-2:] == [S.XenbusStateClosed, S.XenbusStateUnknown]
     assert lp.read_dir(machine.xs, lp.backend_path(domid))["state"] == "6"
     assert back.mapping is None and back.evtchn is None
@@ -306,8 +306,8 @@ def test_data_plane_goes_straight_to_the_device_not_through_dom0(machine: Machin
     lx.assignable_add(nic.sbdf)
     domid = lx.domain_create(load_domain_config("name = 'g'\nmemory = 64\npci = ['03:00.0']\n"))
     kernel = machine.guest(domid)
-    front = kernel.wait_for_pcifront(5)
-    assert front.wait_connected(1, 5)
+    front = kernel.wait_for_pcifront()
+    assert front.wait_connected(1)
     dev = next(iter(kernel.pci.devices()))
     dev.write_config_checked(regs.PCI_COMMAND, 2, regs.PCI_COMMAND_MEMORY)
     bar0 = dev.bars[0]
@@ -392,8 +392,8 @@ def test_device_added_while_the_connect_is_still_queued_is_exported(machine: Mac
     lp.device_pci_add_xenstore(
         machine.xs, domid, "g", lp.PciBackendDevice(nic[0].sbdf), starting=True
     )
-    back = machine.pciback.wait_for_device(domid, 30)
-    assert back.wait_for_state(S.XenbusStateInitialised, 30)  # set up with the NIC only
+    back = machine.pciback.wait_for_device(domid)
+    assert back.wait_for_state(S.XenbusStateInitialised)  # set up with the NIC only
     fe_state = f"{lp.frontend_path(domid)}/state"
     held: list[Pcifront] = []
 
@@ -405,9 +405,9 @@ def test_device_added_while_the_connect_is_still_queued_is_exported(machine: Mac
             machine.xs, domid, "g", lp.PciBackendDevice(nvme[0].sbdf), starting=True
         )
         machine.unpause_guest(domid)
-        front = machine.guest(domid).wait_for_pcifront(30)
+        front = machine.guest(domid).wait_for_pcifront()
         assert front.watch is not None
-        assert front.watch.wait_for(lambda d: S.XenbusStateInitialised in d.history, 30)
+        assert front.watch.wait_for(lambda d: S.XenbusStateInitialised in d.history)
         held.append(front)
 
     pciback_xs = machine.pciback.xs
@@ -415,6 +415,6 @@ def test_device_added_while_the_connect_is_still_queued_is_exported(machine: Mac
     until(machine, lambda: bool(held))
     pciback_xs.unwatch("/test-hold", "test-hold")
     front, kernel = held[0], machine.guest(domid)
-    assert front.wait_connected(1, 30), front.xenbus.history
+    assert front.wait_connected(1), front.xenbus.history
     seen = {(d.vendor, d.device) for d in kernel.pci.devices()}
     assert seen == {(f.vendor_id, f.device_id) for f in (*nic, *nvme)}
