@@ -140,7 +140,8 @@ def test_msix_enable_delivers_device_interrupts_to_guest_event_channels(machine:
     assert not nic.config.read(msix + regs.PCI_MSIX_FLAGS, 2) & regs.PCI_MSIX_FLAGS_ENABLE
     fired.clear()
     nic.signal(1)
-    assert not fired.wait(0.2)
+    machine.hv.run_until_idle()  # everything the signal can cause has run: no event
+    assert not fired.is_set()
 
 
 def test_hot_attach_and_detach_follow_the_reconfigure_dance(machine: Machine) -> None:
@@ -302,7 +303,7 @@ def test_data_plane_goes_straight_to_the_device_not_through_dom0(machine: Machin
     nic = catalog.make("nic", "0000:03:00.0")[0]
     nvme = catalog.make("nvme", "0000:04:00.0")[0]
     machine.add_host_devices([nic, nvme])
-    lx = Libxl(machine, machine.xs, timeout=5)
+    lx = Libxl(machine, machine.xs)
     lx.assignable_add(nic.sbdf)
     domid = lx.domain_create(load_domain_config("name = 'g'\nmemory = 64\npci = ['03:00.0']\n"))
     kernel = machine.guest(domid)
