@@ -146,10 +146,10 @@ def test_a_vcpu_stuck_in_a_call_makes_the_pause_ebusy_and_undone(
 
     def stuck() -> None:
         inside.set()
-        release.wait(5)
+        release.wait(OS_EDGE_TIMEOUT)
 
     guest.run(stuck)
-    assert inside.wait(5)
+    assert inside.wait(OS_EDGE_TIMEOUT)
     try:
         with pytest.raises(HvError) as e:
             guest.pause_by_systemcontroller(timeout=0.1)
@@ -157,7 +157,7 @@ def test_a_vcpu_stuck_in_a_call_makes_the_pause_ebusy_and_undone(
         assert not guest.paused and guest.controller_pause_count == 0
     finally:
         release.set()
-    assert guest.call(lambda: 7, timeout=5) == 7  # running normally again
+    assert guest.call(lambda: 7, timeout=OS_EDGE_TIMEOUT) == 7  # running normally again
 
 
 def test_destroying_a_paused_domain_is_prompt_and_runs_nothing(
@@ -172,7 +172,7 @@ def test_destroying_a_paused_domain_is_prompt_and_runs_nothing(
     assert not guest.vcpu.alive and ran == []
     for f in futures:  # abandoned, not left hanging
         with pytest.raises(DomainDead):
-            f.result(timeout=1)
+            f.result(timeout=OS_EDGE_TIMEOUT)
     with pytest.raises(NoSuchDomain):
         hv.dom0.hypercalls.domctl_unpausedomain(guest.domid)
 

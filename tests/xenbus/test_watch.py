@@ -119,7 +119,7 @@ def test_hotplug_driven_by_libxl(pair: Pair) -> None:
     assert pair.fe.wait_for(lambda d: d.history == [1, 3, 4, 7, 4])
     assert pair.be.device.history == [1, 2, 3, 4, 7, 8, 4]
     # and libxl's next operation would see Connected
-    lp.wait_for_backend_state(pair.tool, DOMID, S.XenbusStateConnected, timeout=5)
+    lp.wait_for_backend_state(pair.tool, DOMID, S.XenbusStateConnected)
     assert pair.be.errors == []
 
 
