@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tests.hv.conftest import vcpu_threads
 from xenpci.hv import Deadlock, DomainDead, Hypervisor
+from xenpci.hv.clock import Deadline, MonotonicClock, VirtualClock
 from xenpci.hv.scheduler import Scheduler, SteppedVcpu
 
 pytestmark = pytest.mark.timeout(30)
@@ -227,3 +228,20 @@ def test_a_paused_vcpu_runs_nothing_and_keeps_its_order(ops: list[tuple[str, str
         in_order(ran["a"], given_["a"])
     finally:
         hv.shutdown()
+
+
+def test_clocks_and_deadlines() -> None:
+    virtual = VirtualClock(10.0)
+    d = Deadline(virtual, 2.0)
+    assert (d.when, d.remaining(), d.expired()) == (12.0, 2.0, False)
+    virtual.advance(1.5)
+    assert d.remaining() == 0.5 and not d.expired()
+    virtual.jump_to(11.0)  # a deadline in the past: time never goes back
+    assert virtual.now() == 11.5
+    virtual.jump_to(12.0)
+    assert d.expired() and d.remaining() == 0.0
+    with pytest.raises(ValueError):
+        virtual.advance(-0.1)
+    real = MonotonicClock()
+    first = real.now()
+    assert real.now() >= first  # monotonic, whatever the load

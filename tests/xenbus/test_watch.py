@@ -30,6 +30,8 @@ from xenpci.xenstore.core import XenStore
 from xenpci.xenstore.server import XenstoredServer
 
 pytestmark = pytest.mark.timeout(30)
+#: Bounds the few waits on a client's dispatcher thread (threaded mode, an OS edge).
+OS_EDGE_TIMEOUT = 10.0
 DOMID = 7
 BE = lp.backend_path(DOMID)
 FE = lp.frontend_path(DOMID)
@@ -332,3 +334,24 @@ def test_a_client_on_an_executor_lane_delivers_watches_as_tasks(
     assert ex.clock.now() == 2.0  # the empty wait cost 2 s of virtual time, no wall time
     assert set(threading.enumerate()) <= before
     xs.close()
+
+
+def test_a_failing_callback_on_the_dispatcher_thread_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Threaded mode (an OS edge): the failure is kept and reported in one line, and
+    delivery goes on (callbacks run in order on one thread, so once the later one ran,
+    the failing one has)."""
+    store = XenStore()
+    xs = XsClient.in_process(store, 0)
+    later = threading.Event()
+    try:
+        xs.watch("/bad", "bad", lambda ev: [][0])
+        xs.watch("/later", "later", lambda ev: later.set())
+        assert later.wait(OS_EDGE_TIMEOUT)
+        assert [type(e) for e in xs.callback_errors] == [IndexError]
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.count("\n") == 1 and "watch callback for /bad (bad) failed" in err
+    finally:
+        xs.close()

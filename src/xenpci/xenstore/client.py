@@ -20,8 +20,8 @@ import functools
 import itertools
 import queue
 import socket
+import sys
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -230,6 +230,8 @@ class XsClient:
         self._cb_queue: queue.Queue[tuple[WatchCallback, WatchEvent] | None] = queue.Queue()
         self._cb_thread: threading.Thread | None = None
         self._cb_lock = threading.Lock()
+        #: Exceptions raised by watch callbacks on the dispatcher thread (threaded mode).
+        self.callback_errors: list[Exception] = []
         transport.on_event = self._on_event
 
     # -- constructors ------------------------------------------------------------
@@ -403,8 +405,14 @@ class XsClient:
             cb, ev = item
             try:
                 cb(ev)
-            except Exception:  # a broken callback must not kill event delivery
-                traceback.print_exc()
+            except Exception as exc:  # a broken callback must not kill event delivery
+                # Kept for whoever owns the client, and one line on stderr: a
+                # watch callback's failure is a bug to see, never a traceback.
+                self.callback_errors.append(exc)
+                print(
+                    f"xenpci: watch callback for {ev.path} ({ev.token}) failed: {exc!r}",
+                    file=sys.stderr,
+                )
 
     # -- transactions ------------------------------------------------------------
     def transaction(self) -> XsTransaction:
