@@ -37,7 +37,7 @@ def boot_guest_with(
         )
     m.unpause_guest(domid)
     kernel = m.guest(domid)
-    # generous: a loaded CI machine is slow, and a working one returns at once
+    # the model's own deadlines: virtual on a deterministic machine, real on a threaded one
     front = kernel.wait_for_pcifront()
     assert front.wait_connected(1), front.xenbus.history
     return domid, kernel, front
