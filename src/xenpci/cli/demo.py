@@ -6,7 +6,9 @@ toolstack's warnings) and the table that proves the split: per category of
 operation, how many went through dom0, how many went direct, and how many
 the hypervisor mediated. ``--trace`` writes every stored event as JSON lines;
 ``--diagram`` writes the connect handshake and one op as a sequence diagram
-(HTML with inline SVG, or Mermaid text for a ``.mmd`` file).
+(HTML with inline SVG, or Mermaid text for a ``.mmd`` file). ``--deterministic``
+runs the whole machine on one thread on a virtual clock: two runs write
+byte-identical traces.
 """
 
 from __future__ import annotations
