@@ -161,7 +161,7 @@ def test_errors_of_domainless_work_are_kept_and_the_executor_goes_on() -> None:
     assert [type(e) for e in ex.errors] == [IndexError]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     st.lists(
         st.one_of(
