@@ -8,26 +8,18 @@ the same format strings the real sources use.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.interop import _missing
 from xenpci.xenbus import pci_keys
 
 pytestmark = pytest.mark.interop
 
 
-def _libc() -> ctypes.CDLL:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        _missing("the C library")
-    return ctypes.CDLL(name)
-
-
-LIBC = _libc()
+#: The C library the Python process itself runs on (its symbols are the process's own).
+LIBC = ctypes.CDLL(None)
 
 
 def c_format(fmt: str, *args: int) -> str:
