@@ -12,16 +12,20 @@ import typer
 from typer.testing import CliRunner
 
 from xenpci.cli import demo
-from xenpci.toolstack.demo_scenario import (
+from xenpci.demo import (
     CATEGORIES,
+    STEPS,
+    DemoError,
     DemoReport,
     Message,
     PathCount,
+    Step,
     html,
     mermaid,
     run_demo,
     sequence,
 )
+from xenpci.trace import Kind
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,10 +36,50 @@ def vcpus() -> set[threading.Thread]:
 
 @pytest.fixture(scope="module")
 def report() -> DemoReport:
+    """The deterministic run: the same story, on the caller's thread alone."""
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def start(self: threading.Thread) -> None:
+        started.append(self.name)
+        real_start(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(threading.Thread, "start", start)
+        r = run_demo(frames=8, blocks=32, deterministic=True)
+    assert started == [], "the deterministic demo started threads"
+    return r
+
+
+def test_the_threaded_demo_tells_the_same_story() -> None:
     before = vcpus()
     r = run_demo(frames=8, blocks=32)
     assert vcpus() <= before, "the demo left domain threads running"
-    return r
+    assert (r.nic_frames, r.nvme_bytes, r.hotplug) == (
+        8,
+        32 * 512,
+        [
+            "0000:07:00.0 attached to guest1",
+            "0000:07:00.0 detached from guest1",
+        ],
+    )
+    assert all(c.ok for c in r.checks) and len(r.checks) == 6
+
+
+def test_two_deterministic_runs_write_byte_identical_traces(tmp_path: Path) -> None:
+    traces = []
+    for n in range(2):
+        out = tmp_path / f"{n}.jsonl"
+        args = ["demo", "--deterministic", "--frames", "4", "--blocks", "16", "--trace", str(out)]
+        result = CliRunner().invoke(_app(), args)
+        assert result.exit_code == 0, result.output
+        assert "Traceback" not in result.output
+        traces.append(out.read_bytes())
+    assert traces[0] == traces[1]
+    records = [json.loads(line) for line in traces[0].splitlines()]
+    kinds = {r["kind"] for r in records}
+    # the whole story is in it, not an empty or truncated run
+    assert {"evtchn_send", "pci_op", "xenstore_request", "dma_fault"} <= kinds
 
 
 def row(r: DemoReport, category: str) -> PathCount:
@@ -176,3 +220,33 @@ def test_cli_writes_trace_and_diagrams(tmp_path: Path) -> None:
 def test_cli_rejects_a_partial_block_batch() -> None:
     result = CliRunner().invoke(_app(), ["demo", "--blocks", "20"])
     assert result.exit_code != 0
+
+
+def test_the_demo_is_a_list_of_named_steps() -> None:
+    assert [s.name for s in STEPS] == [
+        "boot",
+        "assignable",
+        "guests",
+        "NIC",
+        "NVMe",
+        "MSI-X",
+        "hot-plug",
+        "isolation",
+        "teardown",
+    ]
+
+
+def test_a_failing_check_stops_the_run_naming_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    import xenpci.demo.scenario as scenario
+
+    steps = tuple(
+        Step(s.name, s.action, lambda _run: "bytes differ") if s.name == "NIC" else s for s in STEPS
+    )
+    monkeypatch.setattr(scenario, "STEPS", steps)
+    with pytest.raises(DemoError, match=r"^NIC: bytes differ$"):
+        run_demo(frames=1, blocks=16, deterministic=True)
+
+
+def test_every_kind_the_demo_records_is_typed(report: DemoReport) -> None:
+    kinds = {e.kind for e in report.trace.events}
+    assert kinds and all(isinstance(k, Kind) for k in kinds), kinds - set(Kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import threading
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from xenpci.trace import Trace, TraceEvent
+from xenpci.hv.hypercalls import Hypercalls
+from xenpci.hv.scheduler import Scheduler
+from xenpci.trace import Kind, Trace, TraceEvent
 
 
 def test_record_count_and_counts() -> None:
@@ -172,3 +175,37 @@ def test_recorders_and_record_share_one_time_ordered_sequence() -> None:
     assert all(a.t <= b.t for a, b in itertools.pairwise(ev))
     for d in range(4):
         assert [e.args["i"] for e in ev if e.domid == d] == list(range(500))
+
+
+def test_every_hypercall_is_a_declared_kind() -> None:
+    """A hypercall's record kind is its method name: each must be in :class:`Kind`."""
+    traced = {
+        name
+        for name, fn in inspect.getmembers(Hypercalls, inspect.isfunction)
+        if getattr(fn, "__wrapped__", None) is not None
+    }
+    assert traced, "no traced hypercalls found: the test would prove nothing"
+    assert traced <= {k.value for k in Kind}
+
+
+def test_recorded_kinds_come_back_typed() -> None:
+    t = Trace()
+    t.record("pci_op", 1, "dom0", cmd="conf_read")
+    t.record(Kind.PIRQ, 1, "direct")
+    t.record("not_declared_yet", 0)
+    kinds = [e.kind for e in t.events]
+    assert [type(k) for k in kinds] == [Kind, Kind, str]
+    assert kinds[:2] == [Kind.PCI_OP, Kind.PIRQ] and kinds[0] == "pci_op"
+
+
+def test_a_trace_on_a_virtual_clock_records_virtual_times(tmp_path: Path) -> None:
+    ex = Scheduler()
+    t = Trace(clock=ex.clock.now)
+    t.record(Kind.TOOLSTACK, 0, "dom0", step="a")
+    ex.call_later(1.5, lambda: t.record(Kind.TOOLSTACK, 0, "dom0", step="b"))
+    ex.advance(2.0)
+    assert [e.t for e in t.events] == [0.0, 1.5]
+    later = Trace()
+    later.use_clock(ex.clock.now)  # switched after construction: time 0 is now
+    later.record(Kind.TOOLSTACK, 0, "dom0")
+    assert later.events[0].t == 0.0

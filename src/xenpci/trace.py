@@ -25,6 +25,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -33,9 +34,91 @@ from rich.table import Table
 
 PATHS = frozenset({"dom0", "direct", "hypervisor"})
 
+
+class Kind(StrEnum):
+    """Every kind of trace record, as emitted at its source.
+
+    A ``StrEnum``: a member *is* its string, so JSON lines and comparisons with
+    plain strings are unchanged, while the code that reads a trace (the path
+    table, the sequence diagram) names kinds it can be checked against.
+    """
+
+    # -- hypercalls: the kind is the ``Hypercalls`` method's name
+    ALLOC_PAGE = "alloc_page"
+    ASSIGN_DEVICE = "assign_device"
+    DEASSIGN_DEVICE = "deassign_device"
+    DOMCTL_CREATEDOMAIN = "domctl_createdomain"
+    DOMCTL_DESTROYDOMAIN = "domctl_destroydomain"
+    DOMCTL_PAUSEDOMAIN = "domctl_pausedomain"
+    DOMCTL_UNPAUSEDOMAIN = "domctl_unpausedomain"
+    EVTCHN_ALLOC_UNBOUND = "evtchn_alloc_unbound"
+    EVTCHN_BIND_INTERDOMAIN = "evtchn_bind_interdomain"
+    EVTCHN_BIND_PIRQ = "evtchn_bind_pirq"
+    EVTCHN_CLOSE = "evtchn_close"
+    EVTCHN_MASK = "evtchn_mask"
+    EVTCHN_UNMASK = "evtchn_unmask"
+    FREE_PAGE = "free_page"
+    GNTTAB_END_FOREIGN_ACCESS = "gnttab_end_foreign_access"
+    GNTTAB_GRANT_FOREIGN_ACCESS = "gnttab_grant_foreign_access"
+    GNTTAB_MAP_GRANT_REF = "gnttab_map_grant_ref"
+    GNTTAB_UNMAP_GRANT_REF = "gnttab_unmap_grant_ref"
+    IOMEM_PERMISSION = "iomem_permission"
+    IOPORT_PERMISSION = "ioport_permission"
+    IRQ_PERMISSION = "irq_permission"
+    MAP_PIRQ = "map_pirq"
+    MEMORY_DECODE = "memory_decode"
+    MMIO_MAP = "mmio_map"
+    PREPARE_MSIX = "prepare_msix"
+    RELEASE_MSIX = "release_msix"
+    UNMAP_PIRQ = "unmap_pirq"
+    # -- what the model records itself
+    #: An event-channel notification (the sender's record).
+    EVTCHN_SEND = "evtchn_send"
+    #: A guest's direct MMIO read (count-only).
+    MMIO_READ = "mmio_read"
+    #: A guest's direct MMIO write (count-only).
+    MMIO_WRITE = "mmio_write"
+    #: A port IO read (count-only).
+    IOPORT_READ = "ioport_read"
+    #: A port IO write (count-only).
+    IOPORT_WRITE = "ioport_write"
+    #: An MMIO access Xen emulated (MSI-X table/PBA).
+    MMIO_MEDIATED = "mmio_mediated"
+    #: An MMIO access to a BAR whose decode is off.
+    MMIO_UNMAPPED = "mmio_unmapped"
+    #: A BAR mapping torn down.
+    MMIO_UNMAP = "mmio_unmap"
+    #: A device read guest memory through the IOMMU.
+    DMA_READ = "dma_read"
+    #: A device wrote guest memory through the IOMMU.
+    DMA_WRITE = "dma_write"
+    #: The IOMMU refused a DMA.
+    DMA_FAULT = "dma_fault"
+    #: A device interrupt delivered as an event.
+    PIRQ = "pirq"
+    #: A destroyed guest's devices went back to dom0.
+    DEVICES_RETURNED = "devices_returned"
+    #: A handler raised on a vCPU.
+    VCPU_EXCEPTION = "vcpu_exception"
+    #: One XenStore request and its result.
+    XENSTORE_REQUEST = "xenstore_request"
+    #: A toolstack step (libxl).
+    TOOLSTACK = "toolstack"
+    #: One pcifront op served by pciback.
+    PCI_OP = "pci_op"
+    #: Pcifront scanned its root buses.
+    PCIFRONT_SCAN = "pcifront_scan"
+
+
 #: Kinds counted but not stored unless asked (one record per register access would
 #: dwarf everything else and slow the data path).
-DEFAULT_COUNT_ONLY = frozenset({"mmio_read", "mmio_write", "ioport_read", "ioport_write"})
+DEFAULT_COUNT_ONLY = frozenset(
+    {Kind.MMIO_READ, Kind.MMIO_WRITE, Kind.IOPORT_READ, Kind.IOPORT_WRITE}
+)
+
+
+#: A recorded string -> its :class:`Kind` (a kind not listed stays a plain string).
+_KINDS: dict[str, str] = {k.value: k for k in Kind}
 
 
 def _jsonable(value: Any) -> Any:
@@ -53,7 +136,11 @@ def _jsonable(value: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class TraceEvent:
-    """One record: ``t`` seconds since the trace started, ``seq`` its order."""
+    """One record: ``t`` seconds since the trace started, ``seq`` its order.
+
+    ``kind`` is a :class:`Kind` for every kind the model emits (a plain string
+    only for one recorded by code that has not declared it).
+    """
 
     t: float
     seq: int
@@ -134,6 +221,7 @@ class Trace:
         enabled: bool = True,
         count_only: Iterable[str] = DEFAULT_COUNT_ONLY,
         max_events: int | None = None,
+        clock: Callable[[], float] = perf_counter,
     ) -> None:
         if max_events is not None and max_events <= 0:
             raise ValueError("max_events must be positive")
@@ -145,11 +233,21 @@ class Trace:
         self._raw: deque[_Raw] = deque(maxlen=max_events)
         self._counts: dict[tuple[str, int], int] = {}
         self._seq = itertools.count()  # ``next`` under the lock: seq follows time
-        self._t0 = perf_counter()
+        #: Where record times come from: ``perf_counter``, or the machine's virtual
+        #: clock in deterministic mode (then two runs give byte-identical traces).
+        self._now = clock
+        self._t0 = clock()
 
     @property
     def enabled(self) -> bool:
         return self._enabled
+
+    def use_clock(self, clock: Callable[[], float]) -> None:
+        """Take times from ``clock`` from now on (a machine switching to its virtual
+        clock right after building its hypervisor); time 0 is its present reading."""
+        with self._lock:
+            self._now = clock
+            self._t0 = clock()
 
     @property
     def count_only(self) -> frozenset[str]:
@@ -178,7 +276,7 @@ class Trace:
         Cheap by design (it sits on the event-channel path): one lock and a
         tuple appended. A stored record is not also counted here: counts are
         the stored records plus ``_counts`` (count-only kinds and records that
-        ``max_events`` pushed out). Timestamps are raw ``perf_counter`` values;
+        ``max_events`` pushed out). Timestamps are raw readings of the clock;
         the frozen ``TraceEvent`` objects, relative times included, are built
         when read.
         """
@@ -198,7 +296,7 @@ class Trace:
                     _, _, k, d, _, _ = _unpack(raw.popleft())  # keep its count exact
                     self._counts[(k, d)] = self._counts.get((k, d), 0) + 1
                 # Time taken under the lock so that time order and seq order agree.
-                raw.append((perf_counter(), next(self._seq), kind, domid, path, args))
+                raw.append((self._now(), next(self._seq), kind, domid, path, args))
         finally:
             lock.release()
 
@@ -242,7 +340,7 @@ class Trace:
         def rec(values: tuple[Any, ...]) -> None:
             lock.acquire()  # as in ``record``: time taken under the lock, with its seq
             try:
-                raw.append((perf_counter(), next(seq), static, values))
+                raw.append((self._now(), next(seq), static, values))
             finally:
                 lock.release()
 
@@ -264,8 +362,11 @@ class Trace:
         """A snapshot of the stored records, in order."""
         with self._lock:
             raw = list(self._raw)
-        t0 = self._t0
-        return [TraceEvent(t - t0, seq, k, d, p, a) for t, seq, k, d, p, a in map(_unpack, raw)]
+        t0, kinds = self._t0, _KINDS
+        return [
+            TraceEvent(t - t0, seq, kinds.get(k, k), d, p, a)
+            for t, seq, k, d, p, a in map(_unpack, raw)
+        ]
 
     def count(self, kind: str | None = None, domid: int | None = None) -> int:
         """How many events (stored or count-only) match ``kind`` and ``domid``."""

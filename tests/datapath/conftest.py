@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 import xenpci.toolstack as toolstack
+from xenpci.demo import NIC, NVME, UART
 from xenpci.devices.nic import NicFunction
 from xenpci.guest.kernel import GuestKernel
 from xenpci.hv import PAGE_SHIFT, Domain, Hypervisor
 from xenpci.pci.address import SBDF
 from xenpci.pciback.platform import prepare_msix
-from xenpci.toolstack.demo_scenario import NIC, NVME, UART
 from xenpci.toolstack.host import HostDescription, boot_machine
 from xenpci.toolstack.libxl import Libxl
 from xenpci.toolstack.machine import Machine
@@ -46,7 +46,7 @@ class BareNic:
 @contextlib.contextmanager
 def make_bare_nic() -> Iterator[BareNic]:
     before = vcpu_threads()
-    hv = Hypervisor(ram_frames=8192, dom0_memory_kib=1024)
+    hv = Hypervisor(ram_frames=8192, dom0_memory_kib=1024, deterministic=True)
     try:
         nic = NicFunction(SBDF.parse("0000:03:00.0"))
         nic.assign_bar(0, NIC_BAR0)
@@ -81,7 +81,7 @@ class Guests:
 
 
 def boot_guests(iommu: bool = True) -> Guests:
-    machine = boot_machine(HostDescription(iommu=iommu))
+    machine = boot_machine(HostDescription(iommu=iommu), deterministic=True)
     lx = Libxl(machine, machine.xs, trace=machine.trace)
     for sbdf in (NIC, NVME, UART):
         lx.assignable_add(sbdf)  # pciback protects the MSI-X table at seize
@@ -90,7 +90,7 @@ def boot_guests(iommu: bool = True) -> Guests:
         cfg = load_domain_config_file(EXAMPLES / f"{name}.cfg")
         domid = lx.domain_create(cfg, allow_unsafe=not iommu)
         kernel = machine.guest(domid)
-        assert kernel.wait_for_pcifront(10).wait_connected(1, 10)
+        assert kernel.wait_for_pcifront().wait_connected(1)
         kernels.append(kernel)
     return Guests(machine, lx, kernels[0], kernels[1])
 

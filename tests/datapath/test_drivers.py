@@ -7,11 +7,10 @@ trace's record of which path every operation took.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.datapath.conftest import Guests, boot_guests, vcpu_threads
+from xenpci.demo import NIC, NVME, UART
 from xenpci.devices import nvme as nvme_hw
 from xenpci.devices.nic import E1000_IMS as IMS
 from xenpci.devices.nic import NicFunction
@@ -23,19 +22,20 @@ from xenpci.guest.drivers.serial import SerialDriver
 from xenpci.guest.kernel import GuestKernel
 from xenpci.hv import PAGE_SHIFT, MmioDenied
 from xenpci.pci import regs
-from xenpci.toolstack.demo_scenario import NIC, NVME, UART
 from xenpci.toolstack.xlcfg import PciSpec
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def wait_device(kernel: GuestKernel, cls: type[PciDriver], present: bool = True) -> None:
-    deadline = time.monotonic() + 10
-    while any((d.vendor, d.device) == (cls.VENDOR, cls.DEVICE) for d in kernel.pci.devices()) != (
-        present
-    ):
-        assert time.monotonic() < deadline, f"{cls.__name__} device never {present=}"
-        time.sleep(0.002)
+    """Drive the deterministic machine until the device is (or is no longer) there."""
+    assert kernel.executor is not None
+    kernel.executor.run_until(
+        lambda: (
+            any((d.vendor, d.device) == (cls.VENDOR, cls.DEVICE) for d in kernel.pci.devices())
+            == present
+        )
+    )
 
 
 def dom0_on(g: Guests, *kinds: str) -> list[str]:

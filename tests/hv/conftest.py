@@ -24,6 +24,19 @@ def hv() -> Iterator[Hypervisor]:
 
 
 @pytest.fixture
+def dhv() -> Iterator[Hypervisor]:
+    """The deterministic machine: every vCPU's work runs on the test's thread when driven."""
+    machine = Hypervisor(ram_frames=8192, dom0_memory_kib=1024, deterministic=True)
+    yield machine
+    machine.shutdown()
+
+
+@pytest.fixture
+def dguest(dhv: Hypervisor) -> Domain:
+    return dhv.create_domain("guest", 256)
+
+
+@pytest.fixture
 def nohv() -> Iterator[Hypervisor]:
     machine = Hypervisor(iommu=False, ram_frames=8192, dom0_memory_kib=1024)
     yield machine

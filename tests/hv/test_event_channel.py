@@ -12,6 +12,9 @@ from xenpci.hv import NR_EVTCHN_PORTS, Domain, EvtchnError, Hypervisor, NoSuchDo
 
 pytestmark = pytest.mark.timeout(30)
 
+#: These tests are of the threaded mode (a vCPU is an OS thread): a bound on its waits.
+OS_EDGE_TIMEOUT = 10.0
+
 
 def connect(a: Domain, b: Domain) -> tuple[int, int]:
     pa = a.hypercalls.evtchn_alloc_unbound(b.domid)
@@ -36,7 +39,7 @@ def test_send_runs_the_handler_on_the_receivers_thread(hv: Hypervisor, guest: Do
     got, ev = recorder(guest)
     guest.hypercalls.evtchn_set_handler(pg, handler_of(got, ev))
     hv.dom0.hypercalls.evtchn_send(p0)
-    assert ev.wait(5)
+    assert ev.wait(OS_EDGE_TIMEOUT)
     assert got == [(pg, "d1v0-guest")]
     st = guest.hypercalls.evtchn_status(pg)
     assert st.state is PortState.INTERDOMAIN and (st.remote_domid, st.remote_port) == (0, p0)
@@ -65,7 +68,7 @@ def test_ping_pong(hv: Hypervisor, guest: Domain) -> None:
     guest.hypercalls.evtchn_set_handler(pg, on_guest)
     hv.dom0.hypercalls.evtchn_set_handler(p0, on_dom0)
     hv.dom0.hypercalls.evtchn_send(p0)
-    assert done.wait(10)
+    assert done.wait(OS_EDGE_TIMEOUT)
     assert counts == {"g": 100, "d0": 100}
 
 

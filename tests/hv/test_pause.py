@@ -10,6 +10,7 @@ last unpause; the pause returns only once the vCPU is off the CPU.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -27,6 +28,9 @@ from xenpci.hv import (
 )
 
 pytestmark = pytest.mark.timeout(30)
+
+#: Bounds the waits on the threaded vCPU tests, which test an OS edge (real threads).
+OS_EDGE_TIMEOUT = 5.0
 
 
 def test_errors_are_xens(hv: Hypervisor, guest: Domain) -> None:
@@ -48,7 +52,9 @@ def test_errors_are_xens(hv: Hypervisor, guest: Domain) -> None:
     assert not guest.paused and guest.controller_pause_count == 0
 
 
-def test_count_is_capped_at_255(hv: Hypervisor, guest: Domain) -> None:
+def test_count_is_capped_at_255(dhv: Hypervisor, dguest: Domain) -> None:
+    hv, guest = dhv, dguest
+    assert hv.scheduler is not None
     dom0 = hv.dom0.hypercalls
     for _ in range(MAX_CONTROLLER_PAUSES):
         dom0.domctl_pausedomain(guest.domid)
@@ -60,63 +66,76 @@ def test_count_is_capped_at_255(hv: Hypervisor, guest: Domain) -> None:
     fut = guest.run(ran.append, 1)
     for _ in range(MAX_CONTROLLER_PAUSES - 1):
         dom0.domctl_unpausedomain(guest.domid)
-    time.sleep(0.05)
+    hv.scheduler.advance(60.0)  # any amount of time: a paused vCPU runs nothing
     assert guest.paused and ran == []  # still one pause outstanding
     dom0.domctl_unpausedomain(guest.domid)
-    fut.result(timeout=5)
-    assert ran == [1] and not guest.paused
+    hv.run_until_idle()
+    assert fut.done() and ran == [1] and not guest.paused
 
 
-def test_queued_work_waits_then_runs_in_order(hv: Hypervisor, guest: Domain) -> None:
+def test_queued_work_waits_then_runs_in_order(dhv: Hypervisor, dguest: Domain) -> None:
+    hv, guest = dhv, dguest
+    assert hv.scheduler is not None
     dom0 = hv.dom0.hypercalls
     dom0.domctl_pausedomain(guest.domid)
     ran: list[int] = []
     futures = [guest.run(ran.append, i) for i in range(50)]
-    time.sleep(0.1)
+    hv.scheduler.advance(60.0)
     assert ran == [] and not any(f.done() for f in futures)
     dom0.domctl_unpausedomain(guest.domid)
-    for f in futures:
-        f.result(timeout=5)
-    assert ran == list(range(50))
+    hv.run_until_idle()
+    assert all(f.done() for f in futures) and ran == list(range(50))
 
 
-def test_event_upcalls_wait_for_unpause(hv: Hypervisor, guest: Domain) -> None:
+def test_event_upcalls_wait_for_unpause(dhv: Hypervisor, dguest: Domain) -> None:
     """An event sent to a paused guest stays pending; its upcall runs on unpause."""
+    hv, guest = dhv, dguest
+    assert hv.scheduler is not None
     port = guest.hypercalls.evtchn_alloc_unbound(0)
-    got = threading.Event()
-    guest.hypercalls.evtchn_set_handler(port, lambda _p: got.set())
+    got: list[int] = []
+    guest.hypercalls.evtchn_set_handler(port, got.append)
     local = hv.dom0.hypercalls.evtchn_bind_interdomain(guest.domid, port)
     hv.dom0.hypercalls.domctl_pausedomain(guest.domid)
     hv.dom0.hypercalls.evtchn_send(local)
-    assert not got.wait(0.1)
+    hv.scheduler.advance(60.0)
+    assert got == [] and hv.evtchn.pending(guest.domid, port)
     hv.dom0.hypercalls.domctl_unpausedomain(guest.domid)
-    assert got.wait(5)
+    hv.run_until_idle()
+    assert got == [port]
 
 
 def test_pause_waits_for_the_call_in_progress(hv: Hypervisor, guest: Domain) -> None:
-    """vcpu_sleep_sync: when the domctl returns, the vCPU is not running anything."""
+    """vcpu_sleep_sync: when the domctl returns, the vCPU is not running anything.
+
+    Threaded mode (the vCPU is an OS thread): what the pause saw when it returned
+    is recorded by the pausing thread itself, so nothing here depends on timing.
+    """
     inside, release = threading.Event(), threading.Event()
     finished: list[str] = []
+    seen_by_pause: list[list[str]] = []
 
     def busy() -> None:
         inside.set()
-        release.wait(5)
+        release.wait(OS_EDGE_TIMEOUT)
         finished.append("busy")
 
+    def pause() -> None:
+        hv.dom0.hypercalls.domctl_pausedomain(guest.domid)
+        seen_by_pause.append(list(finished))
+
     guest.run(busy)
-    assert inside.wait(5)
-    pauser = threading.Thread(target=hv.dom0.hypercalls.domctl_pausedomain, args=(guest.domid,))
+    assert inside.wait(OS_EDGE_TIMEOUT)
+    pauser = threading.Thread(target=pause)
     pauser.start()
-    time.sleep(0.1)
-    assert pauser.is_alive()  # the vCPU is still in busy()
+    while not guest.vcpu.paused:  # flagged: the pauser now waits for busy() to end
+        os.sched_yield()
     after = guest.run(finished.append, "after")
     release.set()
-    pauser.join(5)
-    assert not pauser.is_alive() and finished == ["busy"]
-    time.sleep(0.05)
+    pauser.join(OS_EDGE_TIMEOUT)
+    assert seen_by_pause == [["busy"]]  # it returned only once busy() had ended
     assert not after.done()  # queued behind the pause
     hv.dom0.hypercalls.domctl_unpausedomain(guest.domid)
-    after.result(timeout=5)
+    after.result(timeout=OS_EDGE_TIMEOUT)
     assert finished == ["busy", "after"]
 
 
@@ -127,10 +146,10 @@ def test_a_vcpu_stuck_in_a_call_makes_the_pause_ebusy_and_undone(
 
     def stuck() -> None:
         inside.set()
-        release.wait(5)
+        release.wait(OS_EDGE_TIMEOUT)
 
     guest.run(stuck)
-    assert inside.wait(5)
+    assert inside.wait(OS_EDGE_TIMEOUT)
     try:
         with pytest.raises(HvError) as e:
             guest.pause_by_systemcontroller(timeout=0.1)
@@ -138,7 +157,7 @@ def test_a_vcpu_stuck_in_a_call_makes_the_pause_ebusy_and_undone(
         assert not guest.paused and guest.controller_pause_count == 0
     finally:
         release.set()
-    assert guest.call(lambda: 7, timeout=5) == 7  # running normally again
+    assert guest.call(lambda: 7, timeout=OS_EDGE_TIMEOUT) == 7  # running normally again
 
 
 def test_destroying_a_paused_domain_is_prompt_and_runs_nothing(
@@ -153,7 +172,7 @@ def test_destroying_a_paused_domain_is_prompt_and_runs_nothing(
     assert not guest.vcpu.alive and ran == []
     for f in futures:  # abandoned, not left hanging
         with pytest.raises(DomainDead):
-            f.result(timeout=1)
+            f.result(timeout=OS_EDGE_TIMEOUT)
     with pytest.raises(NoSuchDomain):
         hv.dom0.hypercalls.domctl_unpausedomain(guest.domid)
 

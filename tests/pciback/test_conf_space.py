@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from tests.pciback.conftest import NIC_BAR0, FakePlatform, make_nic, make_vpd_function, seize
 from xenpci.pci import regs
+from xenpci.pci.pcibios import PCIBIOS_SET_FAILED
 from xenpci.pciback.conf_space import ConfigField, add_field, config_read, config_write
 from xenpci.pciback.conf_space.engine import (
-    PCIBIOS_SET_FAILED,
     DevData,
     merge_value,
     xen_pcibios_err_to_errno,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from xenpci.abi.xs_wire import XS_WATCH
 from xenpci.guest.kernel import GuestKernel
 from xenpci.pci.address import SBDF
@@ -35,10 +37,22 @@ def boot_guest_with(
         )
     m.unpause_guest(domid)
     kernel = m.guest(domid)
-    # generous: a loaded CI machine is slow, and a working one returns at once
-    front = kernel.wait_for_pcifront(30)
-    assert front.wait_connected(1, 30), front.xenbus.history
+    # the model's own deadlines: virtual on a deterministic machine, real on a threaded one
+    front = kernel.wait_for_pcifront()
+    assert front.wait_connected(1), front.xenbus.history
     return domid, kernel, front
+
+
+def until(m: Machine, done: Callable[[], bool]) -> None:
+    """Drive a deterministic machine until ``done()``: no timeout to guess.
+
+    The executor runs every runnable task and jumps its virtual clock to the next
+    timer when none is; if nothing can ever make ``done()`` true it raises
+    ``Deadlock`` instead of waiting.
+    """
+    ex = m.hv.scheduler
+    assert ex is not None, "until() drives a deterministic machine"
+    ex.run_until(done)
 
 
 def sbdf(text: str) -> SBDF:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,16 +16,20 @@ from hypothesis import strategies as st
 
 from xenpci.abi import pciif
 from xenpci.guest.pci_core import GuestPciBus
-from xenpci.pci import regs
+from xenpci.hv.scheduler import Scheduler
+from xenpci.pci import pcibios, regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.config import ConfigSpace, apply_standard_masks
 from xenpci.pciback.vpci import GuestAddress, format_root, format_vdev
 from xenpci.pciback.xenbus import XenbusBackendError, parse_dev
 from xenpci.pcifront import ops
-from xenpci.pcifront.errors import NotConnected, PcifrontError, PciOpError
+from xenpci.pcifront.errors import BackendTimeout, NotConnected, PcifrontError, PciOpError
 from xenpci.pcifront.xenbus import parse_root, parse_vdev
 
 pytestmark = pytest.mark.timeout(20)
+
+#: Only the threaded round trip waits on a real thread; this bounds a broken backend.
+OS_EDGE_TIMEOUT = 5.0
 
 
 @pytest.mark.parametrize(
@@ -51,71 +54,116 @@ def _page() -> tuple[bytearray, memoryview]:
     return buf, memoryview(buf)
 
 
-def test_silent_backend_times_out_with_minus_one_and_clears_active() -> None:
+def test_silent_backend_times_out_at_exactly_two_seconds_of_virtual_time() -> None:
     buf, page = _page()
     sent: list[int] = []
-    chan = ops.PciOpChannel(page, lambda: sent.append(1), timeout=0.05)
-    t0 = time.monotonic()
+    ex = Scheduler()
+    chan = ops.PciOpChannel(page, lambda: sent.append(1), executor=ex)
     err, value = ops.conf_read(chan, 0, 0, 0, 0, 4)
-    assert time.monotonic() - t0 >= 0.05
-    assert err == ops.PCIBIOS_DEVICE_NOT_FOUND and value == 0
+    # Linux's 2 s deadline, measured on the machine's clock: the executor had
+    # nothing to run, so time jumped straight to the deadline.
+    assert ex.clock.now() == ops.DEFAULT_OP_TIMEOUT == 2.0
+    assert err == pcibios.PCIBIOS_DEVICE_NOT_FOUND and value == 0
     info = pciif.xen_pci_sharedinfo.from_buffer(buf)
     assert info.flags & pciif.XEN_PCIF_active == 0
     assert sent == [1] and chan.timeouts == 1
+    with pytest.raises(BackendTimeout):
+        chan.do_pci_op(ops.make_op(pciif.XEN_PCI_OP_conf_read, 0, 0, 0, size=4))
+    assert ex.clock.now() == 4.0 and chan.timeouts == 2
 
 
-def _serving_backend(
-    buf: bytearray, answer: dict[str, int]
-) -> tuple[ops.PciOpChannel, threading.Thread, threading.Event]:
-    """A toy backend thread answering every op with ``answer`` (value/err)."""
+def test_an_answer_one_tick_before_the_deadline_counts_one_after_does_not() -> None:
+    buf, page = _page()
     info = pciif.xen_pci_sharedinfo.from_buffer(buf)
-    kick = threading.Event()
-    stop = threading.Event()
-    chan: ops.PciOpChannel
+    ex = Scheduler()
 
-    def loop() -> None:
-        while not stop.is_set():
-            if not kick.wait(0.01):
-                continue
-            kick.clear()
-            if info.flags & pciif.XEN_PCIF_active:
-                info.op.err = answer.get("err", 0)
-                info.op.value = answer.get("value", info.op.offset)
-                for i in range(min(info.op.value, 128) if info.op.cmd == 4 else 0):
-                    info.op.msix_entries[i].vector = 100 + i
-                if info.op.cmd == 4:
-                    info.op.value = 0
-                info.flags &= ~pciif.XEN_PCIF_active
-                chan.on_event()
+    def answer_after(delay: float) -> None:
+        def done() -> None:
+            info.op.value = 0xAB
+            info.flags &= ~pciif.XEN_PCIF_active
 
-    chan = ops.PciOpChannel(memoryview(buf), kick.set, timeout=2.0)
-    th = threading.Thread(target=loop, daemon=True)
-    th.start()
-    return chan, th, stop
+        ex.call_later(delay, done)
+
+    delay = [1.999]
+    chan = ops.PciOpChannel(page, lambda: answer_after(delay[0]), executor=ex)
+    assert ops.conf_read(chan, 0, 0, 0, 0, 1) == (0, 0xAB)
+    assert ex.clock.now() == 1.999 and chan.timeouts == 0
+    delay[0] = 2.001
+    assert ops.conf_read(chan, 0, 0, 0, 0, 1) == (pcibios.PCIBIOS_DEVICE_NOT_FOUND, 0)
+    assert ex.clock.now() == 3.999 and chan.timeouts == 1
+    ex.advance(1.0)  # the late answer lands on a page that no longer waits for it
+    assert info.flags & pciif.XEN_PCIF_active == 0
+
+
+def _serve(info: pciif.xen_pci_sharedinfo, answer: dict[str, int]) -> None:
+    """A toy backend's handler: answer the op in the page with ``answer`` (value/err)."""
+    if not info.flags & pciif.XEN_PCIF_active:
+        return
+    info.op.err = answer.get("err", 0)
+    info.op.value = answer.get("value", info.op.offset)
+    for i in range(min(info.op.value, 128) if info.op.cmd == 4 else 0):
+        info.op.msix_entries[i].vector = 100 + i
+    if info.op.cmd == 4:
+        info.op.value = 0
+    info.flags &= ~pciif.XEN_PCIF_active
+
+
+def _round_trips(chan: ops.PciOpChannel, answer: dict[str, int]) -> None:
+    assert ops.conf_read(chan, 0, 0, 8, 0x10, 1) == (0, 0x78)
+    assert ops.conf_read(chan, 0, 0, 8, 0x10, 4) == (0, 0x12345678)
+    answer["err"] = pciif.XEN_PCI_ERR_access_denied
+    assert ops.conf_write(chan, 0, 0, 8, 0x4, 2, 7) == pcibios.PCIBIOS_SET_FAILED
+    answer["err"] = -19  # raw -ENODEV reads as success with value 0 (Linux)
+    assert ops.conf_read(chan, 0, 0, 8, 0x0, 4) == (0, 0)
+    answer["err"] = 0
+    assert ops.enable_msix(chan, 0, 0, 8, [0, 1, 2]) == [100, 101, 102]
 
 
 def test_round_trip_truncates_to_access_size_and_maps_errors() -> None:
     buf = bytearray(4096)
+    info = pciif.xen_pci_sharedinfo.from_buffer(buf)
     answer = {"value": 0x12345678}
-    chan, th, stop = _serving_backend(buf, answer)
+    ex = Scheduler()
+    backend = ex.lane("backend")
+    chan = ops.PciOpChannel(
+        memoryview(buf), lambda: backend.post(lambda: _serve(info, answer)), executor=ex
+    )
+    _round_trips(chan, answer)
+    assert ex.clock.now() == 0.0 and chan.timeouts == 0  # no time passed: none was needed
+
+
+def test_round_trip_in_threaded_mode() -> None:
+    """The threaded mode (an OS edge: the backend on a thread of its own) behaves alike."""
+    buf = bytearray(4096)
+    info = pciif.xen_pci_sharedinfo.from_buffer(buf)
+    answer = {"value": 0x12345678}
+    kick = threading.Semaphore(0)
+    stop = False
+
+    def loop() -> None:
+        while True:
+            kick.acquire()
+            if stop:
+                return
+            _serve(info, answer)
+            chan.on_event()
+
+    chan = ops.PciOpChannel(memoryview(buf), kick.release, timeout=OS_EDGE_TIMEOUT)
+    th = threading.Thread(target=loop, daemon=True)
+    th.start()
     try:
-        assert ops.conf_read(chan, 0, 0, 8, 0x10, 1) == (0, 0x78)
-        assert ops.conf_read(chan, 0, 0, 8, 0x10, 4) == (0, 0x12345678)
-        answer["err"] = pciif.XEN_PCI_ERR_access_denied
-        assert ops.conf_write(chan, 0, 0, 8, 0x4, 2, 7) == ops.PCIBIOS_SET_FAILED
-        answer["err"] = -19  # raw -ENODEV reads as success with value 0 (Linux)
-        assert ops.conf_read(chan, 0, 0, 8, 0x0, 4) == (0, 0)
-        answer["err"] = 0
-        assert ops.enable_msix(chan, 0, 0, 8, [0, 1, 2]) == [100, 101, 102]
+        _round_trips(chan, answer)
+        assert chan.timeouts == 0
     finally:
-        stop.set()
+        stop = True
+        kick.release()
         th.join()
 
 
 def test_msix_above_max_vec_refused_locally() -> None:
     _buf, page = _page()
     sent: list[int] = []
-    chan = ops.PciOpChannel(page, lambda: sent.append(1), timeout=0.05)
+    chan = ops.PciOpChannel(page, lambda: sent.append(1), executor=Scheduler())
     with pytest.raises(PciOpError) as ei:
         ops.enable_msix(chan, 0, 0, 0, list(range(pciif.SH_INFO_MAX_VEC + 1)))
     assert ei.value.err == -22 and sent == []
@@ -130,7 +178,7 @@ def test_op_from_vcpu_thread_refused_not_deadlocked() -> None:
 
 def test_op_written_into_page_at_c_offsets() -> None:
     buf, page = _page()
-    chan = ops.PciOpChannel(page, lambda: None, timeout=0.01)
+    chan = ops.PciOpChannel(page, lambda: None, executor=Scheduler())
     ops.conf_write(chan, 0, 3, 0x11, 0x3C, 1, 0xAB)
     # offsets from pciif.h: op at 4; cmd@0 domain@8 bus@12 devfn@16 offset@20 size@24 value@28
     raw = bytes(buf)
@@ -154,13 +202,13 @@ class _FakeBus:
         self.reads += 1
         cs = self.devs.get(devfn)
         if cs is None:
-            return ops.PCIBIOS_DEVICE_NOT_FOUND, 0
+            return pcibios.PCIBIOS_DEVICE_NOT_FOUND, 0
         return 0, cs.read(offset, size)
 
     def write(self, domain: int, bus: int, devfn: int, offset: int, size: int, value: int) -> int:
         cs = self.devs.get(devfn)
         if cs is None:
-            return ops.PCIBIOS_DEVICE_NOT_FOUND
+            return pcibios.PCIBIOS_DEVICE_NOT_FOUND
         cs.write(offset, size, value)
         return 0
 

@@ -27,7 +27,7 @@ MODELS = ("nic", "nvme", "legacy", "subpage")
 class HotPlug(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.m = Machine(op_timeout=2.0)
+        self.m = Machine(op_timeout=2.0, deterministic=True)
         self.fns = [catalog.make(name, SBDF(0, 3 + i, 0, 0))[0] for i, name in enumerate(MODELS)]
         self.m.add_host_devices(self.fns)
         for fn in self.fns:
@@ -52,12 +52,12 @@ class HotPlug(RuleBasedStateMachine):
         lp.device_pci_add_xenstore(
             self.m.xs, domid, f"g{guest}", lp.PciBackendDevice(fn.sbdf), starting=False
         )
-        lp.wait_for_backend_state(self.m.xs, domid, S.XenbusStateConnected, 5)
+        lp.wait_for_backend_state(self.m.xs, domid, S.XenbusStateConnected)
         kernel = self.m.guest(domid)
-        front = kernel.wait_for_pcifront(5)
+        front = kernel.wait_for_pcifront()
         # a fresh backend means a fresh frontend connect; else a rescan (one more connect)
         self.connects[domid] = 1 if not has_backend else self.connects[domid] + 1
-        assert front.wait_connected(self.connects[domid], 5)
+        assert front.wait_connected(self.connects[domid])
         self.attached[fn.sbdf] = domid
 
     @precondition(lambda self: bool(self.attached))
@@ -68,10 +68,10 @@ class HotPlug(RuleBasedStateMachine):
         lp.device_pci_remove_xenstore(self.m.xs, domid, sbdf)
         if any(d == domid for d in self.attached.values()):
             self.connects[domid] += 1
-            assert self._front(domid).wait_connected(self.connects[domid], 5)
+            assert self._front(domid).wait_connected(self.connects[domid])
         else:
-            assert self.m.guest(domid).wait(lambda k: k.pcifront is None, 5)
-            assert self.m.pciback.wait(lambda d: domid not in d.devices, 5)
+            assert self.m.guest(domid).wait(lambda k: k.pcifront is None)
+            assert self.m.pciback.wait(lambda d: domid not in d.devices)
 
     @precondition(lambda self: bool(self.attached))
     @rule(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,27 +19,43 @@ import pytest
 
 from tests.interop import require_executable
 from xenpci.abi.xenbus import XenbusState as S
+from xenpci.hv.scheduler import Scheduler, SteppedVcpu
 from xenpci.pci.address import SBDF
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.xenbus.state import DriverCallback as CB
 from xenpci.xenbus.state import InvalidStateValue, Role, StateError, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
-from xenpci.xenstore.client import XsClient
+from xenpci.xenstore.client import WatchEvent, XsClient
 from xenpci.xenstore.core import XenStore
 from xenpci.xenstore.server import XenstoredServer
 
 pytestmark = pytest.mark.timeout(30)
+#: Bounds the few waits on a client's dispatcher thread (threaded mode, an OS edge).
+OS_EDGE_TIMEOUT = 10.0
 DOMID = 7
 BE = lp.backend_path(DOMID)
 FE = lp.frontend_path(DOMID)
 
 
 class Pair:
-    def __init__(self) -> None:
+    """A backend and a frontend end over one store.
+
+    Deterministic by default: each client's watch callbacks are tasks on a lane
+    of one executor, and ``wait_for`` runs it (deadlines on its virtual clock).
+    ``threaded`` keeps the clients' dispatcher threads, for a test at an OS edge.
+    """
+
+    def __init__(self, *, threaded: bool = False) -> None:
         self.store = XenStore()
-        self.tool = XsClient.in_process(self.store, 0)
-        self.xs_be = XsClient.in_process(self.store, 0)
-        self.xs_fe = XsClient.in_process(self.store, DOMID)
+        self.ex = None if threaded else Scheduler()
+        ex = self.ex
+
+        def lane(name: str) -> SteppedVcpu | None:
+            return ex.lane(name) if ex is not None else None
+
+        self.tool = XsClient.in_process(self.store, 0, lane=lane("tool"))
+        self.xs_be = XsClient.in_process(self.store, 0, lane=lane("backend"))
+        self.xs_fe = XsClient.in_process(self.store, DOMID, lane=lane("frontend"))
         lp.device_pci_add_xenstore(
             self.tool, DOMID, "guest", lp.PciBackendDevice(SBDF(0, 3, 0, 0)), starting=True
         )
@@ -55,6 +72,11 @@ class Pair:
 
     def state(self, path: str) -> bytes:
         return self.tool.read(f"{path}/state")
+
+    def settle(self) -> None:
+        """Run every queued watch callback (and what it causes) to the end."""
+        assert self.ex is not None
+        self.ex.run_until_idle()
 
 
 @pytest.fixture
@@ -99,7 +121,7 @@ def test_hotplug_driven_by_libxl(pair: Pair) -> None:
     assert pair.fe.wait_for(lambda d: d.history == [1, 3, 4, 7, 4])
     assert pair.be.device.history == [1, 2, 3, 4, 7, 8, 4]
     # and libxl's next operation would see Connected
-    lp.wait_for_backend_state(pair.tool, DOMID, S.XenbusStateConnected, timeout=5)
+    lp.wait_for_backend_state(pair.tool, DOMID, S.XenbusStateConnected)
     assert pair.be.errors == []
 
 
@@ -188,8 +210,13 @@ def test_backend_destroyed_frontend_closes(pair: Pair) -> None:
 
 
 @pytest.mark.interop
-def test_hotplug_written_by_the_c_xenstore_client(tmp_path: Path, pair: Pair) -> None:
-    """libxenstore's xenstore-write plays libxl; xenstore-read checks what the ends wrote."""
+def test_hotplug_written_by_the_c_xenstore_client(tmp_path: Path) -> None:
+    """libxenstore's xenstore-write plays libxl; xenstore-read checks what the ends wrote.
+
+    An OS edge: the backend's client is on the Unix socket (a reader thread), so
+    this pair keeps its dispatcher threads.
+    """
+    pair = Pair(threaded=True)
     write = require_executable("xenstore-write")
     read = require_executable("xenstore-read")
     sock = str(tmp_path / "xs.sock")
@@ -219,6 +246,7 @@ def test_hotplug_written_by_the_c_xenstore_client(tmp_path: Path, pair: Pair) ->
         finally:
             be.close()
             xs_be.close()
+            pair.close()
 
 
 def test_switch_state_never_recreates_a_removed_node(pair: Pair) -> None:
@@ -238,29 +266,23 @@ def test_switch_state_never_recreates_a_removed_node(pair: Pair) -> None:
 def test_events_queued_before_close_are_dropped(pair: Pair) -> None:
     """``unregister_xenbus_watch``: an event already queued for the watch never acts."""
     pair.be.start()
-    settled = threading.Event()
-    pair.xs_be.watch("/test/settled", "settled", lambda _ev: settled.set())
-    assert settled.wait(5)  # the watches' initial events have been handled
+    pair.settle()  # the watches' initial events have been handled
     state_before, calls_before = pair.be.device.state, list(pair.be.calls)
     assert state_before is not S.XenbusStateClosing
-    gate, blocked, drained = threading.Event(), threading.Event(), threading.Event()
-    armed = [False]
+    queued: list[bool] = []
 
     def blocker(_ev: object) -> None:
-        if armed[0]:
-            blocked.set()
-            gate.wait(5)
+        # Runs on the backend client's lane: the state event this write fires is
+        # queued behind it, and the watch is closed before that event can run.
+        if not queued:
+            pair.tool.write(f"{BE}/state", str(int(S.XenbusStateClosing)))
+            pair.be.close()
+            queued.append(True)
 
-    # the backend's client delivers events in order on one dispatcher thread
-    pair.xs_be.watch("/test/block", "blocker", blocker)
-    armed[0] = True
     pair.tool.write("/test/block", "1")
-    assert blocked.wait(5)
-    pair.tool.write(f"{BE}/state", str(int(S.XenbusStateClosing)))  # queued behind the blocker
-    pair.be.close()
-    pair.xs_be.watch("/test/drained", "drained", lambda _ev: drained.set())
-    gate.set()
-    assert drained.wait(5)
+    pair.xs_be.watch("/test/block", "blocker", blocker)
+    pair.settle()
+    assert queued == [True]
     assert pair.be.device.state is state_before
     assert pair.be.calls == calls_before
     assert pair.be.errors == []
@@ -278,16 +300,58 @@ def test_recreated_nodes_are_a_new_generation_the_old_ends_leave_alone(pair: Pai
     )
     assert pair.be.wait_for(lambda _d: pair.be.superseded())
     assert pair.fe.wait_for(lambda _d: pair.fe.superseded())
-    # let any queued event run: they all see a new generation and do nothing
-    settled = threading.Event()
-    pair.xs_be.watch("/test/settled", "s1", lambda _ev: settled.set())
-    assert settled.wait(5)
-    settled.clear()
-    pair.xs_fe.watch(f"/local/domain/{DOMID}/data/settled", "s2", lambda _ev: settled.set())
-    assert settled.wait(5)
+    pair.settle()  # let any queued event run: they all see a new generation, do nothing
     assert pair.state(BE) == b"1" and pair.state(FE) == b"1"
     with contextlib.suppress(StateError):  # (refused if the deletion was seen first)
         pair.be.switch_state(S.XenbusStateClosing)  # even a local request writes nothing
     pair.be.remove()
     pair.fe.remove()
     assert pair.state(BE) == b"1" and pair.state(FE) == b"1"
+
+
+def test_a_client_on_an_executor_lane_delivers_watches_as_tasks(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Deterministic mode: no dispatcher thread; a callback runs when the executor
+    runs its lane, a failing one is handed to the lane's owner (never printed), and
+    ``next_event`` waits on the virtual clock."""
+    store, ex = XenStore(), Scheduler()
+    before = set(threading.enumerate())
+    xs = XsClient.in_process(store, 0, lane=ex.lane("tool"))
+    got: list[str] = []
+    xs.watch("/w", "cb", lambda ev: got.append(ev.path))
+    xs.watch("/bad", "bad", lambda ev: [][0])
+    xs.write("/w/x", "1")
+    assert got == []  # nothing runs until the executor is driven
+    ex.run_until_idle()
+    assert got == ["/w", "/w/x"]
+    assert [type(e) for e in ex.errors] == [IndexError]  # /bad's first event
+    assert capsys.readouterr().err == ""
+    xs.watch("/q", "queued")  # no callback: filed for next_event
+    assert xs.next_event(timeout=2.0) == WatchEvent("/q", "queued")
+    with pytest.raises(queue.Empty):
+        xs.next_event(timeout=2.0)
+    assert ex.clock.now() == 2.0  # the empty wait cost 2 s of virtual time, no wall time
+    assert set(threading.enumerate()) <= before
+    xs.close()
+
+
+def test_a_failing_callback_on_the_dispatcher_thread_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Threaded mode (an OS edge): the failure is kept and reported in one line, and
+    delivery goes on (callbacks run in order on one thread, so once the later one ran,
+    the failing one has)."""
+    store = XenStore()
+    xs = XsClient.in_process(store, 0)
+    later = threading.Event()
+    try:
+        xs.watch("/bad", "bad", lambda ev: [][0])
+        xs.watch("/later", "later", lambda ev: later.set())
+        assert later.wait(OS_EDGE_TIMEOUT)
+        assert [type(e) for e in xs.callback_errors] == [IndexError]
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert err.count("\n") == 1 and "watch callback for /bad (bad) failed" in err
+    finally:
+        xs.close()

@@ -1,12 +1,14 @@
 """``xenpci demo``: the whole passthrough story in one process, in seconds.
 
-A thin shell over :func:`xenpci.toolstack.demo_scenario.run_demo`: a progress
+A thin shell over :func:`xenpci.demo.run_demo`: a progress
 display while it runs, then what happened (steps, isolation checks, the
 toolstack's warnings) and the table that proves the split: per category of
 operation, how many went through dom0, how many went direct, and how many
 the hypervisor mediated. ``--trace`` writes every stored event as JSON lines;
 ``--diagram`` writes the connect handshake and one op as a sequence diagram
-(HTML with inline SVG, or Mermaid text for a ``.mmd`` file).
+(HTML with inline SVG, or Mermaid text for a ``.mmd`` file). ``--deterministic``
+runs the whole machine on one thread on a virtual clock: two runs write
+byte-identical traces.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from xenpci.demo import DemoReport, run_demo, write_diagram
 from xenpci.errors import XenpciError
-from xenpci.toolstack.demo_scenario import DemoReport, run_demo, write_diagram
 
 
 def _checks(report: DemoReport) -> Table:
@@ -64,6 +66,13 @@ def register(app: typer.Typer) -> None:
         blocks: Annotated[
             int, typer.Option(min=16, max=4096, help="NVMe blocks (multiple of 16)")
         ] = 64,
+        deterministic: Annotated[
+            bool,
+            typer.Option(
+                "--deterministic",
+                help="run the whole machine on one thread on a virtual clock (replayable)",
+            ),
+        ] = False,
     ) -> None:
         """Boot Xen, dom0 and two guests; pass a NIC and a disk through; prove the split."""
         if blocks % 16:
@@ -77,7 +86,11 @@ def register(app: typer.Typer) -> None:
                     status.update("running...")
 
                 report = run_demo(
-                    iommu=not no_iommu, frames=frames, blocks=blocks, progress=progress
+                    iommu=not no_iommu,
+                    frames=frames,
+                    blocks=blocks,
+                    progress=progress,
+                    deterministic=deterministic,
                 )
         except XenpciError as e:
             console.print(f"[red]demo failed:[/red] {e}")

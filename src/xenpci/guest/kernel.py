@@ -21,11 +21,12 @@ from collections.abc import Callable
 from xenpci.errors import XenpciError
 from xenpci.guest.pci_core import GuestPci
 from xenpci.hv.domain import Domain
+from xenpci.hv.scheduler import wait_for
 from xenpci.pcifront import ops
 from xenpci.pcifront.xenbus import Pcifront, frontend_node
 from xenpci.trace import Trace
 from xenpci.xenstore.client import WatchEvent, XsClient
-from xenpci.xenstore.errors import XsError
+from xenpci.xenstore.errors import ConnectionClosed, XsError
 
 
 class GuestKernel:
@@ -44,6 +45,8 @@ class GuestKernel:
         self.xs = xs
         self.op_timeout = op_timeout
         self.trace = trace
+        #: The machine's deterministic executor (None: threaded mode).
+        self.executor = domain.executor
         self.pci = GuestPci()
         self.pcifront: Pcifront | None = None
         #: Every pcifront this kernel probed, oldest first (reconnects make new ones).
@@ -84,7 +87,9 @@ class GuestKernel:
     def wait_for_pcifront(self, timeout: float = 10.0) -> Pcifront:
         """Wait until a pcifront has been probed (raise ``TimeoutError`` otherwise)."""
         with self._changed:
-            if not self._changed.wait_for(lambda: self.pcifront is not None, timeout):
+            if not wait_for(
+                self._changed, lambda: self.pcifront is not None, timeout, self.executor
+            ):
                 raise TimeoutError(f"d{self.domid}: no pcifront after {timeout:g} s")
             assert self.pcifront is not None
             return self.pcifront
@@ -92,9 +97,17 @@ class GuestKernel:
     def wait(self, predicate: Callable[[GuestKernel], bool], timeout: float = 10.0) -> bool:
         """Block until ``predicate(self)`` holds after a frontend probe/removal."""
         with self._changed:
-            return self._changed.wait_for(lambda: predicate(self), timeout)
+            return wait_for(self._changed, lambda: predicate(self), timeout, self.executor)
 
     def _device_changed(self, _ev: WatchEvent) -> None:
+        try:
+            self._probe_or_remove()
+        except ConnectionClosed:
+            # The kernel's XenStore connection went (the domain is being torn
+            # down) while this event was queued: there is nothing left to probe.
+            return
+
+    def _probe_or_remove(self) -> None:
         node = frontend_node(self.domid)
         with self._lock:
             if not self._booted or self._halting:
@@ -115,6 +128,7 @@ class GuestKernel:
                     self.pci,
                     op_timeout=self.op_timeout,
                     on_vcpu=self.domain.vcpu.on_this_vcpu,
+                    executor=self.executor,
                     trace=self.trace,
                 )
                 self.pcifront = front

@@ -29,8 +29,7 @@ from xenpci.pci.bar import Bar, bar_count, decode_bars, size_bar_by_probe
 from xenpci.pci.capabilities import find_capability
 from xenpci.pci.config import ConfigSpace
 from xenpci.pci.errors import BarError
-
-PCIBIOS_SUCCESSFUL = 0
+from xenpci.pci.pcibios import PCIBIOS_SUCCESSFUL
 
 
 class GuestPciError(XenpciError):

@@ -15,6 +15,10 @@ queued for it (event-channel upcalls, jobs) stays queued and runs in order on
 the last unpause, as pending events wait for a descheduled vCPU. The pause
 returns once the vCPU is off the CPU (``vcpu_sleep_sync``).
 
+In deterministic mode the vCPU is a lane of the machine's one executor
+(:class:`xenpci.hv.scheduler.SteppedVcpu`) instead of a thread: the same
+calls, run on the driving thread, and a paused vCPU runs nothing at all.
+
 Deliberate differences: no scheduler, no preemption, no SMP guests; an upcall
 is a queued Python call rather than an interrupt on the vCPU's stack, so a
 pause takes effect between two calls, never inside one (the pause waits for
@@ -223,6 +227,12 @@ class Domain:
     @property
     def nr_pages(self) -> int:
         return self.p2m.nr_pages
+
+    @property
+    def executor(self) -> Scheduler | None:
+        """The machine's deterministic executor, or None in threaded mode."""
+        vcpu = self.vcpu
+        return vcpu.scheduler if isinstance(vcpu, SteppedVcpu) else None
 
     def run(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Queue ``fn(*args)`` on this domain's vCPU; the Future carries its result."""

@@ -32,7 +32,7 @@ from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
 from xenpci.pciback.errors import EALREADY, EINVAL, ENXIO
 from xenpci.pciback.pci_stub import PcistubDevice
 from xenpci.pciback.vpci import GuestAddress
-from xenpci.trace import Trace
+from xenpci.trace import Kind, Trace
 
 OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
 AER_OP_OFFSET: Final = xen_pci_sharedinfo.aer_op.offset
@@ -254,7 +254,7 @@ def serve_shared_page(
     info.flags &= ~pciif.XEN_PCIF_active & 0xFFFFFFFF
     if trace is not None:
         trace.record(
-            "pci_op",
+            Kind.PCI_OP,
             frontend_domid,
             "dom0",
             cmd=pciif.XEN_PCI_OP_NAMES.get(op.cmd, str(op.cmd)),

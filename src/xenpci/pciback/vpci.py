@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from xenpci.pci.address import SBDF
 from xenpci.pciback.errors import EINVAL, ENOMEM, BusError
 from xenpci.pciback.pci_stub import PcistubDevice
+from xenpci.xenbus import pci_keys
 
 PCI_SLOT_MAX = 32
 PCI_BASE_CLASS_BRIDGE = 0x06
@@ -42,12 +43,12 @@ class GuestAddress:
 
 def format_vdev(addr: GuestAddress) -> str:
     """``vdev-N`` value: ``%04x:%02x:%02x.%02x`` (two-digit function: the PV protocol)."""
-    return f"{addr.domain:04x}:{addr.bus:02x}:{(addr.devfn >> 3) & 0x1F:02x}.{addr.devfn & 7:02x}"
+    return pci_keys.format_vdev(addr.domain, addr.bus, (addr.devfn >> 3) & 0x1F, addr.devfn & 7)
 
 
 def format_root(domain: int, bus: int) -> str:
     """``root-N`` value: ``%04x:%02x``."""
-    return f"{domain:04x}:{bus:02x}"
+    return pci_keys.format_root(domain, bus)
 
 
 def new_root_entries(roots: list[tuple[int, int]], published: list[str]) -> list[str]:

@@ -48,13 +48,16 @@ from typing import TYPE_CHECKING
 from xenpci.abi import pciif
 from xenpci.abi.xenbus import XenbusState
 from xenpci.errors import XenpciError
+from xenpci.hv.scheduler import wait_for
 from xenpci.pci.address import SBDF
 from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
 from xenpci.pciback.passthrough import PassthroughBackend
 from xenpci.pciback.pci_stub import PciStub, PcistubDevice
 from xenpci.pciback.pciback_ops import serve_shared_page
 from xenpci.pciback.vpci import VpciBackend, format_root, format_vdev
-from xenpci.trace import Trace
+from xenpci.trace import Kind, Trace
+from xenpci.xenbus import pci_keys
+from xenpci.xenbus.pci_keys import BACKEND_ROOT
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
 from xenpci.xenstore.client import WatchEvent, XsClient
@@ -65,7 +68,6 @@ if TYPE_CHECKING:
     from xenpci.hv.hypercalls import Hypercalls
 
 S = XenbusState
-BACKEND_ROOT = "/local/domain/0/backend/pci"
 
 
 class XenbusBackendError(XenpciError):
@@ -73,17 +75,13 @@ class XenbusBackendError(XenpciError):
 
 
 def backend_node(domid: int) -> str:
-    return f"{BACKEND_ROOT}/{domid}/0"
+    return pci_keys.backend_path(domid)
 
 
 def parse_dev(text: str) -> SBDF:
     """``dev-N``: ``%x:%x:%x.%x`` (domain:bus:slot.func), as ``setup_backend`` scans it."""
     try:
-        head, dot, func = text.strip().rpartition(".")
-        dom, bus, slot = head.split(":")
-        if not dot:
-            raise ValueError(text)
-        return SBDF(int(dom, 16), int(bus, 16), int(slot, 16), int(func, 16))
+        return SBDF(*pci_keys.scan_bdf(text))
     except (ValueError, XenpciError):
         raise XenbusBackendError(f"Error reading device configuration: {text!r}") from None
 
@@ -215,7 +213,7 @@ class PcibackDevice:
 
     def _export(self, i: int) -> None:
         try:
-            host = parse_dev(self._read(f"dev-{i}"))
+            host = parse_dev(self._read(pci_keys.dev_key(i)))
         except XsError:
             raise XenbusBackendError(f"error reading configuration for device {i}") from None
         if self._exported(host):
@@ -229,8 +227,8 @@ class PcibackDevice:
         except XenpciError as e:
             self.stub.put_pci_dev(host)
             raise XenbusBackendError(str(e)) from None
-        self._write(f"vdev-{i}", format_vdev(addr))
-        self._write(f"state-{i}", str(int(S.XenbusStateInitialised)))
+        self._write(pci_keys.vdev_key(i), format_vdev(addr))
+        self._write(pci_keys.state_key(i), str(int(S.XenbusStateInitialised)))
 
     def _publish_roots(self) -> None:
         """``xen_pcibk_publish_pci_root``: append roots not already listed."""
@@ -238,12 +236,12 @@ class PcibackDevice:
         n = self._read_int("root_num", 0)
         for k in range(n):
             with contextlib.suppress(XsError):
-                have.append(self._read(f"root-{k}"))
+                have.append(self._read(pci_keys.root_key(k)))
         for dom, bus in self.bus.roots():
             text = format_root(dom, bus)
             if text in have:
                 continue
-            self._write(f"root-{len(have)}", text)
+            self._write(pci_keys.root_key(len(have)), text)
             have.append(text)
             self._write("root_num", str(len(have)))
 
@@ -251,13 +249,13 @@ class PcibackDevice:
         """``xen_pcibk_reconfigure``: export ``state-i`` 1, release ``state-i`` 5."""
         num = self._read_int("num_devs", 0)
         for i in range(num):
-            state = self._read_int(f"state-{i}", 0)
+            state = self._read_int(pci_keys.state_key(i), 0)
             if state == S.XenbusStateInitialising:
                 self._export(i)
                 self._publish_roots()
             elif state == S.XenbusStateClosing:
                 try:
-                    vdev = parse_dev(self._read(f"vdev-{i}"))
+                    vdev = parse_dev(self._read(pci_keys.vdev_key(i)))
                 except XsError:
                     continue
                 psdev = self.bus.get(vdev.segment, vdev.bus, vdev.devfn)
@@ -348,7 +346,7 @@ class PcibackDevice:
         if self.trace is not None:
             cmd = int(info.op.cmd)
             self.trace.record(
-                "pci_op",
+                Kind.PCI_OP,
                 self.domid,
                 "dom0",
                 cmd=pciif.XEN_PCI_OP_NAMES.get(cmd, cmd),
@@ -408,14 +406,16 @@ class PcibackDriver:
 
     def wait_for_device(self, domid: int, timeout: float = 10.0) -> PcibackDevice:
         with self._changed:
-            if not self._changed.wait_for(lambda: domid in self.devices, timeout):
+            if not wait_for(
+                self._changed, lambda: domid in self.devices, timeout, self.xs.executor
+            ):
                 raise TimeoutError(f"no pciback device for d{domid} after {timeout:g} s")
             return self.devices[domid]
 
     def wait(self, predicate: Callable[[PcibackDriver], bool], timeout: float = 10.0) -> bool:
         """Block until ``predicate(self)`` holds after a device probe/removal."""
         with self._changed:
-            return self._changed.wait_for(lambda: predicate(self), timeout)
+            return wait_for(self._changed, lambda: predicate(self), timeout, self.xs.executor)
 
     def _backend_changed(self, _ev: WatchEvent) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ Public API:
   ``enable_msix(dev, entries, handler) -> ports``/``disable_msix``.
 * :mod:`~xenpci.pcifront.ops` -- ``PciOpChannel`` (``do_pci_op`` with a timeout,
   2 s by default), ``conf_read``/``conf_write``/``enable_msi[x]``/``disable_msi[x]``,
-  ``errno_to_pcibios_err`` and the ``PCIBIOS_*`` codes.
+  ``errno_to_pcibios_err`` (the ``PCIBIOS_*`` codes are :mod:`xenpci.pci.pcibios`).
 * :mod:`~xenpci.pcifront.errors` -- ``PcifrontError``, ``PciOpError`` (wire code +
   PCIBIOS code), ``BackendTimeout``, ``NotConnected``.
 """

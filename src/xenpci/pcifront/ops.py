@@ -6,39 +6,43 @@ Linux ``drivers/pci/xen-pcifront.c`` (fact sheet §2.2, §2.3).
 
 The shared page is the granted frame (a live ``memoryview``); the op goes in,
 ``_XEN_PCIF_active`` is set, the backend is notified, and the frontend waits
-for the bit to clear, at most ``timeout`` seconds (2 s in Linux; a parameter
-here so tests are fast). On timeout it clears the bit itself and reports
+for the bit to clear, at most ``timeout`` seconds (2 s in Linux), a deadline
+on the machine's clock. On timeout it clears the bit itself and reports
 ``XEN_PCI_ERR_dev_not_found`` (-1), as Linux does.
 
-Deliberate differences: Linux polls the event channel with
-``xen_poll_irq_timeout``; here the event-channel handler (which runs on the
-guest's vCPU) sets a ``threading.Event`` that the caller waits on, so an op
-must not be issued from the guest's vCPU thread itself (it would wait for its
-own upcall): :class:`PciOpChannel` refuses that with :class:`NotConnected`
-rather than deadlocking.
+With the deterministic executor (``executor=``) the wait runs the machine
+until the bit clears or the deadline passes on the virtual clock: it polls
+the shared page as Linux's ``xen_poll_irq_timeout`` loop does, so the guest's
+own vCPU may issue ops (the guest kernel's scan runs there), and a lost
+backend costs exactly 2.0 s of virtual time and no wall time.
+
+Deliberate difference (threaded mode): instead of polling, the event-channel
+handler (which runs on the guest's vCPU) sets a ``threading.Event`` that the
+caller waits on, so an op must not be issued from the guest's vCPU thread
+itself (it would wait for its own upcall): :class:`PciOpChannel` refuses that
+with :class:`NotConnected` rather than deadlocking.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from xenpci.abi import pciif
 from xenpci.abi.pciif import SH_INFO_MAX_VEC, xen_pci_op, xen_pci_sharedinfo
+from xenpci.hv.clock import Clock, Deadline, MonotonicClock
+from xenpci.hv.scheduler import Scheduler
+from xenpci.pci.pcibios import (
+    PCIBIOS_BAD_REGISTER_NUMBER,
+    PCIBIOS_DEVICE_NOT_FOUND,
+    PCIBIOS_FUNC_NOT_SUPPORTED,
+    PCIBIOS_SET_FAILED,
+    PCIBIOS_SUCCESSFUL,
+)
 from xenpci.pcifront.errors import BackendTimeout, NotConnected, PciOpError
-
-#: Linux ``include/linux/pci.h`` PCIBIOS codes (what the guest PCI core returns).
-PCIBIOS_SUCCESSFUL: Final = 0x00
-PCIBIOS_FUNC_NOT_SUPPORTED: Final = 0x81
-PCIBIOS_BAD_VENDOR_ID: Final = 0x83
-PCIBIOS_DEVICE_NOT_FOUND: Final = 0x86
-PCIBIOS_BAD_REGISTER_NUMBER: Final = 0x87
-PCIBIOS_SET_FAILED: Final = 0x88
-PCIBIOS_BUFFER_TOO_SMALL: Final = 0x89
 
 ENODEV: Final = 19
 EINVAL: Final = 22
@@ -46,6 +50,7 @@ EINVAL: Final = 22
 #: Linux pcifront's default deadline for one op, in seconds.
 DEFAULT_OP_TIMEOUT: Final = 2.0
 
+MONOTONIC: Final = MonotonicClock()
 _OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
 _OP_SIZE: Final = ctypes.sizeof(xen_pci_op)
 
@@ -95,6 +100,8 @@ class PciOpChannel:
         *,
         timeout: float = DEFAULT_OP_TIMEOUT,
         on_vcpu: Callable[[], bool] = lambda: False,
+        clock: Clock | None = None,
+        executor: Scheduler | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("op timeout must be positive")
@@ -102,6 +109,10 @@ class PciOpChannel:
         self._info = xen_pci_sharedinfo.from_buffer(page)
         self._notify = notify
         self._on_vcpu = on_vcpu
+        self._executor = executor
+        self._clock: Clock = (
+            executor.clock if executor is not None else clock if clock is not None else MONOTONIC
+        )
         self.timeout = timeout
         self._lock = threading.Lock()
         self._event = threading.Event()
@@ -139,8 +150,7 @@ class PciOpChannel:
         Raises :class:`BackendTimeout` (after clearing the active bit) when the
         backend does not answer; callers that want Linux's -1 use :meth:`call`.
         """
-        if self._on_vcpu():
-            raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
+        self._check_caller()
         with self._lock:
             if self._halted:
                 raise NotConnected("the guest is being destroyed")
@@ -150,20 +160,10 @@ class PciOpChannel:
             info.flags |= pciif.XEN_PCIF_active
             self.ops += 1
             self._notify()
-            # Wait for the backend to clear the bit; a spurious upcall (or one
-            # for AER) just loops. The deadline is absolute, as in Linux.
-            deadline = time.monotonic() + self.timeout
-            while info.flags & pciif.XEN_PCIF_active:
-                left = deadline - time.monotonic()
+            if not self._wait_answer():
                 if self._halted:
                     raise NotConnected("the guest is being destroyed")
-                if left <= 0:
-                    info.flags &= ~pciif.XEN_PCIF_active
-                    self.timeouts += 1
-                    opname = name or pciif.XEN_PCI_OP_NAMES.get(op.cmd, "?")
-                    raise BackendTimeout(opname, self.timeout)
-                self._event.wait(left)
-                self._event.clear()
+                raise BackendTimeout(name or pciif.XEN_PCI_OP_NAMES.get(op.cmd, "?"), self.timeout)
             reply = xen_pci_op()
             ctypes.memmove(ctypes.addressof(reply), ctypes.addressof(info) + _OP_OFFSET, _OP_SIZE)
             return reply
@@ -178,8 +178,7 @@ class PciOpChannel:
         The backend reads the entries only for ``enable_msix``, which goes
         through :meth:`do_pci_op`, so it sees the same request.
         """
-        if self._on_vcpu():
-            raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
+        self._check_caller()
         with self._lock:
             if self._halted:
                 return pciif.XEN_PCI_ERR_dev_not_found, value
@@ -187,25 +186,52 @@ class PciOpChannel:
             shared = info.op
             shared.cmd, shared.err, shared.domain, shared.bus = cmd, 0, domain, bus
             shared.devfn, shared.offset, shared.size, shared.value = devfn, offset, size, value
-            event = self._event
-            event.clear()
+            self._event.clear()
             info.flags |= pciif.XEN_PCIF_active
             self.ops += 1
             self._notify()
-            deadline = 0.0
-            while info.flags & pciif.XEN_PCIF_active:
-                if not deadline:
-                    deadline = time.monotonic() + self.timeout
-                left = deadline - time.monotonic()
-                if self._halted:
-                    return pciif.XEN_PCI_ERR_dev_not_found, value
+            if info.flags & pciif.XEN_PCIF_active and not self._wait_answer():
+                return pciif.XEN_PCI_ERR_dev_not_found, value
+            return shared.err, shared.value
+
+    def _check_caller(self) -> None:
+        if self._executor is None and self._on_vcpu():
+            raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
+
+    def _answered(self) -> bool:
+        return not self._info.flags & pciif.XEN_PCIF_active or self._halted
+
+    def _wait_answer(self) -> bool:
+        """Wait for the backend to clear the active bit: False on timeout or halt.
+
+        The deadline is absolute on the clock, as in Linux. On timeout the bit
+        is cleared here, as ``do_pci_op`` does. A spurious upcall (or one for
+        AER) just loops.
+        """
+        info, active = self._info, pciif.XEN_PCIF_active
+        if self._executor is not None:
+            # Deterministic: run the machine (the backend's upcall included) until
+            # the bit clears or the deadline passes on the virtual clock. This
+            # polls the shared page, as xen_poll_irq_timeout does, so the guest's
+            # own vCPU may wait here: its upcall is not needed to see the answer.
+            answered = self._executor.wait_until(self._answered, self.timeout)
+        else:
+            deadline = Deadline(self._clock, self.timeout)
+            event = self._event
+            while info.flags & active and not self._halted:
+                left = deadline.remaining()
                 if left <= 0:
-                    info.flags &= ~pciif.XEN_PCIF_active
-                    self.timeouts += 1
-                    return pciif.XEN_PCI_ERR_dev_not_found, value
+                    break
                 event.wait(left)
                 event.clear()
-            return shared.err, shared.value
+            answered = self._answered()
+        if self._halted:
+            return False
+        if not answered:
+            info.flags &= ~active
+            self.timeouts += 1
+            return False
+        return True
 
     def call(self, op: xen_pci_op) -> OpResult:
         """:meth:`do_pci_op` with Linux's timeout behaviour: a lost backend reads as -1."""

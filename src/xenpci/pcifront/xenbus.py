@@ -22,18 +22,17 @@ Deliberate differences: one frontend per guest as in Linux, but not a global
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from xenpci.abi import pciif
 from xenpci.abi.xenbus import XenbusState
 from xenpci.errors import XenpciError
-from xenpci.guest.pci_core import GuestPci, GuestPciDevice
 from xenpci.pci.address import SBDF
-from xenpci.pciback.xenbus import parse_dev
 from xenpci.pcifront import ops
 from xenpci.pcifront.errors import NotConnected, PcifrontError
-from xenpci.trace import Trace
+from xenpci.trace import Kind, Trace
+from xenpci.xenbus import pci_keys
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
 from xenpci.xenstore.client import XsClient, XsTransaction
@@ -41,22 +40,61 @@ from xenpci.xenstore.errors import XsError
 
 if TYPE_CHECKING:
     from xenpci.hv.hypercalls import Hypercalls
+    from xenpci.hv.scheduler import Scheduler
 
 S = XenbusState
 
 
 def frontend_node(domid: int) -> str:
     """``/local/domain/<domid>/device/pci/0``: the one pcifront device of a guest."""
-    return f"/local/domain/{domid}/device/pci/0"
+    return pci_keys.frontend_path(domid)
+
+
+# What pcifront needs of the guest PCI core above it (``xenpci.guest.pci_core``
+# provides it): typed structurally, so this layer does not import the guest's.
+class RootBus(Protocol):
+    """A root bus ``pcifront_scan_root`` created."""
+
+    def scan(self) -> Sequence[object]:
+        """Probe the bus; return the devices newly found."""
+        ...
+
+
+class PciCore(Protocol):
+    """The guest PCI core's bus registry."""
+
+    def add_root(self, domain: int, number: int, ops: Pcifront) -> RootBus: ...
+
+    def remove(self, sbdf: SBDF) -> object: ...
+
+    def clear(self) -> None: ...
+
+
+class RootBusId(Protocol):
+    @property
+    def domain(self) -> int: ...
+
+    @property
+    def number(self) -> int: ...
+
+
+class PciDevice(Protocol):
+    """A device the guest found: its address and the pirqs MSI set-up recorded."""
+
+    @property
+    def bus(self) -> RootBusId: ...
+
+    @property
+    def devfn(self) -> int: ...
+
+    msi_pirqs: list[int]
+    msix_pirqs: list[int]
 
 
 def parse_root(text: str) -> tuple[int, int]:
     """``root-N`` is ``%x:%x`` (domain:bus) as ``pcifront_connect`` scans it."""
-    dom, sep, bus = text.strip().partition(":")
     try:
-        if not sep:
-            raise ValueError(text)
-        d, b = int(dom, 16), int(bus, 16)
+        d, b = pci_keys.scan_root(text)
     except ValueError:
         raise PcifrontError(f"root {text!r} is not DDDD:BB") from None
     if not (0 <= d <= 0xFFFF and 0 <= b <= 0xFF):
@@ -67,8 +105,8 @@ def parse_root(text: str) -> tuple[int, int]:
 def parse_vdev(text: str) -> SBDF:
     """``vdev-N`` is ``%x:%x:%x.%x`` (domain:bus:slot.func, func printed ``%02x``)."""
     try:
-        return parse_dev(text)  # the same sscanf format pciback reads dev-N with
-    except XenpciError as e:
+        return SBDF(*pci_keys.scan_bdf(text))  # the sscanf format pciback reads dev-N with
+    except (ValueError, XenpciError) as e:
         raise PcifrontError(f"vdev {text!r} is not DDDD:BB:SS.FF ({e})") from None
 
 
@@ -85,10 +123,11 @@ class Pcifront:
         domid: int,
         hc: Hypercalls,
         xs: XsClient,
-        pci: GuestPci,
+        pci: PciCore,
         *,
         op_timeout: float = ops.DEFAULT_OP_TIMEOUT,
         on_vcpu: Callable[[], bool] = lambda: False,
+        executor: Scheduler | None = None,
         trace: Trace | None = None,
     ) -> None:
         self.domid = domid
@@ -97,6 +136,7 @@ class Pcifront:
         self.pci = pci
         self.op_timeout = op_timeout
         self.on_vcpu = on_vcpu
+        self.executor = executor
         self.trace = trace
         self.nodename = frontend_node(domid)
         self.xenbus = XenbusDevice(Role.FRONTEND)
@@ -166,26 +206,26 @@ class Pcifront:
         return chan
 
     # -- MSI / MSI-X (arch/x86/pci/xen.c) -------------------------------------
-    def enable_msi(self, dev: GuestPciDevice, handler: Callable[[int], None]) -> int:
+    def enable_msi(self, dev: PciDevice, handler: Callable[[int], None]) -> int:
         """``xen_setup_msi_irqs`` for one vector: returns the guest event-channel port."""
         pirq = ops.enable_msi(self._chan(), dev.bus.domain, dev.bus.number, dev.devfn)
         dev.msi_pirqs = [pirq]
         return self._bind_pirq(pirq, handler)
 
-    def disable_msi(self, dev: GuestPciDevice) -> int:
+    def disable_msi(self, dev: PciDevice) -> int:
         err = ops.disable_msi(self._chan(), dev.bus.domain, dev.bus.number, dev.devfn)
         dev.msi_pirqs = []
         return err
 
     def enable_msix(
-        self, dev: GuestPciDevice, entries: list[int], handler: Callable[[int], None]
+        self, dev: PciDevice, entries: list[int], handler: Callable[[int], None]
     ) -> list[int]:
         """MSI-X: one pirq per table entry, each bound to a guest event channel."""
         pirqs = ops.enable_msix(self._chan(), dev.bus.domain, dev.bus.number, dev.devfn, entries)
         dev.msix_pirqs = pirqs
         return [self._bind_pirq(p, handler) for p in pirqs]
 
-    def disable_msix(self, dev: GuestPciDevice) -> int:
+    def disable_msix(self, dev: PciDevice) -> int:
         err = ops.disable_msix(self._chan(), dev.bus.domain, dev.bus.number, dev.devfn)
         dev.msix_pirqs = []
         return err
@@ -223,6 +263,7 @@ class Pcifront:
             lambda: hc.evtchn_send(port),
             timeout=self.op_timeout,
             on_vcpu=self.on_vcpu,
+            executor=self.executor,
         )
         hc.evtchn_set_handler(port, lambda _p: self._handle_event(chan))
         self.gfn, self.gref, self.evtchn, self.chan = gfn, gref, port, chan
@@ -251,7 +292,7 @@ class Pcifront:
         try:
             raw = self.xs.read(f"{self.backend_path}/root_num")
             roots = [
-                parse_root(self.xs.read(f"{self.backend_path}/root-{i}").decode())
+                parse_root(self.xs.read(f"{self.backend_path}/{pci_keys.root_key(i)}").decode())
                 for i in range(int(raw))
             ]
         except XsError:
@@ -263,7 +304,7 @@ class Pcifront:
             found += len(self.pci.add_root(dom, bus, self).scan())
         if self.trace is not None:
             self.trace.record(
-                "pcifront_scan", self.domid, "dom0", roots=len(roots), new_devices=found
+                Kind.PCIFRONT_SCAN, self.domid, "dom0", roots=len(roots), new_devices=found
             )
 
     def _detach_devices(self) -> None:
@@ -275,13 +316,13 @@ class Pcifront:
             return
         for i in range(num):
             try:
-                st = int(self.xs.read(f"{be}/state-{i}"))
+                st = int(self.xs.read(f"{be}/{pci_keys.state_key(i)}"))
             except (XsError, ValueError):
                 continue
             if st != S.XenbusStateClosing:
                 continue
             try:
-                sbdf = parse_vdev(self.xs.read(f"{be}/vdev-{i}").decode())
+                sbdf = parse_vdev(self.xs.read(f"{be}/{pci_keys.vdev_key(i)}").decode())
             except (XsError, PcifrontError):
                 continue
             self.pci.remove(sbdf)

@@ -115,13 +115,16 @@ def load_host(path: str | Path) -> HostDescription:
     return parse_host(text, str(p))
 
 
-def boot_machine(host: HostDescription) -> Machine:
-    """A :class:`Machine` with the host's IOMMU setting and every listed device on it."""
+def boot_machine(host: HostDescription, *, deterministic: bool = False) -> Machine:
+    """A :class:`Machine` with the host's IOMMU setting and every listed device on it.
+
+    ``deterministic``: the machine runs on the caller's thread (one executor,
+    a virtual clock), see :class:`Machine`."""
     # Importing the catalog registers the ``model:`` source scheme.
     import xenpci.devices.catalog  # noqa: F401
     from xenpci.pci.sources import open_source
 
-    machine = Machine(iommu=host.iommu)
+    machine = Machine(iommu=host.iommu, deterministic=deterministic)
     try:
         for src in host.sources:
             try:

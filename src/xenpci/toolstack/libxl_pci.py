@@ -37,6 +37,7 @@ from xenpci.toolstack.errors import (
     LibxlErrorCode,
     ToolstackError,
 )
+from xenpci.xenbus import pci_keys
 from xenpci.xenstore.errors import ConnectionClosed, XsError
 from xenpci.xenstore.perms import Access, Perm, Perms
 
@@ -73,12 +74,12 @@ class XsClientLike(XsOps, Protocol):
 
 def backend_path(domid: int) -> str:
     """``/local/domain/0/backend/pci/<domid>/0`` (backend always dom0, devid always 0)."""
-    return f"/local/domain/0/backend/pci/{domid}/0"
+    return pci_keys.backend_path(domid)
 
 
 def frontend_path(domid: int) -> str:
     """``/local/domain/<domid>/device/pci/0``."""
-    return f"/local/domain/{domid}/device/pci/0"
+    return pci_keys.frontend_path(domid)
 
 
 def libxl_pci_path(sbdf: SBDF) -> str:
@@ -208,15 +209,19 @@ def add_device_ops(domid: int, index: int, dev: PciBackendDevice) -> list[XsOp]:
     if index < 0:
         raise ValueError(f"device index {index} < 0")
     be = backend_path(domid)
-    bdf = str(dev.sbdf)
-    ops: list[XsOp] = [XsWrite(f"{be}/key-{index}", bdf), XsWrite(f"{be}/dev-{index}", bdf)]
+    s = dev.sbdf
+    bdf = pci_keys.format_dev(s.segment, s.bus, s.device, s.function)
+    ops: list[XsOp] = [
+        XsWrite(f"{be}/key-{index}", bdf),
+        XsWrite(f"{be}/{pci_keys.dev_key(index)}", bdf),
+    ]
     if dev.vdevfn:
         ops.append(XsWrite(f"{be}/vdevfn-{index}", f"{dev.vdevfn:x}"))
     if dev.name is not None:
         ops.append(XsWrite(f"{be}/name-{index}", dev.name))
     ops += [
         XsWrite(f"{be}/opts-{index}", dev.opts),
-        XsWrite(f"{be}/state-{index}", str(int(XenbusState.XenbusStateInitialising))),
+        XsWrite(f"{be}/{pci_keys.state_key(index)}", str(int(XenbusState.XenbusStateInitialising))),
         XsWrite(f"{be}/num_devs", str(index + 1)),
     ]
     return ops
@@ -226,7 +231,7 @@ def mark_closing_ops(domid: int, index: int) -> list[XsOp]:
     """First half of removal: ``state-i`` = 5 (Closing) and backend ``state`` = 7."""
     be = backend_path(domid)
     return [
-        XsWrite(f"{be}/state-{index}", str(int(XenbusState.XenbusStateClosing))),
+        XsWrite(f"{be}/{pci_keys.state_key(index)}", str(int(XenbusState.XenbusStateClosing))),
         XsWrite(f"{be}/state", str(int(XenbusState.XenbusStateReconfiguring))),
     ]
 
@@ -287,7 +292,7 @@ def parse_backend(backend: Mapping[str, str]) -> list[PciBackendEntry]:
         return []
     out: list[PciBackendEntry] = []
     for i in range(_num_devs(backend)):
-        raw = backend.get(f"dev-{i}")
+        raw = backend.get(pci_keys.dev_key(i))
         if raw is None:
             continue
         try:
@@ -295,7 +300,7 @@ def parse_backend(backend: Mapping[str, str]) -> list[PciBackendEntry]:
             vdevfn = int(backend.get(f"vdevfn-{i}", "0"), 16)
         except ValueError:  # AddressError is a ValueError too
             continue
-        state_raw = backend.get(f"state-{i}")
+        state_raw = backend.get(pci_keys.state_key(i))
         out.append(
             PciBackendEntry(
                 index=i,
@@ -449,7 +454,10 @@ def wait_for_backend_state(
     xs.watch("@releaseDomain", death_token, death)
     try:
         check()  # the registration's own event may already have raced ahead of us
-        if not done.wait(timeout):
+        # A deadline on the machine's clock: the virtual one in deterministic mode.
+        executor = getattr(xs, "executor", None)
+        ok = executor.wait_until(done.is_set, timeout) if executor else done.wait(timeout)
+        if not ok:
             raise BackendStateTimeout(path, int(wanted), seen[0], timeout)
     finally:
         for p, t in ((path, token), ("@releaseDomain", death_token)):

@@ -43,7 +43,7 @@ from xenpci.devices.irq import Interrupt
 from xenpci.errors import XenpciError
 from xenpci.guest.kernel import GuestKernel
 from xenpci.guest.lspci import guest_function
-from xenpci.hv import HvError, Hypercalls, Hypervisor
+from xenpci.hv import HvError, Hypercalls, Hypervisor, SteppedVcpu
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
@@ -123,21 +123,34 @@ class Machine:
         trace: Trace | None = None,
         permissive: bool = False,
         guest_xenstore: str = "ring",
+        deterministic: bool = False,
     ) -> None:
         if guest_xenstore not in ("ring", "in-process"):
             raise MachineError(f"guest_xenstore: 'ring' or 'in-process', not {guest_xenstore!r}")
+        if deterministic:
+            # The ring transports still read on threads of their own; in-process
+            # connections carry the same frames to the same store on this thread.
+            guest_xenstore = "in-process"
         self.guest_xenstore = guest_xenstore
         self.trace = trace if trace is not None else Trace()
-        self.hv = Hypervisor(iommu=iommu, trace=self.trace)
+        #: deterministic: the whole machine runs on the caller's thread, as tasks of one
+        #: executor (``self.hv.scheduler``) on a virtual clock; runs replay identically.
+        self.hv = Hypervisor(iommu=iommu, trace=self.trace, deterministic=deterministic)
+        ex = self.hv.scheduler
+        if ex is not None:
+            self.trace.use_clock(ex.clock.now)
+        dom0_lane = self.hv.dom0.vcpu if isinstance(self.hv.dom0.vcpu, SteppedVcpu) else None
         self.op_timeout = op_timeout
         self.store = XenStore(trace=self.trace)
         # xenstored's side of the guests' rings, served on dom0's vCPU.
         self.rings = XenstoredRings(self.store, self.hv.dom0) if guest_xenstore == "ring" else None
         #: dom0's toolstack connection (what libxl/xl use).
-        self.xs = XsClient.in_process(self.store, 0)
+        self.xs = XsClient.in_process(
+            self.store, 0, lane=ex.lane("toolstack") if ex is not None else None
+        )
         self.irq_platform = HvInterruptPlatform(self.hv.dom0.hypercalls)
         self.stub = PciStub(ModuleParams(permissive=permissive), self.irq_platform)
-        self._pciback_xs = XsClient.in_process(self.store, 0)
+        self._pciback_xs = XsClient.in_process(self.store, 0, lane=dom0_lane)
         self.pciback = PcibackDriver(
             self.hv.dom0.hypercalls,
             self._pciback_xs,
@@ -291,7 +304,8 @@ class Machine:
             client = XsClient.ring(ring)
         else:
             self.store.introduce_domain(domid)
-            client = XsClient.in_process(self.store, domid)
+            lane = dom.vcpu if isinstance(dom.vcpu, SteppedVcpu) else None
+            client = XsClient.in_process(self.store, domid, lane=lane)
         kernel = GuestKernel(dom, client, op_timeout=self.op_timeout, trace=self.trace)
         with self._lock:
             self.guests[domid] = kernel

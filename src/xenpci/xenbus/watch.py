@@ -10,7 +10,10 @@ module only reads nodes, writes nodes and calls the driver.
 Works with any client offering ``read``, ``write``, ``watch``, ``unwatch``
 and ``retry_transaction`` (see :class:`XenStoreLike`), such as
 :class:`xenpci.xenstore.client.XsClient` (whose callbacks run on its own
-dispatcher thread; a lock here serialises them with :meth:`XenbusWatch.probe`).
+dispatcher thread, or as tasks of the deterministic executor; a lock here
+serialises them with :meth:`XenbusWatch.probe`). :meth:`XenbusWatch.wait_for`
+waits through the client's executor when it has one (a deadline on the
+virtual clock), on a condition otherwise.
 
 Two guards Linux has are kept here, so every driver gets them:
 
@@ -45,6 +48,7 @@ from typing import Any, Protocol
 
 from xenpci.abi.xenbus import XenbusState
 from xenpci.errors import XenpciError
+from xenpci.hv.scheduler import wait_for
 from xenpci.xenbus.state import (
     Action,
     Call,
@@ -190,7 +194,12 @@ class XenbusWatch:
     def wait_for(self, predicate: Callable[[XenbusDevice], bool], timeout: float = 5.0) -> bool:
         """Block until ``predicate(device)`` holds; False on timeout."""
         with self._changed:
-            return self._changed.wait_for(lambda: predicate(self.device), timeout)
+            return wait_for(
+                self._changed,
+                lambda: predicate(self.device),
+                timeout,
+                getattr(self.client, "executor", None),
+            )
 
     # -- watch callbacks ----------------------------------------------------
 

@@ -5,28 +5,35 @@ the same one xenstored uses; a transport only moves frames. Like libxenstore
 it keeps one request in flight per client and files watch events aside as
 they arrive (on a reader thread for sockets and rings). Events reach the
 caller either as an iterator (:meth:`XsClient.events`) or through a callback
-registered with :meth:`XsClient.watch`, run on a dispatcher thread the client
-owns (what XenBus needs).
+registered with :meth:`XsClient.watch`. Where that callback runs: on a
+dispatcher thread the client owns (threaded mode, what an OS edge such as a
+tool on the Unix socket needs), or, given a ``lane`` of the machine's
+deterministic executor (``xenpci.hv.scheduler``), as a task on that lane: the
+owning domain's vCPU for a kernel's client, so watch delivery is ordered with
+everything else the machine does and no thread exists.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import queue
 import socket
+import sys
 import threading
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from xenpci.abi import xs_wire as w
+from xenpci.errors import XenpciError
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XsError
 from xenpci.xenstore.perms import Perms
 from xenpci.xenstore.wire import Frame, FrameDecoder, check_reply, encode, strings
 
 if TYPE_CHECKING:
+    from xenpci.hv.scheduler import Scheduler, SteppedVcpu
     from xenpci.xenstore.core import Connection, XenStore
 
 T = TypeVar("T")
@@ -213,14 +220,18 @@ class XsTransaction:
 class XsClient:
     """XenStore client. Build with :meth:`unix`, :meth:`in_process` or :meth:`ring`."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, lane: SteppedVcpu | None = None) -> None:
         self._t = transport
+        #: Deterministic mode: watch callbacks run as tasks on this executor lane.
+        self.lane = lane
         self._req_ids = itertools.count()
         self._events: queue.Queue[WatchEvent] = queue.Queue()
         self._callbacks: dict[str, WatchCallback] = {}
         self._cb_queue: queue.Queue[tuple[WatchCallback, WatchEvent] | None] = queue.Queue()
         self._cb_thread: threading.Thread | None = None
         self._cb_lock = threading.Lock()
+        #: Exceptions raised by watch callbacks on the dispatcher thread (threaded mode).
+        self.callback_errors: list[Exception] = []
         transport.on_event = self._on_event
 
     # -- constructors ------------------------------------------------------------
@@ -230,9 +241,21 @@ class XsClient:
         return cls(_SocketTransport(path))
 
     @classmethod
-    def in_process(cls, store: XenStore, domid: int = 0, readonly: bool = False) -> XsClient:
+    def in_process(
+        cls,
+        store: XenStore,
+        domid: int = 0,
+        readonly: bool = False,
+        *,
+        lane: SteppedVcpu | None = None,
+    ) -> XsClient:
         """A connection inside this process acting as ``domid`` (dom0 is privileged)."""
-        return cls(_InProcessTransport(store.connection(domid, readonly)))
+        return cls(_InProcessTransport(store.connection(domid, readonly)), lane=lane)
+
+    @property
+    def executor(self) -> Scheduler | None:
+        """The deterministic executor this client's callbacks run on (None: threaded)."""
+        return self.lane.scheduler if self.lane is not None else None
 
     @classmethod
     def ring(cls, transport: Transport) -> XsClient:
@@ -311,7 +334,8 @@ class XsClient:
         to :meth:`events`. The first event (the watch path itself) arrives at once."""
         if callback is not None:
             self._callbacks[token] = callback
-            self._ensure_cb_thread()
+            if self.lane is None:
+                self._ensure_cb_thread()
         try:
             self._call(w.XS_WATCH, strings(path, token))
         except BaseException:
@@ -326,13 +350,26 @@ class XsClient:
         """Watch events as they arrive; stops after ``timeout`` seconds of silence."""
         while True:
             try:
-                yield self._events.get(timeout=timeout)
+                yield self.next_event(timeout)
             except queue.Empty:
                 return
 
     def next_event(self, timeout: float | None = None) -> WatchEvent:
-        """The next event (``queue.Empty`` after ``timeout``)."""
-        return self._events.get(timeout=timeout)
+        """The next event (``queue.Empty`` after ``timeout``).
+
+        With an executor the wait runs the machine until an event is filed, a
+        deadline on its virtual clock; with no ``timeout`` an event nothing can
+        ever cause is the executor's ``Deadlock``, not a hang.
+        """
+        ex = self.executor
+        if ex is None:
+            return self._events.get(timeout=timeout)
+        events = self._events
+        if timeout is None:
+            ex.run_until(lambda: not events.empty())
+        else:
+            ex.wait_until(lambda: not events.empty(), timeout)
+        return events.get_nowait()
 
     def _on_event(self, frame: Frame) -> None:
         parts = frame.payload.split(b"\0")
@@ -341,7 +378,14 @@ class XsClient:
         ev = WatchEvent(parts[0].decode("ascii", "replace"), parts[1].decode("ascii", "replace"))
         cb = self._callbacks.get(ev.token)
         if cb is not None:
-            self._cb_queue.put((cb, ev))
+            if self.lane is not None:
+                # An exception goes to the lane's owner (a vCPU traces it), never
+                # to stderr: no traceback reaches a user. A lane that has stopped
+                # (its domain is gone) drops the event, as a dead kernel would.
+                with contextlib.suppress(XenpciError):
+                    self.lane.post(functools.partial(cb, ev))
+            else:
+                self._cb_queue.put((cb, ev))
         else:
             self._events.put(ev)
 
@@ -361,8 +405,14 @@ class XsClient:
             cb, ev = item
             try:
                 cb(ev)
-            except Exception:  # a broken callback must not kill event delivery
-                traceback.print_exc()
+            except Exception as exc:  # a broken callback must not kill event delivery
+                # Kept for whoever owns the client, and one line on stderr: a
+                # watch callback's failure is a bug to see, never a traceback.
+                self.callback_errors.append(exc)
+                print(
+                    f"xenpci: watch callback for {ev.path} ({ev.token}) failed: {exc!r}",
+                    file=sys.stderr,
+                )
 
     # -- transactions ------------------------------------------------------------
     def transaction(self) -> XsTransaction:

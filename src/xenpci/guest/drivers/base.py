@@ -28,6 +28,7 @@ from xenpci.errors import XenpciError
 from xenpci.guest.kernel import GuestKernel
 from xenpci.guest.pci_core import GuestPciDevice
 from xenpci.hv import PAGE_SHIFT, PAGE_SIZE, Hypercalls, MmioMapping
+from xenpci.hv.scheduler import wait_for
 from xenpci.pci import regs
 from xenpci.pci.bar import Bar
 from xenpci.pcifront.xenbus import Pcifront
@@ -193,8 +194,11 @@ class PciDriver:
     def wait_irq(self, vector: int, after: int, timeout: float = DEFAULT_IRQ_TIMEOUT) -> int:
         """Wait until ``vector`` has fired more than ``after`` times; return the count."""
         with self._irqs.cond:
-            if not self._irqs.cond.wait_for(
-                lambda: self._irqs.counts.get(vector, 0) > after, timeout
+            if not wait_for(
+                self._irqs.cond,
+                lambda: self._irqs.counts.get(vector, 0) > after,
+                timeout,
+                self.kernel.executor,
             ):
                 raise IrqTimeout(self.domid, vector, timeout)
             return self._irqs.counts[vector]

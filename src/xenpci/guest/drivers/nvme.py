@@ -72,11 +72,19 @@ class NvmeDriver(PciDriver):
         regs.write(hw.NVME_REG_ACQ, 8, acq.bus)
         # IOSQES = 6 (64 bytes), IOCQES = 4 (16 bytes), EN.
         regs.write(hw.NVME_REG_CC, 4, 6 << 16 | 4 << 20 | hw.CC_EN)
-        deadline = time.monotonic() + timeout
-        while not regs.read(hw.NVME_REG_CSTS, 4) & hw.CSTS_RDY:
-            if regs.read(hw.NVME_REG_CSTS, 4) & hw.CSTS_CFS or time.monotonic() > deadline:
-                raise DeviceFailed(f"d{self.domid} NVMe did not become ready", 0)
-            time.sleep(0.001)
+
+        def settled() -> bool:
+            return bool(regs.read(hw.NVME_REG_CSTS, 4) & (hw.CSTS_RDY | hw.CSTS_CFS))
+
+        executor = self.kernel.executor
+        if executor is not None:
+            executor.wait_until(settled, timeout)  # a deadline on the virtual clock
+        else:
+            deadline = time.monotonic() + timeout
+            while not settled() and time.monotonic() < deadline:
+                time.sleep(0.001)  # nvme_wait_ready's msleep between polls
+        if regs.read(hw.NVME_REG_CSTS, 4) & (hw.CSTS_RDY | hw.CSTS_CFS) != hw.CSTS_RDY:
+            raise DeviceFailed(f"d{self.domid} NVMe did not become ready", 0)
         sq, cq = self.alloc_dma(), self.alloc_dma()
         self._pages[IO_QID] = (sq, cq)
         qsize = (QUEUE_ENTRIES - 1) << 16 | IO_QID

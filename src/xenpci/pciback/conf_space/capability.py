@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xenpci.pci import regs
+from xenpci.pci.pcibios import PCIBIOS_SET_FAILED
 from xenpci.pciback.conf_space.dom0_pci import find_capability
 from xenpci.pciback.conf_space.engine import (
-    PCIBIOS_SET_FAILED,
     ConfigField,
     DevData,
     InitHandler,

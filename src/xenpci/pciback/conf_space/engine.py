@@ -29,6 +29,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from xenpci.abi.pciif import XEN_PCI_ERR_invalid_offset
+from xenpci.pci.pcibios import (
+    PCIBIOS_BAD_REGISTER_NUMBER,
+    PCIBIOS_DEVICE_NOT_FOUND,
+    PCIBIOS_FUNC_NOT_SUPPORTED,
+    PCIBIOS_SET_FAILED,
+    PCIBIOS_SUCCESSFUL,
+)
 from xenpci.pciback.conf_space.dom0_pci import (
     Dom0PciDev,
     HostFunction,
@@ -37,15 +44,6 @@ from xenpci.pciback.conf_space.dom0_pci import (
     hw_write,
 )
 from xenpci.pciback.errors import FieldError
-
-# Linux PCIBIOS return codes (include/linux/pci.h) used by field handlers.
-PCIBIOS_SUCCESSFUL = 0x00
-PCIBIOS_FUNC_NOT_SUPPORTED = 0x81
-PCIBIOS_BAD_VENDOR_ID = 0x83
-PCIBIOS_DEVICE_NOT_FOUND = 0x86
-PCIBIOS_BAD_REGISTER_NUMBER = 0x87
-PCIBIOS_SET_FAILED = 0x88
-PCIBIOS_BUFFER_TOO_SMALL = 0x89
 
 _PCIBIOS_TO_WIRE = {
     PCIBIOS_SUCCESSFUL: 0,

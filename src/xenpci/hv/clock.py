@@ -1,0 +1,71 @@
+"""The machine's clock: real monotonic time in daemons, virtual time in tests.
+
+There is no single real counterpart: Xen keeps system time (``NOW()``,
+``xen/include/xen/time.h``) and each kernel its own; what the model needs is
+one source every timeout is measured on, so that a timeout is a *deadline*
+on that clock rather than a wall-clock guess. In the spirit of
+``trio.testing.MockClock``: :class:`VirtualClock` only moves when the
+executor (:class:`xenpci.hv.scheduler.Scheduler`) moves it, to the next
+deadline when nothing else can run ("autojump"), or by an explicit
+``advance``. A 2 s pcifront op timeout then costs no wall time and fires at
+exactly 2.0 s on every run.
+
+Deliberate difference: one clock per machine, in seconds as a float; no
+per-vCPU time, no TSC, no drift.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+
+class Clock(Protocol):
+    """A source of monotonic time in seconds."""
+
+    def now(self) -> float: ...
+
+
+class MonotonicClock:
+    """Real time (``time.monotonic``): what daemons and the threaded mode use."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+
+class VirtualClock:
+    """Time that moves only when told to: by the executor, or by :meth:`advance`."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = float(start)
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, dt: float) -> None:
+        """Move time forward by ``dt`` seconds (never backwards)."""
+        if dt < 0:
+            raise ValueError(f"time cannot go backwards ({dt} s)")
+        self._now += dt
+
+    def jump_to(self, when: float) -> None:
+        """Move to ``when`` if it is later than now (a deadline already past is a no-op)."""
+        if when > self._now:
+            self._now = when
+
+
+class Deadline:
+    """``timeout`` seconds from now on ``clock``: what every model wait is bounded by."""
+
+    __slots__ = ("clock", "timeout", "when")
+
+    def __init__(self, clock: Clock, timeout: float) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self.when = clock.now() + timeout
+
+    def remaining(self) -> float:
+        return self.when - self.clock.now()
+
+    def expired(self) -> bool:
+        return self.clock.now() >= self.when
