@@ -1,6 +1,6 @@
 """IO models: guest-visible disk throughput of emulation, PV and passthrough, against a raw copy.
 
-One :func:`xenpci.toolstack.compare.run_compare` run (the three models on one
+One :func:`xenpci.demo.compare.run_compare` run (the three models on one
 host, same NVMe model, data checked), and in the same process the raw-copy
 floor of the data-path benchmark (``bench_datapath.dma_floor``: the same
 bytes copied into and out of guest frames with nothing in between). Each
@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.bench_datapath import DMA_PAGES, _best, _buffer, _Rig, dma_floor
+from xenpci.demo.compare import run_compare
 from xenpci.hv import PAGE_SIZE
-from xenpci.toolstack.compare import run_compare
 
 SIZE = 16 << 20
 RANDOM_READS = 512

@@ -108,6 +108,27 @@ class Kind(StrEnum):
     PCI_OP = "pci_op"
     #: Pcifront scanned its root buses.
     PCIFRONT_SCAN = "pcifront_scan"
+    # -- the other two IO models (issue 12): emulation (ioreq) and PV block
+    #: dom0 mapped a guest frame it was not granted (the device model's privilege).
+    FOREIGN_MAP = "foreign_map"
+    #: A guest access trapped and forwarded to the device model as an ioreq.
+    IOREQ = "ioreq"
+    #: A write posted on the buffered ioreq page.
+    BUF_IOREQ = "buf_ioreq"
+    #: An ioreq the hypervisor refused (bad size or direction).
+    IOREQ_FAILED = "ioreq_failed"
+    #: The device model served one ioreq.
+    DM_IOREQ = "dm_ioreq"
+    #: The device model refused an ioreq.
+    DM_IOREQ_REFUSED = "dm_ioreq_refused"
+    #: The device model injected an MSI into the HVM guest.
+    DM_INJECT_MSI = "dm_inject_msi"
+    #: blkback took one blkif request off a ring.
+    BLKIF_REQUEST = "blkif_request"
+    #: blkback answered BLKIF_RSP_ERROR.
+    BLKIF_ERROR = "blkif_error"
+    #: blkback halted a ring whose indices made no sense.
+    BLKIF_RING_HALTED = "blkif_ring_halted"
 
 
 #: Kinds counted but not stored unless asked (one record per register access would

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from xenpci.cli.compare import seed_point
 from xenpci.cli.main import app
-from xenpci.toolstack.compare import run_compare
+from xenpci.demo.compare import run_compare
 
 pytestmark = pytest.mark.timeout(120)
 

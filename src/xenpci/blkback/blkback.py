@@ -41,14 +41,14 @@ from xenpci.blkback.ring import BackRing
 from xenpci.errors import XenpciError
 from xenpci.hv import Hypercalls
 from xenpci.hv.grant_table import GrantMapping
-from xenpci.trace import Trace
+from xenpci.trace import Kind, Trace
 
 log = logging.getLogger("xenpci.blkback")
 
 #: Trace kinds (plain strings; see :mod:`xenpci.trace`).
-TRACE_REQUEST = "blkif_request"
-TRACE_ERROR = "blkif_error"
-TRACE_HALT = "blkif_ring_halted"
+TRACE_REQUEST = Kind.BLKIF_REQUEST
+TRACE_ERROR = Kind.BLKIF_ERROR
+TRACE_HALT = Kind.BLKIF_RING_HALTED
 
 SECTOR = blkif.SECTOR_SIZE
 #: ``BLKIF_OP_WRITE_BARRIER`` is served as a flush (Linux: ``drain``, then the

@@ -27,12 +27,13 @@ from xenpci.devices import nvme as hw
 from xenpci.errors import XenpciError
 from xenpci.guest.drivers.nvme import MAX_BLOCKS_PER_CMD, NvmeDriver
 from xenpci.guest.kernel import GuestKernel
-from xenpci.guest.pci_core import PCIBIOS_SUCCESSFUL, GuestPciDevice
+from xenpci.guest.pci_core import GuestPciDevice
 from xenpci.hv.domain import Domain
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
+from xenpci.pci.pcibios import PCIBIOS_SUCCESSFUL
 from xenpci.pciback.conf_space.dom0_pci import Dom0PciDev, InterruptPlatform, hw_read, hw_write
-from xenpci.pcifront.xenbus import Pcifront
+from xenpci.pcifront.xenbus import PciDevice, Pcifront
 from xenpci.xenstore.client import XsClient
 
 #: ``PCIBIOS_DEVICE_NOT_FOUND`` (include/linux/pci.h).
@@ -86,8 +87,10 @@ class Dom0Msi(Pcifront):
         self.functions: dict[SBDF, PciFunction] = {}
 
     def enable_msix(
-        self, dev: GuestPciDevice, entries: list[int], handler: Callable[[int], None]
+        self, dev: PciDevice, entries: list[int], handler: Callable[[int], None]
     ) -> list[int]:
+        if not isinstance(dev, GuestPciDevice):  # the guest PCI core hands us only its own
+            raise TypeError(f"not a guest PCI device: {dev!r}")
         fn = self.functions[dev.sbdf]
         linux = self._linux.setdefault(dev.sbdf, Dom0PciDev.probe(fn))
         err = linux.pci_enable_msix_exact(self.platform, 0, entries)
@@ -96,7 +99,9 @@ class Dom0Msi(Pcifront):
         dev.msix_pirqs = list(linux.msix_pirqs)
         return [self._bind_pirq(p, handler) for p in linux.msix_pirqs]
 
-    def disable_msix(self, dev: GuestPciDevice) -> int:
+    def disable_msix(self, dev: PciDevice) -> int:
+        if not isinstance(dev, GuestPciDevice):  # the guest PCI core hands us only its own
+            raise TypeError(f"not a guest PCI device: {dev!r}")
         linux = self._linux.get(dev.sbdf)
         if linux is not None:
             linux.pci_disable_msix(self.platform)

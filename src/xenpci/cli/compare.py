@@ -1,6 +1,6 @@
 """``xenpci compare``: the three IO models side by side, measured in one run.
 
-A thin shell over :func:`xenpci.toolstack.compare.run_compare`: a table per
+A thin shell over :func:`xenpci.demo.compare.run_compare`: a table per
 model (who handled what, from the trace), then one table of guest-visible
 throughput as ratios to passthrough measured in the same run, and the
 seed's point checked from the counts. ``--trace DIR`` writes
@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from xenpci.demo.compare import CompareReport, ModelResult, run_compare
 from xenpci.errors import XenpciError
-from xenpci.toolstack.compare import CompareReport, ModelResult, run_compare
 
 _TITLES = {
     "emulated": "emulated NVMe (HVM, ioreqs to a device model in dom0)",

@@ -46,13 +46,14 @@ from xenpci.hv.domain import Domain
 from xenpci.hv.hypervisor import Hypervisor
 from xenpci.hv.ioreq import IoreqServer
 from xenpci.pci.address import SBDF
+from xenpci.trace import Kind
 
 log = logging.getLogger("xenpci.emu")
 
 #: Trace kinds (plain strings; see :mod:`xenpci.trace`).
-TRACE_DM_IOREQ = "dm_ioreq"
-TRACE_DM_REFUSED = "dm_ioreq_refused"
-TRACE_INJECT = "dm_inject_msi"
+TRACE_DM_IOREQ = Kind.DM_IOREQ
+TRACE_DM_REFUSED = Kind.DM_IOREQ_REFUSED
+TRACE_INJECT = Kind.DM_INJECT_MSI
 
 EMU_SBDF = SBDF.parse("0000:00:04.0")
 EMU_BAR0 = 0xF000_0000

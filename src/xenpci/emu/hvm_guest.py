@@ -25,12 +25,13 @@ from collections.abc import Callable
 
 from xenpci.errors import XenpciError
 from xenpci.guest.kernel import GuestKernel
-from xenpci.guest.pci_core import PCIBIOS_SUCCESSFUL, GuestPciDevice
+from xenpci.guest.pci_core import GuestPciDevice
 from xenpci.hv import PAGE_SHIFT, PAGE_SIZE, Hypercalls, MmioMapping
 from xenpci.hv.domain import Domain
 from xenpci.hv.ioreq import PCI_CONFIG_PORT, PCI_DATA_PORT
 from xenpci.pci import regs
-from xenpci.pcifront.xenbus import Pcifront
+from xenpci.pci.pcibios import PCIBIOS_SUCCESSFUL
+from xenpci.pcifront.xenbus import PciDevice, Pcifront
 from xenpci.xenstore.client import XsClient
 
 PCIBIOS_DEVICE_NOT_FOUND = 0x86
@@ -82,8 +83,10 @@ class HvmMsi(Pcifront):
         raise XenpciError(f"{dev.sbdf}: no MSI-X capability")
 
     def enable_msix(
-        self, dev: GuestPciDevice, entries: list[int], handler: Callable[[int], None]
+        self, dev: PciDevice, entries: list[int], handler: Callable[[int], None]
     ) -> list[int]:
+        if not isinstance(dev, GuestPciDevice):  # the guest PCI core hands us only its own
+            raise TypeError(f"not a guest PCI device: {dev!r}")
         hc = self.hc
         cap = self._msix_cap(dev)
         table = dev.read_config(cap + regs.PCI_MSIX_TABLE, 4)
@@ -109,7 +112,9 @@ class HvmMsi(Pcifront):
         dev.write_config_checked(cap + regs.PCI_MSIX_FLAGS, 2, flags | regs.PCI_MSIX_FLAGS_ENABLE)
         return ports
 
-    def disable_msix(self, dev: GuestPciDevice) -> int:
+    def disable_msix(self, dev: PciDevice) -> int:
+        if not isinstance(dev, GuestPciDevice):  # the guest PCI core hands us only its own
+            raise TypeError(f"not a guest PCI device: {dev!r}")
         with contextlib.suppress(XenpciError):
             cap = self._msix_cap(dev)
             flags = dev.read_config(cap + regs.PCI_MSIX_FLAGS, 2)

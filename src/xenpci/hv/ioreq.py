@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from xenpci.abi import ioreq as abi
 from xenpci.hv.errors import HvError, PermissionDenied
+from xenpci.trace import Kind
 
 if TYPE_CHECKING:
     from xenpci.hv.domain import Domain
@@ -49,10 +50,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("xenpci.hv.ioreq")
 
 #: Trace kinds (plain strings; see :mod:`xenpci.trace`).
-TRACE_IOREQ = "ioreq"
-TRACE_BUF_IOREQ = "buf_ioreq"
-TRACE_IOREQ_FAILED = "ioreq_failed"
-TRACE_NOTIFY = "evtchn_send"
+TRACE_IOREQ = Kind.IOREQ
+TRACE_BUF_IOREQ = Kind.BUF_IOREQ
+TRACE_IOREQ_FAILED = Kind.IOREQ_FAILED
+TRACE_NOTIFY = Kind.EVTCHN_SEND
 
 PCI_CONFIG_PORT = 0xCF8
 PCI_DATA_PORT = 0xCFC

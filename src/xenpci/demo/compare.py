@@ -12,7 +12,7 @@ the trace (or the hypervisor's own per-thread CPU clocks for dom0's time),
 measured over the workload only.
 
 Diagrams are drawn from the trace's typed records with the demo's writers
-(:func:`xenpci.toolstack.demo_scenario.mermaid` / ``html``): the first
+(:func:`xenpci.demo.diagram.mermaid` / ``html``): the first
 command of each model, from the guest to the device and back.
 """
 
@@ -27,11 +27,11 @@ from pathlib import Path
 
 from xenpci.blkback.blkback import TRACE_REQUEST
 from xenpci.blkfront.blkfront import Blkfront
+from xenpci.demo.diagram import Message, html, mermaid
 from xenpci.devices import nvme as hw
 from xenpci.emu.device_model import TRACE_DM_IOREQ, TRACE_INJECT
 from xenpci.guest.drivers.nvme import MAX_BLOCKS_PER_CMD, NvmeDriver
 from xenpci.hv.ioreq import TRACE_BUF_IOREQ, TRACE_IOREQ
-from xenpci.toolstack.demo_scenario import Message, html, mermaid
 from xenpci.toolstack.iomodels import DOM0_DISK, IoModelsHost, boot_iomodels_host
 from xenpci.trace import Trace, TraceEvent
 
