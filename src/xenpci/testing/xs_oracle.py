@@ -581,7 +581,7 @@ class RealXenstored(XsDaemon):
             stdout=subprocess.PIPE,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         stderr.close()
         self._wait_ready()
@@ -649,7 +649,7 @@ class RealXenstored(XsDaemon):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGKILL it if the test process dies (no leaked daemons).
 
     The signal follows the thread that forked: daemons are started from the
