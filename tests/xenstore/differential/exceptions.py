@@ -3,8 +3,9 @@
 ``xfail`` entries are differences issue 14 §2 says we must close (being fixed
 on branch xs-core): the tests are ``xfail(strict=True)``, so they turn into
 failures the moment ours matches, and the entry must then be deleted.
-``skip`` entries are the oracle's own bugs or documented divergences that we
-do not copy; the test is skipped with the reason.
+``skip`` entries are the oracle's own bugs that we do not copy; the test is
+skipped with the reason, and test_oracle_harness.py asserts that the bug is
+still there (C aborts), so a skip cannot outlive its reason.
 """
 
 from __future__ import annotations
