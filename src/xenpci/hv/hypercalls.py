@@ -319,6 +319,13 @@ class MmioMapping:
             size=size,
             verdict=verdict,
         )
+        if verdict == "dropped":
+            # arch/x86/mm.c mmio_ro_emulated_write
+            hv.console.gprintk(
+                self._hc.domid,
+                f"ignoring write to R/O MMIO {paddr >> PAGE_SHIFT:#x}"
+                f"{paddr & (PAGE_SIZE - 1):03x} len {size}",
+            )
         if out is not None:
             hv.iobus.mmio_write(paddr, size, out)
 
@@ -573,6 +580,9 @@ class Hypercalls:
         last = check_iomem(first_mfn, nr_mfns)
         if not self._hv.permissions.iomem_permitted(self.domid, first_mfn, last):
             # arch/x86/mm.c: "non-privileged attempt to map MMIO space".
+            self._hv.console.gprintk(
+                self.domid, f"d{self.domid} non-privileged attempt to map MMIO space {first_mfn:x}"
+            )
             raise MmioDenied(
                 f"d{self.domid} may not map mfns {first_mfn:#x}..{last:#x}",
                 op="mmio_map",
@@ -586,6 +596,9 @@ class Hypercalls:
         check_access(port, size)
         last = check_ioports(port, size)
         if not self._hv.permissions.ioports_permitted(self.domid, port, last):
+            self._hv.console.gprintk(
+                self.domid, f"d{self.domid} refused access to I/O ports {port:#x}-{last:#x}"
+            )
             raise MmioDenied(
                 f"d{self.domid} may not access ports {port:#x}..{last:#x}",
                 op=op,

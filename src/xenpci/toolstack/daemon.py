@@ -294,10 +294,17 @@ class ControlClient:
 
     def __init__(self, run_dir: Path, *, timeout: float = 120.0) -> None:
         self.path = Path(run_dir) / CONTROL_SOCK
+        self.run_dir = Path(run_dir)
+        self.timeout = timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
             self._sock.connect(str(self.path))
+        except TimeoutError:
+            self._sock.close()
+            raise DaemonError(
+                f"the machine in {run_dir} did not accept a connection within {timeout:g} s"
+            ) from None
         except OSError as e:
             self._sock.close()
             raise DaemonError(
@@ -311,12 +318,20 @@ class ControlClient:
     def call(self, op: str, **args: Any) -> Any:
         req = Request(self._next_id, op, args)
         self._next_id += 1
-        self._sock.sendall(req.encode())
-        while not self._pending:
-            data = self._sock.recv(65536)
-            if not data:
-                raise DaemonError("the machine closed the control connection")
-            self._pending += self._framer.feed(data)
+        try:
+            self._sock.sendall(req.encode())
+            while not self._pending:
+                data = self._sock.recv(65536)
+                if not data:
+                    raise DaemonError("the machine closed the control connection")
+                self._pending += self._framer.feed(data)
+        except TimeoutError:
+            # The OS-level bound on one request (the toolstack's own waits are shorter).
+            raise DaemonError(
+                f"the machine in {self.run_dir} did not answer within {self.timeout:g} s"
+            ) from None
+        except OSError as e:
+            raise DaemonError(f"lost the control connection: {e.strerror or e}") from None
         return decode_response(self._pending.pop(0)).unwrap()
 
     def close(self) -> None:
