@@ -519,7 +519,7 @@ class Libxl:
             ("version", uts.version),
             ("machine", uts.machine),
             ("nr_cpus", str(os.cpu_count() or 1)),
-            ("virt_caps", " pv pv_directio" if iommu else " pv"),
+            ("virt_caps", "pv pv_directio" if iommu else "pv"),
             ("total_memory", str(mem.nr_frames // mib)),
             ("free_memory", str((mem.nr_frames - mem.allocated) // mib)),
             ("xen_major", str(XEN_VERSION[0])),
