@@ -1,0 +1,298 @@
+"""``xenpci xl`` as xl: messages, exit statuses, dom0, new commands (issue 10 §2).
+
+One machine daemon runs in this process (its sockets are real); xl commands go through
+typer's runner over the control socket, as ``xenpci xl`` does. The expected lines and
+statuses are xl's own, from ``tools/xl/xl_pci.c``, ``xl_vmcontrol.c`` and ``xl_info.c``
+(4.17); the expected values come from the machine itself (XenStore, the hypervisor),
+not from the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from xenpci.cli.main import app
+from xenpci.hv import Hypervisor
+from xenpci.hv.domain import DOMID_FIRST_RESERVED
+from xenpci.hv.errors import DmaFault, HvError
+from xenpci.pci.address import SBDF
+from xenpci.toolstack import libxl_pci as lp
+from xenpci.toolstack.daemon import MachineDaemon
+from xenpci.toolstack.host import HostDescription
+from xenpci.toolstack.libxl import DEFAULT_MEMORY_MIB, Libxl
+from xenpci.toolstack.xlcfg import load_domain_config
+
+pytestmark = pytest.mark.timeout(90)
+
+NIC = SBDF(0, 3, 0, 0)
+#: a Python class name or traceback in what a user reads
+PYTHONISH = re.compile(r"Traceback|[A-Z][a-z]+(Error|Exception|Denied|Fault)\b|\w+\(")
+
+
+class Xl:
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        r = self.runner.invoke(app, ["xl", "--dir", str(self.dir), *args])
+        assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+        assert not PYTHONISH.search(r.stderr), r.stderr
+        return r.exit_code, r.stdout, r.stderr
+
+    def ok(self, *args: str) -> str:
+        code, out, err = self(*args)
+        assert code == 0, (args, out, err)
+        return out
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[MachineDaemon]:
+    d = MachineDaemon(Path(f"/tmp/xenpci-xlc-{os.getpid()}"), HostDescription(), timeout=30)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture(scope="module")
+def xl(daemon: MachineDaemon) -> Xl:
+    return Xl(daemon.run_dir)
+
+
+@pytest.fixture(scope="module")
+def guest(daemon: MachineDaemon, xl: Xl, tmp_path_factory: pytest.TempPathFactory) -> int:
+    """One guest with the NIC at virtual slot 5, for the read-only checks below."""
+    xl.ok("pci-assignable-add", "-n", "nic0", "03:00.0")
+    cfg = tmp_path_factory.mktemp("cfg") / "g.cfg"
+    cfg.write_text('name = "g"\nmemory = 48\npci = ["03:00.0@5"]\n')
+    code, _out, err = xl("create", str(cfg))
+    assert code == 0, err
+    # xl_vmcontrol.c: fprintf(stderr, "Parsing config from %s\n", ...)
+    assert err == f"Parsing config from {cfg}\n"
+    assert libxl(daemon).domains
+    return next(iter(libxl(daemon).domains))
+
+
+def libxl(d: MachineDaemon) -> Libxl:
+    assert d.libxl is not None
+    return d.libxl
+
+
+# -- exit statuses and messages ----------------------------------------------------------
+
+
+def test_malformed_spec_and_bdf_exit_2_with_xls_line(xl: Xl, guest: int) -> None:
+    code, _, err = xl("pci-attach", "g", "03:00.0,nosuch=1")
+    assert code == 2
+    assert err.splitlines()[-1] == 'pci-attach: malformed PCI_SPEC_STRING "03:00.0,nosuch=1"'
+    code, _, err = xl("pci-detach", "g", "zz")
+    assert (code, err.splitlines()[-1]) == (2, 'pci-detach: malformed PCI_SPEC_STRING "zz"')
+    assert xl("pci-assignable-add", "3:00") == (2, "", 'pci-assignable-add: malformed BDF "3:00"\n')
+    # remove tries NAME first, then BDF: neither is xl's exit 2
+    assert xl("pci-assignable-remove", "no-such") == (
+        2,
+        "",
+        "pci-assignable-remove: malformed BDF 'no-such'\n",
+    )
+
+
+def test_refusals_exit_1_in_one_line(xl: Xl, guest: int) -> None:
+    # a device on the host but never made assignable: libxl's de-quarantine fails (rc 1)
+    assert xl("pci-assignable-remove", "07:00.0") == (
+        1,
+        "",
+        "libxl: error: failed to de-quarantine 0000:07:00.0 [not-assignable]\n",
+    )
+    # xl_utils.c find_domain: "%s is an invalid domain identifier (rc=%d)"
+    assert xl("pci-list", "nobody") == (1, "", "nobody is an invalid domain identifier (rc=-6)\n")
+    code, _, err = xl("pci-attach", "g", "09:00.0")
+    assert code == 1 and err.count("\n") == 1 and err.startswith("libxl: error: ")
+
+
+def test_create_config_errors(xl: Xl, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.cfg"
+    bad.write_bytes(b'name = "b\xff"\n')
+    code, _, err = xl("create", str(bad))
+    assert code == 1
+    assert err == f"Failed to read config file: {bad}: not UTF-8 (byte 0xff at offset 9)\n"
+    missing = tmp_path / "none.cfg"
+    assert xl("create", str(missing)) == (
+        1,
+        "",
+        f"Failed to read config file: {missing}: No such file or directory\n",
+    )
+    # a bad spec inside a cfg: the status is the parser's (xl exits with -e of xlu)
+    text = 'name = "b"\npci = ["03:00.0,bogus=1"]\n'
+    with pytest.raises(ValueError) as parse_error:
+        load_domain_config(text, str(bad))
+    bad.write_text(text)
+    code, out, err = xl("create", str(bad))
+    assert code == getattr(parse_error.value, "exit_code", 1) and code != 0
+    assert out == "" and err.startswith(f"Parsing config from {bad}\n")
+    assert len(err.splitlines()) == 2
+
+
+# -- domain 0 and domids -----------------------------------------------------------------
+
+
+def test_domain_0_is_addressable_and_never_destroyed(daemon: MachineDaemon, xl: Xl) -> None:
+    lines = xl.ok("list", "0").splitlines()
+    assert len(lines) == 2 and lines[1].split()[:2] == ["Domain-0", "0"]
+    assert xl.ok("list", "Domain-0").splitlines()[1].split()[:2] == ["Domain-0", "0"]
+    assert xl.ok("pci-list", "0") == ""  # no backend for dom0: nothing, status 0
+    for who in ("0", "Domain-0", "00"):
+        code, _, err = xl("destroy", who)
+        assert code == 1 and err.startswith("Not destroying domain 0"), err
+    assert daemon.machine is not None and daemon.machine.hv.domain(0)
+    assert xl("list", "77") == (1, "", "Error: Domain '77' does not exist.\n")
+
+
+def test_domids_follow_xens_allocator() -> None:
+    with Hypervisor() as hv:
+        a = hv.create_domain("a", 64).domid
+        hv.destroy_domain(a)
+        b = hv.create_domain("b", 64).domid
+        assert (a, b) == (1, 2)  # the freed id is not given again at once
+        hv._domid_last = DOMID_FIRST_RESERVED - 2
+        top = hv.create_domain("top", 64).domid
+        wrapped = hv.create_domain("wrapped", 64).domid
+        # after the last usable id the search wraps to 1 (free again) and skips 2 (in use)
+        assert (top, wrapped) == (DOMID_FIRST_RESERVED - 1, 1)
+        assert hv.create_domain("next", 64).domid == 3
+
+
+# -- list, list -l, info, dmesg ----------------------------------------------------------
+
+
+def test_list_times_and_default_memory(
+    daemon: MachineDaemon, xl: Xl, guest: int, tmp_path: Path
+) -> None:
+    assert daemon.machine is not None
+    cfg = tmp_path / "plain.cfg"
+    cfg.write_text('name = "plain"\n')
+    xl.ok("create", str(cfg))
+    rows = {ln.split()[0]: ln.split() for ln in xl.ok("list").splitlines()[1:]}
+    # libxl__domain_build_info_setdefault: max_memkb = 32 * 1024
+    assert rows["plain"][2] == str(DEFAULT_MEMORY_MIB) == "32"
+    plain = int(rows["plain"][1])
+    assert daemon.machine.hv.domain(plain).nr_pages * 4 == 32 * 1024
+    assert float(rows["Domain-0"][5]) > 0  # dom0 booted the machine: real CPU time
+
+    def burn() -> float:
+        sum(range(2_000_000))
+        # the vCPU thread's own CPU clock, read on that thread: the independent truth
+        return time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID)
+
+    used = daemon.machine.hv.domain(guest).call(burn, timeout=60)
+    (info,) = libxl(daemon).domain_list("g")
+    assert used > 0 and used <= info.cpu_time < used + 5
+    xl.ok("destroy", "plain")
+
+
+def test_list_long_is_libxl_json(daemon: MachineDaemon, xl: Xl, guest: int) -> None:
+    got = json.loads(xl.ok("list", "-l", "g"))
+    assert daemon.machine is not None
+    (entry,) = lp.device_pci_list(daemon.machine.xs, guest)  # the backend's own record
+    assert got == [
+        {
+            "domid": guest,
+            "config": {
+                "c_info": {"type": "pv", "name": "g", "domid": guest},
+                "b_info": {
+                    "max_vcpus": 1,
+                    "avail_vcpus": [0],
+                    "max_memkb": 48 * 1024,
+                    "target_memkb": 48 * 1024,
+                },
+                # libxl_device_pci_gen_json leaves out fields at 0/false: func, dev, domain
+                "pcidevs": [
+                    {"bus": 3, "vdevfn": entry.vdevfn, "rdm_policy": "strict", "name": "nic0"}
+                    if entry.name
+                    else {"bus": 3, "vdevfn": entry.vdevfn, "rdm_policy": "strict"}
+                ],
+            },
+        }
+    ]
+    assert entry.vdevfn == 5 << 3
+    everyone = json.loads(xl.ok("list", "--long"))
+    assert everyone[0]["domid"] == 0 and "domid" not in everyone[0]["config"]["c_info"]
+
+
+def test_info_fields_and_iommu(daemon: MachineDaemon, xl: Xl) -> None:
+    out = xl.ok("info")
+    fields = dict(ln.split(" : ", 1) if " : " in ln else (ln, "") for ln in out.splitlines())
+    fields = {k.rstrip(): v for k, v in fields.items()}
+    # xl_info.c: maybe_printf("%-23s: ...") order: node, physinfo, xeninfo, xend_config
+    names = list(fields)
+    assert names[:4] == ["host", "release", "version", "machine"]
+    assert names[-1] == "xend_config_format" and fields["xend_config_format"] == "4"
+    assert all(len(ln.split(":", 1)[0]) == 23 for ln in out.splitlines())
+    assert fields["host"] == os.uname().nodename
+    assert daemon.machine is not None
+    assert int(fields["total_memory"]) == daemon.machine.hv.machine.nr_frames * 4096 >> 20
+    assert fields["virt_caps"].split() == ["pv", "pv_directio"]  # directio: IOMMU on
+    assert (
+        fields["xen_version"] == f"{fields['xen_major']}.{fields['xen_minor']}{fields['xen_extra']}"
+    )
+    with Hypervisor(iommu=False) as hv:
+        assert dict(Libxl.host_info(_HostOnly(hv)))["virt_caps"] == "pv"  # type: ignore[arg-type]
+
+
+class _HostOnly:
+    """What ``Libxl.host_info`` reads: the hypervisor alone."""
+
+    def __init__(self, hv: Hypervisor) -> None:
+        self.hv = hv
+
+
+def test_dmesg_shows_refusals_and_faults(daemon: MachineDaemon, xl: Xl, guest: int) -> None:
+    m = daemon.machine
+    assert m is not None
+    xl.ok("dmesg", "-c")
+    assert xl.ok("dmesg") == ""
+    # the guest maps a frame it was never granted (arch/x86/mm.c refuses and prints)
+    with pytest.raises(HvError):
+        m.hv.domain(guest).hypercalls.mmio_map(0xFED00, 1)
+    # its NIC DMAs outside the guest's memory: the IOMMU faults
+    port = m.hv.iommu.dma_port(NIC.sbdf_int)
+    with pytest.raises(DmaFault):
+        port.read(0x7FFF_F000, 4)
+    lines = xl.ok("dmesg").splitlines()
+    assert lines == [
+        f"(XEN) d{guest}v0 d{guest} non-privileged attempt to map MMIO space fed00",
+        "(XEN) [VT-D]DMAR:[DMA Read] Request device [0000:03:00.0] fault addr 7ffff000",
+    ]
+    assert xl.ok("dmesg", "-c").splitlines() == lines
+    assert xl.ok("dmesg") == ""
+
+
+# -- help and lists ----------------------------------------------------------------------
+
+
+def test_help_anywhere_without_bool_placeholders(xl: Xl) -> None:
+    for args in (["pci-detach", "-h"], ["pci-detach", "g", "-h"], ["list", "-h"], ["-h"]):
+        code, out, _ = xl(*args)
+        assert code == 0 and "Usage:" in out and "<bool>" not in out, args
+    _, out, _ = xl("pci-assignable-list", "-h")
+    assert "--show-names" in out
+
+
+def test_assignable_list_format(xl: Xl, guest: int) -> None:
+    xl.ok("pci-assignable-add", "04:00.0")
+    xl.ok("pci-assignable-add", "-n", "mf", "06:00.0")
+    # xl_pci.c: printf("%04x:%02x:%02x.%01x %s\n", ..., name ?: "")
+    assert xl.ok("pci-assignable-list") == "0000:04:00.0 \n0000:06:00.0 \n"
+    assert xl.ok("pci-assignable-list", "--show-names") == "0000:04:00.0 \n0000:06:00.0 mf\n"
+    xl.ok("pci-assignable-remove", "mf")
+    xl.ok("pci-assignable-remove", "04:00.0")
+    assert xl.ok("pci-assignable-list") == ""
