@@ -81,10 +81,13 @@ def default_dir() -> Path:
 def lock_holders(path: Path) -> set[int] | None:
     """Pids holding a ``flock`` on ``path`` (from ``/proc/locks``), or None if unknown."""
     try:
-        st = path.stat()
         text = Path("/proc/locks").read_text()
     except OSError:
         return None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return set()  # no lock file: nobody holds it
     # "1: FLOCK  ADVISORY  WRITE 29846 fe:00:2148066 0 EOF" (major, minor in hex)
     want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     holders: set[int] = set()
