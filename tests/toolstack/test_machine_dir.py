@@ -74,11 +74,8 @@ def test_concurrent_starts_one_wins_nothing_of_it_deleted(run_dir: Path) -> None
         assert len(losers) == n - 1
         for code, err in losers:
             assert code == 1
-            assert (
-                err
-                == f"xenpci machine: a machine is already running in {run_dir} (pid {winner.pid})\n"
-                or err.startswith(f"xenpci machine: a machine is already running in {run_dir}")
-            ), err
+            # "(pid N)" when the winner had written its pid file by then
+            assert err.startswith(f"xenpci machine: a machine is already running in {run_dir}")
             assert err.count("\n") == 1
         # the winner's files are all there and it answers
         for name in ("control.sock", "xenstored.sock", PID_FILE, LOCK_FILE):
