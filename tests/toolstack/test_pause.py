@@ -247,3 +247,30 @@ def test_pause_during_a_pcifront_scan_then_destroy_is_prompt(
     # the scan did not go on as if devices answered: every op after the halt failed
     assert len(results) == 256 and results[-1] != 0
     assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
+
+
+def test_cancel_ends_a_backend_wait_at_once(machine: Machine) -> None:
+    """``Cancel``: a wait on a backend that will never change ends when cancelled (and a
+    wait that starts after the cancel ends at once), with no timeout involved."""
+    cancel = lp.Cancel()
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def wait() -> None:
+        started.set()
+        try:
+            # no backend for d77 yet: state absent; a huge timeout that must not matter
+            machine.xs.write(f"{lp.backend_path(77)}/state", "1")
+            lp.wait_for_backend_state(machine.xs, 77, S.XenbusStateConnected, 3600, cancel)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert started.wait(30)
+    cancel.cancel()
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], DomainGone) and errors[0].domid == 77
+    with pytest.raises(DomainGone):  # already cancelled: no wait at all
+        lp.wait_for_backend_state(machine.xs, 77, S.XenbusStateConnected, 3600, cancel)

@@ -65,6 +65,10 @@ class XlGroup(TyperGroup):
             line, code = error_line(e)
             typer.echo(line, err=True)
             raise typer.Exit(code) from None
+        except (KeyError, TypeError, IndexError) as e:
+            # a daemon answer of the wrong shape (another version?) or a bug: still one line
+            typer.echo(f"xl: internal error: unexpected answer from the machine ({e})", err=True)
+            raise typer.Exit(1) from None
 
 
 group = typer.Typer(

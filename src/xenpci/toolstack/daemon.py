@@ -88,14 +88,16 @@ def lock_holders(path: Path) -> set[int] | None:
         st = path.stat()
     except FileNotFoundError:
         return set()  # no lock file: nobody holds it
-    # "1: FLOCK  ADVISORY  WRITE 29846 fe:00:2148066 0 EOF" (major, minor in hex)
-    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    # "1: FLOCK  ADVISORY  WRITE 29846 fe:00:2148066 0 EOF": MAJ:MIN:INODE. Only the
+    # inode is compared: on overlay filesystems the device the kernel prints is the
+    # underlying one, not the st_dev stat() gives us (and the pid must match too).
+    want = str(st.st_ino)
     holders: set[int] = set()
     for line in text.splitlines():
         f = line.split()
         if "->" in f:  # a waiter ("1: -> FLOCK ..."), not a holder
             continue
-        if len(f) >= 6 and f[1] == "FLOCK" and f[5] == want and f[4].isdigit():
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5].rpartition(":")[2] == want and f[4].isdigit():
             holders.add(int(f[4]))
     return holders
 
