@@ -30,10 +30,15 @@ from typer.core import TyperGroup
 
 from xenpci.errors import XenpciError
 from xenpci.pci.address import SBDF
+from xenpci.toolstack import xlcfg
 from xenpci.toolstack.control import RemoteError
 from xenpci.toolstack.daemon import ControlClient, default_dir
 from xenpci.toolstack.errors import ToolstackError, XlError
 from xenpci.toolstack.xlcfg import PciDefaults, load_domain_config, parse_pci_spec
+
+#: The parser's deliberate differences from libxlutil 4.17's bugs, shown by
+#: ``xenpci xl --help`` (the parser owns the text; empty if it has none).
+_DIVERGENCES: str = getattr(xlcfg, "LIBXLUTIL_DIVERGENCES", "")
 
 
 def error_line(e: BaseException) -> tuple[str, int]:
@@ -73,8 +78,9 @@ class XlGroup(TyperGroup):
 
 group = typer.Typer(
     cls=XlGroup,
-    help="xl-style toolstack commands against a running machine. "
-    "libxlutil 4.17 bugs are not copied: see the README (xl).",
+    help="xl-style toolstack commands against a running machine."
+    # "\b": click keeps the paragraph's line breaks (a list) instead of re-wrapping it
+    + (f"\n\n\b\n{_DIVERGENCES}" if _DIVERGENCES else ""),
     no_args_is_help=True,
 )
 
@@ -132,6 +138,8 @@ def create(config: Path, allow_unsafe: AllowUnsafe = False) -> None:
         ) from None
     typer.echo(f"Parsing config from {config}", err=True)
     cfg = load_domain_config(text, str(config))  # xl parses; its errors carry the exit status
+    for warning in getattr(cfg, "warnings", ()):  # libxlutil's warnings, in its words
+        typer.echo(str(warning), err=True)
     r = _call("create", config=text, path=str(config), allow_unsafe=allow_unsafe)
     typer.echo(f"Domain {r['domid']} ({r['name'] or cfg.name}) created")
 
