@@ -274,3 +274,35 @@ def test_cancel_ends_a_backend_wait_at_once(machine: Machine) -> None:
     assert len(errors) == 1 and isinstance(errors[0], DomainGone) and errors[0].domid == 77
     with pytest.raises(DomainGone):  # already cancelled: no wait at all
         lp.wait_for_backend_state(machine.xs, 77, S.XenbusStateConnected, 3600, cancel)
+
+
+def test_destroy_of_one_guest_does_not_wait_on_anothers_detach(
+    machine: Machine, libxl: Libxl
+) -> None:
+    """Per-domain locks: a detach waiting on a paused guest holds only that guest's
+    lock, so destroying another guest meanwhile goes through (libxl's per-domain locks)."""
+    g = guest_with_nic(machine, libxl)
+    h = libxl.domain_create(load_domain_config('name="h"\nmemory=16\npci=["04:00.0"]'))
+    wait_node(machine.xs, f"{lp.frontend_path(h)}/state", "4", timeout=30)
+    libxl.domain_pause(h)
+    errors: list[BaseException] = []
+
+    def detach() -> None:
+        try:
+            libxl.pci_detach(h, spec("04:00.0"))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=detach)
+    t.start()
+    try:
+        # the detach has asked the paused guest to let go (state-0 Closing) and waits
+        wait_node(machine.xs, f"{lp.backend_path(h)}/state-0", "5", timeout=30)
+        libxl.domain_destroy(g)  # returns while the other domain's detach still waits
+        assert t.is_alive(), errors
+        assert [d.name for d in libxl.domain_list()] == ["Domain-0", "h"]
+    finally:
+        libxl.domain_unpause(h)
+        t.join(timeout=30)
+    assert not t.is_alive() and errors == []
+    assert libxl.pci_list(h) == []

@@ -32,8 +32,10 @@ Deliberate differences from libxl (each also said where it happens):
 - Locking: each domain has its own lock (libxl's per-domain userdata lock) and
   a :class:`~xenpci.toolstack.libxl_pci.Cancel`; ``domain_destroy`` cancels the
   domain's running operation (its wait ends at once), then takes the domain's
-  lock. The context lock is kept around device checks and grants (which span
-  domains), always taken after a domain's lock.
+  lock. Detach and destroy hold only that domain's lock; creation and attach
+  also hold the context lock (checks, claims and grants span domains, and as in
+  libxl the claim precedes the wait for the backend), always taken after a
+  domain's lock.
 """
 
 from __future__ import annotations
@@ -391,7 +393,10 @@ class Libxl:
             with self._records_lock:
                 if self.domains.get(rec.domid) is not rec:
                     return  # the cancelled operation destroyed it (a failed create does)
-            with self._traced("destroy", domain=str(dom)), self._lock:
+            # No context lock: tearing this domain down waits on nothing another
+            # domain's operation holds (its devices are its own; releasing one is safe
+            # against a concurrent attach, whose check sees it claimed until released).
+            with self._traced("destroy", domain=str(dom)):
                 self._domain_destroy(rec.domid)
 
     def _domain_destroy(self, dom: int | str) -> None:
@@ -604,6 +609,8 @@ class Libxl:
         what = str(spec.sbdf or spec.name)
         with self._records_lock:
             rec = self._domain(dom)
+        # The context lock too: as libxl, the claim and grants come before the wait for
+        # the backend (a hot-plug's wait on the guest holds it; destroy cancels it).
         with self._traced("pci-attach", domain=str(dom), spec=what), rec.lock, self._lock:
             self._check_alive(rec)
             self._seize_if_asked(spec)
@@ -813,7 +820,8 @@ class Libxl:
         what = str(spec.sbdf or spec.name)
         with self._records_lock:
             rec = self._domain(dom)
-        with self._traced("pci-detach", domain=str(dom), spec=what), rec.lock, self._lock:
+        # This domain's lock only: the Closing handshake waits on the guest.
+        with self._traced("pci-detach", domain=str(dom), spec=what), rec.lock:
             self._check_alive(rec)
             base = self.resolve(spec)
             attached = {e.sbdf for e in lp.device_pci_list(self.xs, rec.domid)}
