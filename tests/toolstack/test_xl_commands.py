@@ -296,3 +296,23 @@ def test_assignable_list_format(xl: Xl, guest: int) -> None:
     xl.ok("pci-assignable-remove", "mf")
     xl.ok("pci-assignable-remove", "04:00.0")
     assert xl.ok("pci-assignable-list") == ""
+
+
+def test_dmesg_shows_a_dropped_msix_write(daemon: MachineDaemon, xl: Xl, guest: int) -> None:
+    """The guest writes a message address in its NIC's MSI-X table: Xen ignores the
+    write to the read-only page and says so (arch/x86/mm.c)."""
+    m = daemon.machine
+    assert m is not None
+    (region,) = [r for r in m.hv.msixtbl.regions() if r.sbdf == NIC.sbdf_int]
+    first = region.table_paddr >> 12
+    xl.ok("dmesg", "-c")
+    mapping = m.hv.domain(guest).hypercalls.mmio_map(first, 1)
+    try:
+        offset = region.table_paddr & 0xFFF
+        mapping.write(offset, 4, 0xFEE0_0000)  # entry 0, Message Address: not the guest's
+    finally:
+        mapping.unmap()
+    assert xl.ok("dmesg").splitlines() == [
+        # "0x%"PRI_mfn"%03x" with PRI_mfn "05lx"
+        f"(XEN) d{guest}v0 ignoring write to R/O MMIO 0x{first:05x}{offset:03x} len 4"
+    ]

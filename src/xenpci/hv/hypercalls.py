@@ -323,7 +323,8 @@ class MmioMapping:
             # arch/x86/mm.c mmio_ro_emulated_write
             hv.console.gprintk(
                 self._hc.domid,
-                f"ignoring write to R/O MMIO {paddr >> PAGE_SHIFT:#x}"
+                # PRI_mfn is "05lx"
+                f"ignoring write to R/O MMIO 0x{paddr >> PAGE_SHIFT:05x}"
                 f"{paddr & (PAGE_SIZE - 1):03x} len {size}",
             )
         if out is not None:
@@ -581,7 +582,8 @@ class Hypercalls:
         if not self._hv.permissions.iomem_permitted(self.domid, first_mfn, last):
             # arch/x86/mm.c: "non-privileged attempt to map MMIO space".
             self._hv.console.gprintk(
-                self.domid, f"d{self.domid} non-privileged attempt to map MMIO space {first_mfn:x}"
+                self.domid,
+                f"d{self.domid} non-privileged attempt to map MMIO space {first_mfn:05x}",
             )
             raise MmioDenied(
                 f"d{self.domid} may not map mfns {first_mfn:#x}..{last:#x}",
