@@ -900,18 +900,30 @@ class Libxl:
 def _vcpu_seconds(hv: Hypervisor, domid: int) -> float:
     """CPU time the domain's vCPU thread has used (``xc_domain_getinfo``'s ``cpu_time``).
 
-    Read from the thread's own CPU clock; a domain without a thread (the
-    deterministic scheduler runs work on the caller's) reports 0.
+    Read from Linux's per-thread accounting (``/proc/self/task/TID/schedstat``,
+    nanoseconds; else ``stat``'s utime+stime in clock ticks), by the thread's id:
+    a thread that ended meanwhile simply reads as 0 (asking a dead thread's
+    pthread CPU clock would be undefined behaviour). A domain without a thread
+    (the deterministic scheduler runs work on the caller's) reports 0.
     """
     try:
         ident = hv.domain(domid).vcpu.ident
     except HvError:
         return 0.0
-    if ident is None:
+    thread = next((t for t in threading.enumerate() if t.ident == ident), None)
+    if ident is None or thread is None or thread.native_id is None:
         return 0.0
+    task = f"/proc/self/task/{thread.native_id}"
     try:
-        return time.clock_gettime(time.pthread_getcpuclockid(ident))
-    except (OSError, ValueError):
+        with open(f"{task}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"{task}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
         return 0.0  # the thread ended between the lookup and the read
 
 
