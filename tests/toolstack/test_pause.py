@@ -306,3 +306,14 @@ def test_destroy_of_one_guest_does_not_wait_on_anothers_detach(
         t.join(timeout=30)
     assert not t.is_alive() and errors == []
     assert libxl.pci_list(h) == []
+
+
+def test_a_name_xenstore_refuses_leaves_no_domain(machine: Machine, libxl: Libxl) -> None:
+    """A domain whose XenStore home cannot be written is undone: no hypervisor domain
+    and no toolstack record are left (the XenStore client's own E2BIG refusal, which
+    keeps the connection usable, is the XenStore layer's)."""
+    with pytest.raises(Exception) as e:  # E2BIG from the client, or the closed link
+        libxl.domain_create(load_domain_config('name="' + "n" * 5000 + '"'))
+    assert "Traceback" not in str(e.value)
+    assert [d.domid for d in machine.hv.domains()] == [0]
+    assert libxl.domains == {}
