@@ -155,6 +155,7 @@ def test_domain_0_is_addressable_and_never_destroyed(daemon: MachineDaemon, xl: 
         assert code == 1 and err.startswith("Not destroying domain 0"), err
     assert daemon.machine is not None and daemon.machine.hv.domain(0)
     assert xl("list", "77") == (1, "", "Error: Domain '77' does not exist.\n")
+    assert xl("list", "nobody") == (1, "", "nobody is an invalid domain identifier (rc=-6)\n")
 
 
 def test_domids_follow_xens_allocator() -> None:

@@ -416,8 +416,8 @@ class Libxl:
 
     def domain_list(self, dom: int | str | None = None) -> list[DomainInfo]:
         """``xl list [DOMAIN]``: dom0 first, then guests by domid (answers even while an
-        attach waits). A domain that does not exist is xl's "Error: Domain ... does
-        not exist."."""
+        attach waits). An unknown name is ``find_domain``'s error; a domid that does
+        not exist is ``main_list``'s "Error: Domain ... does not exist."."""
         with self._records_lock:
             guest_time = {
                 rec.domid: _vcpu_seconds(self.hv, rec.domid) for rec in self.domains.values()
@@ -442,10 +442,7 @@ class Libxl:
                 )
             if dom is None:
                 return out
-            try:
-                domid = self._domid_of(dom)
-            except XlError:
-                domid = -1
+            domid = self._domid_of(dom)  # a name must exist (find_domain), a number need not
             picked = [d for d in out if d.domid == domid]
             if not picked:
                 raise XlError(
