@@ -286,6 +286,10 @@ def test_help_anywhere_without_bool_placeholders(xl: Xl) -> None:
         assert code == 0 and "Usage:" in out and "<bool>" not in out, args
     _, out, _ = xl("pci-assignable-list", "-h")
     assert "--show-names" in out
+    # xl.c / def_getopt: unknown command 1, an option not supported or a missing argument 2
+    assert xl("no-such-command") == (1, "", "command not implemented\n")
+    assert xl("pci-list", "-q", "g")[0] == 2
+    assert xl("pci-attach", "g")[0] == 2
 
 
 def test_assignable_list_format(xl: Xl, guest: int) -> None:

@@ -63,6 +63,14 @@ def error_line(e: BaseException) -> tuple[str, int]:
 class XlGroup(TyperGroup):
     """The ``xl`` group: any error of a command ends as one line and its exit status."""
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        # xl.c: an unknown command is "command not implemented", EXIT_FAILURE (click
+        # would say "No such command" and exit 2, xl's status for bad arguments)
+        if args and not args[0].startswith("-") and self.get_command(ctx, args[0]) is None:
+            typer.echo("command not implemented", err=True)
+            raise typer.Exit(1)
+        return super().resolve_command(ctx, args)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
