@@ -12,20 +12,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from tests.interop import require_executable, require_file
 from xenpci.cli.main import app
 from xenpci.hv import Hypervisor
 from xenpci.hv.domain import DOMID_FIRST_RESERVED
 from xenpci.hv.errors import DmaFault, HvError
 from xenpci.pci.address import SBDF
 from xenpci.toolstack import libxl_pci as lp
-from xenpci.toolstack.daemon import MachineDaemon
+from xenpci.toolstack.daemon import ControlClient, MachineDaemon
 from xenpci.toolstack.host import HostDescription
 from xenpci.toolstack.libxl import DEFAULT_MEMORY_MIB, Libxl
 from xenpci.toolstack.xlcfg import load_domain_config
@@ -200,33 +203,46 @@ def test_list_times_and_default_memory(
     xl.ok("destroy", "plain")
 
 
-def test_list_long_is_libxl_json(daemon: MachineDaemon, xl: Xl, guest: int) -> None:
-    got = json.loads(xl.ok("list", "-l", "g"))
+@pytest.fixture(scope="module")
+def libxl_json_oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/toolstack/libxl_json_oracle.c built against Debian's libxenlight 4.17."""
+    gcc = require_executable("gcc")
+    require_file("/usr/include/libxl.h")
+    out = tmp_path_factory.mktemp("oracle") / "libxl_json_oracle"
+    src = Path(__file__).with_name("libxl_json_oracle.c")
+    subprocess.run([gcc, "-O1", str(src), "-o", str(out), "-lxenlight"], check=True, timeout=120)
+    return out
+
+
+def libxl_json(oracle: Path, info: dict[str, Any], pcis: list[lp.PciBackendEntry]) -> Any:
+    """What libxenlight writes for this domain (only the modelled fields set)."""
+    args = [str(oracle), info["name"], str(info["domid"]), str(info["vcpus"])]
+    args.append(str(info["memory"] * 1024))
+    for e in pcis:
+        opts = dict(kv.split("=") for kv in (e.opts or "").split(","))
+        args.append(
+            f"{e.sbdf},{e.vdevfn:x},{opts['msitranslate']},{opts['power_mgmt']},"
+            f"{opts['permissive']},{int(opts['rdm_policy'] == 'relaxed')},{e.name or '-'}"
+        )
+    r = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60)
+    return json.loads(r.stdout)
+
+
+@pytest.mark.interop
+def test_list_long_is_libxenlights_json(
+    daemon: MachineDaemon, xl: Xl, guest: int, libxl_json_oracle: Path
+) -> None:
     assert daemon.machine is not None
-    (entry,) = lp.device_pci_list(daemon.machine.xs, guest)  # the backend's own record
-    assert got == [
-        {
-            "domid": guest,
-            "config": {
-                "c_info": {"type": "pv", "name": "g", "domid": guest},
-                "b_info": {
-                    "max_vcpus": 1,
-                    "avail_vcpus": [0],
-                    "max_memkb": 48 * 1024,
-                    "target_memkb": 48 * 1024,
-                },
-                # libxl_device_pci_gen_json leaves out fields at 0/false: func, dev, domain
-                "pcidevs": [
-                    {"bus": 3, "vdevfn": entry.vdevfn, "rdm_policy": "strict", "name": "nic0"}
-                    if entry.name
-                    else {"bus": 3, "vdevfn": entry.vdevfn, "rdm_policy": "strict"}
-                ],
-            },
-        }
-    ]
-    assert entry.vdevfn == 5 << 3
-    everyone = json.loads(xl.ok("list", "--long"))
-    assert everyone[0]["domid"] == 0 and "domid" not in everyone[0]["config"]["c_info"]
+    got = json.loads(xl.ok("list", "-l"))
+    assert [e["domid"] for e in got] == [0, guest]
+    with ControlClient(daemon.run_dir) as c:
+        infos = {d["domid"]: d for d in c.call("list")}
+    for entry in got:
+        domid = entry["domid"]
+        pcis = lp.device_pci_list(daemon.machine.xs, domid)  # the backend's own record
+        assert entry["config"] == libxl_json(libxl_json_oracle, infos[domid], pcis), domid
+    (nic,) = lp.device_pci_list(daemon.machine.xs, guest)
+    assert nic.vdevfn == 5 << 3 and got[1]["config"]["pcidevs"][0]["bus"] == 3
 
 
 def test_info_fields_and_iommu(daemon: MachineDaemon, xl: Xl) -> None:

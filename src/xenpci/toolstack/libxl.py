@@ -455,7 +455,9 @@ class Libxl:
         libxl's JSON shape (``printf_info_one_json``), for the fields modelled.
 
         As libxl's generated ``*_gen_json``, a field at its default (0, false,
-        empty) is left out; enums are their lower-case names.
+        empty) is left out, an aggregate always written; enums are their
+        lower-case names. Checked against libxenlight's own
+        ``libxl_domain_config_to_json`` in the tests.
         """
         infos = self.domain_list(dom)
         out: list[dict[str, object]] = []
@@ -469,6 +471,11 @@ class Libxl:
                 "avail_vcpus": list(range(info.vcpus)),
                 "max_memkb": memkb,
                 "target_memkb": memkb,
+                # aggregates libxl's generator always writes, empty at their defaults
+                "sched_params": {},
+                "type.pv": {},
+                "arch_arm": {},
+                "arch_x86": {},
             }
             pcidevs = [_pci_json(e) for e in lp.device_pci_list(self.xs, info.domid)]
             config: dict[str, object] = {"c_info": c_info, "b_info": b_info}
