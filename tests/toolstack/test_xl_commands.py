@@ -9,6 +9,7 @@ not from the code under test.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -337,3 +338,83 @@ def test_dmesg_shows_a_dropped_msix_write(daemon: MachineDaemon, xl: Xl, guest: 
         # "0x%"PRI_mfn"%03x" with PRI_mfn "05lx"
         f"(XEN) d{guest}v0 ignoring write to R/O MMIO 0x{first:05x}{offset:03x} len 4"
     ]
+
+
+# -- the real xl as the oracle -----------------------------------------------------------
+
+
+def require_real_xl() -> str:
+    """Debian's xl 4.17 (xen-utils, unpacked by ./dev under $XENPCI_XEN_UTILS)."""
+    roots = [os.environ.get("XENPCI_XEN_UTILS", ""), ""]
+    for r in roots:
+        for path in sorted(glob.glob(f"{r}/usr/lib/xen-*/bin/xl"), reverse=True):
+            if os.access(path, os.X_OK):
+                return path
+    return require_executable("xl")
+
+
+@pytest.fixture(scope="module")
+def real_xl(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """The real xl and tests/toolstack/xl_shim.c built to preload under it."""
+    xl_path = require_real_xl()
+    gcc = require_executable("gcc")
+    require_file("/usr/include/libxl.h")
+    shim = tmp_path_factory.mktemp("shim") / "xl_shim.so"
+    src = Path(__file__).with_name("xl_shim.c")
+    subprocess.run(
+        [gcc, "-shared", "-fPIC", "-O1", str(src), "-o", str(shim)], check=True, timeout=120
+    )
+    return xl_path, shim
+
+
+@pytest.mark.interop
+def test_messages_and_statuses_are_real_xls(
+    daemon: MachineDaemon, xl: Xl, guest: int, real_xl: tuple[str, Path]
+) -> None:
+    """The same command lines to Debian's xl (its Xen calls answered from our machine's
+    state by a preloaded shim) and to ours: same exit status, same lines."""
+    xl_path, shim = real_xl
+    xl.ok("pci-assignable-add", "04:00.0")
+    try:
+        with ControlClient(daemon.run_dir) as c:
+            domains = ",".join(f"{d['domid']}:{d['name']}" for d in c.call("list"))
+            pool = ",".join(f"{d['bdf']}={d['name'] or ''}" for d in c.call("pci-assignable-list"))
+        env = {
+            **os.environ,
+            "LD_PRELOAD": str(shim),
+            "XL_SHIM_DOMAINS": domains,
+            "XL_SHIM_ASSIGNABLE": pool,
+        }
+
+        def real(*args: str) -> tuple[int, str, str]:
+            r = subprocess.run(
+                [xl_path, *args], env=env, capture_output=True, text=True, timeout=60
+            )
+            return r.returncode, r.stdout, r.stderr
+
+        exact = [
+            ("no-such-command",),
+            ("pci-list", "nobody"),
+            ("list", "77"),
+            ("list", "nobody"),
+            ("pci-assignable-add", "3:zz"),
+            ("pci-assignable-remove", "zz-zz"),
+            ("pci-assignable-list",),
+            ("pci-assignable-list", "-n"),
+            ("pci-assignable-list", "--show-names"),
+        ]
+        for args in exact:
+            assert xl(*args) == real(*args), args
+        # xlu's own diagnostic comes first (libxlutil leaves out its newline); xl's line last
+        for args in (("pci-attach", "g", "zz"), ("pci-detach", "g", "03:00.0,nosuch=1")):
+            code, _, err = xl(*args)
+            rcode, _, rerr = real(*args)
+            assert code == rcode == 2 and rerr.endswith(err.splitlines()[-1] + "\n"), args
+        for who in ("0", "Domain-0"):  # xl also offers -f, which xenpci does not
+            code, _, err = xl("destroy", who)
+            rcode, _, rerr = real("destroy", who)
+            assert code == rcode == 1 and rerr.startswith(err.rstrip("\n")), (err, rerr)
+        for args in (("pci-list", "-q", "g"), ("pci-attach", "g"), ("pci-attach", "-h")):
+            assert xl(*args)[0] == real(*args)[0], args  # click's words, xl's statuses
+    finally:
+        xl.ok("pci-assignable-remove", "04:00.0")
