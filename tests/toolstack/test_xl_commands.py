@@ -418,3 +418,41 @@ def test_messages_and_statuses_are_real_xls(
             assert xl(*args)[0] == real(*args)[0], args  # click's words, xl's statuses
     finally:
         xl.ok("pci-assignable-remove", "04:00.0")
+
+
+@pytest.mark.interop
+def test_list_and_pci_list_formats_are_real_xls(
+    daemon: MachineDaemon, xl: Xl, guest: int, real_xl: tuple[str, Path]
+) -> None:
+    """``xl list`` and ``xl pci-list`` printed by Debian's xl from our machine's state
+    (domains from the control API, devices from the backend's keys) and by ours."""
+    assert daemon.machine is not None
+    xl_path, shim = real_xl
+    with ControlClient(daemon.run_dir) as c:
+        listed = c.call("list")
+    domains = ",".join(
+        f"{d['domid']}:{d['name']}:{d['memory'] * 1024}:{d['vcpus']}:{d['state']}:"
+        f"{int(d['time'] * 1e9)}"
+        for d in listed
+    )
+    pcis = ",".join(
+        f"{d['domid']}={e.sbdf}@{e.vdevfn:x}"
+        for d in listed
+        for e in lp.device_pci_list(daemon.machine.xs, d["domid"])
+    )
+    env = {**os.environ, "LD_PRELOAD": str(shim), "XL_SHIM_DOMAINS": domains, "XL_SHIM_PCI": pcis}
+
+    def real(*args: str) -> str:
+        r = subprocess.run([xl_path, *args], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    for args in (("pci-list", "g"), ("pci-list", "0")):
+        assert xl.ok(*args) == real(*args), args
+    for args in (("list",), ("list", "g"), ("list", "0")):
+        ours, theirs = xl.ok(*args).splitlines(), real(*args).splitlines()
+        assert ours[0] == theirs[0] and len(ours) == len(theirs), args
+        for a, b in zip(ours[1:], theirs[1:], strict=True):
+            # Time(s) moves between the two reads (dom0 keeps running): all but its value
+            assert len(a) == len(b) and a[:-8] == b[:-8], (a, b)
+            assert re.fullmatch(r" *\d+\.\d", a[-8:]), a
