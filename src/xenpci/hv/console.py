@@ -10,7 +10,9 @@ overwrites the oldest bytes, possibly half a line); its bound is a line count.
 Only what this model detects is printed: IOMMU faults, writes dropped on a
 protected (MSI-X) page, and refused mappings or interrupt bindings. Xen prints
 the mapping refusal with ``gdprintk`` (debug builds only); we always print it,
-because that refusal is the point of the demo's second guest.
+because that refusal is the point of the demo's second guest. The lines for a
+refused I/O port access and a refused pirq binding are ours: Xen refuses those
+silently (a #GP, an error code).
 """
 
 from __future__ import annotations
