@@ -151,7 +151,7 @@ def test_service_answers_every_failure_without_raising() -> None:
     svc = ControlService(Boom(), lambda: {})  # type: ignore[arg-type]
     cases = {
         b'{"id": 1, "op": "list"}': "internal error",
-        b'{"id": 2, "op": "destroy", "args": {"domain": 9}}': "NoSuchDomain",
+        b'{"id": 2, "op": "destroy", "args": {"domain": 9}}': "d9 does not exist",
         b'{"id": 3, "op": "destroy", "args": {"domain": [1]}}': "domain",
         b'{"id": 4, "op": "pci-attach", "args": {"domain": "g", "spec": 5}}': "spec",
         b'{"id": 5, "op": "pci-assignable-add", "args": {"bdf": "zz:00.0"}}': "bad PCI address",
@@ -162,4 +162,6 @@ def test_service_answers_every_failure_without_raising() -> None:
         resp = svc.handle_line(line)
         assert not resp.ok and resp.error is not None
         assert want in resp.error["message"], (line, resp.error)
+        # users read these: no Python class names, no reprs
+        assert "Error" not in resp.error["message"] and "(" not in resp.error["message"][:1]
         assert resp.id == json.loads(line)["id"]

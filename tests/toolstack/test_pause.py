@@ -69,7 +69,7 @@ def test_pause_counts_and_list_flags(machine: Machine, libxl: Libxl) -> None:
     with pytest.raises(PauseError) as e:
         libxl.domain_unpause("g")  # Xen: unpausing a domain the controller did not pause
     assert e.value.errno == "EINVAL" and e.value.domid == domid
-    with pytest.raises(ToolstackError, match="does not exist"):
+    with pytest.raises(ToolstackError, match="nobody is an invalid domain identifier"):
         libxl.domain_pause("nobody")
 
 
@@ -247,3 +247,73 @@ def test_pause_during_a_pcifront_scan_then_destroy_is_prompt(
     # the scan did not go on as if devices answered: every op after the halt failed
     assert len(results) == 256 and results[-1] != 0
     assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
+
+
+def test_cancel_ends_a_backend_wait_at_once(machine: Machine) -> None:
+    """``Cancel``: a wait on a backend that will never change ends when cancelled (and a
+    wait that starts after the cancel ends at once), with no timeout involved."""
+    cancel = lp.Cancel()
+    errors: list[BaseException] = []
+    started = threading.Event()
+
+    def wait() -> None:
+        started.set()
+        try:
+            # no backend for d77 yet: state absent; a huge timeout that must not matter
+            machine.xs.write(f"{lp.backend_path(77)}/state", "1")
+            lp.wait_for_backend_state(machine.xs, 77, S.XenbusStateConnected, 3600, cancel)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    assert started.wait(30)
+    cancel.cancel()
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], DomainGone) and errors[0].domid == 77
+    with pytest.raises(DomainGone):  # already cancelled: no wait at all
+        lp.wait_for_backend_state(machine.xs, 77, S.XenbusStateConnected, 3600, cancel)
+
+
+def test_destroy_of_one_guest_does_not_wait_on_anothers_detach(
+    machine: Machine, libxl: Libxl
+) -> None:
+    """Per-domain locks: a detach waiting on a paused guest holds only that guest's
+    lock, so destroying another guest meanwhile goes through (libxl's per-domain locks)."""
+    g = guest_with_nic(machine, libxl)
+    h = libxl.domain_create(load_domain_config('name="h"\nmemory=16\npci=["04:00.0"]'))
+    wait_node(machine.xs, f"{lp.frontend_path(h)}/state", "4", timeout=30)
+    libxl.domain_pause(h)
+    errors: list[BaseException] = []
+
+    def detach() -> None:
+        try:
+            libxl.pci_detach(h, spec("04:00.0"))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=detach)
+    t.start()
+    try:
+        # the detach has asked the paused guest to let go (state-0 Closing) and waits
+        wait_node(machine.xs, f"{lp.backend_path(h)}/state-0", "5", timeout=30)
+        libxl.domain_destroy(g)  # returns while the other domain's detach still waits
+        assert t.is_alive(), errors
+        assert [d.name for d in libxl.domain_list()] == ["Domain-0", "h"]
+    finally:
+        libxl.domain_unpause(h)
+        t.join(timeout=30)
+    assert not t.is_alive() and errors == []
+    assert libxl.pci_list(h) == []
+
+
+def test_a_name_xenstore_refuses_leaves_no_domain(machine: Machine, libxl: Libxl) -> None:
+    """A domain whose XenStore home cannot be written is undone: no hypervisor domain
+    and no toolstack record are left (the XenStore client's own E2BIG refusal, which
+    keeps the connection usable, is the XenStore layer's)."""
+    with pytest.raises(Exception) as e:  # E2BIG from the client, or the closed link
+        libxl.domain_create(load_domain_config('name="' + "n" * 5000 + '"'))
+    assert "Traceback" not in str(e.value)
+    assert [d.domid for d in machine.hv.domains()] == [0]
+    assert libxl.domains == {}

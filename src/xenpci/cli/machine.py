@@ -9,6 +9,7 @@ and returns once it answers. The machine directory comes from ``--dir`` or
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -72,7 +73,7 @@ def start(
         _fail(str(e))
         return
     if no_iommu:
-        desc = HostDescription(iommu=False, sources=desc.sources)
+        desc = dataclasses.replace(desc, iommu=False)
     if daemon:
         _start_daemon(run_dir, host, no_iommu, timeout)
         return
@@ -112,9 +113,14 @@ def _start_daemon(run_dir: Path, host: Path | None, no_iommu: bool, timeout: flo
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if child.poll() is not None:
-            text = log.read_text(errors="replace")
+            text = log.read_text(errors="replace").strip()
             log.unlink(missing_ok=True)
-            _fail(f"the machine exited at start (status {child.returncode}):\n{text}")
+            # the child's own one-line error (it failed before serving) is the message
+            typer.echo(
+                text or f"xenpci machine: the machine exited at start (status {child.returncode})",
+                err=True,
+            )
+            raise typer.Exit(1)
         if read_pid(run_dir) == child.pid:
             try:
                 with ControlClient(run_dir, timeout=5) as c:

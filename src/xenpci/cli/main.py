@@ -16,6 +16,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: a flag shows as ``-r``, not ``-r <bool>``, as xl's help does.
+    rich_markup_mode=None,
+    # xl takes -h anywhere (SWITCH_FOREACH_OPT); so does every xenpci command.
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 for _group in (demo, xenstored, pci, guest_view, machine, xl, check, compare):

@@ -319,6 +319,14 @@ class MmioMapping:
             size=size,
             verdict=verdict,
         )
+        if verdict == "dropped":
+            # arch/x86/mm.c mmio_ro_emulated_write
+            hv.console.gprintk(
+                self._hc.domid,
+                # PRI_mfn is "05lx"
+                f"ignoring write to R/O MMIO 0x{paddr >> PAGE_SHIFT:05x}"
+                f"{paddr & (PAGE_SIZE - 1):03x} len {size}",
+            )
         if out is not None:
             hv.iobus.mmio_write(paddr, size, out)
 
@@ -583,6 +591,10 @@ class Hypercalls:
         last = check_iomem(first_mfn, nr_mfns)
         if not self._hv.permissions.iomem_permitted(self.domid, first_mfn, last):
             # arch/x86/mm.c: "non-privileged attempt to map MMIO space".
+            self._hv.console.gprintk(
+                self.domid,
+                f"d{self.domid} non-privileged attempt to map MMIO space {first_mfn:05x}",
+            )
             raise MmioDenied(
                 f"d{self.domid} may not map mfns {first_mfn:#x}..{last:#x}",
                 op="mmio_map",
@@ -596,6 +608,9 @@ class Hypercalls:
         check_access(port, size)
         last = check_ioports(port, size)
         if not self._hv.permissions.ioports_permitted(self.domid, port, last):
+            self._hv.console.gprintk(
+                self.domid, f"d{self.domid} refused access to I/O ports {port:#x}-{last:#x}"
+            )
             raise MmioDenied(
                 f"d{self.domid} may not access ports {port:#x}..{last:#x}",
                 op=op,

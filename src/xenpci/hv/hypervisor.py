@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
+from xenpci.hv.console import Console
 from xenpci.hv.domain import DOMID_FIRST_RESERVED, Domain
 from xenpci.hv.errors import (
     DomainExists,
@@ -56,6 +57,8 @@ class Hypervisor:
         deterministic: bool = False,
     ) -> None:
         self.trace = trace if trace is not None else Trace()
+        #: The console ring (``xl dmesg``): faults and refusals, where they are detected.
+        self.console = Console()
         #: With ``deterministic=True`` no vCPU threads exist: work runs on the caller's
         #: thread when driven (``run_until_idle``, ``Domain.call``), in FIFO order.
         self.scheduler = Scheduler() if deterministic else None
@@ -71,13 +74,16 @@ class Hypervisor:
         #: Per guest: granted BAR frames whose memory decode the guest turned off (unmapped).
         self.decode_off: dict[int, RangeSet] = {}
         self.decode_generation = 0
-        self.iommu = Iommu(self.machine, self._p2m_of, self.trace, enabled=iommu)
+        self.iommu = Iommu(
+            self.machine, self._p2m_of, self.trace, enabled=iommu, console=self.console
+        )
         self._lock = threading.RLock()
         self._domains: dict[int, Domain] = {}
         self._names: set[str] = set()
         self._pirqs: dict[int, tuple[int, int | str]] = {}
         self._pirq_of_source: dict[int | str, int] = {}
         self._closed = False
+        self._domid_last = 0  # domid_alloc's domid_last: the search starts after it
         self.dom0 = self._create_domain("Domain-0", dom0_memory_kib, 0, privileged=True)
 
     @property
@@ -123,7 +129,7 @@ class Hypervisor:
             if self._closed:
                 raise InvalidArgument("the hypervisor has shut down", op=op)
             if domid is None:
-                domid = next(d for d in range(1, DOMID_FIRST_RESERVED) if d not in self._domains)
+                domid = self._domid_alloc()
             if not 0 <= domid < DOMID_FIRST_RESERVED or (domid == 0 and not privileged):
                 raise InvalidArgument(f"domid {domid} is reserved or out of range", op=op)
             if domid in self._domains:
@@ -146,6 +152,19 @@ class Hypervisor:
             self._domains[domid] = dom
             self._names.add(name)
         return dom
+
+    def _domid_alloc(self) -> int:
+        """``domid_alloc(DOMID_ANY)`` (``xen/common/domid.c``): the first free id after
+        the last one given, wrapping to 1; a freed id is not given again at once."""
+        order = [
+            *range(self._domid_last + 1, DOMID_FIRST_RESERVED),
+            *range(1, self._domid_last + 1),
+        ]
+        domid: int | None = next((d for d in order if d not in self._domains), None)
+        if domid is None:
+            raise InvalidArgument("no free domid", errno="ENOSPC", op="domctl_createdomain")
+        self._domid_last = domid
+        return domid
 
     def _destroy_domain(self, domid: int) -> None:
         op = "domctl_destroydomain"
@@ -305,6 +324,7 @@ class Hypervisor:
         if entry is None or entry[0] != domid:
             raise EvtchnError(f"pirq {pirq} is not mapped to d{domid}", op=op, domid=domid)
         if not self.permissions.irq_permitted(domid, pirq):
+            self.console.gprintk(domid, f"refused binding of pirq {pirq}: not permitted")
             raise PermissionDenied(f"d{domid} may not use pirq {pirq}", op=op, domid=domid)
 
     def pirq_owner(self, pirq: int) -> int | None:

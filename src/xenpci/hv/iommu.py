@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from xenpci.hv.console import Console
 from xenpci.hv.errors import DeviceError, DmaFault, InvalidArgument
 from xenpci.hv.memory import P2M, PAGE_SHIFT, PAGE_SIZE, MachineMemory
 from xenpci.trace import Trace
@@ -64,9 +65,11 @@ class Iommu:
         trace: Trace,
         *,
         enabled: bool = True,
+        console: Console | None = None,
     ) -> None:
         self.machine = machine
         self.enabled = enabled
+        self.console = console
         self._p2m_of = p2m_of
         self._trace = trace
         self._lock = threading.Lock()
@@ -166,6 +169,12 @@ class Iommu:
             rec = FaultRecord(sbdf, bus_addr, n, write, owner if self.enabled else None)
             with self._lock:
                 self.faults.append(rec)
+            if self.console is not None and self.enabled:
+                # vtd/iommu.c iommu_page_fault_do_one (type 1 is a read)
+                self.console.printk(
+                    f"[VT-D]DMAR:[DMA {'Write' if write else 'Read'}] Request device "
+                    f"[{format_sbdf(sbdf)}] fault addr {bus_addr:x}"
+                )
             self._trace.record(
                 "dma_fault",
                 owner,

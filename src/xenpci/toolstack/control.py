@@ -10,7 +10,8 @@ The socket loops live in :mod:`xenpci.toolstack.daemon`.
 Request:  ``{"id": 1, "op": "pci-attach", "args": {"domain": "guest1", "spec": "03:00.0"}}``
 Response: ``{"id": 1, "ok": true, "result": ...}`` or
 ``{"id": 1, "ok": false, "error": {"type": "Refused", "code": -3, "reason": "...",
-"message": "..."}}``; ``code`` is libxl's error code.
+"message": "...", "exit_code": 1}}``; ``code`` is libxl's error code, ``exit_code``
+the status xl exits with (2 or 6 for what the parser rejects, else 1).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 
 from xenpci.errors import XenpciError
 from xenpci.pci.address import SBDF
-from xenpci.toolstack.errors import LibxlErrorCode, Refused, ToolstackError
+from xenpci.toolstack.errors import LibxlErrorCode, Refused, ToolstackError, XlError
 from xenpci.toolstack.libxl import Libxl
-from xenpci.toolstack.xlcfg import PciDefaults, load_domain_config, parse_pci_spec
+from xenpci.toolstack.xlcfg import PciDefaults, XlCfgError, load_domain_config, parse_pci_spec
 
 MAX_LINE = 1 << 20  # an xl.cfg file fits many times over; a hostile client cannot grow us
 
@@ -40,14 +41,26 @@ class ControlProtocolError(ToolstackError):
 class RemoteError(ToolstackError):
     """An error the daemon reported: its type name, libxl code and refusal reason, if any."""
 
-    def __init__(self, type_name: str, code: int, message: str, reason: str | None) -> None:
+    def __init__(
+        self,
+        type_name: str,
+        code: int,
+        message: str,
+        reason: str | None,
+        exit_code: int = 1,
+        *,
+        xl: bool = False,
+    ) -> None:
         self.type_name = type_name
         self.reason = reason
+        #: xl's own message (print as is) rather than a libxl error
+        self.xl = xl
         try:
             lcode = LibxlErrorCode(code)
         except ValueError:
             lcode = LibxlErrorCode.ERROR_FAIL
-        super().__init__(message, lcode)
+        # an exit status is a byte; anything else a daemon sends is plain failure
+        super().__init__(message, lcode, exit_code=exit_code if 0 < exit_code < 256 else 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,20 +90,18 @@ class Response:
 
     @classmethod
     def failure(cls, rid: int | None, exc: BaseException) -> Response:
-        if isinstance(exc, ToolstackError):
-            err = {
-                "type": type(exc).__name__,
-                "code": int(exc.code),
-                "message": exc.message,
-                "reason": getattr(exc, "reason", None),
-            }
-        else:
-            err = {
-                "type": type(exc).__name__,
-                "code": int(LibxlErrorCode.ERROR_FAIL),
-                "message": str(exc),
-                "reason": None,
-            }
+        exit_code = getattr(exc, "exit_code", 1)
+        err = {
+            "type": type(exc).__name__,
+            "code": int(exc.code)
+            if isinstance(exc, ToolstackError)
+            else int(LibxlErrorCode.ERROR_FAIL),
+            "message": exc.message if isinstance(exc, ToolstackError) else str(exc),
+            "reason": getattr(exc, "reason", None),
+            "exit_code": exit_code if isinstance(exit_code, int) else 1,
+            # xl's own message (printed as is), not a libxl log line
+            "xl": isinstance(exc, XlError),
+        }
         return cls(rid, False, error=err)
 
     def unwrap(self) -> Any:
@@ -98,11 +109,14 @@ class Response:
         if self.ok:
             return self.result
         e = self.error or {}
+        code, exit_code, reason = e.get("code", -3), e.get("exit_code", 1), e.get("reason")
         raise RemoteError(
             str(e.get("type", "Error")),
-            int(e.get("code", -3)),
+            code if isinstance(code, int) else -3,
             str(e.get("message", "unknown error")),
-            e.get("reason"),
+            reason if isinstance(reason, str) else None,
+            exit_code if isinstance(exit_code, int) else 1,
+            xl=e.get("xl") is True,
         )
 
 
@@ -199,6 +213,10 @@ def _domain(args: dict[str, Any]) -> int | str:
     return int(v) if isinstance(v, str) and v.isdigit() else v
 
 
+def _opt_domain(args: dict[str, Any]) -> int | str | None:
+    return None if args.get("domain") is None else _domain(args)
+
+
 class ControlService:
     """Maps request ops onto a :class:`Libxl`; never raises, always answers."""
 
@@ -212,6 +230,9 @@ class ControlService:
             "create": self._create,
             "destroy": lambda a: self.libxl.domain_destroy(_domain(a)),
             "list": self._list,
+            "list-long": lambda a: self.libxl.domain_config(_opt_domain(a)),
+            "info": lambda a: [list(kv) for kv in self.libxl.host_info()],
+            "dmesg": lambda a: self.libxl.dmesg(clear=_bool(a, "clear")),
             "pause": lambda a: self.libxl.domain_pause(_domain(a)),
             "unpause": lambda a: self.libxl.domain_unpause(_domain(a)),
             "pci-assignable-add": self._assignable_add,
@@ -237,14 +258,21 @@ class ControlService:
         except XenpciError as e:
             if isinstance(e, ToolstackError):
                 return Response.failure(req.id, e)
-            # a lower layer's error (hv, xenstore, xlcfg): keep its text, code FAIL/INVAL
+            # A lower layer's error (hv, xenstore, xlcfg): its own text (no class
+            # name: users read it), code FAIL/INVAL, and the exit status it asks for.
             code = LibxlErrorCode.ERROR_INVAL if isinstance(e, ValueError) else None
-            return Response.failure(req.id, ToolstackError(f"{type(e).__name__}: {e}", code))
+            exit_code = getattr(e, "exit_code", 1)
+            # a parse error is xl's own message (xl parses before calling libxl)
+            kind = XlError if isinstance(e, XlCfgError) else ToolstackError
+            return Response.failure(
+                req.id,
+                kind(str(e), code, exit_code=exit_code if isinstance(exit_code, int) else 1),
+            )
         except ValueError as e:
             return Response.failure(req.id, ToolstackError(str(e), LibxlErrorCode.ERROR_INVAL))
         except Exception as e:
             # A bug below must cost this request, not the daemon: answer it and go on.
-            return Response.failure(req.id, ToolstackError(f"internal error: {e!r}"))
+            return Response.failure(req.id, ToolstackError(f"internal error: {e}"))
 
     def handle_line(self, line: bytes) -> Response:
         try:
@@ -270,8 +298,9 @@ class ControlService:
                 "memory": d.memory_mib,
                 "vcpus": d.vcpus,
                 "state": d.state,
+                "time": d.cpu_time,
             }
-            for d in self.libxl.domain_list()
+            for d in self.libxl.domain_list(_opt_domain(args))
         ]
 
     def _assignable_add(self, args: dict[str, Any]) -> str:

@@ -10,6 +10,12 @@ names the process. Stopping destroys every guest (their devices are detached,
 reset and returned to pciback), gives every device back to dom0, and removes
 the sockets and the pid file.
 
+One machine per directory: ``DIR/machine.lock`` is ``flock``-ed before anything
+in DIR is touched and held for the machine's life, so of two starts at once
+exactly one wins and the other deletes nothing. The pid file is believed only
+while its process holds that lock (``/proc/locks``): a pid reused by an
+unrelated process after a crash reads as stale.
+
 This module is the thin IO shell: sockets and threads only; the protocol and
 the toolstack logic live in ``control`` and ``libxl``.
 """
@@ -17,6 +23,8 @@ the toolstack logic live in ``control`` and ``libxl``.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import socket
 import threading
@@ -43,6 +51,15 @@ from xenpci.toolstack.machine import Machine
 XENSTORED_SOCK = "xenstored.sock"
 CONTROL_SOCK = "control.sock"
 PID_FILE = "machine.pid"
+LOCK_FILE = "machine.lock"
+#: accept() errors that mean "no resources now" (fd or memory exhaustion), not a dead
+#: listener: the loop backs off and accepts again once something is freed.
+_ACCEPT_TRANSIENT = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED, errno.EINTR}
+)
+#: how long the accept loop backs off after a transient failure (an OS edge, not a guess
+#: at an event: nothing tells us when another process frees a descriptor)
+ACCEPT_BACKOFF = 0.05
 
 
 class DaemonError(ToolstackError):
@@ -61,8 +78,36 @@ def default_dir() -> Path:
     return Path(run) / "xenpci" if run else Path(f"/tmp/xenpci-{os.getuid()}")
 
 
+def lock_holders(path: Path) -> set[int] | None:
+    """Pids holding a ``flock`` on ``path`` (from ``/proc/locks``), or None if unknown."""
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return set()  # no lock file: nobody holds it
+    # "1: FLOCK  ADVISORY  WRITE 29846 fe:00:2148066 0 EOF": MAJ:MIN:INODE. Only the
+    # inode is compared: on overlay filesystems the device the kernel prints is the
+    # underlying one, not the st_dev stat() gives us (and the pid must match too).
+    want = str(st.st_ino)
+    holders: set[int] = set()
+    for line in text.splitlines():
+        f = line.split()
+        if "->" in f:  # a waiter ("1: -> FLOCK ..."), not a holder
+            continue
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5].rpartition(":")[2] == want and f[4].isdigit():
+            holders.add(int(f[4]))
+    return holders
+
+
 def read_pid(run_dir: Path) -> int | None:
-    """The pid in ``DIR/machine.pid`` if that process is alive, else None."""
+    """The pid in ``DIR/machine.pid`` if that process is this directory's machine.
+
+    The process must be alive and hold ``DIR/machine.lock``; a pid file left by a
+    machine that died, whose pid now names an unrelated process, is stale.
+    """
     try:
         pid = int((run_dir / PID_FILE).read_text().strip())
     except (OSError, ValueError):
@@ -72,7 +117,10 @@ def read_pid(run_dir: Path) -> int | None:
     except ProcessLookupError:
         return None
     except PermissionError:
-        return pid
+        pass
+    holders = lock_holders(run_dir / LOCK_FILE)
+    if holders is not None and pid not in holders:
+        return None
     return pid
 
 
@@ -95,6 +143,7 @@ class MachineDaemon:
         self.libxl: Libxl | None = None
         self.service: ControlService | None = None
         self._created_dir = False
+        self._lock_fd: int | None = None
 
     # ------------------------------------------------------------------ paths
     @property
@@ -109,17 +158,51 @@ class MachineDaemon:
     def pid_path(self) -> Path:
         return self.run_dir / PID_FILE
 
+    @property
+    def lock_path(self) -> Path:
+        return self.run_dir / LOCK_FILE
+
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        other = read_pid(self.run_dir)
-        if other is not None:
-            raise DaemonError(f"a machine is already running in {self.run_dir} (pid {other})")
+    def _take_dir(self) -> None:
+        """Create DIR if needed and take its lock, or fail with one line; touches
+        nothing else in DIR."""
         if len(str(self.control_path)) > 100:
             raise DaemonError(f"{self.run_dir} is too long a path for a Unix socket")
-        if not self.run_dir.exists():
-            self.run_dir.mkdir(parents=True)
-            self._created_dir = True
-        # Stale leftovers of a machine that died: ours to replace.
+        where = f"cannot use {self.run_dir} as the machine directory"
+        try:
+            if not self.run_dir.is_dir():
+                self.run_dir.mkdir(parents=True)
+                self._created_dir = True
+        except FileExistsError:
+            raise DaemonError(f"{where}: it is not a directory") from None
+        except OSError as e:
+            raise DaemonError(f"{where}: {e.strerror}") from None
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise DaemonError(f"{where}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                other = read_pid(self.run_dir)
+                who = f" (pid {other})" if other is not None else ""
+                raise DaemonError(f"a machine is already running in {self.run_dir}{who}") from None
+            # A machine stopping unlinks its lock file before letting go of it: a
+            # lock on that unlinked file guards nothing, so take the new file's.
+            try:
+                same = os.fstat(fd).st_ino == self.lock_path.stat().st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._lock_fd = fd
+                return
+            os.close(fd)
+
+    def start(self) -> None:
+        self._take_dir()
+        # Under the lock: what a machine that died left behind is ours to replace.
         for p in (self.xenstored_path, self.control_path, self.pid_path):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
@@ -192,9 +275,13 @@ class MachineDaemon:
                 t.join(timeout=5)
         if self.machine is not None:
             self.machine.shutdown()
-        for p in (self.control_path, self.xenstored_path, self.pid_path):
+        if self._lock_fd is None:
+            return  # never owned DIR: nothing in it is ours
+        for p in (self.control_path, self.xenstored_path, self.pid_path, self.lock_path):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+        os.close(self._lock_fd)  # the lock goes last: DIR is clean before another may start
+        self._lock_fd = None
         if self._created_dir:
             with contextlib.suppress(OSError):
                 self.run_dir.rmdir()
@@ -238,8 +325,14 @@ class MachineDaemon:
         assert self._listener is not None
         while not self._stop.is_set():
             try:
-                conn, _ = self._listener.accept()
-            except OSError:
+                conn, _ = self._accept()
+            except OSError as e:
+                if e.errno in _ACCEPT_TRANSIENT and not self._stop.is_set():
+                    # Out of descriptors (EMFILE): the pending client waits in the
+                    # backlog; try again once some are freed. Only a closed listener
+                    # ends the loop.
+                    self._stop.wait(ACCEPT_BACKOFF)
+                    continue
                 return
             t = threading.Thread(target=self._serve, args=(conn,), name="xenpci-ctl", daemon=True)
             with self._lock:
@@ -249,6 +342,10 @@ class MachineDaemon:
                 self._conns.add(conn)
                 self._conn_threads.add(t)
             t.start()
+
+    def _accept(self) -> tuple[socket.socket, Any]:
+        assert self._listener is not None
+        return self._listener.accept()
 
     def _serve(self, conn: socket.socket) -> None:
         assert self.service is not None
@@ -294,10 +391,17 @@ class ControlClient:
 
     def __init__(self, run_dir: Path, *, timeout: float = 120.0) -> None:
         self.path = Path(run_dir) / CONTROL_SOCK
+        self.run_dir = Path(run_dir)
+        self.timeout = timeout
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         try:
             self._sock.connect(str(self.path))
+        except TimeoutError:
+            self._sock.close()
+            raise DaemonError(
+                f"the machine in {run_dir} did not accept a connection within {timeout:g} s"
+            ) from None
         except OSError as e:
             self._sock.close()
             raise DaemonError(
@@ -311,12 +415,20 @@ class ControlClient:
     def call(self, op: str, **args: Any) -> Any:
         req = Request(self._next_id, op, args)
         self._next_id += 1
-        self._sock.sendall(req.encode())
-        while not self._pending:
-            data = self._sock.recv(65536)
-            if not data:
-                raise DaemonError("the machine closed the control connection")
-            self._pending += self._framer.feed(data)
+        try:
+            self._sock.sendall(req.encode())
+            while not self._pending:
+                data = self._sock.recv(65536)
+                if not data:
+                    raise DaemonError("the machine closed the control connection")
+                self._pending += self._framer.feed(data)
+        except TimeoutError:
+            # The OS-level bound on one request (the toolstack's own waits are shorter).
+            raise DaemonError(
+                f"the machine in {self.run_dir} did not answer within {self.timeout:g} s"
+            ) from None
+        except OSError as e:
+            raise DaemonError(f"lost the control connection: {e.strerror or e}") from None
         return decode_response(self._pending.pop(0)).unwrap()
 
     def close(self) -> None:

@@ -22,16 +22,28 @@ class LibxlErrorCode(enum.IntEnum):
     ERROR_NI = -4
     ERROR_INVAL = -6
     ERROR_TIMEDOUT = -9
+    ERROR_DOMAIN_NOTFOUND = -21
+    ERROR_NOTFOUND = -23
 
 
 class ToolstackError(XenpciError):
-    """Base of every toolstack error; ``code`` is the libxl error code."""
+    """Base of every toolstack error; ``code`` is the libxl error code.
+
+    ``exit_code`` is the status ``xl`` exits with when this error ends a command:
+    ``EXIT_FAILURE`` (1) for what libxl refuses, 2 for a malformed spec or BDF on
+    the command line (``xl_pci.c``), as the parser's own errors say.
+    """
 
     code: LibxlErrorCode = LibxlErrorCode.ERROR_FAIL
+    exit_code: int = 1
 
-    def __init__(self, message: str, code: LibxlErrorCode | None = None) -> None:
+    def __init__(
+        self, message: str, code: LibxlErrorCode | None = None, *, exit_code: int | None = None
+    ) -> None:
         if code is not None:
             self.code = code
+        if exit_code is not None:
+            self.exit_code = exit_code
         self.message = message
         super().__init__(message)
 
@@ -97,3 +109,8 @@ class Refused(ToolstackError):
     ) -> None:
         self.reason = reason
         super().__init__(message, code)
+
+
+class XlError(ToolstackError):
+    """An error xl itself reports, on its own stderr line (``find_domain``'s
+    "invalid domain identifier", "Not destroying domain 0"), not a libxl log line."""

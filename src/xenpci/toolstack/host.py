@@ -7,6 +7,9 @@ TOML file (stdlib ``tomllib``) lists device sources in the syntax of
 
     iommu = true          # optional, default true
     catalog = true        # include the default catalog devices (default true)
+    # dom0's kernel command line; only xen-pciback.hide= is read: the devices
+    # pciback seizes at boot, assignable from the start (as after a reboot on Xen)
+    cmdline = "xen-pciback.hide=(0000:03:00.0)(04:00.0)"
 
     [[device]]
     source = "model:gpu@0000:08:00.0"   # a catalog model at an address
@@ -18,10 +21,16 @@ TOML file (stdlib ``tomllib``) lists device sources in the syntax of
     source = "sysfs:0000:00:02.0"       # this host's device, read-only
 
 Unknown keys, wrong types and duplicate addresses are errors naming the key.
+``hide=`` takes what Linux's ``pcistub_init`` takes: ``(DDDD:BB:SS.F)``,
+``(DDDD:BB:SS.*)``, ``(DDDD:BB:*.*)`` or the same without the domain, hex, with
+blanks around groups; anything else is an error naming the group (Linux logs
+"Error parsing pci_devs_to_hide" and seizes nothing). Other command-line words
+are ignored, as the kernel ignores parameters it does not know.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +38,7 @@ from pathlib import Path
 from xenpci.devices.base import DeviceModel
 from xenpci.errors import XenpciError
 from xenpci.pci import regs
+from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.toolstack.errors import LibxlErrorCode, ToolstackError
 from xenpci.toolstack.machine import Machine
@@ -45,7 +55,14 @@ DEFAULT_SOURCES: tuple[str, ...] = (
     "model:legacy@0000:07:00.0",
 )
 
-_TOP_KEYS = frozenset({"iommu", "catalog", "device"})
+_TOP_KEYS = frozenset({"iommu", "catalog", "device", "cmdline"})
+#: the module parameter's names: xen-pciback / xen_pciback (pvops), pciback (xenlinux)
+_HIDE_PARAMS = ("xen-pciback.hide=", "xen_pciback.hide=", "pciback.hide=")
+_HEX = r"[0-9a-fA-F]+"
+_HIDE_GROUP = re.compile(
+    rf"\s*\(\s*(?:(?P<seg>{_HEX}):)?(?P<bus>{_HEX}):"
+    rf"(?:(?P<slot>{_HEX})\.(?P<fn>{_HEX}|\*)|(?P<anyslot>\*)\.\*)\s*\)\s*"
+)
 _DEVICE_KEYS = frozenset({"source"})
 
 
@@ -59,11 +76,60 @@ class HostConfigError(ToolstackError):
 
 
 @dataclass(frozen=True, slots=True)
+class HidePattern:
+    """One ``(DDDD:BB:SS.F)`` group of ``hide=``; ``None`` is a ``*``."""
+
+    segment: int
+    bus: int
+    slot: int | None
+    function: int | None
+
+    def matches(self, sbdf: SBDF) -> bool:
+        return (
+            (sbdf.segment, sbdf.bus) == (self.segment, self.bus)
+            and self.slot in (None, sbdf.device)
+            and self.function in (None, sbdf.function)
+        )
+
+
+def parse_hide(value: str, where: str = "hide") -> tuple[HidePattern, ...]:
+    """Parse the value of ``xen-pciback.hide=`` (``pcistub_init``'s grammar)."""
+    out: list[HidePattern] = []
+    pos = 0
+    while pos < len(value):
+        m = _HIDE_GROUP.match(value, pos)
+        if m is None:
+            raise HostConfigError(where, f'error parsing pci_devs_to_hide at "{value[pos:]}"')
+        seg = int(m["seg"], 16) if m["seg"] else 0
+        bus = int(m["bus"], 16)
+        slot = None if m["anyslot"] else int(m["slot"], 16)
+        fn = None if m["anyslot"] or m["fn"] == "*" else int(m["fn"], 16)
+        if seg > 0xFFFF or bus > 0xFF or (slot is not None and slot > 0x1F) or (fn or 0) > 7:
+            raise HostConfigError(where, f"address out of range in {m.group().strip()!r}")
+        out.append(HidePattern(seg, bus, slot, fn))
+        pos = m.end()
+    return tuple(out)
+
+
+def parse_cmdline(cmdline: str, where: str = "cmdline") -> tuple[HidePattern, ...]:
+    """The ``hide=`` patterns of a dom0 command line (the last ``hide=`` wins, as
+    for any kernel parameter given twice)."""
+    hide: tuple[HidePattern, ...] = ()
+    for word in cmdline.split():
+        for param in _HIDE_PARAMS:
+            if word.startswith(param):
+                hide = parse_hide(word[len(param) :], where)
+    return hide
+
+
+@dataclass(frozen=True, slots=True)
 class HostDescription:
-    """A machine's hardware: IOMMU present or not, and device source specs in order."""
+    """A machine's hardware: IOMMU present or not, device source specs in order,
+    and the devices dom0's pciback seizes at boot (``xen-pciback.hide=``)."""
 
     iommu: bool = True
     sources: tuple[str, ...] = DEFAULT_SOURCES
+    hide: tuple[HidePattern, ...] = ()
 
     def __post_init__(self) -> None:
         for s in self.sources:
@@ -85,6 +151,10 @@ def parse_host(text: str, where: str = "<host>") -> HostDescription:
     for key, value in (("iommu", iommu), ("catalog", catalog)):
         if not isinstance(value, bool):
             raise HostConfigError(f"{where}:{key}", f"must be true or false, not {value!r}")
+    cmdline = data.get("cmdline", "")
+    if not isinstance(cmdline, str):
+        raise HostConfigError(f"{where}:cmdline", f"must be a string, not {cmdline!r}")
+    hide = parse_cmdline(cmdline, f"{where}:cmdline")
     devices = data.get("device", [])
     if not isinstance(devices, list):
         raise HostConfigError(f"{where}:device", "must be an array of tables ([[device]])")
@@ -102,7 +172,7 @@ def parse_host(text: str, where: str = "<host>") -> HostDescription:
         if src in sources:
             raise HostConfigError(f"{at}.source", f"{src!r} listed twice")
         sources.append(src)
-    return HostDescription(iommu=iommu, sources=tuple(sources))
+    return HostDescription(iommu=iommu, sources=tuple(sources), hide=hide)
 
 
 def load_host(path: str | Path) -> HostDescription:
@@ -112,6 +182,8 @@ def load_host(path: str | Path) -> HostDescription:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise HostConfigError(str(p), f"cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise HostConfigError(str(p), f"not UTF-8 (byte at offset {e.start})") from None
     return parse_host(text, str(p))
 
 
@@ -132,6 +204,13 @@ def boot_machine(host: HostDescription, *, deterministic: bool = False) -> Machi
             except XenpciError as e:
                 raise HostConfigError(src, str(e)) from None
             _route_intx(machine, added)
+        # dom0 boots: pciback seizes what hide= names (pcistub_init, then probe)
+        for fn in machine.host_functions():
+            if any(h.matches(fn.sbdf) for h in host.hide):
+                try:
+                    machine.pciback_bind(fn.sbdf)
+                except XenpciError as e:
+                    raise HostConfigError(f"hide {fn.sbdf}", str(e)) from None
     except BaseException:
         machine.shutdown()
         raise

@@ -27,12 +27,23 @@ Deliberate differences from libxl (each also said where it happens):
   behind on failure).
 - No quarantine: the hypervisor model has no ``DOMID_IO``; assignable devices
   stay with dom0 (owned by pciback) until assigned, as with ``iommu=no-quarantine``.
+  ``pci-assignable-remove`` of a device that is not assignable still fails as
+  libxl's de-quarantine does ("failed to de-quarantine BDF").
+- Locking: each domain has its own lock (libxl's per-domain userdata lock) and
+  a :class:`~xenpci.toolstack.libxl_pci.Cancel`; ``domain_destroy`` cancels the
+  domain's running operation (its wait ends at once), then takes the domain's
+  lock. Detach and destroy hold only that domain's lock; creation and attach
+  also hold the context lock (checks, claims and grants span domains, and as in
+  libxl the claim precedes the wait for the backend), always taken after a
+  domain's lock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -47,13 +58,16 @@ from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.toolstack import libxl_pci as lp
-from xenpci.toolstack.errors import DomainGone, LibxlErrorCode, Refused, ToolstackError
+from xenpci.toolstack.errors import DomainGone, LibxlErrorCode, Refused, ToolstackError, XlError
 from xenpci.toolstack.xlcfg import DomainConfig, PciSpec, require_supported_type
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
 
-DEFAULT_MEMORY_MIB = 128  # libxl's default for a PV guest without ``memory=``
+#: libxl__domain_build_info_setdefault: ``max_memkb`` defaults to 32 MiB (xl sets none).
+DEFAULT_MEMORY_MIB = 32
+#: The Xen this models (``xl info``'s xen_major, xen_minor, xen_extra).
+XEN_VERSION = (4, 17, "-xenpci")
 PCIBACK_DRIVER_PATH = "/sys/bus/pci/drivers/pciback"
 
 
@@ -127,6 +141,11 @@ class DomainRecord:
     allow_unsafe: bool = False
     # host BDF -> the grants made for it, so detach revokes exactly those
     grants: dict[SBDF, Grants] = field(default_factory=dict)
+    #: libxl's per-domain lock: one operation on this domain at a time (re-entrant:
+    #: a failed create destroys its own domain while holding it)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    #: ``domain_destroy`` cancels the wait of the operation holding ``lock``
+    cancel: lp.Cancel = field(default_factory=lp.Cancel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +167,7 @@ class DomainInfo:
     memory_mib: int
     vcpus: int
     state: str = "-b----"
+    cpu_time: float = 0.0  # seconds of vCPU time (``xl list``'s Time(s))
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,10 +256,33 @@ class Libxl:
         )
 
     def _domain(self, dom: int | str) -> DomainRecord:
+        """A guest by domid or name; dom0 and unknown domains are refused as xl does."""
         for rec in self.domains.values():
             if rec.domid == dom or rec.name == dom or str(rec.domid) == dom:
                 return rec
-        raise ToolstackError(f"domain {dom!r} does not exist", LibxlErrorCode.ERROR_INVAL)
+        domid = self._domid_of(dom)
+        if domid == 0:
+            raise ToolstackError(
+                "domain 0 is dom0, not a guest this toolstack created", LibxlErrorCode.ERROR_INVAL
+            )
+        raise ToolstackError(f"domain {domid} does not exist", LibxlErrorCode.ERROR_DOMAIN_NOTFOUND)
+
+    def _domid_of(self, dom: int | str) -> int:
+        """``libxl_domain_qualifier_to_domid``: digits are a domid (whether or not it
+        exists), anything else a name that must exist (``find_domain``'s error)."""
+        if isinstance(dom, int):
+            return dom
+        if dom.isdigit():
+            return int(dom)
+        if dom == "Domain-0":
+            return 0
+        for rec in self.domains.values():
+            if rec.name == dom:
+                return rec.domid
+        raise XlError(
+            f"{dom} is an invalid domain identifier (rc={int(LibxlErrorCode.ERROR_INVAL)})",
+            LibxlErrorCode.ERROR_INVAL,
+        )
 
     def resolve(self, spec: PciSpec) -> SBDF:
         """The host address a spec names (by ``name=`` through ``/libxl/pci/*/name``)."""
@@ -288,36 +331,45 @@ class Libxl:
             # pciback ignores ``state-i = 1`` devices that appear after it is Connected.
             domid = self.platform.start_guest(cfg.name, mem * 1024, paused=True)
             rec = DomainRecord(domid, cfg.name, mem, cfg.vcpus, allow_unsafe)
-            with self._records_lock:
-                self.domains[domid] = rec
-            try:
-                for spec in cfg.pci:
-                    self._pci_add(rec, spec, starting=True, together=together)
-                self.platform.unpause_guest(domid)
-            except BaseException:
-                self.domain_destroy(domid)
-                raise
+            with rec.lock:
+                with self._records_lock:
+                    self.domains[domid] = rec
+                try:
+                    for spec in cfg.pci:
+                        self._check_alive(rec)
+                        self._pci_add(rec, spec, starting=True, together=together)
+                    self._check_alive(rec)
+                    self.platform.unpause_guest(domid)
+                except BaseException:
+                    with self._records_lock:
+                        ours = self.domains.get(domid) is rec
+                    if ours:
+                        self._domain_destroy(domid)
+                    raise
             return domid
 
     def domain_destroy(self, dom: int | str) -> None:
         """``xl destroy``: force-remove every device (``libxl__device_pci_destroy_all``).
 
-        If another operation holds the context (typically an attach waiting on
-        this very guest, which is wedged), the guest is killed first: its
-        ``@releaseDomain`` ends that wait with :class:`DomainGone`, the waiter
-        rolls back, and the destruction proceeds. (libxl takes per-domain locks
-        instead; one context lock keeps this model simple.)
+        An operation already running on this domain (typically an attach waiting
+        on a wedged guest) is cancelled first: its wait ends with
+        :class:`DomainGone`, it rolls back and lets go of the domain's lock, which
+        destroy then takes. No timeout decides anything here.
         """
-        if not self._lock.acquire(timeout=0.2):
+        with self._records_lock:
+            if self._domid_of(dom) == 0:
+                raise XlError("Not destroying domain 0", LibxlErrorCode.ERROR_INVAL)
+            rec = self._domain(dom)
+        rec.cancel.cancel()
+        with rec.lock:
             with self._records_lock:
-                victim = self._domain(dom).domid
-            self.platform.stop_guest(victim)
-            self._lock.acquire()
-        try:
+                if self.domains.get(rec.domid) is not rec:
+                    return  # the cancelled operation destroyed it (a failed create does)
+            # No context lock: tearing this domain down waits on nothing another
+            # domain's operation holds (its devices are its own; releasing one is safe
+            # against a concurrent attach, whose check sees it claimed until released).
             with self._traced("destroy", domain=str(dom)):
-                self._domain_destroy(dom)
-        finally:
-            self._lock.release()
+                self._domain_destroy(rec.domid)
 
     def _domain_destroy(self, dom: int | str) -> None:
         with self._records_lock:
@@ -334,16 +386,75 @@ class Libxl:
         with self._records_lock:
             del self.domains[rec.domid]
 
-    def domain_list(self) -> list[DomainInfo]:
-        """``xl list``: dom0 first, then guests by domid (answers even while an attach waits)."""
+    def domain_list(self, dom: int | str | None = None) -> list[DomainInfo]:
+        """``xl list [DOMAIN]``: dom0 first, then guests by domid (answers even while an
+        attach waits). An unknown name is ``find_domain``'s error; a domid that does
+        not exist is ``main_list``'s "Error: Domain ... does not exist."."""
         with self._records_lock:
+            guest_time = {
+                rec.domid: _vcpu_seconds(self.hv, rec.domid) for rec in self.domains.values()
+            }
+            # dom0 runs the toolstack, pciback, xenstored and Xen's own work here: all the
+            # process's CPU time that no guest vCPU used.
+            dom0_time = max(0.0, time.process_time() - sum(guest_time.values()))
             dom0 = self.hv.dom0
-            out = [DomainInfo("Domain-0", 0, dom0.nr_pages * PAGE_SIZE >> 20, 1, "r-----")]
+            out = [
+                DomainInfo("Domain-0", 0, dom0.nr_pages * PAGE_SIZE >> 20, 1, "r-----", dom0_time)
+            ]
             for rec in sorted(self.domains.values(), key=lambda r: r.domid):
                 out.append(
-                    DomainInfo(rec.name, rec.domid, rec.memory_mib, rec.vcpus, self._state(rec))
+                    DomainInfo(
+                        rec.name,
+                        rec.domid,
+                        rec.memory_mib,
+                        rec.vcpus,
+                        self._state(rec),
+                        guest_time[rec.domid],
+                    )
                 )
-            return out
+            if dom is None:
+                return out
+            domid = self._domid_of(dom)  # a name must exist (find_domain), a number need not
+            picked = [d for d in out if d.domid == domid]
+            if not picked:
+                raise XlError(
+                    f"Error: Domain '{dom}' does not exist.", LibxlErrorCode.ERROR_DOMAIN_NOTFOUND
+                )
+            return picked
+
+    def domain_config(self, dom: int | str | None = None) -> list[dict[str, object]]:
+        """``xl list -l``: per domain ``{"domid": N, "config": libxl_domain_config}`` in
+        libxl's JSON shape (``printf_info_one_json``), for the fields modelled.
+
+        As libxl's generated ``*_gen_json``, a field at its default (0, false,
+        empty) is left out, an aggregate always written; enums are their
+        lower-case names. Checked against libxenlight's own
+        ``libxl_domain_config_to_json`` in the tests.
+        """
+        infos = self.domain_list(dom)
+        out: list[dict[str, object]] = []
+        for info in infos:
+            c_info: dict[str, object] = {"type": "pv", "name": info.name}
+            if info.domid:
+                c_info["domid"] = info.domid
+            memkb = info.memory_mib * 1024
+            b_info: dict[str, object] = {
+                "max_vcpus": info.vcpus,
+                "avail_vcpus": list(range(info.vcpus)),
+                "max_memkb": memkb,
+                "target_memkb": memkb,
+                # aggregates libxl's generator always writes, empty at their defaults
+                "sched_params": {},
+                "type.pv": {},
+                "arch_arm": {},
+                "arch_x86": {},
+            }
+            pcidevs = [_pci_json(e) for e in lp.device_pci_list(self.xs, info.domid)]
+            config: dict[str, object] = {"c_info": c_info, "b_info": b_info}
+            if pcidevs:
+                config["pcidevs"] = pcidevs
+            out.append({"domid": info.domid, "config": config})
+        return out
 
     def _state(self, rec: DomainRecord) -> str:
         """xl's six state flags ``rbpscd``; an idle guest is blocked, a paused one ``p``."""
@@ -370,6 +481,41 @@ class Libxl:
             domid = self._domain(dom).domid
         with self._traced("unpause", domain=str(dom)):
             self.platform.unpause_guest(domid)
+
+    # ------------------------------------------------------------------ host
+    def host_info(self) -> list[tuple[str, str]]:
+        """``xl info``: (field, value) in xl's order, for the fields modelled.
+
+        The IOMMU shows as Xen shows it: ``virt_caps`` has ``pv_directio`` only with
+        an IOMMU (``XEN_SYSCTL_PHYSCAP_directio``), and the command line says
+        ``iommu=``. The node and CPU count are this host's (``uname``).
+        """
+        uts = os.uname()
+        mem = self.hv.machine
+        mib = (1 << 20) // PAGE_SIZE
+        iommu = self.hv.iommu_enabled
+        return [
+            ("host", uts.nodename),
+            ("release", uts.release),
+            ("version", uts.version),
+            ("machine", uts.machine),
+            ("nr_cpus", str(os.cpu_count() or 1)),
+            ("virt_caps", "pv pv_directio" if iommu else "pv"),
+            ("total_memory", str(mem.nr_frames // mib)),
+            ("free_memory", str((mem.nr_frames - mem.allocated) // mib)),
+            ("xen_major", str(XEN_VERSION[0])),
+            ("xen_minor", str(XEN_VERSION[1])),
+            ("xen_extra", XEN_VERSION[2]),
+            ("xen_version", "{}.{}{}".format(*XEN_VERSION)),
+            ("xen_caps", "xen-3.0-x86_64"),
+            ("xen_pagesize", str(PAGE_SIZE)),
+            ("xen_commandline", "iommu=on" if iommu else "iommu=off"),
+            ("xend_config_format", "4"),
+        ]
+
+    def dmesg(self, *, clear: bool = False) -> list[str]:
+        """``xl dmesg [-c]``: the hypervisor's console ring (``XEN_SYSCTL_readconsole``)."""
+        return self.hv.console.read(clear=clear)
 
     # ------------------------------------------------------------------ assignable
     def assignable_add(self, sbdf: SBDF, name: str | None = None) -> None:
@@ -400,10 +546,12 @@ class Libxl:
             if sbdf is None:
                 try:
                     sbdf = SBDF.parse(bdf_or_name)
-                except ValueError as e:
-                    raise ToolstackError(
-                        f"{bdf_or_name!r} is neither an assignable name nor a BDF: {e}",
+                except ValueError:
+                    # xl: not a name, then parsed as a BDF; a malformed one exits 2
+                    raise XlError(
+                        f"pci-assignable-remove: malformed BDF '{bdf_or_name}'",
                         LibxlErrorCode.ERROR_INVAL,
+                        exit_code=2,
                     ) from None
             owner = lp.assigned_domid(self.xs, sbdf)
             if owner is not None:
@@ -411,8 +559,11 @@ class Libxl:
                     "assigned",
                     f"PCI device {sbdf} is assigned to domain {owner}; detach it first",
                 )
-            if sbdf in self.platform.pciback_bound():
-                self.platform.pciback_unbind(sbdf)
+            if sbdf not in self.platform.pciback_bound():
+                # libxl de-quarantines first (xc_deassign_device(DOMID_IO)), which Xen
+                # refuses for a device that was never made assignable: ERROR_FAIL.
+                raise Refused("not-assignable", f"failed to de-quarantine {sbdf}")
+            self.platform.pciback_unbind(sbdf)
             # -r: rebind to the driver it had (here: forget its path; the model has no drivers).
             if rebind:
                 lp.set_driver_path(self.xs, sbdf, None)
@@ -432,15 +583,22 @@ class Libxl:
     def pci_attach(self, dom: int | str, spec: PciSpec, *, allow_unsafe: bool = False) -> None:
         """``xl pci-attach``: hot-plug into a running guest."""
         what = str(spec.sbdf or spec.name)
-        with self._traced("pci-attach", domain=str(dom), spec=what), self._lock:
+        with self._records_lock:
             rec = self._domain(dom)
+        # The context lock too: as libxl, the claim and grants come before the wait for
+        # the backend (a hot-plug's wait on the guest holds it; destroy cancels it).
+        with self._traced("pci-attach", domain=str(dom), spec=what), rec.lock, self._lock:
+            self._check_alive(rec)
             self._seize_if_asked(spec)
             self._pci_add(rec, spec, starting=False, allow_unsafe=allow_unsafe)
 
     def pci_list(self, dom: int | str) -> list[lp.PciBackendEntry]:
-        """``xl pci-list``: read from the backend's keys, like libxl (no context lock)."""
+        """``xl pci-list``: read from the backend's keys, like libxl (no context lock).
+
+        Any domid is addressable, dom0 included: one with no backend has no devices.
+        """
         with self._records_lock:
-            domid = self._domain(dom).domid
+            domid = self._domid_of(dom)
         return lp.device_pci_list(self.xs, domid)
 
     def _seize_if_asked(self, spec: PciSpec) -> None:
@@ -603,7 +761,13 @@ class Libxl:
                 rdm_policy=spec.rdm_policy,
             )
             lp.device_pci_add_xenstore(
-                self.xs, rec.domid, rec.name, dev, starting=starting, timeout=self.timeout
+                self.xs,
+                rec.domid,
+                rec.name,
+                dev,
+                starting=starting,
+                timeout=self.timeout,
+                cancel=rec.cancel,
             )
         except HvError as e:
             self._release(rec, sbdf)
@@ -621,8 +785,11 @@ class Libxl:
     def pci_detach(self, dom: int | str, spec: PciSpec, *, force: bool = False) -> None:
         """``xl pci-detach [-f]``; functions are removed 7 -> 0 as libxl's ``next_func``."""
         what = str(spec.sbdf or spec.name)
-        with self._traced("pci-detach", domain=str(dom), spec=what), self._lock:
+        with self._records_lock:
             rec = self._domain(dom)
+        # This domain's lock only: the Closing handshake waits on the guest.
+        with self._traced("pci-detach", domain=str(dom), spec=what), rec.lock:
+            self._check_alive(rec)
             base = self.resolve(spec)
             attached = {e.sbdf for e in lp.device_pci_list(self.xs, rec.domid)}
             if spec.all_functions:
@@ -642,13 +809,23 @@ class Libxl:
                     LibxlErrorCode.ERROR_INVAL,
                 )
             for sbdf in targets:
-                self._pci_remove(rec, sbdf, force=force, timeout=self.timeout)
+                self._pci_remove(rec, sbdf, force=force, timeout=self.timeout, cancel=rec.cancel)
 
-    def _pci_remove(self, rec: DomainRecord, sbdf: SBDF, *, force: bool, timeout: float) -> None:
+    def _pci_remove(
+        self,
+        rec: DomainRecord,
+        sbdf: SBDF,
+        *,
+        force: bool,
+        timeout: float,
+        cancel: lp.Cancel | None = None,
+    ) -> None:
         # Guest first (Closing handshake, pcifront unbinds its driver), then the hypervisor
         # state; libxl does the reverse (pci_remove_detached before the XenStore removal).
         try:
-            lp.device_pci_remove_xenstore(self.xs, rec.domid, sbdf, timeout=timeout, force=force)
+            lp.device_pci_remove_xenstore(
+                self.xs, rec.domid, sbdf, timeout=timeout, force=force, cancel=cancel
+            )
         except ToolstackError:
             if not force:
                 raise
@@ -671,6 +848,12 @@ class Libxl:
         with contextlib.suppress(XsError):
             lp.clear_assigned_domid(self.xs, sbdf)
 
+    @staticmethod
+    def _check_alive(rec: DomainRecord) -> None:
+        """A cancelled domain (being destroyed) takes no new operation."""
+        if rec.cancel.cancelled:
+            raise DomainGone(rec.domid)
+
     def _alive(self, domid: int) -> bool:
         return any(d.domid == domid for d in self.hv.domains())
 
@@ -679,3 +862,54 @@ class Libxl:
         # the domain may already be gone; teardown must go on
         with contextlib.suppress(HvError):
             call(*args)
+
+
+def _vcpu_seconds(hv: Hypervisor, domid: int) -> float:
+    """CPU time the domain's vCPU thread has used (``xc_domain_getinfo``'s ``cpu_time``).
+
+    Read from Linux's per-thread accounting (``/proc/self/task/TID/schedstat``,
+    nanoseconds; else ``stat``'s utime+stime in clock ticks), by the thread's id:
+    a thread that ended meanwhile simply reads as 0 (asking a dead thread's
+    pthread CPU clock would be undefined behaviour). A domain without a thread
+    (the deterministic scheduler runs work on the caller's) reports 0.
+    """
+    try:
+        ident = hv.domain(domid).vcpu.ident
+    except HvError:
+        return 0.0
+    thread = next((t for t in threading.enumerate() if t.ident == ident), None)
+    if ident is None or thread is None or thread.native_id is None:
+        return 0.0
+    task = f"/proc/self/task/{thread.native_id}"
+    try:
+        with open(f"{task}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"{task}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0  # the thread ended between the lookup and the read
+
+
+def _pci_json(e: lp.PciBackendEntry) -> dict[str, object]:
+    """One ``libxl_device_pci`` as ``libxl_device_pci_gen_json`` writes it (IDL order,
+    defaults left out)."""
+    s = e.sbdf
+    # the backend's ``opts-N``: "msitranslate=0,power_mgmt=0,permissive=0,rdm_policy=strict"
+    opts = dict(kv.partition("=")[::2] for kv in (e.opts or "").split(",") if kv)
+    fields: list[tuple[str, object]] = [
+        ("func", s.function),
+        ("dev", s.device),
+        ("bus", s.bus),
+        ("domain", s.segment),
+        ("vdevfn", e.vdevfn),
+        ("msitranslate", opts.get("msitranslate") == "1"),
+        ("power_mgmt", opts.get("power_mgmt") == "1"),
+        ("permissive", opts.get("permissive") == "1"),
+        ("rdm_policy", opts.get("rdm_policy")),
+        ("name", e.name),
+    ]
+    return {k: v for k, v in fields if v}

@@ -404,11 +404,50 @@ _watch_seq = iter(range(1, 1 << 62))
 _watch_seq_lock = threading.Lock()
 
 
+class Cancel:
+    """An explicit cancel for the waits of one domain's operations.
+
+    libxl's asynchronous operations end early through ``libxl_ao_abort``; here
+    ``xl destroy`` cancels whatever the domain's other operation waits on, and
+    that wait ends at once with :class:`DomainGone` (the domain is going) instead
+    of waiting out its timeout. A wait that starts after the cancel ends at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._waiters: list[Callable[[], None]] = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            waiters, self._waiters = self._waiters, []
+        for wake in waiters:
+            wake()
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` on cancel (now, if already cancelled)."""
+        with self._lock:
+            if not self._cancelled:
+                self._waiters.append(wake)
+                return
+        wake()
+
+    def unsubscribe(self, wake: Callable[[], None]) -> None:
+        with self._lock, suppress(ValueError):
+            self._waiters.remove(wake)
+
+
 def wait_for_backend_state(
     xs: Any,
     domid: int,
     wanted: XenbusState = XenbusState.XenbusStateConnected,
     timeout: float = DEFAULT_TIMEOUT,
+    cancel: Cancel | None = None,
 ) -> None:
     """Block until the backend ``state`` reads ``wanted`` (``libxl__wait_for_backend``).
 
@@ -416,7 +455,8 @@ def wait_for_backend_state(
     ``@releaseDomain`` notices the guest dying meanwhile (as libxl's domain
     death watch does). Raises :class:`BackendMissing` if the node disappears
     (or never existed), :class:`DomainGone` if the guest is released, and
-    :class:`BackendStateTimeout` after ``timeout`` seconds.
+    :class:`BackendStateTimeout` after ``timeout`` seconds. ``cancel`` ends the
+    wait with :class:`DomainGone` as soon as it is cancelled.
     """
     path = f"{backend_path(domid)}/state"
     with _watch_seq_lock:
@@ -450,8 +490,14 @@ def wait_for_backend_state(
             gone[0] = True
             done.set()
 
+    def cancelled() -> None:
+        gone[0] = True
+        done.set()
+
     xs.watch(path, token, check)
     xs.watch("@releaseDomain", death_token, death)
+    if cancel is not None:
+        cancel.subscribe(cancelled)
     try:
         check()  # the registration's own event may already have raced ahead of us
         # A deadline on the machine's clock: the virtual one in deterministic mode.
@@ -460,6 +506,8 @@ def wait_for_backend_state(
         if not ok:
             raise BackendStateTimeout(path, int(wanted), seen[0], timeout)
     finally:
+        if cancel is not None:
+            cancel.unsubscribe(cancelled)
         for p, t in ((path, token), ("@releaseDomain", death_token)):
             with suppress(XsError, ConnectionClosed):
                 xs.unwatch(p, t)
@@ -480,6 +528,7 @@ def device_pci_add_xenstore(
     *,
     starting: bool,
     timeout: float = DEFAULT_TIMEOUT,
+    cancel: Cancel | None = None,
 ) -> int:
     """``libxl__device_pci_add_xenstore``: returns the index N the device got.
 
@@ -489,7 +538,7 @@ def device_pci_add_xenstore(
     """
     be = backend_path(domid)
     if not starting and read_opt(xs, f"{be}/num_devs") is not None:
-        wait_for_backend_state(xs, domid, XenbusState.XenbusStateConnected, timeout)
+        wait_for_backend_state(xs, domid, XenbusState.XenbusStateConnected, timeout, cancel)
 
     def body(t: XsOps) -> int:
         raw = read_opt(t, f"{be}/num_devs")
@@ -527,6 +576,7 @@ def device_pci_remove_xenstore(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     force: bool = False,
+    cancel: Cancel | None = None,
 ) -> None:
     """``libxl__device_pci_remove_xenstore``: Closing handshake, then delete and compact.
 
@@ -542,7 +592,7 @@ def device_pci_remove_xenstore(
 
     def wait() -> None:
         try:
-            wait_for_backend_state(xs, domid, XenbusState.XenbusStateConnected, timeout)
+            wait_for_backend_state(xs, domid, XenbusState.XenbusStateConnected, timeout, cancel)
         except ToolstackError:
             if not force:
                 raise

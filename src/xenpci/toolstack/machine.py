@@ -44,6 +44,7 @@ from xenpci.errors import XenpciError
 from xenpci.guest.kernel import GuestKernel
 from xenpci.guest.lspci import guest_function
 from xenpci.hv import HvError, Hypercalls, Hypervisor, SteppedVcpu
+from xenpci.hv.domain import Domain
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
@@ -280,6 +281,16 @@ class Machine:
         frontend bus (no pcifront): a guest that acts only by hand.
         """
         dom = self.hv.create_domain(name, memory_kib)
+        try:
+            return self._make_guest(dom, name, paused=paused, boot=boot)
+        except BaseException:
+            # A half-made domain must not outlive the failure (e.g. a name XenStore
+            # refuses): everything done so far is undone, the domid and name freed.
+            self.stop_guest(dom.domid)
+            raise
+
+    def _make_guest(self, dom: Domain, name: str, *, paused: bool, boot: bool) -> int:
+        """The XenStore home, the XenStore connection and the kernel of a new domain."""
         domid = dom.domid
         home = f"/local/domain/{domid}"
         ro = Perms.of("n0", f"r{domid}")
