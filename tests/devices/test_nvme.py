@@ -15,6 +15,7 @@ from xenpci.devices.nvme import (
     ADM_IDENTIFY,
     CSTS_CFS,
     CSTS_RDY,
+    MDTS,
     NAMESPACE_BLOCKS,
     NVM_READ,
     NVM_WRITE,
@@ -29,6 +30,7 @@ from xenpci.devices.nvme import (
     SC_INVALID_FIELD,
     SC_INVALID_NAMESPACE,
     SC_INVALID_OPCODE,
+    SC_INVALID_PRP_OFFSET,
     SC_INVALID_QID,
     SC_LBA_OUT_OF_RANGE,
     SC_SUCCESS,
@@ -177,6 +179,46 @@ def test_prp_list_for_many_pages(host: Host) -> None:
     host.mem.write(PRPLIST, struct.pack("<4Q", *out[1:]))
     assert host.io(NVM_READ, 1000, 40, out[0], PRPLIST) == SC_SUCCESS
     assert b"".join(host.mem.read(p, 4096) for p in out) == data
+
+
+def test_prp_list_chains_to_a_second_list_page(host: Host) -> None:
+    # NVMe 1.4 4.3: the last entry of a PRP list page points to the next list page.
+    # A list starting two entries before its page's end: its first entry names a
+    # page, its second (the page's last) chains to the list page holding the rest.
+    start = PRPLIST + 0x1000 - 16
+    nxt = PRPLIST + 0x2000
+    pages = [DATA + 0x1000 * i for i in range(4)]
+    data = bytes((i * 7 + 3) & 0xFF for i in range(4 * 4096))
+    for i, p in enumerate(pages):
+        host.mem.write(p, data[4096 * i : 4096 * (i + 1)])
+    host.mem.write(start, struct.pack("<2Q", pages[1], nxt))
+    host.mem.write(nxt, struct.pack("<2Q", pages[2], pages[3]))
+    assert host.io(NVM_WRITE, 2000, 32, pages[0], start) == SC_SUCCESS
+    host.mem.write(DATA + 0x40000, bytes(4 * 4096))
+    assert host.io(NVM_READ, 2000, 8, DATA + 0x40000) == SC_SUCCESS
+    assert host.mem.read(DATA + 0x40000, 4096) == data[:4096]
+    # Read the whole back into a contiguous buffer named by a plain list.
+    out = [DATA + 0x50000 + 0x1000 * i for i in range(4)]
+    host.mem.write(PRPLIST, struct.pack("<3Q", *out[1:]))
+    assert host.io(NVM_READ, 2000, 32, out[0], PRPLIST) == SC_SUCCESS
+    assert host.mem.read(out[0], 4 * 4096) == data
+
+
+def test_prp_list_entry_with_an_offset_is_refused(host: Host) -> None:
+    # "PRP entries contained within a PRP List shall have a memory page offset of 0."
+    host.mem.write(PRPLIST, struct.pack("<2Q", DATA + 0x1000, DATA + 0x2200))
+    assert host.io(NVM_WRITE, 0, 24, DATA, PRPLIST) == SC_INVALID_PRP_OFFSET
+    assert host.io(NVM_WRITE, 0, 24, DATA, PRPLIST + 4) == SC_INVALID_PRP_OFFSET
+
+
+def test_transfer_limited_to_mdts(host: Host) -> None:
+    pages = 1 << MDTS  # Identify byte 77: 2**MDTS pages per command
+    host.mem.write(
+        PRPLIST, struct.pack(f"<{pages}Q", *(DATA + 0x1000 * i for i in range(1, pages + 1)))
+    )
+    blocks = pages * 4096 // 512
+    assert host.io(NVM_WRITE, 0, blocks, DATA, PRPLIST) == SC_SUCCESS
+    assert host.io(NVM_WRITE, 0, blocks + 1, DATA, PRPLIST) == SC_INVALID_FIELD
 
 
 def test_unwritten_blocks_read_zero_and_lba_range_is_checked(host: Host) -> None:

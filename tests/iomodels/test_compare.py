@@ -1,8 +1,9 @@
 """``xenpci compare`` end to end (small size): the seed's point from the counts.
 
 The relations are asserted on counts the trace recorded, against quantities
-derived independently: the NVMe driver issues one command per 8 KiB (two
-doorbell writes each), blkfront one request per 44 KiB.
+derived independently: the NVMe driver issues one command per Maximum Data
+Transfer Size (the controller's MDTS, 2**MDTS pages, by a PRP list) with two
+doorbell writes each, blkfront one request per 11 pages (44 KiB).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typer.testing import CliRunner
 from xenpci.cli.compare import seed_point
 from xenpci.cli.main import app
 from xenpci.demo.compare import run_compare
+from xenpci.devices.nvme import MDTS
+from xenpci.hv import PAGE_SIZE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,7 +30,8 @@ def test_counts_show_the_three_models(tmp_path: Path) -> None:
     report = run_compare(MIB, random_reads=reads, trace_dir=tmp_path / "t", diagram_dir=tmp_path)
     emu, pv, pt = (report.results[m] for m in ("emulated", "pv", "passthrough"))
     assert all(r.verified for r in (emu, pv, pt))
-    nvme_cmds = 2 * MIB // 8192 + reads  # write + read back, then one per random read
+    per_cmd = PAGE_SIZE << MDTS
+    nvme_cmds = 2 * MIB // per_cmd + reads  # write + read back, then one per random read
     # Emulation: every doorbell write of the guest is one ioreq served by dom0.
     assert emu.guest_register_accesses == 2 * nvme_cmds
     assert emu.dom0_round_trips == emu.ioreqs == 2 * nvme_cmds

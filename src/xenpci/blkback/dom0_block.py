@@ -11,7 +11,7 @@ and binds to its own event channels. Nothing goes through pciback or
 pcifront: the disk is not assigned to anyone.
 
 Deliberate differences: the driver API is the guest driver's (one command in
-flight, at most two pages per command), serialised by a lock here because
+flight, at most MDTS (32 pages) per command), serialised by a lock here because
 several backends share the disk; there is no request merging or queueing.
 Callers must not run on dom0's vCPU: the driver waits for its completion
 interrupt, which dom0's vCPU delivers (blkback and the device model each run
@@ -160,7 +160,7 @@ class Dom0Disk:
             )
 
     def read(self, sector: int, count: int) -> bytes:
-        """Read ``count`` sectors, one NVMe command per two pages."""
+        """Read ``count`` sectors, one NVMe command per MDTS (128 KiB)."""
         self._check(sector, count)
         out = []
         with self._lock:

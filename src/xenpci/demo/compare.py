@@ -220,8 +220,8 @@ def run_compare(
     progress: Callable[[str], None] | None = None,
 ) -> CompareReport:
     """Run the workload through every model on one host; see the module doc."""
-    if size <= 0 or size % (MAX_BLOCKS_PER_CMD * SECTOR):
-        raise ValueError(f"size {size} must be a positive multiple of 8 KiB")
+    if size <= 0 or size % RANDOM_READ:
+        raise ValueError(f"size {size} must be a positive multiple of 4 KiB")
     rng = random.Random(seed)
     data = rng.randbytes(size)
     offsets = [rng.randrange(size // RANDOM_READ) * RANDOM_READ for _ in range(random_reads)]

@@ -340,23 +340,27 @@ class NvmeCore:
                 raise _PrpError(SC_INVALID_PRP_OFFSET)
             return [*segs, (prp2, remaining)]
         # PRP2 points to a PRP list; its last entry chains to the next list page.
+        # The entries of one list page are fetched with one DMA read (a controller
+        # fetches the list in bursts; it only reads entries the transfer needs).
         entry = prp2
         if entry % 8:
             raise _PrpError(SC_INVALID_PRP_OFFSET)
         while remaining > 0:
-            (addr,) = struct.unpack("<Q", self.dma.read(entry, 8))
-            last_in_page = (entry + 8) % PAGE_SIZE == 0
-            if last_in_page and remaining > PAGE_SIZE:
-                entry = addr  # chain pointer
+            pages_left = -(-remaining // PAGE_SIZE)
+            in_page = (PAGE_SIZE - entry % PAGE_SIZE) // 8
+            chained = pages_left > in_page  # the page's last entry is a chain pointer
+            count = in_page if chained else pages_left
+            addrs = struct.unpack(f"<{count}Q", self.dma.read(entry, 8 * count))
+            for addr in addrs[:-1] if chained else addrs:
+                if addr % PAGE_SIZE:
+                    raise _PrpError(SC_INVALID_PRP_OFFSET)
+                chunk = min(remaining, PAGE_SIZE)
+                segs.append((addr, chunk))
+                remaining -= chunk
+            if chained:
+                entry = addrs[-1]
                 if entry % 8:
                     raise _PrpError(SC_INVALID_PRP_OFFSET)
-                continue
-            if addr % PAGE_SIZE:
-                raise _PrpError(SC_INVALID_PRP_OFFSET)
-            chunk = min(remaining, PAGE_SIZE)
-            segs.append((addr, chunk))
-            remaining -= chunk
-            entry += 8
         return segs
 
     def _transfer(

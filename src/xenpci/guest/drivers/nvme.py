@@ -10,9 +10,18 @@ pages (named by PRP1/PRP2) and the device; the completion arrives as an MSI-X
 vector delivered on an event channel. Constants are NVMe 1.4's
 (:mod:`xenpci.devices.nvme`).
 
+A command moves up to the controller's Maximum Data Transfer Size (MDTS,
+``PAGE_SIZE << MDTS`` = 128 KiB, 32 pages): PRP1 names the first page; PRP2
+the second page when the transfer spans exactly two, otherwise a PRP list (a
+page of 8-byte entries naming every page after the first), as NVMe 1.4
+section 4.3 prescribes and ``nvme_pci_setup_prps`` builds.
+
 Deliberate differences: one I/O queue pair, one command in flight, the
-driver polls nothing (it waits for the vector), transfers at most two pages
-per command (PRP1 + PRP2, no PRP lists).
+driver polls nothing (it waits for the vector); the data pages are fixed
+buffers allocated at probe (Linux maps each request's own pages), so the PRP
+list is written once; the transfer limit is the model's MDTS constant
+(Linux reads it from Identify Controller byte 77, which the model reports
+with the same value).
 """
 
 from __future__ import annotations
@@ -38,7 +47,10 @@ QUEUE_ENTRIES = 16
 IO_QID = 1
 ADMIN_VECTOR = 0
 IO_VECTOR = 1
-MAX_BLOCKS_PER_CMD = 2 * PAGE_SIZE // hw.BLOCK_SIZE
+#: Pages one command moves: the controller's MDTS (Identify byte 77), 32 pages.
+MAX_PAGES_PER_CMD = 1 << hw.MDTS
+MAX_BLOCKS_PER_CMD = MAX_PAGES_PER_CMD * PAGE_SIZE // hw.BLOCK_SIZE
+_PRP_ENTRY = 8
 
 
 class NvmeDriver(PciDriver):
@@ -55,6 +67,7 @@ class NvmeDriver(PciDriver):
         self._pages: dict[int, tuple[DmaBuffer, DmaBuffer]] = {}
         self._cid = 0
         self.data: list[DmaBuffer] = []
+        self.prp_list: DmaBuffer | None = None
         self.commands = 0
 
     # -- probe ---------------------------------------------------------------------
@@ -92,7 +105,11 @@ class NvmeDriver(PciDriver):
         self._admin(hw.ADM_CREATE_CQ, prp1=cq.bus, cdw10=qsize, cdw11=IO_VECTOR << 16 | 0x3)
         self._admin(hw.ADM_CREATE_SQ, prp1=sq.bus, cdw10=qsize, cdw11=IO_QID << 16 | 0x1)
         self._q[IO_QID] = [0, 0, 1]
-        self.data = [self.alloc_dma(), self.alloc_dma()]
+        self.data = [self.alloc_dma() for _ in range(MAX_PAGES_PER_CMD)]
+        # The PRP list: entry i names data page i + 1 (fixed buffers: written once).
+        prp_list = self.alloc_dma()
+        self.hc.write(prp_list.gpaddr, b"".join(struct.pack("<Q", b.bus) for b in self.data[1:]))
+        self.prp_list = prp_list
 
     def _regs(self) -> BarMapping:
         if self.regs is None:
@@ -178,34 +195,42 @@ class NvmeDriver(PciDriver):
         if not 1 <= nblocks <= MAX_BLOCKS_PER_CMD:
             raise DriverError(f"{nblocks} blocks per command (1..{MAX_BLOCKS_PER_CMD})")
 
+    def _prps(self, nbytes: int) -> tuple[int, int]:
+        """PRP1 and PRP2 of a transfer of ``nbytes`` from the start of the data pages."""
+        if self.prp_list is None:
+            raise DriverError(f"d{self.domid}: NVMe not probed")
+        pages = -(-nbytes // PAGE_SIZE)
+        if pages <= 2:
+            return self.data[0].bus, self.data[1].bus  # PRP2 unused for one page
+        return self.data[0].bus, self.prp_list.bus
+
     def write_blocks(self, slba: int, data: bytes) -> None:
-        """Write whole blocks from a DMA buffer (PRP1, and PRP2 past the first page)."""
+        """Write whole blocks (up to MDTS) from the DMA pages, by PRP1 + PRP2/PRP list."""
         if not data or len(data) % hw.BLOCK_SIZE:
             raise DriverError(f"{len(data)} bytes is not whole {hw.BLOCK_SIZE}-byte blocks")
         nblocks = len(data) // hw.BLOCK_SIZE
         self._check_len(nblocks)
-        first, second = self.data
-        self.hc.write(first.gpaddr, data[:PAGE_SIZE])
-        if len(data) > PAGE_SIZE:
-            self.hc.write(second.gpaddr, data[PAGE_SIZE:])
-        status = self.submit_io(hw.NVM_WRITE, slba, nblocks, first.bus, second.bus)
+        write = self.hc.write
+        for i, pos in enumerate(range(0, len(data), PAGE_SIZE)):
+            write(self.data[i].gpaddr, data[pos : pos + PAGE_SIZE])
+        status = self.submit_io(hw.NVM_WRITE, slba, nblocks, *self._prps(len(data)))
         if status != hw.SC_SUCCESS:
             raise DeviceFailed(f"d{self.domid} NVMe write of LBA {slba}", status)
 
     def read_blocks(self, slba: int, nblocks: int) -> bytes:
         self._check_len(nblocks)
-        first, second = self.data
+        n = nblocks * hw.BLOCK_SIZE
+        pages = self.data[: -(-n // PAGE_SIZE)]
         # Scribble first, so stale buffer contents cannot pass for a correct read.
-        self.hc.write(first.gpaddr, b"\xa5" * PAGE_SIZE)
-        self.hc.write(second.gpaddr, b"\xa5" * PAGE_SIZE)
-        status = self.submit_io(hw.NVM_READ, slba, nblocks, first.bus, second.bus)
+        scribble = b"\xa5" * PAGE_SIZE
+        for page in pages:
+            self.hc.write(page.gpaddr, scribble)
+        status = self.submit_io(hw.NVM_READ, slba, nblocks, *self._prps(n))
         if status != hw.SC_SUCCESS:
             raise DeviceFailed(f"d{self.domid} NVMe read of LBA {slba}", status)
-        n = nblocks * hw.BLOCK_SIZE
-        out = self.hc.read(first.gpaddr, min(n, PAGE_SIZE))
-        if n > PAGE_SIZE:
-            out += self.hc.read(second.gpaddr, n - PAGE_SIZE)
-        return out
+        read = self.hc.read
+        out = b"".join(read(page.gpaddr, PAGE_SIZE) for page in pages)
+        return out[:n]
 
     def remove(self) -> None:
         if self.regs is not None:
