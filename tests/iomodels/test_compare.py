@@ -25,9 +25,16 @@ pytestmark = pytest.mark.timeout(120)
 MIB = 1 << 20
 
 
-def test_counts_show_the_three_models(tmp_path: Path) -> None:
+@pytest.mark.parametrize("deterministic", [False, True], ids=["threaded", "deterministic"])
+def test_counts_show_the_three_models(tmp_path: Path, deterministic: bool) -> None:
     reads = 16
-    report = run_compare(MIB, random_reads=reads, trace_dir=tmp_path / "t", diagram_dir=tmp_path)
+    report = run_compare(
+        MIB,
+        random_reads=reads,
+        trace_dir=tmp_path / "t",
+        diagram_dir=tmp_path,
+        deterministic=deterministic,
+    )
     emu, pv, pt = (report.results[m] for m in ("emulated", "pv", "passthrough"))
     assert all(r.verified for r in (emu, pv, pt))
     per_cmd = PAGE_SIZE << MDTS

@@ -7,7 +7,10 @@ check ``mode``), ``connect`` (publish ``feature-flush-cache``,
 ``physical-sector-size``), ``connect_ring`` (read ``ring-ref``,
 ``event-channel``, ``protocol``; map the ring, bind the channel) and
 ``xen_blkif_disconnect``; and ``xen_blkif_schedule``, the per-ring kernel
-thread (``xenblkd``) woken by the event-channel interrupt.
+thread (``xenblkd``) woken by the event-channel interrupt. With the
+machine's deterministic executor, ``xenblkd`` is a lane of it instead of a
+thread: the interrupt posts one service pass, which runs when the executor
+gets to it.
 
 The XenBus state logic is the shared :class:`~xenpci.xenbus.state.XenbusDevice`
 (the one pciback uses), driven by :class:`~xenpci.xenbus.watch.XenbusWatch`.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from xenpci.abi import blkif
@@ -32,6 +36,7 @@ from xenpci.blkback.ring import BackRing
 from xenpci.errors import XenpciError
 from xenpci.hv import Hypercalls
 from xenpci.hv.grant_table import GrantMapping
+from xenpci.hv.scheduler import SteppedVcpu, wait_for
 from xenpci.trace import Trace
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
@@ -80,7 +85,11 @@ class BlkbackDevice:
         self._pending = False
         self._stop = False
         self._thread: threading.Thread | None = None
+        #: Deterministic mode: ``xenblkd`` is a lane of the machine's executor, no thread.
+        self._lane: SteppedVcpu | None = None
         self._removed = False
+        #: CPU seconds of the executor tasks (deterministic mode: no thread has a clock).
+        self.task_cpu_s = 0.0
 
     def probe(self) -> None:
         """``xen_blkbk_probe``: InitWait, then the watch machinery drives the rest."""
@@ -187,10 +196,14 @@ class BlkbackDevice:
             name=f"vbd-{self.domid}-{self.devid}",
         )
         self._stop = False
-        self._thread = threading.Thread(
-            target=self._schedule, name=f"xenblkd-{self.domid}-{self.devid}", daemon=True
-        )
-        self._thread.start()
+        self._pending = False
+        name = f"xenblkd-{self.domid}-{self.devid}"
+        executor = self.xs.executor
+        if executor is not None:
+            self._lane = executor.lane(name)
+        else:
+            self._thread = threading.Thread(target=self._schedule, name=name, daemon=True)
+            self._thread.start()
         self.hc.evtchn_set_handler(local, self._irq)
 
     def _disconnect(self) -> None:
@@ -203,6 +216,9 @@ class BlkbackDevice:
             if thread is not threading.current_thread():
                 thread.join(10)
             self._thread = None
+        if self._lane is not None:
+            self._lane.stop()  # queued work is dropped with the lane
+            self._lane = None
         if self.evtchn is not None:
             with contextlib.suppress(XenpciError):
                 self.hc.evtchn_close(self.evtchn)
@@ -215,10 +231,28 @@ class BlkbackDevice:
 
     # -- the data path -----------------------------------------------------------------
     def _irq(self, _port: int) -> None:
-        # xen_blkif_be_int on dom0's vCPU: only wake the thread (it may sleep on IO).
+        # xen_blkif_be_int on dom0's vCPU: only wake xenblkd (it may sleep on IO).
+        lane = self._lane
         with self._work:
+            if lane is not None:
+                if not self._pending:  # one queued pass serves every request so far
+                    self._pending = True
+                    lane.post(self._serve_once)
+                return
             self._pending = True
             self._work.notify()
+
+    def _serve_once(self) -> None:
+        """One ``xen_blkif_schedule`` iteration as an executor task (deterministic mode)."""
+        with self._work:
+            self._pending = False
+        server = self.server
+        if server is not None:
+            start = time.thread_time()
+            try:
+                server.do_block_io_op()
+            finally:
+                self.task_cpu_s += time.thread_time() - start
 
     def _schedule(self) -> None:
         """``xen_blkif_schedule``: sleep until kicked, serve the ring, repeat."""
@@ -270,13 +304,15 @@ class BlkbackDriver:
 
     def wait_for_device(self, domid: int, devid: int, timeout: float = 10.0) -> BlkbackDevice:
         with self._changed:
-            if not self._changed.wait_for(lambda: (domid, devid) in self.devices, timeout):
+            if not wait_for(
+                self._changed, lambda: (domid, devid) in self.devices, timeout, self.xs.executor
+            ):
                 raise TimeoutError(f"no blkback device for d{domid} vbd {devid}")
             return self.devices[(domid, devid)]
 
     def wait(self, predicate: Callable[[BlkbackDriver], bool], timeout: float = 10.0) -> bool:
         with self._changed:
-            return self._changed.wait_for(lambda: predicate(self), timeout)
+            return wait_for(self._changed, lambda: predicate(self), timeout, self.xs.executor)
 
     def _present(self) -> set[tuple[int, int]]:
         out: set[tuple[int, int]] = set()

@@ -28,6 +28,7 @@ from xenpci.abi import blkif
 from xenpci.blkfront.ring import FrontRing
 from xenpci.errors import XenpciError
 from xenpci.hv import PAGE_SHIFT, PAGE_SIZE, Hypercalls
+from xenpci.hv.scheduler import wait_for
 from xenpci.trace import Trace
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
@@ -113,6 +114,9 @@ class Blkfront:
         self.watch.start()
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
+        executor = self.xs.executor
+        if executor is not None:  # run the machine until connected, on the virtual clock
+            return executor.wait_until(self._connected.is_set, timeout)
         return self._connected.wait(timeout)
 
     def remove(self) -> None:
@@ -250,9 +254,11 @@ class Blkfront:
             if queued:
                 self._flush()
             with self._cond:
-                if not self._cond.wait_for(
+                if not wait_for(
+                    self._cond,
                     lambda: any(i in self._done for i in waiting) or -1 in self._done,
                     DEFAULT_TIMEOUT,
+                    self.xs.executor,
                 ):
                     raise BlkfrontError(f"d{self.domid}: no response from the backend")
                 finished = [i for i in waiting if i in self._done]
@@ -294,6 +300,8 @@ class Blkfront:
         ring.put_request(req)
         self._flush()
         with self._cond:
-            if not self._cond.wait_for(lambda: int(req.id) in self._done, DEFAULT_TIMEOUT):
+            if not wait_for(
+                self._cond, lambda: int(req.id) in self._done, DEFAULT_TIMEOUT, self.xs.executor
+            ):
                 raise BlkfrontError("no response")
             return self._done.pop(int(req.id))

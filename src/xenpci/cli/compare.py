@@ -5,7 +5,9 @@ model (who handled what, from the trace), then one table of guest-visible
 throughput as ratios to passthrough measured in the same run, and the
 seed's point checked from the counts. ``--trace DIR`` writes
 ``DIR/<model>.jsonl``; ``--diagram DIR`` writes ``DIR/<model>.html`` and
-``.mmd`` (the first command of each model as a sequence diagram).
+``.mmd`` (the first command of each model as a sequence diagram);
+``--deterministic`` runs the host on one thread (two runs write identical
+traces).
 """
 
 from __future__ import annotations
@@ -106,6 +108,13 @@ def register(app: typer.Typer) -> None:
         diagram: Annotated[
             Path | None, typer.Option("--diagram", help="write DIR/<model>.html and .mmd")
         ] = None,
+        deterministic: Annotated[
+            bool,
+            typer.Option(
+                "--deterministic",
+                help="run the host on one thread (the machine's executor): replayable traces",
+            ),
+        ] = False,
     ) -> None:
         """Emulated vs PV vs passthrough: one workload, one host, one NVMe model."""
         console = Console()
@@ -123,6 +132,7 @@ def register(app: typer.Typer) -> None:
                     trace_dir=trace,
                     diagram_dir=diagram,
                     progress=progress,
+                    deterministic=deterministic,
                 )
         except (XenpciError, OSError) as e:
             console.print(f"[red]compare failed:[/red] {e}")

@@ -11,6 +11,12 @@ write of ``size`` bytes and its read-back, each chunk's SHA-256 checked; then
 the trace (or the hypervisor's own per-thread CPU clocks for dom0's time),
 measured over the workload only.
 
+With ``deterministic=True`` the host runs on the caller's thread as tasks of
+the machine's one executor (no thread is started) and the traces of two runs
+are byte-identical. dom0's CPU time is then the CPU time of the device
+model's and ``xenblkd``'s tasks (what they wait on runs nested inside them,
+dom0's disk interrupts included), since no dom0 thread exists to have a clock.
+
 Diagrams are drawn from the trace's typed records with the demo's writers
 (:func:`xenpci.demo.diagram.mermaid` / ``html``): the first
 command of each model, from the guest to the device and back.
@@ -137,6 +143,14 @@ def _cpu_time(idents: Iterable[int | None]) -> float:
     return total
 
 
+def _dom0_cpu(host: IoModelsHost) -> float:
+    """dom0's CPU seconds so far: its threads' clocks, or its executor tasks' time."""
+    if host.machine.hv.scheduler is not None:
+        tasks = [d.task_cpu_s for d in host.blkback.devices.values()]
+        return sum(tasks) + sum(dm.task_cpu_s for dm in host.models)
+    return _cpu_time(_dom0_threads(host))
+
+
 def _dom0_threads(host: IoModelsHost) -> list[int | None]:
     idents: list[int | None] = [host.machine.hv.dom0.vcpu.ident]
     idents += [d.thread_ident for d in host.blkback.devices.values()]
@@ -156,7 +170,7 @@ def _measure(
 ) -> ModelResult:
     t = host.trace
     t.clear()
-    cpu0 = _cpu_time(_dom0_threads(host))
+    cpu0 = _dom0_cpu(host)
     sums = [hashlib.sha256(data[p : p + CHUNK]).digest() for p in range(0, len(data), CHUNK)]
     start = time.perf_counter()
     for p in range(0, len(data), CHUNK):
@@ -171,7 +185,7 @@ def _measure(
         got = disk.read(off // SECTOR, RANDOM_READ // SECTOR)
         ok &= got == data[off : off + RANDOM_READ]
     done = time.perf_counter()
-    cpu = _cpu_time(_dom0_threads(host)) - cpu0
+    cpu = _dom0_cpu(host) - cpu0
     domid = disk.domid
     result = ModelResult(
         model=model,
@@ -218,6 +232,7 @@ def run_compare(
     trace_dir: Path | None = None,
     diagram_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    deterministic: bool = False,
 ) -> CompareReport:
     """Run the workload through every model on one host; see the module doc."""
     if size <= 0 or size % RANDOM_READ:
@@ -231,7 +246,7 @@ def run_compare(
     report = CompareReport()
     started = time.perf_counter()
     say = progress or (lambda _text: None)
-    with boot_iomodels_host() as host:
+    with boot_iomodels_host(deterministic=deterministic) as host:
         say("host booted: dom0 drives the physical NVMe disk, blkback serves it")
         drv, _dm = host.add_hvm_guest("hvm-guest")
         say("HVM guest: emulated NVMe controller (device model in dom0)")

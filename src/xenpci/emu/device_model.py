@@ -22,7 +22,8 @@ the device model here keeps serving.
 Deliberate differences: the emulated machine has only the NVMe controller
 (QEMU's own IDs 1b36:0010 at 00:04.0, BAR0 at a fixed address) and the PC
 POST-code port 0x80 (bufferable, as writes to it need no answer); the loop
-runs on its own thread (QEMU's main loop), woken by dom0's upcall; an MSI is
+runs on its own thread (QEMU's main loop), woken by dom0's upcall, or as a
+lane of the machine's deterministic executor when it has one; an MSI is
 injected as an event on the port the guest wrote in the MSI-X entry's data
 (how PV-on-HVM guests receive MSIs as event channels), bound on first use.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,6 +47,7 @@ from xenpci.errors import XenpciError
 from xenpci.hv.domain import Domain
 from xenpci.hv.hypervisor import Hypervisor
 from xenpci.hv.ioreq import IoreqServer
+from xenpci.hv.scheduler import SteppedVcpu
 from xenpci.pci.address import SBDF
 from xenpci.trace import Kind
 
@@ -84,6 +87,8 @@ class XenDeviceModel:
         self.post_codes: list[int] = []
         self.handled = 0
         self.refused = 0
+        #: CPU seconds of the executor tasks (deterministic mode: no thread has a clock).
+        self.task_cpu_s = 0.0
         self._logged: set[str] = set()
         self._msi_ports: dict[int, int] = {}
         # Map the ioreq pages and bind the channels (xen_be_init / xen_map_ioreq_server).
@@ -97,25 +102,33 @@ class XenDeviceModel:
         self._cond = threading.Condition()
         self._kicked = False
         self._stop = False
-        self._thread = threading.Thread(
-            target=self._loop, name=f"qemu-dm-{self.domid}", daemon=True
-        )
-        self._thread.start()
+        name = f"qemu-dm-{self.domid}"
+        self._thread: threading.Thread | None = None
+        #: Deterministic mode: QEMU's main loop is a lane of the machine's executor.
+        self._lane: SteppedVcpu | None = None
+        executor = hv.scheduler
+        if executor is not None:
+            self._lane = executor.lane(name)
+        else:
+            self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+            self._thread.start()
         self.hc.evtchn_set_handler(self.vcpu_port, self._kick)
         self.hc.evtchn_set_handler(self.buf_port, self._kick)
 
     # -- lifecycle -----------------------------------------------------------------
     @property
     def thread_ident(self) -> int | None:
-        """The device model's thread (for its CPU clock)."""
-        return self._thread.ident
+        """The device model's thread (for its CPU clock); None on the executor."""
+        return self._thread.ident if self._thread is not None else None
 
     def stop(self) -> None:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        if self._thread is not threading.current_thread():
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(10)
+        if self._lane is not None:
+            self._lane.stop()
         for port in (self.vcpu_port, self.buf_port, *self._msi_ports.values()):
             with contextlib.suppress(XenpciError):
                 self.hc.evtchn_close(port)
@@ -124,9 +137,28 @@ class XenDeviceModel:
 
     def _kick(self, _port: int) -> None:
         # dom0's vCPU: only wake the loop (it may wait for dom0's disk interrupt).
+        lane = self._lane
         with self._cond:
+            if lane is not None:
+                if not self._kicked and not self._stop:  # one queued pass serves all
+                    self._kicked = True
+                    lane.post(self._serve)
+                return
             self._kicked = True
             self._cond.notify()
+
+    def _serve(self) -> None:
+        """One turn of the main loop as an executor task (deterministic mode)."""
+        with self._cond:
+            self._kicked = False
+            if self._stop:
+                return
+        start = time.thread_time()
+        try:
+            self.handle_buffered_iopage()
+            self.cpu_handle_ioreq()
+        finally:
+            self.task_cpu_s += time.thread_time() - start
 
     def _loop(self) -> None:
         while True:

@@ -29,7 +29,7 @@ emulated ranges are decoded by the machine's I/O bus (a window the guest is
 given iomem/ioport access to, whose handler is this server) instead of by a
 second-stage page fault; the CF8 latch is per server, so one HVM guest per
 machine; a vCPU waits for the answer with a (long) timeout, where Xen waits
-forever.
+forever (a deadline on the virtual clock with the deterministic executor).
 """
 
 from __future__ import annotations
@@ -254,7 +254,12 @@ class IoreqServer:
                 dir="read" if direction == abi.IOREQ_READ else "write",
             )
             self._notify(self.vcpu_port)
-            if not self.answered.wait(IOREQ_TIMEOUT):
+            executor = self.hv.scheduler
+            if executor is not None:  # the vCPU blocks: the machine runs until the answer
+                answered = executor.wait_until(self.answered.is_set, IOREQ_TIMEOUT)
+            else:
+                answered = self.answered.wait(IOREQ_TIMEOUT)
+            if not answered:
                 self._fail("no-answer", "the device model did not answer")
                 return ones
             state = slot.state

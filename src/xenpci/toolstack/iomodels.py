@@ -10,9 +10,12 @@ with pciback, exactly as ``xl create`` with ``pci=[...]`` does today.
 
 Deliberate differences: the passthrough guest drives its own NVMe function
 (the same model class, another function), since a disk cannot be owned by
-dom0 and assigned to a guest at once. The machine runs threaded (not the
-deterministic scheduler): blkback's ``xenblkd`` and the device model wait for
-dom0's disk interrupts on their own threads, as their real counterparts do.
+dom0 and assigned to a guest at once. Threaded by default: blkback's
+``xenblkd`` and the device model wait for dom0's disk interrupts on their own
+threads, as their real counterparts do. With ``deterministic=True`` the whole
+host runs on the caller's thread, as tasks of the machine's one executor
+(``xenblkd`` and the device model are lanes of it; their waits for dom0's
+disk run the executor until the interrupt's upcall has run).
 """
 
 from __future__ import annotations
@@ -130,10 +133,11 @@ class IoModelsHost:
         self.shutdown()
 
 
-def boot_iomodels_host() -> IoModelsHost:
+def boot_iomodels_host(*, deterministic: bool = False) -> IoModelsHost:
     """Boot the host: two NVMe functions, dom0's driver bound to one, blkback started."""
     machine = boot_machine(
-        HostDescription(sources=(f"model:nvme@{DOM0_NVME}", f"model:nvme@{PASSTHROUGH_NVME}"))
+        HostDescription(sources=(f"model:nvme@{DOM0_NVME}", f"model:nvme@{PASSTHROUGH_NVME}")),
+        deterministic=deterministic,
     )
     try:
         fn = machine.host_function(DOM0_NVME)
