@@ -187,6 +187,13 @@ def _measure(
     done = time.perf_counter()
     cpu = _dom0_cpu(host) - cpu0
     domid = disk.domid
+    counts = t.counts_by_domain()  # one snapshot: each count below is a lookup
+
+    def count(kind: str, dom: int | None = None) -> int:
+        if dom is not None:
+            return counts.get((kind, dom), 0)
+        return sum(n for (k, _d), n in counts.items() if k == kind)
+
     result = ModelResult(
         model=model,
         size=len(data),
@@ -195,16 +202,16 @@ def _measure(
         read_s=read - wrote,
         random_s=done - read,
         verified=ok,
-        dom0_round_trips=t.count(TRACE_DM_IOREQ, 0) + t.count(TRACE_REQUEST, 0),
+        dom0_round_trips=count(TRACE_DM_IOREQ, 0) + count(TRACE_REQUEST, 0),
         # Each of dom0's own NVMe commands completes with one interrupt to dom0.
-        dom0_disk_commands=t.count("pirq", 0),
-        ioreqs=t.count(TRACE_IOREQ, domid) + t.count(TRACE_BUF_IOREQ, domid),
-        evtchn_sends=t.count("evtchn_send"),
-        interrupts=t.count("pirq") + t.count(TRACE_INJECT),
-        grant_ops=sum(t.count(k) for k in _GRANT_KINDS),
-        foreign_maps=t.count("foreign_map"),
-        guest_register_accesses=t.count("mmio_write", domid) + t.count("mmio_read", domid),
-        frontend_notifications=_sends(t.events, domid, frontend_port),
+        dom0_disk_commands=count("pirq", 0),
+        ioreqs=count(TRACE_IOREQ, domid) + count(TRACE_BUF_IOREQ, domid),
+        evtchn_sends=count("evtchn_send"),
+        interrupts=count("pirq") + count(TRACE_INJECT),
+        grant_ops=sum(count(k) for k in _GRANT_KINDS),
+        foreign_maps=count("foreign_map"),
+        guest_register_accesses=count("mmio_write", domid) + count("mmio_read", domid),
+        frontend_notifications=_sends(t.events, domid, frontend_port) if frontend_port else 0,
         dom0_cpu_s=cpu,
     )
     if trace_dir is not None:

@@ -48,6 +48,7 @@ MQES = 255  # CAP.MQES: 256 entries per queue, zero-based
 BLOCK_SIZE = 512
 NAMESPACE_BLOCKS = 1 << 17  # 64 MiB
 SQE_SIZE = 64
+_ZERO_BLOCK = bytes(BLOCK_SIZE)  # what a block never written reads as
 CQE_SIZE = 16
 
 CC_EN = 1 << 0
@@ -316,13 +317,15 @@ class NvmeCore:
         if nlb * BLOCK_SIZE > PAGE_SIZE << MDTS:
             return SC_INVALID_FIELD, 0  # larger than MDTS (Identify byte 77)
         if opcode == NVM_READ:
-            data = b"".join(self.blocks.get(b, bytes(BLOCK_SIZE)) for b in range(slba, slba + nlb))
+            get = self.blocks.get
+            data = b"".join([get(b, _ZERO_BLOCK) for b in range(slba, slba + nlb)])
             return self._transfer(dw, page_out=data), 0
         buf = bytearray()
         status = self._transfer(dw, length=nlb * BLOCK_SIZE, into=buf)
         if status == SC_SUCCESS:
+            view = memoryview(buf)
             for i in range(nlb):
-                self.blocks[slba + i] = bytes(buf[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
+                self.blocks[slba + i] = bytes(view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
         return status, 0
 
     # -- PRP data transfer -------------------------------------------------------
