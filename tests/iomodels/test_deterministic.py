@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from xenpci.cli.compare import seed_point
 from xenpci.cli.main import app
 from xenpci.demo.compare import MODELS, run_compare
+from xenpci.hv.errors import Deadlock
+from xenpci.toolstack.iomodels import boot_iomodels_host
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,3 +68,23 @@ def test_cli_deterministic() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "NO" not in result.output
+
+
+def test_nested_use_of_dom0s_disk_fails_instead_of_hanging() -> None:
+    # On one thread, a task that reaches dom0's disk while a command waits (nested)
+    # cannot take the disk's lock: it fails with EDEADLK; the command completes.
+    with boot_iomodels_host(deterministic=True) as host:
+        executor = host.machine.hv.scheduler
+        assert executor is not None
+        host.disk.write(0, b"\x5a" * 4096)
+        got: list[bytes] = []
+        executor.lane("intruder").post(lambda: got.append(host.disk.read(0, 8)))
+        assert host.disk.read(0, 8) == b"\x5a" * 4096  # runs the intruder nested
+        assert got == []
+        assert [type(e) for e in executor.errors] == [Deadlock]
+        assert executor.errors[0].errno == "EDEADLK"
+        # Not nested, the same task succeeds.
+        executor.errors.clear()
+        executor.lane("later").post(lambda: got.append(host.disk.read(0, 8)))
+        executor.run_until_idle()
+        assert got == [b"\x5a" * 4096] and executor.errors == []

@@ -13,6 +13,11 @@ pcifront: the disk is not assigned to anyone.
 Deliberate differences: the driver API is the guest driver's (one command in
 flight, at most MDTS (32 pages) per command), serialised by a lock here because
 several backends share the disk; there is no request merging or queueing.
+With the machine's deterministic executor a command's wait runs the executor
+nested: another lane's task that reaches the disk meanwhile (the device model
+while ``xenblkd`` waits, say) would wait for a lock its own thread holds, so
+it fails at once with ``Deadlock`` (EDEADLK) instead of hanging, and the
+command in flight completes.
 Callers must not run on dom0's vCPU: the driver waits for its completion
 interrupt, which dom0's vCPU delivers (blkback and the device model each run
 on their own thread, as ``xenblkd`` and QEMU do).
@@ -20,8 +25,9 @@ on their own thread, as ``xenblkd`` and QEMU do).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from xenpci.devices import nvme as hw
 from xenpci.errors import XenpciError
@@ -29,6 +35,7 @@ from xenpci.guest.drivers.nvme import MAX_BLOCKS_PER_CMD, NvmeDriver
 from xenpci.guest.kernel import GuestKernel
 from xenpci.guest.pci_core import GuestPciDevice
 from xenpci.hv.domain import Domain
+from xenpci.hv.errors import Deadlock
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.pci.pcibios import PCIBIOS_SUCCESSFUL
@@ -140,15 +147,29 @@ class Dom0Disk:
         self.sectors = hw.NAMESPACE_BLOCKS
         self._probed = False
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The disk's lock; on the executor, a nested taker fails rather than hang."""
+        if self.kernel.executor is None:
+            with self._lock:
+                yield
+            return
+        if not self._lock.acquire(blocking=False):
+            raise Deadlock(f"{self.name}: the disk is busy with a command of another task")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def probe(self) -> None:
         """Bind the driver (``nvme_probe``): enable, map BAR0, queues, MSI-X."""
-        with self._lock:
+        with self._exclusive():
             if not self._probed:
                 self.driver.probe()
                 self._probed = True
 
     def remove(self) -> None:
-        with self._lock:
+        with self._exclusive():
             if self._probed:
                 self.driver.remove()
                 self._probed = False
@@ -163,7 +184,7 @@ class Dom0Disk:
         """Read ``count`` sectors, one NVMe command per MDTS (128 KiB)."""
         self._check(sector, count)
         out = []
-        with self._lock:
+        with self._exclusive():
             done = 0
             while done < count:
                 n = min(MAX_BLOCKS_PER_CMD, count - done)
@@ -177,7 +198,7 @@ class Dom0Disk:
             raise Dom0BlockError(f"{self.name}: {len(data)} bytes is not whole sectors")
         count = len(data) // SECTOR_SIZE
         self._check(sector, count)
-        with self._lock:
+        with self._exclusive():
             done = 0
             while done < count:
                 n = min(MAX_BLOCKS_PER_CMD, count - done)
