@@ -21,7 +21,9 @@ the device model here keeps serving.
 
 Deliberate differences: the emulated machine has only the NVMe controller
 (QEMU's own IDs 1b36:0010 at 00:04.0, BAR0 at a fixed address) and the PC
-POST-code port 0x80 (bufferable, as writes to it need no answer); the loop
+POST-code port 0x80 (bufferable, as writes to it need no answer; the NVMe
+BAR is not: on real Xen only the VGA aperture is buffered in practice, so every
+doorbell write stays a synchronous round trip, as the comparison shows); the loop
 runs on its own thread (QEMU's main loop), woken by dom0's upcall, or as a
 lane of the machine's deterministic executor when it has one; an MSI is
 injected as an event on the port the guest wrote in the MSI-X entry's data
