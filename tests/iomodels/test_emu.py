@@ -15,6 +15,8 @@ import pytest
 from xenpci.abi import ioreq as abi
 from xenpci.devices import nvme as hw
 from xenpci.emu.device_model import EMU_SBDF, POST_PORT
+from xenpci.guest.drivers.base import DriverError
+from xenpci.hv import PAGE_SIZE
 from xenpci.hv.ioreq import IoreqServer
 from xenpci.toolstack.iomodels import IoModelsHost
 
@@ -70,3 +72,24 @@ def test_xen_refuses_a_malformed_access(
     assert server.sent == before  # nothing reached the device model
     assert server.failures == 2
     assert len([r for r in caplog.records if "not forwarded" in r.getMessage()]) == 1
+
+
+def test_one_command_moves_mdts_through_a_prp_list(host: IoModelsHost) -> None:
+    # The guest driver's largest command: 2**MDTS pages, PRP1 + a PRP list (NVMe 1.4
+    # 4.3); dom0's own driver serves it with one command on the physical disk.
+    drv, dm = host.add_hvm_guest("hvm")
+    limit = PAGE_SIZE << hw.MDTS
+    data = bytes((i * 7 + i // 4096) % 256 for i in range(limit))
+    before, dom0_before = drv.commands, host.disk.commands
+    drv.write_blocks(8, data)
+    assert drv.commands - before == 1
+    assert host.disk.commands - dom0_before == 1
+    assert media(host, 8, limit // 512) == data
+    assert drv.read_blocks(8, limit // 512) == data
+    assert drv.read_blocks(8 + 5, 3) == data[5 * 512 : 8 * 512]
+    with pytest.raises(DriverError):
+        drv.write_blocks(0, data + bytes(512))  # one block past MDTS: refused in the guest
+    # A command past MDTS sent anyway gets the controller's own status.
+    status = drv.submit_io(hw.NVM_READ, 0, limit // 512 + 1, drv.data[0].bus, drv.data[1].bus)
+    assert status == hw.SC_INVALID_FIELD
+    assert dm.nvme.core.disk_commands == 3  # the refused one never reached dom0's disk
