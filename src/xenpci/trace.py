@@ -398,6 +398,18 @@ class Trace:
                 if (kind is None or k == kind) and (domid is None or d == domid)
             )
 
+    def domain_counts(self) -> Counter[tuple[str, int]]:
+        """Every count (stored or count-only) per (kind, domid), read once."""
+        with self._lock:
+            return self._all_counts()
+
+    def path_counts(self) -> Counter[tuple[str, str]]:
+        """Stored records per (kind, path), read off the raw records (no
+        :class:`TraceEvent` is built: the demo's path table asks this of every run)."""
+        with self._lock:
+            raw = list(self._raw)
+        return Counter((r[2], r[4]) if len(r) == 6 else (r[2][0], r[2][2]) for r in raw)
+
     def counts(self) -> dict[str, int]:
         """Totals per kind."""
         out: Counter[str] = Counter()

@@ -62,19 +62,25 @@ class MachineMemory:
             fresh = count - len(out)
             out.extend(range(self._next, self._next + fresh))
             self._next += fresh
-            for mfn in out:
-                # Scrub on allocation: a new owner never sees the previous owner's bytes.
-                frame = self._frames.get(mfn)
-                if frame is not None:
-                    frame[:] = bytes(PAGE_SIZE)
-                self._owner[mfn] = owner
+            # Scrub on allocation: a new owner never sees the previous owner's bytes.
+            # Only frames ever touched have bytes; walk the smaller of the two sets.
+            frames = self._frames
+            if len(frames) < len(out):
+                wanted = set(out)
+                dirty = [f for m, f in frames.items() if m in wanted]
+            else:
+                dirty = [f for m in out if (f := frames.get(m)) is not None]
+            for frame in dirty:
+                frame[:] = bytes(PAGE_SIZE)
+            self._owner.update(dict.fromkeys(out, owner))
             return out
 
     def free(self, mfns: list[int]) -> None:
         with self._lock:
+            pop, freed = self._owner.pop, self._freed.append
             for mfn in mfns:
-                if self._owner.pop(mfn, None) is not None:
-                    self._freed.append(mfn)
+                if pop(mfn, None) is not None:
+                    freed(mfn)
 
     def owner(self, mfn: int) -> int | None:
         """The domain owning RAM frame ``mfn`` (``None`` if free or not RAM)."""

@@ -279,8 +279,8 @@ class Pcifront:
     def _handle_event(self, chan: ops.PciOpChannel) -> None:
         # pcifront_handler_aer: wake the op waiter; answer AER requests at once.
         chan.on_event()
-        info = chan.info
-        if info.flags & pciif.XEN_PCIB_active:
+        if chan.page[0] & pciif.XEN_PCIB_active:  # little-endian flags: the bit is in byte 0
+            info = chan.info
             info.aer_op.err = 1  # PCI_ERS_RESULT_NONE: no guest driver handles AER
             info.flags &= ~pciif.XEN_PCIB_active
             if self.evtchn is not None:
