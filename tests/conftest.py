@@ -28,3 +28,6 @@ TOOL_TIMEOUT: Final = 120.0
 #: A model wait in a *threaded* machine (libxl's backend waits): a deadline on real
 #: time there, so it too is an OS-edge bound; deterministic machines use virtual time.
 THREADED_MODEL_TIMEOUT: Final = 20.0
+#: A wait the test expects to run out (its peer is stuck on purpose): always waited
+#: out in full, so short.
+EXPECTED_TIMEOUT: Final = 0.1

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from xenpci.abi import pciif
 from xenpci.guest.pci_core import GuestPciBus
 from xenpci.hv.scheduler import Scheduler
@@ -29,7 +30,6 @@ from xenpci.pcifront.xenbus import parse_root, parse_vdev
 pytestmark = pytest.mark.timeout(20)
 
 #: Only the threaded round trip waits on a real thread; this bounds a broken backend.
-OS_EDGE_TIMEOUT = 5.0
 
 
 @pytest.mark.parametrize(
