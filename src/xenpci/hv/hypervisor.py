@@ -185,7 +185,8 @@ class Hypervisor:
             for pirq in [p for p, (d, _) in self._pirqs.items() if d == domid]:
                 _, source = self._pirqs.pop(pirq)
                 del self._pirq_of_source[source]
-            self.machine.free([m for m in dom.p2m.mfns if m not in pinned])
+            mfns = dom.p2m.mfns
+            self.machine.free([m for m in mfns if m not in pinned] if pinned else mfns)
         if devices:
             self.trace.record("devices_returned", 0, "hypervisor", target=domid, sbdfs=devices)
         dom.vcpu.stop()
