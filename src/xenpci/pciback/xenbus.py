@@ -422,19 +422,31 @@ class PcibackDriver:
         with self._changed:
             return wait_for(self._changed, lambda: predicate(self), timeout, self.xs.executor)
 
-    def _backend_changed(self, _ev: WatchEvent) -> None:
+    def _backend_changed(self, ev: WatchEvent) -> None:
+        """The ``backend/pci`` watch: as Linux's ``xenbus_dev_changed``, an event under
+        one guest's directory re-examines that guest only; an event on the root itself
+        (the watch's first firing, the root removed) re-examines them all."""
         with self._lock:
             if not self._started:
                 return
+            rest = (
+                ev.path[len(BACKEND_ROOT) + 1 :] if ev.path.startswith(BACKEND_ROOT + "/") else ""
+            )
+            first = rest.split("/", 1)[0]
             try:
+                if first.isdigit() and first == str(int(first)):
+                    scope: set[int] | None = {int(first)}
+                    names = [first]
+                else:
+                    scope = None
+                    names = [d for d in self.xs.ls(BACKEND_ROOT) if d.isdigit()]
                 present = {
-                    int(d)
-                    for d in self.xs.ls(BACKEND_ROOT)
-                    if d.isdigit() and self.xs.exists(f"{BACKEND_ROOT}/{d}/0/frontend")
+                    int(d) for d in names if self.xs.exists(f"{BACKEND_ROOT}/{d}/0/frontend")
                 }
             except XsError:
                 present = set()
-            for domid in sorted(set(self.devices) - present):
+            known = set(self.devices) if scope is None else set(self.devices) & scope
+            for domid in sorted(known - present):
                 self.devices.pop(domid).remove()
             for domid in sorted(present & set(self.devices)):
                 # Deleted and re-created (a re-attach right after the last detach)
