@@ -22,6 +22,7 @@ Deliberate differences: one frontend per guest as in Linux, but not a global
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -260,7 +261,7 @@ class Pcifront:
         port = hc.evtchn_alloc_unbound(self.backend_id)
         chan = ops.PciOpChannel(
             page,
-            lambda: hc.evtchn_send(port),
+            functools.partial(hc.evtchn_send, port),  # no Python frame of its own
             timeout=self.op_timeout,
             on_vcpu=self.on_vcpu,
             executor=self.executor,
