@@ -16,6 +16,7 @@ from xenpci.hv import (
     NoSuchDomain,
     OutOfMemory,
 )
+from xenpci.hv.memory import MachineMemory
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -150,3 +151,19 @@ def test_shutdown_stops_every_thread() -> None:
     assert set(vcpu_threads()) <= before
     with pytest.raises(InvalidArgument):
         hv._create_domain("late", 16, None)
+
+
+@pytest.mark.parametrize("touched", [1, 6])
+def test_reallocated_frames_are_scrubbed_whichever_set_is_smaller(touched: int) -> None:
+    """Allocation scrubs by walking the touched frames or the allocated ones, whichever
+    is fewer: both ways, a reused frame comes back zeroed and untouched ones stay free."""
+    mem = MachineMemory(8)
+    mfns = mem.allocate(8, owner=1)
+    for mfn in mfns[:touched]:
+        mem.frame(mfn)[:6] = b"secret"
+    mem.free(mfns[:3])
+    again = mem.allocate(3, owner=2)  # 3 frames: fewer than 6 touched, more than 1
+    assert sorted(again) == sorted(mfns[:3])
+    assert all(bytes(mem.frame(m)) == bytes(PAGE_SIZE) for m in again)
+    assert all(mem.owner(m) == 2 for m in again)
+    assert bytes(mem.frame(mfns[touched - 1]))[:6] == (b"secret" if touched > 3 else b"\0" * 6)
