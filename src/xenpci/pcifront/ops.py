@@ -9,6 +9,9 @@ The shared page is the granted frame (a live ``memoryview``); the op goes in,
 for the bit to clear, at most ``timeout`` seconds (2 s in Linux), a deadline
 on the machine's clock. On timeout it clears the bit itself and reports
 ``XEN_PCI_ERR_dev_not_found`` (-1), as Linux does.
+The config ops' hot path (:meth:`PciOpChannel.request`) packs the op's header
+into the page with ``struct`` (no ctypes object per op); ops with MSI-X
+entries go through the ctypes ``xen_pci_op``.
 
 With the deterministic executor (``executor=``) the wait runs the machine
 until the bit clears or the deadline passes on the virtual clock: it polls
