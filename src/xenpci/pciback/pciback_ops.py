@@ -2,14 +2,14 @@
 
 :func:`handle_op` answers one ``struct xen_pci_op`` (or just its header, an
 :class:`OpHeader`) that the caller has already copied out of the shared page;
-:func:`serve_shared_page` is the
-copy-once / write-back / clear-``_XEN_PCIF_active`` step around it (the
-XSA-155 rule: the shared page is read exactly once per request and, after
-that, only ``err``, ``value`` and, for a successful ``enable_msix``, the
-vectors are written back). The page is read and written with ``struct`` at
-the ctypes layout's offsets; a ctypes ``xen_pci_op`` is built only for
-``enable_msix``, the one op that reads its entries. The event channel, the work queue and late EOI
-belong to the XenBus backend that calls these.
+:func:`serve_shared_page` is the copy-once / write-back /
+clear-``_XEN_PCIF_active`` step around it (the XSA-155 rule: the shared page
+is read exactly once per request and, after that, only ``err``, ``value``
+and, for a successful ``enable_msix``, the vectors are written back). The
+page is read and written with ``struct`` at the ctypes layout's offsets; a
+ctypes ``xen_pci_op`` is built only for ``enable_msix``, the one op that
+reads its entries. The event channel, the work queue and late EOI belong to
+the XenBus backend that calls these.
 
 The AER relay (backend to frontend, ``pci_stub.c`` ``common_process``) is
 here too as three pure steps on the page: post, poll, time out.
