@@ -14,6 +14,7 @@ still mapped by others).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 
 from xenpci.hv.console import Console
@@ -156,10 +157,10 @@ class Hypervisor:
     def _domid_alloc(self) -> int:
         """``domid_alloc(DOMID_ANY)`` (``xen/common/domid.c``): the first free id after
         the last one given, wrapping to 1; a freed id is not given again at once."""
-        order = [
-            *range(self._domid_last + 1, DOMID_FIRST_RESERVED),
-            *range(1, self._domid_last + 1),
-        ]
+        # Lazily: the first free id is almost always the very next one.
+        order = itertools.chain(
+            range(self._domid_last + 1, DOMID_FIRST_RESERVED), range(1, self._domid_last + 1)
+        )
         domid: int | None = next((d for d in order if d not in self._domains), None)
         if domid is None:
             raise InvalidArgument("no free domid", errno="ENOSPC", op="domctl_createdomain")
