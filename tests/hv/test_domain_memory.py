@@ -8,6 +8,7 @@ import pytest
 
 from tests.hv.conftest import vcpu_threads
 from xenpci.hv import (
+    DOMID_FIRST_RESERVED,
     PAGE_SIZE,
     DomainDead,
     DomainExists,
@@ -167,3 +168,16 @@ def test_reallocated_frames_are_scrubbed_whichever_set_is_smaller(touched: int) 
     assert all(bytes(mem.frame(m)) == bytes(PAGE_SIZE) for m in again)
     assert all(mem.owner(m) == 2 for m in again)
     assert bytes(mem.frame(mfns[touched - 1]))[:6] == (b"secret" if touched > 3 else b"\0" * 6)
+
+
+def test_domids_are_not_reused_at_once_and_wrap_to_1(hv: Hypervisor) -> None:
+    """``domid_alloc``: the first free id after the last one given, wrapping to 1."""
+    a = hv.create_domain("a", 16)
+    hv.destroy_domain(a.domid)
+    b = hv.create_domain("b", 16)
+    assert b.domid == a.domid + 1  # the freed id is not given again at once
+    hv._domid_last = DOMID_FIRST_RESERVED - 1  # as after 32751 creations
+    c = hv.create_domain("c", 16)
+    assert c.domid == a.domid == 1  # wrapped; 1 is free again, b's id is taken
+    d = hv.create_domain("d", 16)
+    assert d.domid == b.domid + 1
