@@ -43,7 +43,7 @@ def path_counts(trace: Trace) -> list[PathCount]:
     domid 0.
     """
     stored = trace.path_counts()
-    counted = trace.domain_counts()
+    counted = trace.count_only_counts()
     rows = []
     for category, kinds in CATEGORIES.items():
         tally = {"dom0": 0, "direct": 0, "hypervisor": 0}
