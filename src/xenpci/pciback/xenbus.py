@@ -40,6 +40,7 @@ initiated (no host AER source exists).
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ from xenpci.pci.address import SBDF
 from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
 from xenpci.pciback.passthrough import PassthroughBackend
 from xenpci.pciback.pci_stub import PciStub, PcistubDevice
-from xenpci.pciback.pciback_ops import serve_shared_page
+from xenpci.pciback.pciback_ops import OP_OFFSET, serve_shared_page
 from xenpci.pciback.vpci import VpciBackend, format_root, format_vdev
 from xenpci.trace import Kind, Trace
 from xenpci.xenbus import pci_keys
@@ -62,6 +63,10 @@ from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
 from xenpci.xenstore.client import WatchEvent, XsClient
 from xenpci.xenstore.errors import XsError
+
+#: The op's (cmd, err) as the trace records them, read off the page after the answer.
+_CMD_ERR = struct.Struct("<Ii")
+_FLAGS = struct.Struct("<I")
 
 if TYPE_CHECKING:
     from xenpci.hv.grant_table import GrantMapping
@@ -131,6 +136,12 @@ class PcibackDevice:
         self._op_active = False
         self._page: memoryview | None = None
         self._info: pciif.xen_pci_sharedinfo | None = None
+        #: The ``pci_op`` record, bound once to this guest (the op path's trace call).
+        self._record_op = (
+            trace.recorder(Kind.PCI_OP, domid, "dom0", ("cmd", "err"))
+            if trace is not None
+            else None
+        )
         # The pool is shared by every guest's backend: one lock (the driver's)
         # serialises XenBus work and op service across them.
         self._lock = lock if lock is not None else threading.RLock()
@@ -321,7 +332,7 @@ class PcibackDevice:
         if page is None or info is None:
             self.stats.spurious += 1
             return
-        if not info.flags & pciif.XEN_PCIF_active:
+        if not _FLAGS.unpack_from(page, 0)[0] & pciif.XEN_PCIF_active:
             # Nothing posted: a spurious event (XEN_EOI_FLAG_SPURIOUS in Linux).
             self.stats.spurious += 1
             return
@@ -343,15 +354,9 @@ class PcibackDevice:
             info.flags &= ~pciif.XEN_PCIF_active
         finally:
             self._op_active = False
-        if self.trace is not None:
-            cmd = int(info.op.cmd)
-            self.trace.record(
-                Kind.PCI_OP,
-                self.domid,
-                "dom0",
-                cmd=pciif.XEN_PCI_OP_NAMES.get(cmd, cmd),
-                err=int(info.op.err),
-            )
+        if self._record_op is not None:
+            cmd, err = _CMD_ERR.unpack_from(page, OP_OFFSET)
+            self._record_op((pciif.XEN_PCI_OP_NAMES.get(cmd, cmd), err))
         evtchn = self.evtchn
         if evtchn is not None:
             with contextlib.suppress(XenpciError):
@@ -417,19 +422,31 @@ class PcibackDriver:
         with self._changed:
             return wait_for(self._changed, lambda: predicate(self), timeout, self.xs.executor)
 
-    def _backend_changed(self, _ev: WatchEvent) -> None:
+    def _backend_changed(self, ev: WatchEvent) -> None:
+        """The ``backend/pci`` watch: as Linux's ``xenbus_dev_changed``, an event under
+        one guest's directory re-examines that guest only; an event on the root itself
+        (the watch's first firing, the root removed) re-examines them all."""
         with self._lock:
             if not self._started:
                 return
+            rest = (
+                ev.path[len(BACKEND_ROOT) + 1 :] if ev.path.startswith(BACKEND_ROOT + "/") else ""
+            )
+            first = rest.split("/", 1)[0]
             try:
+                if first.isdigit() and first == str(int(first)):
+                    scope: set[int] | None = {int(first)}
+                    names = [first]
+                else:
+                    scope = None
+                    names = [d for d in self.xs.ls(BACKEND_ROOT) if d.isdigit()]
                 present = {
-                    int(d)
-                    for d in self.xs.ls(BACKEND_ROOT)
-                    if d.isdigit() and self.xs.exists(f"{BACKEND_ROOT}/{d}/0/frontend")
+                    int(d) for d in names if self.xs.exists(f"{BACKEND_ROOT}/{d}/0/frontend")
                 }
             except XsError:
                 present = set()
-            for domid in sorted(set(self.devices) - present):
+            known = set(self.devices) if scope is None else set(self.devices) & scope
+            for domid in sorted(known - present):
                 self.devices.pop(domid).remove()
             for domid in sorted(present & set(self.devices)):
                 # Deleted and re-created (a re-attach right after the last detach)
