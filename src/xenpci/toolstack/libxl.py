@@ -59,7 +59,13 @@ from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.errors import DomainGone, LibxlErrorCode, Refused, ToolstackError, XlError
-from xenpci.toolstack.xlcfg import DomainConfig, PciSpec, require_supported_type
+from xenpci.toolstack.xlcfg import (
+    BdfError,
+    DomainConfig,
+    PciSpec,
+    parse_bdf,
+    require_supported_type,
+)
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
@@ -545,8 +551,8 @@ class Libxl:
             sbdf = lp.resolve_name(self.xs, bdf_or_name)
             if sbdf is None:
                 try:
-                    sbdf = SBDF.parse(bdf_or_name)
-                except ValueError:
+                    sbdf, _all = parse_bdf(bdf_or_name)  # xlu_pci_parse_bdf, as xl
+                except BdfError:
                     # xl: not a name, then parsed as a BDF; a malformed one exits 2
                     raise XlError(
                         f"pci-assignable-remove: malformed BDF '{bdf_or_name}'",
