@@ -44,7 +44,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,6 +58,7 @@ from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.toolstack import libxl_pci as lp
+from xenpci.toolstack import xldisk
 from xenpci.toolstack.errors import DomainGone, LibxlErrorCode, Refused, ToolstackError, XlError
 from xenpci.toolstack.xlcfg import (
     BdfError,
@@ -135,6 +136,15 @@ class Platform(Protocol):
         """Shut the guest kernel down and destroy the domain."""
         ...
 
+    def block_devices(self) -> Mapping[str, object]:
+        """dom0's block devices by path (``/dev/nvme0n1``), served by blkback."""
+        ...
+
+    def start_hvm_guest(self, name: str, memory_kib: int, disk_path: str) -> int:
+        """Create an HVM domain: its device model in dom0 serving an emulated NVMe
+        controller from dom0's ``disk_path``; the guest boots and probes it."""
+        ...
+
 
 @dataclass(slots=True)
 class DomainRecord:
@@ -152,6 +162,9 @@ class DomainRecord:
     lock: threading.RLock = field(default_factory=threading.RLock)
     #: ``domain_destroy`` cancels the wait of the operation holding ``lock``
     cancel: lp.Cancel = field(default_factory=lp.Cancel)
+    domain_type: str = "pv"
+    #: the vbds created for ``disk=[...]`` (PV), removed at destroy
+    disks: tuple[xldisk.DiskSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,17 +319,29 @@ class Libxl:
 
     # ------------------------------------------------------------------ domains
     def domain_create(self, cfg: DomainConfig, *, allow_unsafe: bool = False) -> int:
-        """``xl create``: a PV guest with its ``pci=`` devices attached before it runs.
+        """``xl create``: a PV guest with its ``disk=`` vbds and ``pci=`` devices added
+        before it runs, or an HVM guest with its device model.
 
         As libxl, a failed device attach fails the whole creation and the domain
         is destroyed.
         """
-        require_supported_type(cfg)  # HVM/PVH: refused until modelled
+        require_supported_type(cfg)  # PVH, HVM with passthrough: refused
         with self._traced("create", name=cfg.name), self._lock:
             if any(r.name == cfg.name for r in self.domains.values()) or cfg.name == "Domain-0":
                 raise ToolstackError(
                     f"domain with name {cfg.name!r} already exists", LibxlErrorCode.ERROR_INVAL
                 )
+            self._check_disks(cfg)
+            mem = cfg.memory_mib or DEFAULT_MEMORY_MIB
+            if cfg.domain_type == "hvm":
+                # libxl__spawn_local_dm: the device model starts with the domain; the
+                # guest's firmware and kernel then find the emulated controller.
+                domid = self.platform.start_hvm_guest(cfg.name, mem * 1024, cfg.disks[0].target)
+                with self._records_lock:
+                    self.domains[domid] = DomainRecord(
+                        domid, cfg.name, mem, cfg.vcpus, allow_unsafe, domain_type="hvm"
+                    )
+                return domid
             if cfg.pci and not self.hv.iommu_enabled and not allow_unsafe:
                 # libxl__domain_config_setdefault: passthrough needs an IOMMU.
                 raise Refused(
@@ -331,7 +356,6 @@ class Libxl:
             together = frozenset(s for spec in cfg.pci for s in self._functions_of(spec))
             for sbdf in sorted(together):
                 self._check_attachable(sbdf, None, allow_unsafe, together)
-            mem = cfg.memory_mib or DEFAULT_MEMORY_MIB
             # As xl: build the domain paused, add every device, unpause last. A guest
             # running while devices are added could connect between two of them, and
             # pciback ignores ``state-i = 1`` devices that appear after it is Connected.
@@ -341,6 +365,10 @@ class Libxl:
                 with self._records_lock:
                     self.domains[domid] = rec
                 try:
+                    # libxl__add_disks before the PCI devices (libxl_create.c's order)
+                    for disk in cfg.disks:
+                        xldisk.vbd_add(self.xs, domid, disk)
+                        rec.disks += (disk,)
                     for spec in cfg.pci:
                         self._check_alive(rec)
                         self._pci_add(rec, spec, starting=True, together=together)
@@ -353,6 +381,21 @@ class Libxl:
                         self._domain_destroy(domid)
                     raise
             return domid
+
+    def _check_disks(self, cfg: DomainConfig) -> None:
+        """Every ``disk=`` target must be one of dom0's block devices (``phy`` backend:
+        the block hotplug script fails on anything else)."""
+        if not cfg.disks:
+            return
+        have = self.platform.block_devices()
+        for disk in cfg.disks:
+            if disk.target not in have:
+                raise Refused(
+                    "no-such-disk",
+                    f"disk {disk.vdev}: {disk.target} is not a block device of dom0 "
+                    f"(dom0 has: {', '.join(sorted(have)) or 'none'})",
+                    LibxlErrorCode.ERROR_INVAL,
+                )
 
     def domain_destroy(self, dom: int | str) -> None:
         """``xl destroy``: force-remove every device (``libxl__device_pci_destroy_all``).
@@ -387,6 +430,9 @@ class Libxl:
         # Devices still recorded (half-attached) are released too.
         for sbdf in list(rec.grants):
             self._release(rec, sbdf)
+        for disk in rec.disks:
+            with contextlib.suppress(XsError):
+                xldisk.vbd_remove(self.xs, rec.domid, disk.devid, disk.backend_domid)
         lp.device_destroy(self.xs, rec.domid)
         self.platform.stop_guest(rec.domid)
         with self._records_lock:
@@ -440,7 +486,9 @@ class Libxl:
         infos = self.domain_list(dom)
         out: list[dict[str, object]] = []
         for info in infos:
-            c_info: dict[str, object] = {"type": "pv", "name": info.name}
+            rec = self.domains.get(info.domid)
+            dtype = rec.domain_type if rec is not None else "pv"
+            c_info: dict[str, object] = {"type": dtype, "name": info.name}
             if info.domid:
                 c_info["domid"] = info.domid
             memkb = info.memory_mib * 1024
@@ -451,7 +499,7 @@ class Libxl:
                 "target_memkb": memkb,
                 # aggregates libxl's generator always writes, empty at their defaults
                 "sched_params": {},
-                "type.pv": {},
+                f"type.{dtype}": {},
                 "arch_arm": {},
                 "arch_x86": {},
             }
@@ -595,6 +643,13 @@ class Libxl:
         # the backend (a hot-plug's wait on the guest holds it; destroy cancels it).
         with self._traced("pci-attach", domain=str(dom), spec=what), rec.lock, self._lock:
             self._check_alive(rec)
+            if rec.domain_type != "pv":
+                raise Refused(
+                    "hvm-passthrough",
+                    f"domain {rec.domid} is an HVM guest: PCI passthrough to HVM guests "
+                    "is not modelled",
+                    LibxlErrorCode.ERROR_INVAL,
+                )
             self._seize_if_asked(spec)
             self._pci_add(rec, spec, starting=False, allow_unsafe=allow_unsafe)
 

@@ -20,6 +20,14 @@ after it, from what pciback saved at seize for a device it holds),
 the guest's kernel handles no XenBus event and no event-channel upcall until
 the last unpause.
 
+dom0's block devices (``block_devices``) are its NVMe driver bound to every
+NVMe-model function pciback does not hold, ``/dev/nvme0n1`` first, with
+blkback serving ``backend/vbd``; both start on first use (a ``disk=`` in a
+config), so a machine without disks runs neither. An HVM guest
+(``start_hvm_guest``) is :func:`xenpci.toolstack.iomodels.start_hvm_guest`'s:
+a device model in dom0 serving the guest's emulated NVMe controller from one
+of those block devices.
+
 Dom0's MSI set-up is pciback's
 :class:`~xenpci.pciback.platform.HvInterruptPlatform`; the machine wires a
 model device's messages to it, so each reaches the guest's event channel
@@ -37,9 +45,14 @@ import functools
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from xenpci.blkback.blkback import BlockDevice
+from xenpci.blkback.dom0_block import Dom0Disk
+from xenpci.blkback.xenbus import BlkbackDriver
 from xenpci.devices.base import DeviceModel
 from xenpci.devices.irq import Interrupt
+from xenpci.devices.nvme import NvmeFunction
 from xenpci.errors import XenpciError
 from xenpci.guest.kernel import GuestKernel
 from xenpci.guest.lspci import guest_function
@@ -63,6 +76,9 @@ from xenpci.xenstore.core import XenStore
 from xenpci.xenstore.perms import Perms
 from xenpci.xenstore.ring import GuestRing, XenstoredRings
 from xenpci.xenstore.server import XenstoredServer
+
+if TYPE_CHECKING:
+    from xenpci.toolstack.iomodels import HvmGuest
 
 
 class MachineError(XenpciError):
@@ -166,6 +182,11 @@ class Machine:
         self.guests: dict[int, GuestKernel] = {}
         self._guest_clients: dict[int, XsClient] = {}
         self._servers: list[XenstoredServer] = []
+        #: dom0's block devices by path and the vbd backend serving them (on first use)
+        self._disks: dict[str, Dom0Disk] | None = None
+        self.blkback: BlkbackDriver | None = None
+        #: HVM guests' device models and drivers, by domid
+        self.hvm: dict[int, HvmGuest] = {}
         self._lock = threading.RLock()
         self._closed = False
 
@@ -231,8 +252,15 @@ class Machine:
             return {p.sbdf for p in self.stub}
 
     def pciback_bind(self, sbdf: SBDF, options: DeviceOptions | None = None) -> PcistubDevice:
-        """Seize ``sbdf`` for passthrough (``new_slot`` + ``bind``), with per-device options."""
+        """Seize ``sbdf`` for passthrough (``new_slot`` + ``bind``), with per-device options.
+
+        A function dom0 drives as a block device is refused: Linux would first have
+        to unbind its NVMe driver from under the disks blkback serves.
+        """
         fn = self.host_function(sbdf)
+        for path, disk in (self._disks or {}).items():
+            if disk.function.sbdf == sbdf:
+                raise MachineError(f"{sbdf} is dom0's block device {path}: not assignable")
         with self.pciback.pool_lock:
             return self.stub.seize(fn, options)
 
@@ -265,6 +293,47 @@ class Machine:
             method = pci_reset_function(fn)
             linux.pci_restore_state(saved)
             return method
+
+    # -- dom0's disks and HVM guests -------------------------------------------------------
+    def block_devices(self) -> dict[str, BlockDevice]:
+        """dom0's block devices by path (``/dev/nvme0n1``...), blkback serving them.
+
+        Bound on first call: dom0's NVMe driver probes every NVMe-model function
+        pciback does not hold, in address order.
+        """
+        with self._lock:
+            if self._disks is None:
+                disks: dict[str, Dom0Disk] = {}
+                bound = self.pciback_bound()
+                try:
+                    for fn in self.host_functions():
+                        if isinstance(fn, NvmeFunction) and fn.sbdf not in bound:
+                            name = f"nvme{len(disks)}n1"
+                            disk = Dom0Disk(self.hv.dom0, self.xs, fn, self.irq_platform, name=name)
+                            disk.probe()
+                            disks[f"/dev/{name}"] = disk
+                    blkback = BlkbackDriver(self.dom0, self.xs, disks, trace=self.trace)
+                    blkback.start()
+                except BaseException:
+                    for d in disks.values():
+                        with contextlib.suppress(XenpciError):
+                            d.remove()
+                    raise
+                self._disks, self.blkback = disks, blkback
+            return dict(self._disks)
+
+    def start_hvm_guest(self, name: str, memory_kib: int, disk_path: str) -> int:
+        """Create an HVM domain whose emulated NVMe controller is backed by ``disk_path``."""
+        # iomodels builds on this module (its host is a Machine): imported when used
+        from xenpci.toolstack.iomodels import start_hvm_guest
+
+        disk = self.block_devices().get(disk_path)
+        if disk is None:
+            raise MachineError(f"{disk_path} is not a block device of dom0")
+        guest = start_hvm_guest(self, disk, name, memory_kib)
+        with self._lock:
+            self.hvm[guest.domid] = guest
+        return guest.domid
 
     def start_guest(
         self, name: str, memory_kib: int, *, paused: bool = False, boot: bool = True
@@ -366,8 +435,11 @@ class Machine:
         The domain is destroyed still paused: its vCPU never runs again.
         """
         with self._lock:
+            hvm = self.hvm.pop(domid, None)
             kernel = self.guests.pop(domid, None)
             client = self._guest_clients.pop(domid, None)
+        if hvm is not None:
+            hvm.stop()  # its device model goes before the domain it maps
         if client is not None:
             with contextlib.suppress(XenpciError):
                 client.close()
@@ -402,6 +474,11 @@ class Machine:
             self._closed = True
         for domid in list(self.guests):
             self.stop_guest(domid)
+        if self.blkback is not None:
+            self.blkback.stop()
+        for disk in (self._disks or {}).values():
+            with contextlib.suppress(XenpciError):
+                disk.remove()
         self.pciback.stop()
         with self.pciback.pool_lock:
             for psdev in list(self.stub):
