@@ -49,13 +49,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from xenpci.check.host import HostFacts
-from xenpci.check.rules import refusal as check_refusal
+from xenpci.check.rules import refusals as check_refusals
 from xenpci.errors import XenpciError
 from xenpci.hv import Hypercalls, Hypervisor
 from xenpci.hv.errors import HvError
 from xenpci.hv.memory import PAGE_SHIFT, PAGE_SIZE
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
+from xenpci.pci.bar import IORESOURCE_MEM
 from xenpci.pci.function import PciFunction
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack import xldisk
@@ -195,21 +196,36 @@ class AssignableDevice:
     name: str | None
 
 
+#: libxl's own name for bit 0 of a resource's flags (``PCI_BAR_IO`` in libxl_internal.h)
+PCI_BAR_IO = 0x01
+
+
 def bar_page_ranges(fn: PciFunction) -> list[tuple[str, int, int]]:
     """The resource ranges libxl grants for ``fn``: ("iomem", first_mfn, nr) or ("ioport", ...).
 
-    Walks the six BARs and the ROM (``PROC_PCI_NUM_RESOURCES``), skipping
-    unassigned ones (address 0) and unknown sizes.
+    As ``pci_add_dm_done``: each line of sysfs ``resource`` (dom0's
+    ``dev->resource[0..6]``, :attr:`PciFunction.resources`, six BARs and the
+    ROM) with a non-zero start is granted. These are dom0's (CPU) addresses,
+    which pciback also shows the guest, not the BAR registers' (bus) addresses:
+    behind an address-translating bridge the two differ.
+
+    Deliberate differences: a range is I/O when Linux flagged it
+    ``IORESOURCE_IO`` (libxl tests bit 0, ``PCI_BAR_IO``, which Linux's fixed
+    legacy-IDE port resources lack, so libxl would grant them as memory page
+    0); a memory range gets every page it touches (libxl's
+    ``(size + 4095) >> 12`` from the start's page misses the last page of a
+    range that straddles a page boundary); a resource whose size the source
+    did not give is skipped (the refusal table refuses such a device first).
     """
     out: list[tuple[str, int, int]] = []
-    for bar in fn.bars:
-        if not bar.address or not bar.size:
+    for r in fn.resources.values():
+        if not r.start or not r.size:
             continue
-        if bar.is_io:
-            out.append(("ioport", bar.address, bar.size))
+        if r.is_io or (r.flags & PCI_BAR_IO and not r.flags & IORESOURCE_MEM):
+            out.append(("ioport", r.start, r.size))
         else:
-            first = bar.address >> PAGE_SHIFT
-            last = (bar.address + bar.size - 1) >> PAGE_SHIFT
+            first = r.start >> PAGE_SHIFT
+            last = (r.start + r.size - 1) >> PAGE_SHIFT
             out.append(("iomem", first, last - first + 1))
     return out
 
@@ -739,20 +755,17 @@ class Libxl:
                     "functions of one device (or one IOMMU group) may not be split "
                     "between guests",
                 )
-        if allow_unsafe:
-            return
         neighbours = [
             o
             for o in self.platform.host_functions()
             if o.sbdf not in together
             and (domid is None or lp.assigned_domid(self.xs, o.sbdf) != domid)
         ]
-        # The same rules (and reason texts) as ``xenpci check``.
+        # The one refusal table (check.rules.REFUSALS), read by ``xenpci check`` and
+        # ``xenpci pci guest-view`` too: same rules, same reason texts.
         facts = HostFacts(functions=neighbours, source="xl", iommu=self.hv.iommu_enabled)
-        for rule in ("iommu", "shared-page"):
-            hit = check_refusal(rule, facts, fn)
-            if hit is not None:
-                raise Refused(hit[0], f"{hit[1]} (override with --allow-unsafe)")
+        for code, text, overridable in check_refusals(facts, fn, allow_unsafe=allow_unsafe):
+            raise Refused(code, f"{text} (override with --allow-unsafe)" if overridable else text)
 
     def _pci_add(
         self,

@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING
 from xenpci.blkback.blkback import BlockDevice
 from xenpci.blkback.dom0_block import Dom0Disk
 from xenpci.blkback.xenbus import BlkbackDriver
+from xenpci.check.host import HostFacts
+from xenpci.check.rules import refusals
 from xenpci.devices.base import DeviceModel
 from xenpci.devices.irq import Interrupt
 from xenpci.devices.nvme import NvmeFunction
@@ -68,8 +70,9 @@ from xenpci.pciback.pci_stub import PciStub, PcistubDevice, pci_reset_function
 from xenpci.pciback.platform import HvInterruptPlatform
 from xenpci.pciback.xenbus import PcibackDriver
 from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
-from xenpci.toolstack import libxl_pci
 from xenpci.toolstack.errors import PauseError
+from xenpci.toolstack.libxl import Libxl
+from xenpci.toolstack.xlcfg import DomainConfig, PciSpec
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.core import XenStore
@@ -520,30 +523,48 @@ class GuestViewReport:
     refused: tuple[Refusal, ...]
 
 
-def refusal_reason(fn: PciFunction) -> str | None:
-    """Why ``fn`` cannot be shown to a guest faithfully, or None.
+def boot_guest(
+    machine: Machine,
+    functions: Sequence[PciFunction],
+    name: str = "guest",
+    *,
+    options: DeviceOptions | None = None,
+    permissive: bool = False,
+    memory_mib: int = 64,
+    allow_unsafe: bool = True,
+) -> int:
+    """Boot a guest with ``functions`` passed through: the one path, ``xl create``'s.
 
-    A BAR whose size the source does not give (a dump without ``Region``
-    lines) would make pciback's virtual BAR -- and so the guest's view --
-    a guess; we refuse rather than invent a size.
+    The functions are put on the host if they are not there yet and seized by
+    pciback with ``options`` (``xl pci-assignable-add``, with per-device module
+    options); then :meth:`Libxl.domain_create` does what ``xl create`` with
+    ``pci=[...]`` does: the same checks (the one refusal table), permissions,
+    IOMMU assignment, backend keys, unpause. ``allow_unsafe`` defaults to True
+    here: callers are tests and ``guest-view``, which show a device rather than
+    guard a host (the refusals that are never overridable still apply).
     """
-    htype = fn.config.header_type
-    if htype not in (regs.PCI_HEADER_TYPE_NORMAL, regs.PCI_HEADER_TYPE_BRIDGE):
-        return f"header type {htype} cannot be passed through (pciback takes 0 and 1 only)"
-    notes = [n for n in fn.notes if n.startswith("BARs not decoded")]
-    if notes:
-        return notes[0]
-    unknown = [b for b in fn.bars if b.size is None]
-    if unknown:
-        which = ", ".join(
-            f"{'ROM' if b.kind == 'rom' else f'BAR{b.index}'} ({b.kind} at {b.address:#x})"
-            for b in unknown
-        )
-        return (
-            f"size of {which} unknown (the source has no Region lines): "
-            "pciback's virtual BARs would be a guess; give sizes with --bar-size BAR=SIZE"
-        )
-    return None
+    new = [fn for fn in functions if fn.sbdf not in machine._host]
+    machine.add_host_devices(new)
+    bound = machine.pciback_bound()
+    for fn in functions:
+        if fn.sbdf not in bound:
+            machine.pciback_bind(fn.sbdf, options)
+    cfg = DomainConfig(
+        name=name,
+        memory_mib=memory_mib,
+        pci=tuple(PciSpec(fn.sbdf, permissive=permissive) for fn in functions),
+    )
+    libxl = Libxl(machine, machine.xs, timeout=machine.op_timeout, trace=machine.trace)
+    return libxl.domain_create(cfg, allow_unsafe=allow_unsafe)
+
+
+def refusal_reason(fn: PciFunction, functions: Sequence[PciFunction] = ()) -> str | None:
+    """Why ``fn`` is not shown to a guest, or None: the first refusal of the one
+    refusal table (:data:`xenpci.check.rules.REFUSALS`) that ``--allow-unsafe``
+    does not override, as ``guest_view``'s boot allows the unsafe."""
+    facts = HostFacts(functions=list(functions) or [fn], source="guest-view", iommu=True)
+    hits = refusals(facts, fn, allow_unsafe=True)
+    return hits[0][1] if hits else None
 
 
 def guest_view(
@@ -556,32 +577,21 @@ def guest_view(
 ) -> GuestViewReport:
     """Boot a machine with one guest, pass ``functions`` through, read what it sees.
 
-    Functions that :func:`refusal_reason` refuses are left out (and listed).
+    Functions the refusal table refuses are left out (and listed); the others
+    go through :func:`boot_guest`, ``xl create``'s path.
     """
     refused = [
-        Refusal(fn.sbdf, reason) for fn in functions if (reason := refusal_reason(fn)) is not None
+        Refusal(fn.sbdf, reason)
+        for fn in functions
+        if (reason := refusal_reason(fn, functions)) is not None
     ]
-    passing = [fn for fn in functions if refusal_reason(fn) is None]
+    passing = [fn for fn in functions if fn.sbdf not in {r.sbdf for r in refused}]
     if not passing:
         return GuestViewReport((), tuple(refused))
     options = DeviceOptions(policy=policy)  # type: ignore[arg-type]
     views: list[DeviceView] = []
     with Machine(op_timeout=op_timeout) as m:
-        m.add_host_devices(passing)
-        for fn in passing:
-            m.pciback_bind(fn.sbdf, options)
-            if permissive:
-                m.pciback_set_permissive(fn.sbdf)
-        domid = m.start_guest(guest_name, 64 * 1024, paused=True)
-        for fn in passing:
-            libxl_pci.device_pci_add_xenstore(
-                m.xs,
-                domid,
-                guest_name,
-                libxl_pci.PciBackendDevice(fn.sbdf, permissive=permissive),
-                starting=True,
-            )
-        m.unpause_guest(domid)
+        domid = boot_guest(m, passing, guest_name, options=options, permissive=permissive)
         kernel = m.guest(domid)
         front = kernel.wait_for_pcifront(10)
         if not front.wait_connected(1, 30):
