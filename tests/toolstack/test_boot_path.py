@@ -72,3 +72,44 @@ def test_boot_guest_is_xl_creates_path() -> None:
                 assert m.hv.permissions.iomem_permitted(domid, first, last), bar
         # an unrelated page is not granted
         assert not m.hv.permissions.iomem_permitted(domid, 0x1000, 0x1000)
+
+
+def test_grants_follow_dom0s_resources_not_the_bar_registers(tmp_path: Path) -> None:
+    """Behind an address-translating bridge dom0's resources (sysfs ``resource``, here a
+    dump's Region lines) differ from the BAR registers: libxl grants the former, which is
+    also what pciback shows the guest in its BARs (issue 13 follow-up)."""
+    from tests.interop import require_file
+    from xenpci.toolstack.host import HostDescription, boot_machine
+
+    dump = Path(require_file("/work/shared/data/lspci-dumps/cap-address-xlation")).read_text()
+    # the same device with the CPU side of a translation 0x20_0000_0000 above the bus side
+    for bus_addr in ("50000000", "53100000"):
+        dump = dump.replace(f"Memory at {bus_addr} (", f"Memory at 20{bus_addr} (")
+    path = tmp_path / "xlated.txt"
+    path.write_text(dump)
+    m = boot_machine(HostDescription(sources=(str(path),)))
+    try:
+        (fn,) = m.host_functions()
+        res = fn.resources
+        assert res[0].start == 0x20_5000_0000 and fn.bars[0].address == 0x5000_0000
+        libxl = Libxl(m, m.xs, timeout=10)
+        libxl.assignable_add(fn.sbdf)
+        domid = libxl.domain_create(
+            load_domain_config(f'name = "g"\nmemory = 16\npci = ["{fn.sbdf}"]\n')
+        )
+        want = set()
+        for r in (res[0], res[2]):
+            want |= set(range(r.start >> PAGE_SHIFT, (r.start + r.size) >> PAGE_SHIFT))
+        got = {
+            p for first, last in m.hv.permissions.snapshot(domid)["iomem"]
+            for p in range(first, last + 1)
+        }  # fmt: skip
+        assert got == want
+        # ... and the guest is shown those addresses in its BARs (pciback's bar_init)
+        front = m.guest(domid).wait_for_pcifront()
+        assert front.wait_connected(1)
+        (dev,) = m.guest(domid).pci.devices()
+        lo, hi = dev.read_config(0x10, 4), dev.read_config(0x14, 4)
+        assert ((hi << 32) | lo) & ~0xF == res[0].start
+    finally:
+        m.shutdown()
