@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from tests.interop import require_executable
 from xenpci.cli.main import app
+from xenpci.devices import catalog
 from xenpci.toolstack.daemon import MachineDaemon
 from xenpci.toolstack.host import HostDescription
 from xenpci.toolstack.machine import Machine
@@ -187,3 +188,36 @@ def test_hvm_refusals_stay_in_require_supported_type() -> None:
     assert "exactly one disk" in refused('name="h"\ntype="hvm"\n')
     assert "pvh" in refused('name="h"\ntype="pvh"\n')
     require_supported_type(load_domain_config('name="h"\nbuilder="hvm"\ndisk=["/dev/x,,xvda"]\n'))
+
+
+def test_dom0s_disk_is_not_assignable(daemon: MachineDaemon, tmp_path: Path) -> None:
+    """Once dom0 drives 04:00.0 as /dev/nvme0n1 (blkback serves it), pciback may not seize
+    it: one line, xl's exit 1, and the disk keeps working."""
+    m = machine(daemon)
+    assert "/dev/nvme0n1" in m.block_devices()
+    code, _, err = xl(daemon, "pci-assignable-add", "04:00.0")
+    assert code == 1 and err.count("\n") == 1
+    assert "0000:04:00.0 is dom0's block device /dev/nvme0n1" in err
+    assert "0000:04:00.0" not in xl(daemon, "pci-assignable-list")[1]
+
+
+def test_a_malformed_vbd_is_skipped_and_the_others_probe() -> None:
+    """A ``device/vbd`` node blkfront cannot read (a backend-id that is not a number) is
+    not probed; the guest's other disk still connects and the kernel keeps running."""
+    from xenpci.toolstack.xldisk import parse_disk_spec, vbd_add
+
+    with Machine() as m:
+        m.add_host_devices(catalog.make("nvme", "0000:04:00.0"))
+        m.block_devices()
+        domid = m.start_guest("g", 16 * 1024)
+        bad = f"/local/domain/{domid}/device/vbd/5"
+        with m.xs.transaction() as t:
+            for key, value in (("backend", "/nowhere"), ("backend-id", "junk"), ("state", "1")):
+                t.write(f"{bad}/{key}", value)
+        disk = parse_disk_spec("/dev/nvme0n1,raw,xvdb,rw")
+        vbd_add(m.xs, domid, disk)
+        kernel = m.guest(domid)
+        front = kernel.wait_for_blkfront(disk.devid)
+        assert front.wait_connected(30)
+        assert 5 not in kernel.blkfronts
+        assert front.read(0, 1) == m.block_devices()["/dev/nvme0n1"].read(0, 1)

@@ -166,8 +166,13 @@ class GuestKernel:
                     xs=self.xs,
                     trace=self.trace,
                 )
+                try:
+                    front.probe()
+                except (XenpciError, ValueError):
+                    # unreadable or malformed frontend keys: this disk is not probed
+                    # (Linux's xenbus_probe fails that one device); the others go on
+                    continue
                 self.blkfronts[devid] = front
-                front.probe()
             self._changed.notify_all()
 
     def _probe_or_remove(self) -> None:
