@@ -16,7 +16,14 @@ Deliberate differences from libxl (each also said where it happens):
   be granted the neighbour's registers), and a device that can DMA on a machine
   without an IOMMU (the guest becomes as trusted as dom0); and always: the
   functions of one device, or the devices of one IOMMU group, split between
-  two guests (they share fate in the IOMMU and via resets).
+  two guests (they share fate in the IOMMU and via resets), and a device whose
+  config space the source does not give well enough for pciback to show it (a
+  BAR of unknown size). The check package's table
+  (:data:`xenpci.check.rules.REFUSALS`) holds these rules for every caller.
+- Disks: ``disk=[...]`` vbds (``libxl__device_disk_add``'s keys) are added to a
+  PV guest before its PCI devices, with ``phy`` targets that must be dom0's
+  block devices; an HVM guest (``type="hvm"``) gets its device model instead
+  of a built PV kernel, and PCI passthrough to it is refused.
 - ``*`` (all functions): libxl HEAD attaches only the first function it finds;
   we attach every present function.
 - Detach asks the guest to let go first (the XenStore Closing handshake) and
