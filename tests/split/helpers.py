@@ -10,8 +10,7 @@ from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
 from xenpci.pciback.conf_space import DeviceOptions
 from xenpci.pcifront.xenbus import Pcifront
-from xenpci.toolstack import libxl_pci as lp
-from xenpci.toolstack.machine import Machine
+from xenpci.toolstack.machine import Machine, boot_guest
 from xenpci.xenstore.core import XenStore
 from xenpci.xenstore.wire import encode, strings
 
@@ -24,18 +23,9 @@ def boot_guest_with(
     options: DeviceOptions | None = None,
     permissive: bool = False,
 ) -> tuple[int, GuestKernel, Pcifront]:
-    """Put ``functions`` on the host, seize them, start a guest with them (as xl create)."""
-    m.add_host_devices(functions)
-    for fn in functions:
-        m.pciback_bind(fn.sbdf, options)
-        if permissive:
-            m.pciback_set_permissive(fn.sbdf)
-    domid = m.start_guest(name, 64 * 1024, paused=True)
-    for fn in functions:
-        lp.device_pci_add_xenstore(
-            m.xs, domid, name, lp.PciBackendDevice(fn.sbdf, permissive=permissive), starting=True
-        )
-    m.unpause_guest(domid)
+    """Put ``functions`` on the host, seize them, start a guest with them: ``xl create``'s
+    path (:func:`xenpci.toolstack.machine.boot_guest`), then wait for pcifront."""
+    domid = boot_guest(m, functions, name, options=options, permissive=permissive)
     kernel = m.guest(domid)
     # the model's own deadlines: virtual on a deterministic machine, real on a threaded one
     front = kernel.wait_for_pcifront()

@@ -154,7 +154,7 @@ def test_service_answers_every_failure_without_raising() -> None:
         b'{"id": 2, "op": "destroy", "args": {"domain": 9}}': "d9 does not exist",
         b'{"id": 3, "op": "destroy", "args": {"domain": [1]}}': "domain",
         b'{"id": 4, "op": "pci-attach", "args": {"domain": "g", "spec": 5}}': "spec",
-        b'{"id": 5, "op": "pci-assignable-add", "args": {"bdf": "zz:00.0"}}': "bad PCI address",
+        b'{"id": 5, "op": "pci-assignable-add", "args": {"bdf": "zz:00.0"}}': "malformed BDF",
         b'{"id": 6, "op": "create", "args": {"config": "name = "}}': "<xl.cfg>:1",
         b'{"id": 7, "op": "nope"}': "unknown op",
     }

@@ -399,6 +399,8 @@ def test_messages_and_statuses_are_real_xls(
             ("list", "nobody"),
             ("pci-assignable-add", "3:zz"),
             ("pci-assignable-remove", "zz-zz"),
+            ("pci-assignable-add", "4:0.x"),
+            ("pci-assignable-remove", "4:0.x"),
             ("pci-assignable-list",),
             ("pci-assignable-list", "-n"),
             ("pci-assignable-list", "--show-names"),
@@ -456,3 +458,49 @@ def test_list_and_pci_list_formats_are_real_xls(
             # Time(s) moves between the two reads (dom0 keeps running): all but its value
             assert len(a) == len(b) and a[:-8] == b[:-8], (a, b)
             assert re.fullmatch(r" *\d+\.\d", a[-8:]), a
+
+
+# -- xl-parse's API in the CLI (issue 10 §1) ----------------------------------------------
+
+
+def test_assignable_bdf_is_xlu_pci_parse_bdf(xl: Xl, guest: int) -> None:
+    """``3:0.0`` and ``0:4:0.0`` are what xlu_pci_parse_bdf makes of them (0000:03:00.0...),
+    for add and for remove; a BDF xlu rejects is xl's exit 2 on both."""
+    xl.ok("pci-assignable-add", "0:4:0.0")
+    assert xl.ok("pci-assignable-list") == "0000:04:00.0 \n"
+    xl.ok("pci-assignable-remove", "4:0.0")
+    assert xl.ok("pci-assignable-list") == ""
+    assert xl("pci-assignable-add", "4:0.x") == (
+        2,
+        "",
+        'pci-assignable-add: malformed BDF "4:0.x"\n',
+    )
+    assert xl("pci-assignable-remove", "4:0.x") == (
+        2,
+        "",
+        "pci-assignable-remove: malformed BDF '4:0.x'\n",
+    )
+
+
+def test_create_prints_the_parsers_warnings(xl: Xl, daemon: MachineDaemon, tmp_path: Path) -> None:
+    """``pci = "03:00.0"`` (a string): xl warns and creates the domain without the device."""
+    cfg = tmp_path / "w.cfg"
+    cfg.write_text('name = "warned"\npci = "07:00.0"\n')
+    code, out, err = xl("create", str(cfg))
+    try:
+        assert code == 0, err
+        want = load_domain_config(cfg.read_text(), str(cfg)).warnings
+        assert want and err.splitlines()[1:] == list(want)
+        domid = int(out.split()[1])
+        assert lp.device_pci_list(libxl(daemon).xs, domid) == []
+    finally:
+        xl("destroy", "warned")
+
+
+def test_help_shows_the_libxlutil_divergences(xl: Xl) -> None:
+    from xenpci.toolstack.xlcfg import LIBXLUTIL_DIVERGENCES
+
+    _, out, _ = xl("--help")
+    flat = " ".join(out.split())
+    for line in LIBXLUTIL_DIVERGENCES.splitlines():
+        assert " ".join(line.split()) in flat, line

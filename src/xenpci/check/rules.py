@@ -24,11 +24,17 @@ passthrough. The facts behind each rule:
 * ``dom0-use``: a bound dom0 driver, the boot VGA (dom0's console) or a mounted
   filesystem behind the device.
 * ``pciback``: bound to pciback (or claimed by pci-stub) already.
+* ``config``: pciback can build the guest's view of the config space only
+  from a header type it handles (0 and 1, ``xen_pcibk_config_init_dev``) and
+  known BAR sizes; from a dump without ``Region`` lines that view would be a
+  guess.
 
-The toolstack refuses ``pci-assignable-add``/``pci-attach`` through the same
-rule functions (:data:`RULES`, :func:`refusal`), so the reason text is the
-same in both places. Deliberate difference from virt-host-validate: a warning
-is not a pass, so the CLI exits non-zero on warnings too (2; 1 on failures).
+The toolstack refuses ``pci-attach``/``xl create`` and ``xenpci pci
+guest-view`` leaves devices out through one table, :data:`REFUSALS` (which of
+these rules refuse, and which ``--allow-unsafe`` overrides), read by
+:func:`refusals`, so the reason text is the same everywhere. Deliberate
+difference from virt-host-validate: a warning is not a pass, so the CLI
+exits non-zero on warnings too (2; 1 on failures).
 """
 
 from __future__ import annotations
@@ -397,6 +403,36 @@ def check_pciback(facts: HostFacts, fn: PciFunction) -> Finding:
     return Finding("warn", f"{what}, not pciback: run xl pci-assignable-add first")
 
 
+def check_config(facts: HostFacts, fn: PciFunction) -> Finding:
+    htype = fn.config.header_type
+    if htype not in (regs.PCI_HEADER_TYPE_NORMAL, regs.PCI_HEADER_TYPE_BRIDGE):
+        return Finding(
+            "fail", f"header type {htype} cannot be passed through (pciback takes 0 and 1 only)"
+        )
+    notes = [n for n in fn.notes if n.startswith("BARs not decoded")]
+    if notes:
+        return Finding("fail", notes[0])
+    # A BAR dom0 gave no usable resource (e.g. a ROM Linux ignored) is absent for
+    # pciback as for the guest: its size does not matter.
+    resources = fn.resources
+    unknown = [
+        b
+        for b in fn.bars
+        if b.size is None and (r := resources.get(b.index)) is not None and r.usable
+    ]
+    if unknown:
+        which = ", ".join(
+            f"{'ROM' if b.kind == 'rom' else f'BAR{b.index}'} ({b.kind} at {b.address:#x})"
+            for b in unknown
+        )
+        return Finding(
+            "fail",
+            f"size of {which} unknown (the source has no Region lines): "
+            "pciback's virtual BARs would be a guess; give sizes with --bar-size BAR=SIZE",
+        )
+    return Finding("pass", f"header type {htype}, every BAR's size known")
+
+
 RULES: tuple[CheckRule, ...] = (
     CheckRule("iommu", check_iommu, "DMA reaches all memory", refusal="no-iommu"),
     CheckRule("iommu-group", check_iommu_group, "group members go to one guest together"),
@@ -411,8 +447,20 @@ RULES: tuple[CheckRule, ...] = (
     CheckRule("msix-page", check_msix_page, "registers next to MSI-X are trapped"),
     CheckRule("dom0-use", check_dom0_use, "dom0 loses a device it uses"),
     CheckRule("pciback", check_pciback, "not yet assignable"),
+    CheckRule(
+        "config", check_config, "the guest's config space would be a guess", refusal="config"
+    ),
 )
 RULES_BY_NAME = {r.name: r for r in RULES}
+
+#: The one refusal table of the toolstack (``xl create``/``pci-attach``) and of
+#: ``xenpci pci guest-view``: the rules whose failure refuses a device, in the
+#: order they are tried, and whether ``--allow-unsafe`` overrides each.
+REFUSALS: tuple[tuple[str, bool], ...] = (
+    ("config", False),
+    ("iommu", True),
+    ("shared-page", True),
+)
 
 
 def run_checks(facts: HostFacts, devices: Sequence[SBDF] | None = None) -> list[Row]:
@@ -441,6 +489,23 @@ def refusal(rule_name: str, facts: HostFacts, fn: PciFunction) -> tuple[str, str
     if f.status != "fail":
         return None
     return rule.refusal or rule.name, f.reason
+
+
+def refusals(
+    facts: HostFacts, fn: PciFunction, *, allow_unsafe: bool = False
+) -> list[tuple[str, str, bool]]:
+    """Every :data:`REFUSALS` row that refuses ``fn``: (reason code, text, overridable).
+
+    With ``allow_unsafe`` the overridable rows are not tried.
+    """
+    out: list[tuple[str, str, bool]] = []
+    for name, overridable in REFUSALS:
+        if overridable and allow_unsafe:
+            continue
+        hit = refusal(name, facts, fn)
+        if hit is not None:
+            out.append((*hit, overridable))
+    return out
 
 
 def exit_status(rows: Iterable[Row]) -> int:

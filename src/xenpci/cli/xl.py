@@ -29,12 +29,18 @@ import typer
 from typer.core import TyperGroup
 
 from xenpci.errors import XenpciError
-from xenpci.pci.address import SBDF
 from xenpci.toolstack import xlcfg
 from xenpci.toolstack.control import RemoteError
 from xenpci.toolstack.daemon import ControlClient, default_dir
 from xenpci.toolstack.errors import ToolstackError, XlError
-from xenpci.toolstack.xlcfg import PciDefaults, load_domain_config, parse_pci_spec
+from xenpci.toolstack.xlcfg import (
+    BdfError,
+    PciDefaults,
+    PciSpecError,
+    load_domain_config,
+    parse_bdf,
+    parse_pci_spec,
+)
 
 #: The parser's deliberate differences from libxlutil 4.17's bugs, shown by
 #: ``xenpci xl --help`` (the parser owns the text; empty if it has none).
@@ -114,7 +120,7 @@ def _spec(command: str, spec: str) -> None:
     """xl parses a PCI_SPEC_STRING itself; a malformed one exits 2 (``xl_pci.c``)."""
     try:
         parse_pci_spec(spec, PciDefaults(), path="command line")
-    except ValueError as e:
+    except PciSpecError as e:
         # xlu's own diagnostic first, as libxlutil prints it, then xl's line
         typer.echo(str(e), err=True)
         raise XlError(f'{command}: malformed PCI_SPEC_STRING "{spec}"', exit_code=2) from None
@@ -213,10 +219,11 @@ def pci_assignable_add(
 ) -> None:
     """Make a device assignable (bind it to pciback)."""
     try:
-        SBDF.parse(bdf)
-    except ValueError:
+        # xlu_pci_parse_bdf, as xl: "3:0.0" is 0000:03:00.0, text after the function ignored
+        sbdf, _all = parse_bdf(bdf)
+    except BdfError:
         raise XlError(f'pci-assignable-add: malformed BDF "{bdf}"', exit_code=2) from None
-    _call("pci-assignable-add", bdf=bdf, name=name)
+    _call("pci-assignable-add", bdf=str(sbdf), name=name)
 
 
 @group.command("pci-assignable-remove")

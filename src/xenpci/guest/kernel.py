@@ -3,11 +3,12 @@ pcifront, and the PCI core.
 
 Models the guest side of ``drivers/xen/xenbus/xenbus_probe_frontend.c``
 (watch the guest's ``device/`` directory and probe a driver for each device
-node that appears, remove it when the node goes) for the one device type this
-project has, ``pci``, bound to :class:`xenpci.pcifront.xenbus.Pcifront`.
+node that appears, remove it when the node goes) for two device types:
+``pci``, bound to :class:`xenpci.pcifront.xenbus.Pcifront`, and ``vbd``, each
+``device/vbd/<devid>`` bound to its own :class:`xenpci.blkfront.blkfront.Blkfront`.
 
-Deliberate differences: only ``device/pci/0`` is watched (Linux watches all
-of ``device/`` and matches driver names); the kernel is a set of objects
+Deliberate differences: only ``device/pci/0`` and ``device/vbd`` are watched
+(Linux watches all of ``device/`` and matches driver names); the kernel is a set of objects
 driven by XenStore watch callbacks and event-channel upcalls rather than code
 running on the guest's vCPU, but every upcall still runs on that vCPU.
 """
@@ -18,6 +19,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 
+from xenpci.blkfront.blkfront import Blkfront
 from xenpci.errors import XenpciError
 from xenpci.guest.pci_core import GuestPci
 from xenpci.hv.domain import Domain
@@ -54,6 +56,9 @@ class GuestKernel:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._token = f"guest-{self.domid}-device-pci"
+        #: blkfront per ``device/vbd/<devid>`` probed (xenbus_probe_frontend for "vbd")
+        self.blkfronts: dict[int, Blkfront] = {}
+        self._vbd_token = f"guest-{self.domid}-device-vbd"
         self._booted = False
         self._halting = False
 
@@ -65,6 +70,11 @@ class GuestKernel:
             self._booted = True
             self._halting = False
         self.xs.watch(frontend_node(self.domid), self._token, self._device_changed)
+        self.xs.watch(self._vbd_dir, self._vbd_token, self._vbd_changed)
+
+    @property
+    def _vbd_dir(self) -> str:
+        return f"/local/domain/{self.domid}/device/vbd"
 
     def shutdown(self) -> None:
         """Stop the kernel: it stops watching and writes nothing more (the domain is
@@ -82,7 +92,13 @@ class GuestKernel:
             self._booted = False
             with contextlib.suppress(XenpciError):
                 self.xs.unwatch(frontend_node(self.domid), self._token)
+            with contextlib.suppress(XenpciError):
+                self.xs.unwatch(self._vbd_dir, self._vbd_token)
             self._remove_frontend(halted=True)
+            for blk in self.blkfronts.values():
+                with contextlib.suppress(XenpciError):
+                    blk.remove()
+            self.blkfronts.clear()
 
     def wait_for_pcifront(self, timeout: float = 10.0) -> Pcifront:
         """Wait until a pcifront has been probed (raise ``TimeoutError`` otherwise)."""
@@ -106,6 +122,58 @@ class GuestKernel:
             # The kernel's XenStore connection went (the domain is being torn
             # down) while this event was queued: there is nothing left to probe.
             return
+
+    def wait_for_blkfront(self, devid: int, timeout: float = 10.0) -> Blkfront:
+        """Wait until ``device/vbd/<devid>`` has been probed (raise ``TimeoutError``)."""
+        with self._changed:
+            if not wait_for(self._changed, lambda: devid in self.blkfronts, timeout, self.executor):
+                raise TimeoutError(
+                    f"d{self.domid}: no blkfront for vbd {devid} after {timeout:g} s"
+                )
+            return self.blkfronts[devid]
+
+    def _vbd_changed(self, _ev: WatchEvent) -> None:
+        try:
+            self._probe_or_remove_vbds()
+        except ConnectionClosed:
+            return  # torn down while the event was queued, as for pci
+
+    def _probe_or_remove_vbds(self) -> None:
+        """A blkfront for each ``device/vbd/<devid>`` with ``state`` and ``backend``;
+        a vanished node's blkfront removed."""
+        with self._lock:
+            if not self._booted or self._halting:
+                return
+            present: set[int] = set()
+            try:
+                for name in self.xs.ls(self._vbd_dir):
+                    node = f"{self._vbd_dir}/{name}"
+                    if (
+                        name.isdigit()
+                        and self.xs.exists(f"{node}/state")
+                        and self.xs.exists(f"{node}/backend")
+                    ):
+                        present.add(int(name))
+            except XsError:
+                pass  # no device/vbd (yet, or any more)
+            for devid in sorted(set(self.blkfronts) - present):
+                self.blkfronts.pop(devid).remove()
+            for devid in sorted(present - set(self.blkfronts)):
+                front = Blkfront(
+                    devid=devid,
+                    domid=self.domid,
+                    hc=self.domain.hypercalls,
+                    xs=self.xs,
+                    trace=self.trace,
+                )
+                try:
+                    front.probe()
+                except (XenpciError, ValueError):
+                    # unreadable or malformed frontend keys: this disk is not probed
+                    # (Linux's xenbus_probe fails that one device); the others go on
+                    continue
+                self.blkfronts[devid] = front
+            self._changed.notify_all()
 
     def _probe_or_remove(self) -> None:
         node = frontend_node(self.domid)

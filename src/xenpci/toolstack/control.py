@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from xenpci.errors import XenpciError
-from xenpci.pci.address import SBDF
 from xenpci.toolstack.errors import LibxlErrorCode, Refused, ToolstackError, XlError
 from xenpci.toolstack.libxl import Libxl
-from xenpci.toolstack.xlcfg import PciDefaults, XlCfgError, load_domain_config, parse_pci_spec
+from xenpci.toolstack.xlcfg import (
+    PciDefaults,
+    XlCfgError,
+    load_domain_config,
+    parse_bdf,
+    parse_pci_spec,
+)
 
 MAX_LINE = 1 << 20  # an xl.cfg file fits many times over; a hostile client cannot grow us
 
@@ -304,7 +309,7 @@ class ControlService:
         ]
 
     def _assignable_add(self, args: dict[str, Any]) -> str:
-        sbdf = SBDF.parse(_str(args, "bdf"))
+        sbdf, _all = parse_bdf(_str(args, "bdf"))  # xl's own parser (xlu_pci_parse_bdf)
         self.libxl.assignable_add(sbdf, _opt_str(args, "name"))
         return str(sbdf)
 

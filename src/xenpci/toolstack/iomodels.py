@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+from xenpci.blkback.blkback import BlockDevice
 from xenpci.blkback.dom0_block import Dom0Disk
 from xenpci.blkback.xenbus import BlkbackDriver
 from xenpci.blkfront.blkfront import Blkfront
@@ -42,6 +43,50 @@ from xenpci.trace import Trace
 DOM0_NVME = SBDF.parse("0000:04:00.0")
 PASSTHROUGH_NVME = SBDF.parse("0000:09:00.0")
 DOM0_DISK = "/dev/nvme0n1"
+
+
+@dataclass
+class HvmGuest:
+    """An HVM guest's running parts: its device model in dom0 and its NVMe driver."""
+
+    domid: int
+    driver: NvmeDriver
+    model: XenDeviceModel
+
+    def stop(self) -> None:
+        """The guest's driver lets go, then the device model stops (before the domain goes)."""
+        with contextlib.suppress(XenpciError):
+            self.driver.remove()
+        self.model.stop()
+
+
+def start_hvm_guest(
+    machine: Machine, disk: BlockDevice, name: str, memory_kib: int = 16 * 1024
+) -> HvmGuest:
+    """An HVM guest (``type = "hvm"``) with an emulated NVMe controller backed by ``disk``:
+    its device model started in dom0, the guest's NVMe driver probed through it.
+
+    The one way to boot an HVM guest: :meth:`IoModelsHost.add_hvm_guest` and the
+    toolstack (``xl create`` of a ``type="hvm"`` config) both call it. A failure
+    undoes the device model and the domain.
+    """
+    domid = machine.start_guest(name, memory_kib, boot=False)
+    try:
+        dom = machine.hv.domain(domid)
+        dm = XenDeviceModel(machine.hv, dom, disk)
+    except BaseException:
+        machine.stop_guest(domid)
+        raise
+    try:
+        kernel = HvmKernel(dom, machine.guest(domid).xs)
+        kernel.scan()
+        driver = NvmeDriver(kernel)
+        driver.probe()
+    except BaseException:
+        dm.stop()
+        machine.stop_guest(domid)
+        raise
+    return HvmGuest(domid, driver, dm)
 
 
 @dataclass
@@ -78,17 +123,10 @@ class IoModelsHost:
     ) -> tuple[NvmeDriver, XenDeviceModel]:
         """An HVM guest with an emulated NVMe controller (``type = "hvm"``): its device
         model started in dom0, the guest's NVMe driver probed through it."""
-        m = self.machine
-        domid = m.start_guest(name, memory_kib, boot=False)
-        dom = m.hv.domain(domid)
-        dm = XenDeviceModel(m.hv, dom, self.disk)
-        self.models.append(dm)
-        kernel = HvmKernel(dom, m.guest(domid).xs)
-        kernel.scan()
-        driver = NvmeDriver(kernel)
-        driver.probe()
-        self.drivers.append(driver)
-        return driver, dm
+        guest = start_hvm_guest(self.machine, self.disk, name, memory_kib)
+        self.models.append(guest.model)
+        self.drivers.append(guest.driver)
+        return guest.driver, guest.model
 
     def add_passthrough_guest(self, name: str, memory_kib: int = 16 * 1024) -> NvmeDriver:
         """A PV guest with the second NVMe function passed through (``pci=[...]``)."""

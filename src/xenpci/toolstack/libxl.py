@@ -16,7 +16,14 @@ Deliberate differences from libxl (each also said where it happens):
   be granted the neighbour's registers), and a device that can DMA on a machine
   without an IOMMU (the guest becomes as trusted as dom0); and always: the
   functions of one device, or the devices of one IOMMU group, split between
-  two guests (they share fate in the IOMMU and via resets).
+  two guests (they share fate in the IOMMU and via resets), and a device whose
+  config space the source does not give well enough for pciback to show it (a
+  BAR of unknown size). The check package's table
+  (:data:`xenpci.check.rules.REFUSALS`) holds these rules for every caller.
+- Disks: ``disk=[...]`` vbds (``libxl__device_disk_add``'s keys) are added to a
+  PV guest before its PCI devices, with ``phy`` targets that must be dom0's
+  block devices; an HVM guest (``type="hvm"``) gets its device model instead
+  of a built PV kernel, and PCI passthrough to it is refused.
 - ``*`` (all functions): libxl HEAD attaches only the first function it finds;
   we attach every present function.
 - Detach asks the guest to let go first (the XenStore Closing handshake) and
@@ -44,22 +51,30 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from xenpci.check.host import HostFacts
-from xenpci.check.rules import refusal as check_refusal
+from xenpci.check.rules import refusals as check_refusals
 from xenpci.errors import XenpciError
 from xenpci.hv import Hypercalls, Hypervisor
 from xenpci.hv.errors import HvError
 from xenpci.hv.memory import PAGE_SHIFT, PAGE_SIZE
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
+from xenpci.pci.bar import IORESOURCE_MEM
 from xenpci.pci.function import PciFunction
 from xenpci.toolstack import libxl_pci as lp
+from xenpci.toolstack import xldisk
 from xenpci.toolstack.errors import DomainGone, LibxlErrorCode, Refused, ToolstackError, XlError
-from xenpci.toolstack.xlcfg import DomainConfig, PciSpec, require_supported_type
+from xenpci.toolstack.xlcfg import (
+    BdfError,
+    DomainConfig,
+    PciSpec,
+    parse_bdf,
+    require_supported_type,
+)
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
@@ -129,6 +144,15 @@ class Platform(Protocol):
         """Shut the guest kernel down and destroy the domain."""
         ...
 
+    def block_devices(self) -> Mapping[str, object]:
+        """dom0's block devices by path (``/dev/nvme0n1``), served by blkback."""
+        ...
+
+    def start_hvm_guest(self, name: str, memory_kib: int, disk_path: str) -> int:
+        """Create an HVM domain: its device model in dom0 serving an emulated NVMe
+        controller from dom0's ``disk_path``; the guest boots and probes it."""
+        ...
+
 
 @dataclass(slots=True)
 class DomainRecord:
@@ -146,6 +170,9 @@ class DomainRecord:
     lock: threading.RLock = field(default_factory=threading.RLock)
     #: ``domain_destroy`` cancels the wait of the operation holding ``lock``
     cancel: lp.Cancel = field(default_factory=lp.Cancel)
+    domain_type: str = "pv"
+    #: the vbds created for ``disk=[...]`` (PV), removed at destroy
+    disks: tuple[xldisk.DiskSpec, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,21 +203,36 @@ class AssignableDevice:
     name: str | None
 
 
+#: libxl's own name for bit 0 of a resource's flags (``PCI_BAR_IO`` in libxl_internal.h)
+PCI_BAR_IO = 0x01
+
+
 def bar_page_ranges(fn: PciFunction) -> list[tuple[str, int, int]]:
     """The resource ranges libxl grants for ``fn``: ("iomem", first_mfn, nr) or ("ioport", ...).
 
-    Walks the six BARs and the ROM (``PROC_PCI_NUM_RESOURCES``), skipping
-    unassigned ones (address 0) and unknown sizes.
+    As ``pci_add_dm_done``: each line of sysfs ``resource`` (dom0's
+    ``dev->resource[0..6]``, :attr:`PciFunction.resources`, six BARs and the
+    ROM) with a non-zero start is granted. These are dom0's (CPU) addresses,
+    which pciback also shows the guest, not the BAR registers' (bus) addresses:
+    behind an address-translating bridge the two differ.
+
+    Deliberate differences: a range is I/O when Linux flagged it
+    ``IORESOURCE_IO`` (libxl tests bit 0, ``PCI_BAR_IO``, which Linux's fixed
+    legacy-IDE port resources lack, so libxl would grant them as memory page
+    0); a memory range gets every page it touches (libxl's
+    ``(size + 4095) >> 12`` from the start's page misses the last page of a
+    range that straddles a page boundary); a resource whose size the source
+    did not give is skipped (the refusal table refuses such a device first).
     """
     out: list[tuple[str, int, int]] = []
-    for bar in fn.bars:
-        if not bar.address or not bar.size:
+    for r in fn.resources.values():
+        if not r.start or not r.size:
             continue
-        if bar.is_io:
-            out.append(("ioport", bar.address, bar.size))
+        if r.is_io or (r.flags & PCI_BAR_IO and not r.flags & IORESOURCE_MEM):
+            out.append(("ioport", r.start, r.size))
         else:
-            first = bar.address >> PAGE_SHIFT
-            last = (bar.address + bar.size - 1) >> PAGE_SHIFT
+            first = r.start >> PAGE_SHIFT
+            last = (r.start + r.size - 1) >> PAGE_SHIFT
             out.append(("iomem", first, last - first + 1))
     return out
 
@@ -300,17 +342,29 @@ class Libxl:
 
     # ------------------------------------------------------------------ domains
     def domain_create(self, cfg: DomainConfig, *, allow_unsafe: bool = False) -> int:
-        """``xl create``: a PV guest with its ``pci=`` devices attached before it runs.
+        """``xl create``: a PV guest with its ``disk=`` vbds and ``pci=`` devices added
+        before it runs, or an HVM guest with its device model.
 
         As libxl, a failed device attach fails the whole creation and the domain
         is destroyed.
         """
-        require_supported_type(cfg)  # HVM/PVH: refused until modelled
+        require_supported_type(cfg)  # PVH, HVM with passthrough: refused
         with self._traced("create", name=cfg.name), self._lock:
             if any(r.name == cfg.name for r in self.domains.values()) or cfg.name == "Domain-0":
                 raise ToolstackError(
                     f"domain with name {cfg.name!r} already exists", LibxlErrorCode.ERROR_INVAL
                 )
+            self._check_disks(cfg)
+            mem = cfg.memory_mib or DEFAULT_MEMORY_MIB
+            if cfg.domain_type == "hvm":
+                # libxl__spawn_local_dm: the device model starts with the domain; the
+                # guest's firmware and kernel then find the emulated controller.
+                domid = self.platform.start_hvm_guest(cfg.name, mem * 1024, cfg.disks[0].target)
+                with self._records_lock:
+                    self.domains[domid] = DomainRecord(
+                        domid, cfg.name, mem, cfg.vcpus, allow_unsafe, domain_type="hvm"
+                    )
+                return domid
             if cfg.pci and not self.hv.iommu_enabled and not allow_unsafe:
                 # libxl__domain_config_setdefault: passthrough needs an IOMMU.
                 raise Refused(
@@ -325,7 +379,6 @@ class Libxl:
             together = frozenset(s for spec in cfg.pci for s in self._functions_of(spec))
             for sbdf in sorted(together):
                 self._check_attachable(sbdf, None, allow_unsafe, together)
-            mem = cfg.memory_mib or DEFAULT_MEMORY_MIB
             # As xl: build the domain paused, add every device, unpause last. A guest
             # running while devices are added could connect between two of them, and
             # pciback ignores ``state-i = 1`` devices that appear after it is Connected.
@@ -335,6 +388,10 @@ class Libxl:
                 with self._records_lock:
                     self.domains[domid] = rec
                 try:
+                    # libxl__add_disks before the PCI devices (libxl_create.c's order)
+                    for disk in cfg.disks:
+                        xldisk.vbd_add(self.xs, domid, disk)
+                        rec.disks += (disk,)
                     for spec in cfg.pci:
                         self._check_alive(rec)
                         self._pci_add(rec, spec, starting=True, together=together)
@@ -347,6 +404,21 @@ class Libxl:
                         self._domain_destroy(domid)
                     raise
             return domid
+
+    def _check_disks(self, cfg: DomainConfig) -> None:
+        """Every ``disk=`` target must be one of dom0's block devices (``phy`` backend:
+        the block hotplug script fails on anything else)."""
+        if not cfg.disks:
+            return
+        have = self.platform.block_devices()
+        for disk in cfg.disks:
+            if disk.target not in have:
+                raise Refused(
+                    "no-such-disk",
+                    f"disk {disk.vdev}: {disk.target} is not a block device of dom0 "
+                    f"(dom0 has: {', '.join(sorted(have)) or 'none'})",
+                    LibxlErrorCode.ERROR_INVAL,
+                )
 
     def domain_destroy(self, dom: int | str) -> None:
         """``xl destroy``: force-remove every device (``libxl__device_pci_destroy_all``).
@@ -381,6 +453,9 @@ class Libxl:
         # Devices still recorded (half-attached) are released too.
         for sbdf in list(rec.grants):
             self._release(rec, sbdf)
+        for disk in rec.disks:
+            with contextlib.suppress(XsError):
+                xldisk.vbd_remove(self.xs, rec.domid, disk.devid, disk.backend_domid)
         lp.device_destroy(self.xs, rec.domid)
         self.platform.stop_guest(rec.domid)
         with self._records_lock:
@@ -434,7 +509,9 @@ class Libxl:
         infos = self.domain_list(dom)
         out: list[dict[str, object]] = []
         for info in infos:
-            c_info: dict[str, object] = {"type": "pv", "name": info.name}
+            rec = self.domains.get(info.domid)
+            dtype = rec.domain_type if rec is not None else "pv"
+            c_info: dict[str, object] = {"type": dtype, "name": info.name}
             if info.domid:
                 c_info["domid"] = info.domid
             memkb = info.memory_mib * 1024
@@ -445,7 +522,7 @@ class Libxl:
                 "target_memkb": memkb,
                 # aggregates libxl's generator always writes, empty at their defaults
                 "sched_params": {},
-                "type.pv": {},
+                f"type.{dtype}": {},
                 "arch_arm": {},
                 "arch_x86": {},
             }
@@ -545,8 +622,8 @@ class Libxl:
             sbdf = lp.resolve_name(self.xs, bdf_or_name)
             if sbdf is None:
                 try:
-                    sbdf = SBDF.parse(bdf_or_name)
-                except ValueError:
+                    sbdf, _all = parse_bdf(bdf_or_name)  # xlu_pci_parse_bdf, as xl
+                except BdfError:
                     # xl: not a name, then parsed as a BDF; a malformed one exits 2
                     raise XlError(
                         f"pci-assignable-remove: malformed BDF '{bdf_or_name}'",
@@ -589,6 +666,13 @@ class Libxl:
         # the backend (a hot-plug's wait on the guest holds it; destroy cancels it).
         with self._traced("pci-attach", domain=str(dom), spec=what), rec.lock, self._lock:
             self._check_alive(rec)
+            if rec.domain_type != "pv":
+                raise Refused(
+                    "hvm-passthrough",
+                    f"domain {rec.domid} is an HVM guest: PCI passthrough to HVM guests "
+                    "is not modelled",
+                    LibxlErrorCode.ERROR_INVAL,
+                )
             self._seize_if_asked(spec)
             self._pci_add(rec, spec, starting=False, allow_unsafe=allow_unsafe)
 
@@ -678,20 +762,17 @@ class Libxl:
                     "functions of one device (or one IOMMU group) may not be split "
                     "between guests",
                 )
-        if allow_unsafe:
-            return
         neighbours = [
             o
             for o in self.platform.host_functions()
             if o.sbdf not in together
             and (domid is None or lp.assigned_domid(self.xs, o.sbdf) != domid)
         ]
-        # The same rules (and reason texts) as ``xenpci check``.
+        # The one refusal table (check.rules.REFUSALS), read by ``xenpci check`` and
+        # ``xenpci pci guest-view`` too: same rules, same reason texts.
         facts = HostFacts(functions=neighbours, source="xl", iommu=self.hv.iommu_enabled)
-        for rule in ("iommu", "shared-page"):
-            hit = check_refusal(rule, facts, fn)
-            if hit is not None:
-                raise Refused(hit[0], f"{hit[1]} (override with --allow-unsafe)")
+        for code, text, overridable in check_refusals(facts, fn, allow_unsafe=allow_unsafe):
+            raise Refused(code, f"{text} (override with --allow-unsafe)" if overridable else text)
 
     def _pci_add(
         self,

@@ -20,6 +20,14 @@ after it, from what pciback saved at seize for a device it holds),
 the guest's kernel handles no XenBus event and no event-channel upcall until
 the last unpause.
 
+dom0's block devices (``block_devices``) are its NVMe driver bound to every
+NVMe-model function pciback does not hold, ``/dev/nvme0n1`` first, with
+blkback serving ``backend/vbd``; both start on first use (a ``disk=`` in a
+config), so a machine without disks runs neither. An HVM guest
+(``start_hvm_guest``) is :func:`xenpci.toolstack.iomodels.start_hvm_guest`'s:
+a device model in dom0 serving the guest's emulated NVMe controller from one
+of those block devices.
+
 Dom0's MSI set-up is pciback's
 :class:`~xenpci.pciback.platform.HvInterruptPlatform`; the machine wires a
 model device's messages to it, so each reaches the guest's event channel
@@ -37,9 +45,16 @@ import functools
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from xenpci.blkback.blkback import BlockDevice
+from xenpci.blkback.dom0_block import Dom0Disk
+from xenpci.blkback.xenbus import BlkbackDriver
+from xenpci.check.host import HostFacts
+from xenpci.check.rules import refusals
 from xenpci.devices.base import DeviceModel
 from xenpci.devices.irq import Interrupt
+from xenpci.devices.nvme import NvmeFunction
 from xenpci.errors import XenpciError
 from xenpci.guest.kernel import GuestKernel
 from xenpci.guest.lspci import guest_function
@@ -55,14 +70,18 @@ from xenpci.pciback.pci_stub import PciStub, PcistubDevice, pci_reset_function
 from xenpci.pciback.platform import HvInterruptPlatform
 from xenpci.pciback.xenbus import PcibackDriver
 from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
-from xenpci.toolstack import libxl_pci
 from xenpci.toolstack.errors import PauseError
+from xenpci.toolstack.libxl import Libxl
+from xenpci.toolstack.xlcfg import DomainConfig, PciSpec
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.core import XenStore
 from xenpci.xenstore.perms import Perms
 from xenpci.xenstore.ring import GuestRing, XenstoredRings
 from xenpci.xenstore.server import XenstoredServer
+
+if TYPE_CHECKING:
+    from xenpci.toolstack.iomodels import HvmGuest
 
 
 class MachineError(XenpciError):
@@ -166,6 +185,11 @@ class Machine:
         self.guests: dict[int, GuestKernel] = {}
         self._guest_clients: dict[int, XsClient] = {}
         self._servers: list[XenstoredServer] = []
+        #: dom0's block devices by path and the vbd backend serving them (on first use)
+        self._disks: dict[str, Dom0Disk] | None = None
+        self.blkback: BlkbackDriver | None = None
+        #: HVM guests' device models and drivers, by domid
+        self.hvm: dict[int, HvmGuest] = {}
         self._lock = threading.RLock()
         self._closed = False
 
@@ -231,8 +255,15 @@ class Machine:
             return {p.sbdf for p in self.stub}
 
     def pciback_bind(self, sbdf: SBDF, options: DeviceOptions | None = None) -> PcistubDevice:
-        """Seize ``sbdf`` for passthrough (``new_slot`` + ``bind``), with per-device options."""
+        """Seize ``sbdf`` for passthrough (``new_slot`` + ``bind``), with per-device options.
+
+        A function dom0 drives as a block device is refused: Linux would first have
+        to unbind its NVMe driver from under the disks blkback serves.
+        """
         fn = self.host_function(sbdf)
+        for path, disk in (self._disks or {}).items():
+            if disk.function.sbdf == sbdf:
+                raise MachineError(f"{sbdf} is dom0's block device {path}: not assignable")
         with self.pciback.pool_lock:
             return self.stub.seize(fn, options)
 
@@ -265,6 +296,47 @@ class Machine:
             method = pci_reset_function(fn)
             linux.pci_restore_state(saved)
             return method
+
+    # -- dom0's disks and HVM guests -------------------------------------------------------
+    def block_devices(self) -> dict[str, BlockDevice]:
+        """dom0's block devices by path (``/dev/nvme0n1``...), blkback serving them.
+
+        Bound on first call: dom0's NVMe driver probes every NVMe-model function
+        pciback does not hold, in address order.
+        """
+        with self._lock:
+            if self._disks is None:
+                disks: dict[str, Dom0Disk] = {}
+                bound = self.pciback_bound()
+                try:
+                    for fn in self.host_functions():
+                        if isinstance(fn, NvmeFunction) and fn.sbdf not in bound:
+                            name = f"nvme{len(disks)}n1"
+                            disk = Dom0Disk(self.hv.dom0, self.xs, fn, self.irq_platform, name=name)
+                            disk.probe()
+                            disks[f"/dev/{name}"] = disk
+                    blkback = BlkbackDriver(self.dom0, self.xs, disks, trace=self.trace)
+                    blkback.start()
+                except BaseException:
+                    for d in disks.values():
+                        with contextlib.suppress(XenpciError):
+                            d.remove()
+                    raise
+                self._disks, self.blkback = disks, blkback
+            return dict(self._disks)
+
+    def start_hvm_guest(self, name: str, memory_kib: int, disk_path: str) -> int:
+        """Create an HVM domain whose emulated NVMe controller is backed by ``disk_path``."""
+        # iomodels builds on this module (its host is a Machine): imported when used
+        from xenpci.toolstack.iomodels import start_hvm_guest
+
+        disk = self.block_devices().get(disk_path)
+        if disk is None:
+            raise MachineError(f"{disk_path} is not a block device of dom0")
+        guest = start_hvm_guest(self, disk, name, memory_kib)
+        with self._lock:
+            self.hvm[guest.domid] = guest
+        return guest.domid
 
     def start_guest(
         self, name: str, memory_kib: int, *, paused: bool = False, boot: bool = True
@@ -366,8 +438,11 @@ class Machine:
         The domain is destroyed still paused: its vCPU never runs again.
         """
         with self._lock:
+            hvm = self.hvm.pop(domid, None)
             kernel = self.guests.pop(domid, None)
             client = self._guest_clients.pop(domid, None)
+        if hvm is not None:
+            hvm.stop()  # its device model goes before the domain it maps
         if client is not None:
             with contextlib.suppress(XenpciError):
                 client.close()
@@ -402,6 +477,11 @@ class Machine:
             self._closed = True
         for domid in list(self.guests):
             self.stop_guest(domid)
+        if self.blkback is not None:
+            self.blkback.stop()
+        for disk in (self._disks or {}).values():
+            with contextlib.suppress(XenpciError):
+                disk.remove()
         self.pciback.stop()
         with self.pciback.pool_lock:
             for psdev in list(self.stub):
@@ -443,30 +523,48 @@ class GuestViewReport:
     refused: tuple[Refusal, ...]
 
 
-def refusal_reason(fn: PciFunction) -> str | None:
-    """Why ``fn`` cannot be shown to a guest faithfully, or None.
+def boot_guest(
+    machine: Machine,
+    functions: Sequence[PciFunction],
+    name: str = "guest",
+    *,
+    options: DeviceOptions | None = None,
+    permissive: bool = False,
+    memory_mib: int = 64,
+    allow_unsafe: bool = True,
+) -> int:
+    """Boot a guest with ``functions`` passed through: the one path, ``xl create``'s.
 
-    A BAR whose size the source does not give (a dump without ``Region``
-    lines) would make pciback's virtual BAR -- and so the guest's view --
-    a guess; we refuse rather than invent a size.
+    The functions are put on the host if they are not there yet and seized by
+    pciback with ``options`` (``xl pci-assignable-add``, with per-device module
+    options); then :meth:`Libxl.domain_create` does what ``xl create`` with
+    ``pci=[...]`` does: the same checks (the one refusal table), permissions,
+    IOMMU assignment, backend keys, unpause. ``allow_unsafe`` defaults to True
+    here: callers are tests and ``guest-view``, which show a device rather than
+    guard a host (the refusals that are never overridable still apply).
     """
-    htype = fn.config.header_type
-    if htype not in (regs.PCI_HEADER_TYPE_NORMAL, regs.PCI_HEADER_TYPE_BRIDGE):
-        return f"header type {htype} cannot be passed through (pciback takes 0 and 1 only)"
-    notes = [n for n in fn.notes if n.startswith("BARs not decoded")]
-    if notes:
-        return notes[0]
-    unknown = [b for b in fn.bars if b.size is None]
-    if unknown:
-        which = ", ".join(
-            f"{'ROM' if b.kind == 'rom' else f'BAR{b.index}'} ({b.kind} at {b.address:#x})"
-            for b in unknown
-        )
-        return (
-            f"size of {which} unknown (the source has no Region lines): "
-            "pciback's virtual BARs would be a guess; give sizes with --bar-size BAR=SIZE"
-        )
-    return None
+    new = [fn for fn in functions if fn.sbdf not in machine._host]
+    machine.add_host_devices(new)
+    bound = machine.pciback_bound()
+    for fn in functions:
+        if fn.sbdf not in bound:
+            machine.pciback_bind(fn.sbdf, options)
+    cfg = DomainConfig(
+        name=name,
+        memory_mib=memory_mib,
+        pci=tuple(PciSpec(fn.sbdf, permissive=permissive) for fn in functions),
+    )
+    libxl = Libxl(machine, machine.xs, timeout=machine.op_timeout, trace=machine.trace)
+    return libxl.domain_create(cfg, allow_unsafe=allow_unsafe)
+
+
+def refusal_reason(fn: PciFunction, functions: Sequence[PciFunction] = ()) -> str | None:
+    """Why ``fn`` is not shown to a guest, or None: the first refusal of the one
+    refusal table (:data:`xenpci.check.rules.REFUSALS`) that ``--allow-unsafe``
+    does not override, as ``guest_view``'s boot allows the unsafe."""
+    facts = HostFacts(functions=list(functions) or [fn], source="guest-view", iommu=True)
+    hits = refusals(facts, fn, allow_unsafe=True)
+    return hits[0][1] if hits else None
 
 
 def guest_view(
@@ -479,32 +577,21 @@ def guest_view(
 ) -> GuestViewReport:
     """Boot a machine with one guest, pass ``functions`` through, read what it sees.
 
-    Functions that :func:`refusal_reason` refuses are left out (and listed).
+    Functions the refusal table refuses are left out (and listed); the others
+    go through :func:`boot_guest`, ``xl create``'s path.
     """
     refused = [
-        Refusal(fn.sbdf, reason) for fn in functions if (reason := refusal_reason(fn)) is not None
+        Refusal(fn.sbdf, reason)
+        for fn in functions
+        if (reason := refusal_reason(fn, functions)) is not None
     ]
-    passing = [fn for fn in functions if refusal_reason(fn) is None]
+    passing = [fn for fn in functions if fn.sbdf not in {r.sbdf for r in refused}]
     if not passing:
         return GuestViewReport((), tuple(refused))
     options = DeviceOptions(policy=policy)  # type: ignore[arg-type]
     views: list[DeviceView] = []
     with Machine(op_timeout=op_timeout) as m:
-        m.add_host_devices(passing)
-        for fn in passing:
-            m.pciback_bind(fn.sbdf, options)
-            if permissive:
-                m.pciback_set_permissive(fn.sbdf)
-        domid = m.start_guest(guest_name, 64 * 1024, paused=True)
-        for fn in passing:
-            libxl_pci.device_pci_add_xenstore(
-                m.xs,
-                domid,
-                guest_name,
-                libxl_pci.PciBackendDevice(fn.sbdf, permissive=permissive),
-                starting=True,
-            )
-        m.unpause_guest(domid)
+        domid = boot_guest(m, passing, guest_name, options=options, permissive=permissive)
         kernel = m.guest(domid)
         front = kernel.wait_for_pcifront(10)
         if not front.wait_connected(1, 30):

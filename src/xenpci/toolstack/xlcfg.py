@@ -19,6 +19,9 @@ toolstack needs, in xl's order and with xl's outcomes:
 * ``pci`` given as a single string is warned about and ignored: the domain
   is created without the device; xl's loop over the list stops at the
   first item that is not a string.
+* ``disk=[...]`` entries are DISKSPECs (:mod:`xenpci.toolstack.xldisk`,
+  ``xlu_disk_parse``); a bad one fails the file with exit 1, as
+  ``parse_disk_config`` does.
 
 Warnings are returned in :attr:`DomainConfig.warnings`, in libxlutil's words,
 for the caller to print. Every error class carries ``exit_code`` (xl's exit
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from xenpci.toolstack.errors import LibxlErrorCode, ToolstackError
+from xenpci.toolstack.xldisk import DiskSpec, DiskSpecError, parse_disk_list
 from xenpci.toolstack.xlu_cfg import (
     CfgValue,
     Node,
@@ -74,7 +78,9 @@ xl-pci-configuration(5)), with these deliberate choices where it has bugs:
   * A NUL character anywhere in a config is an error (libxlutil aborts on
     one inside a string).
   * Refused here where xl passes them on to libxl: an empty name, memory or
-    vcpus below 1, and type=hvm/pvh (until HVM is modelled).
+    vcpus below 1, type=pvh, and a type=hvm guest with pci=[...] (passthrough
+    to HVM is not modelled) or without exactly one disk=[...] (its emulated
+    NVMe controller's backing).
   * Lists nested more than 200 deep are refused (libxlutil: about 5000).
   * A config must be UTF-8. Errors give line and column.
 Kept because xl does the same: the last setting of a key wins; numbers may
@@ -88,7 +94,8 @@ file without a final newline is ignored.
 
 _BOOL_KEYS: Final = ("permissive", "msitranslate", "seize", "power_mgmt")
 _CONSUMED: Final = frozenset(
-    {"name", "memory", "vcpus", "pci", "rdm", "type", "builder"} | {f"pci_{k}" for k in _BOOL_KEYS}
+    {"name", "memory", "vcpus", "pci", "disk", "rdm", "type", "builder"}
+    | {f"pci_{k}" for k in _BOOL_KEYS}
 )
 
 
@@ -111,17 +118,26 @@ class CfgPciSpecError(XlCfgError):
 
 
 class UnsupportedDomainType(ToolstackError):
-    """A config asks for a guest type xenpci does not model (yet): xl-style exit 1."""
+    """A config asks for a guest xenpci does not model (yet): xl-style exit 1."""
 
     exit_code = 1
 
-    def __init__(self, domain_type: str) -> None:
+    def __init__(self, domain_type: str, why: str | None = None) -> None:
         self.domain_type = domain_type
         super().__init__(
-            f'domain type "{domain_type}" is not supported yet: xenpci models PV guests '
-            'only (use type="pv" or leave type unset)',
+            why
+            or f'domain type "{domain_type}" is not supported yet: xenpci models PV and '
+            'HVM guests only (use type="pv", type="hvm" or leave type unset)',
             LibxlErrorCode.ERROR_INVAL,
         )
+
+
+class CfgDiskSpecError(XlCfgError):
+    """A bad ``disk=`` entry: xl's ``parse_disk_config`` exits 1."""
+
+    def __init__(self, path: str, line: int, column: int, error: DiskSpecError) -> None:
+        self.spec = error.spec
+        super().__init__(path, line, column, error.message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +153,7 @@ class DomainConfig:
     memory_mib: int | None = None
     vcpus: int = 1
     pci: tuple[PciSpec, ...] = ()
+    disks: tuple[DiskSpec, ...] = ()
     domain_type: DomainType = "pv"
     warnings: tuple[str, ...] = ()
     extra: dict[str, CfgValue] = field(default_factory=dict, hash=False)
@@ -153,9 +170,30 @@ class DomainConfig:
 
 
 def require_supported_type(cfg: DomainConfig) -> None:
-    """Refuse a guest type xenpci cannot run (the one place to relax when HVM exists)."""
-    if cfg.domain_type != "pv":
+    """Refuse a guest xenpci cannot run: PVH, and HVM guests outside what is modelled.
+
+    An HVM guest is the emulated IO model (:mod:`xenpci.emu`): one emulated
+    NVMe controller served by a device model from the one ``disk=`` it names
+    (that the disk is one of dom0's block devices is the toolstack's check).
+    Passthrough to an HVM guest (QEMU's PCI pass-through, ``xen_pt``) is not
+    modelled: such a config is refused, not created without its devices.
+    """
+    if cfg.domain_type == "pv":
+        return
+    if cfg.domain_type != "hvm":
         raise UnsupportedDomainType(cfg.domain_type)
+    if cfg.pci:
+        raise UnsupportedDomainType(
+            "hvm",
+            'PCI passthrough to a type="hvm" guest is not modelled (xenpci passes '
+            'devices through to PV guests only): remove pci=[...] or use type="pv"',
+        )
+    if len(cfg.disks) != 1:
+        raise UnsupportedDomainType(
+            "hvm",
+            f'a type="hvm" guest needs exactly one disk=[...] (its emulated NVMe '
+            f"controller's backing), not {len(cfg.disks)}",
+        )
 
 
 def _c_int(value: int) -> int:
@@ -245,6 +283,27 @@ def pci_devices(cfg: XluConfig) -> tuple[PciSpec, ...]:
     return tuple(specs)
 
 
+def disk_devices(cfg: XluConfig) -> tuple[DiskSpec, ...]:
+    """The ``disk=`` list (``parse_disk_config``): every entry a DISKSPEC string."""
+    items = cfg.get_list("disk") or ()
+    specs: list[str] = []
+    for item in items:
+        if not isinstance(item.value, str):
+            raise XlCfgError(cfg.source, item.line, item.column, "disk entries must be strings")
+        specs.append(item.value)
+    try:
+        return tuple(parse_disk_list(specs))
+    except DiskSpecError as e:
+        where = next((i for i in items if i.value == e.spec), None)
+        s = cfg.find("disk")
+        line, col = (
+            (where.line, where.column)
+            if where is not None
+            else ((s.value.line, s.value.column) if s is not None else (1, 1))
+        )
+        raise CfgDiskSpecError(cfg.source, line, col, e) from None
+
+
 def load_domain_config(text: str, path: str = "<string>") -> DomainConfig:
     """Parse an xl.cfg file's text into a :class:`DomainConfig` as xl does."""
     cfg = parse_cfg(text, path)
@@ -257,12 +316,14 @@ def load_domain_config(text: str, path: str = "<string>") -> DomainConfig:
     memory = _positive(cfg, "memory", " MiB")
     vcpus = _positive(cfg, "vcpus", "")
     specs = pci_devices(cfg)
+    disks = disk_devices(cfg)
     extra = {s.key: s.value.plain() for s in cfg.settings() if s.key not in _CONSUMED}
     return DomainConfig(
         name=name,
         memory_mib=memory,
         vcpus=vcpus or 1,
         pci=tuple(specs),
+        disks=disks,
         domain_type=domain_type,
         warnings=tuple(cfg.warnings),
         extra=extra,
@@ -279,8 +340,10 @@ __all__ = [
     "LIBXLUTIL_DIVERGENCES",
     "SPEC_KEYS",
     "BdfError",
+    "CfgDiskSpecError",
     "CfgPciSpecError",
     "CfgValue",
+    "DiskSpec",
     "DomainConfig",
     "DomainType",
     "Node",
@@ -293,6 +356,7 @@ __all__ = [
     "XlCfgError",
     "XluConfig",
     "decode_config",
+    "disk_devices",
     "load_domain_config",
     "load_domain_config_file",
     "parse_bdf",
