@@ -25,6 +25,8 @@ settings.load_profile("xenpci")
 OS_EDGE_TIMEOUT: Final = 30.0
 #: A tool run to completion as a child process (the CLI, lspci, xenstore-utils, gcc).
 TOOL_TIMEOUT: Final = 120.0
+#: A shell script that runs several tools in sequence to completion (a README block).
+SCRIPT_TIMEOUT: Final = 240.0
 #: A model wait in a *threaded* machine (libxl's backend waits): a deadline on real
 #: time there, so it too is an OS-edge bound; deterministic machines use virtual time.
 THREADED_MODEL_TIMEOUT: Final = 20.0

@@ -11,6 +11,8 @@ from pathlib import Path
 import benchmarks.__main__ as bench
 import pytest
 
+from tests.conftest import TOOL_TIMEOUT
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,9 +50,9 @@ def test_the_scratch_report_is_ignored_by_git(tmp_path: Path) -> None:
     git = shutil.which("git")
     assert git is not None
     shutil.copy(REPO / ".gitignore", tmp_path / ".gitignore")
-    subprocess.run([git, "init", "-q"], cwd=tmp_path, check=True, timeout=30)
+    subprocess.run([git, "init", "-q"], cwd=tmp_path, check=True, timeout=TOOL_TIMEOUT)
     rel = bench.SCRATCH.relative_to(REPO)
     (tmp_path / rel).parent.mkdir(parents=True)
     (tmp_path / rel).write_text("report\n")
-    r = subprocess.run([git, "check-ignore", "-q", str(rel)], cwd=tmp_path, timeout=30)
+    r = subprocess.run([git, "check-ignore", "-q", str(rel)], cwd=tmp_path, timeout=TOOL_TIMEOUT)
     assert r.returncode == 0, f"{rel} would dirty the tree"

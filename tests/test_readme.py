@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SCRIPT_TIMEOUT, TOOL_TIMEOUT
 from tests.interop import require_executable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +43,7 @@ def tree_state() -> str:
         capture_output=True,
         text=True,
         check=True,
-        timeout=60,
+        timeout=TOOL_TIMEOUT,
     ).stdout
 
 
@@ -67,7 +68,7 @@ def test_readme_block_runs(line: int, script: str) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=SCRIPT_TIMEOUT,
     )
     assert r.returncode == 0, f"README.md:{line}: block failed\n{r.stdout}\n{r.stderr}"
     assert "Traceback" not in r.stderr, f"README.md:{line}:\n{r.stderr}"

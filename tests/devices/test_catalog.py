@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable, require_file
 from xenpci.devices import catalog
 from xenpci.devices.errors import CatalogError, DeviceError
@@ -130,7 +131,11 @@ def test_lspci_decodes_every_model(name: str, tmp_path: Path) -> None:
     dump = tmp_path / f"{name}.dump"
     dump.write_text(format_dump(fns))
     out = subprocess.run(
-        [lspci, "-F", str(dump), "-vvv"], capture_output=True, text=True, timeout=30, check=True
+        [lspci, "-F", str(dump), "-vvv"],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT,
+        check=True,
     ).stdout
     assert out.count("\n\n") + (0 if out.endswith("\n\n") else 1) >= len(fns)
     for line in EXPECTED_LINES[name]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable
 
 DUMPS_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "lspci-dumps"
@@ -89,7 +90,7 @@ def _lspci_text(path: str, args: tuple[str, ...]) -> str:
         text=True,
         encoding="latin-1",
         check=True,
-        timeout=30,
+        timeout=TOOL_TIMEOUT,
     )
     return out.stdout
 

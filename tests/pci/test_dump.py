@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable
 from xenpci.pci.address import SBDF
 from xenpci.pci.capabilities import walk_capabilities
@@ -72,7 +73,7 @@ def test_lspci_reads_converted_sysfs_identically(tmp_path: Path) -> None:
     original = tmp_path / "host.lspci"
     original.write_text(
         subprocess.run(
-            [lspci, "-xxxx"], capture_output=True, text=True, check=True, timeout=30
+            [lspci, "-xxxx"], capture_output=True, text=True, check=True, timeout=TOOL_TIMEOUT
         ).stdout
     )
     converted = tmp_path / "host.converted"

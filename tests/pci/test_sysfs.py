@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
@@ -129,7 +130,11 @@ def test_this_hosts_sysfs_matches_lspci() -> None:
         pytest.skip("no PCI functions in this machine's sysfs")
     functions = load_sysfs()
     text = subprocess.run(
-        [lspci, "-D", "-vv", "-xxxx"], capture_output=True, text=True, check=True, timeout=30
+        [lspci, "-D", "-vv", "-xxxx"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=TOOL_TIMEOUT,
     ).stdout
     listed = parse_dump(text, "lspci -D -vv -xxxx")
     assert [f.sbdf for f in functions] == [f.sbdf for f in listed]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import xenpci
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable
 from xenpci.pci import regs
 from xenpci.pci.sysfs import SYSFS_PCI_DEVICES
@@ -48,7 +49,7 @@ def _as_nobody(*argv: str, pythonpath: str | None = None) -> str:
         capture_output=True,
         text=True,
         check=True,
-        timeout=30,
+        timeout=TOOL_TIMEOUT,
     ).stdout
 
 
