@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.toolstack import libxl_pci as lp
@@ -34,6 +35,17 @@ HEADER_DWORDS = range(0, 64, 4)
 
 @pytest.fixture
 def machine() -> Iterator[Machine]:
+    """A deterministic machine: one thread, its waits deadlines on a virtual clock."""
+    m = boot_machine(HostDescription(), deterministic=True)
+    try:
+        yield m
+    finally:
+        m.shutdown()
+
+
+@pytest.fixture
+def threaded() -> Iterator[Machine]:
+    """A threaded machine, for the test that holds a driver's watch thread (an OS edge)."""
     m = boot_machine(HostDescription())
     try:
         yield m
@@ -79,14 +91,14 @@ def test_create_runs_the_guest_only_after_every_device_is_in_the_backend(
     machine: Machine,
 ) -> None:
     plat = RecordingPlatform(machine)
-    libxl = Libxl(plat, machine.xs, timeout=5.0)  # type: ignore[arg-type]
+    libxl = Libxl(plat, machine.xs)  # type: ignore[arg-type]
     for s in (NIC, NVME, LEGACY):
         libxl.assignable_add(s)
     cfg = load_domain_config('name="g"\nmemory=16\npci=["03:00.0", "04:00.0", "07:00.0"]')
     domid = libxl.domain_create(cfg)
     assert plat.at_first_run == [NIC, NVME, LEGACY]
-    lp.wait_for_backend_state(machine.xs, domid, timeout=5)
-    assert machine.guest(domid).wait_for_pcifront(5).wait_connected(1, 5)
+    lp.wait_for_backend_state(machine.xs, domid)
+    assert machine.guest(domid).wait_for_pcifront().wait_connected(1)
     assert guest_sees(machine, domid) == ids(machine, NIC, NVME, LEGACY)
 
 
@@ -113,15 +125,15 @@ def test_reset_of_an_unbound_device_keeps_its_current_header(machine: Machine) -
 
 
 def test_attach_detach_keeps_bars_and_routing(machine: Machine) -> None:
-    libxl = Libxl(machine, machine.xs, timeout=5.0)
+    libxl = Libxl(machine, machine.xs)
     libxl.assignable_add(NIC)
     nic = machine.host_function(NIC)
     assert "flr" in nic.reset_methods()  # libxl's resets really zero the header here
     before = [nic.config_read(off, 4) for off in HEADER_DWORDS[4:]]  # BARs .. INT_LINE
     g = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
-    lp.wait_for_backend_state(machine.xs, g, timeout=5)
+    lp.wait_for_backend_state(machine.xs, g)
     assert [nic.config_read(off, 4) for off in HEADER_DWORDS[4:]] == before
-    assert machine.guest(g).wait_for_pcifront(5).wait_connected(1, 5)
+    assert machine.guest(g).wait_for_pcifront().wait_connected(1)
     assert guest_sees(machine, g) == ids(machine, NIC)
     libxl.pci_detach(g, parse_pci_spec("03:00.0"))
     assert [nic.config_read(off, 4) for off in HEADER_DWORDS[4:]] == before
@@ -129,13 +141,13 @@ def test_attach_detach_keeps_bars_and_routing(machine: Machine) -> None:
 
 
 def test_last_detach_and_destroy_leave_no_backend_directory(machine: Machine) -> None:
-    libxl = Libxl(machine, machine.xs, timeout=5.0)
+    libxl = Libxl(machine, machine.xs)
     for s in (NIC, NVME):
         libxl.assignable_add(s)
     g = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
     h = libxl.domain_create(load_domain_config('name="h"\nmemory=16\npci=["04:00.0"]'))
     for d in (g, h):
-        lp.wait_for_backend_state(machine.xs, d, timeout=5)
+        lp.wait_for_backend_state(machine.xs, d)
     root = "/local/domain/0/backend/pci"
     libxl.pci_detach(g, parse_pci_spec("03:00.0"))
     assert not machine.xs.exists(f"{root}/{g}")  # xenstore-rm -t: the empty parent too
@@ -146,8 +158,8 @@ def test_last_detach_and_destroy_leave_no_backend_directory(machine: Machine) ->
     assert not machine.xs.exists(root)
     # and the next guest's first device recreates everything
     g2 = libxl.domain_create(load_domain_config('name="g2"\nmemory=16\npci=["03:00.0"]'))
-    lp.wait_for_backend_state(machine.xs, g2, timeout=5)
-    assert machine.guest(g2).wait_for_pcifront(5).wait_connected(1, 5)
+    lp.wait_for_backend_state(machine.xs, g2)
+    assert machine.guest(g2).wait_for_pcifront().wait_connected(1)
     assert guest_sees(machine, g2) == ids(machine, NIC)
 
 
@@ -163,12 +175,12 @@ class Gate:
     def _hold(self, _ev: object) -> None:
         if self.armed:
             self.blocked.set()
-            self.open.wait(10)
+            self.open.wait(OS_EDGE_TIMEOUT)
 
     def close_gate(self, tool: XsClient) -> None:
         self.armed = True
         tool.write(self.path, "hold")
-        assert self.blocked.wait(5)
+        assert self.blocked.wait(OS_EDGE_TIMEOUT)
 
     def release(self) -> None:
         self.armed = False
@@ -176,16 +188,17 @@ class Gate:
 
 
 def test_reattach_right_after_the_last_detach_reconnects(
-    machine: Machine, monkeypatch: pytest.MonkeyPatch
+    threaded: Machine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``xl pci-detach g X; xl pci-attach g X`` with both drivers still holding the old
     device objects when libxl re-creates the directories: both must probe afresh."""
-    libxl = Libxl(machine, machine.xs, timeout=5.0)
+    machine = threaded
+    libxl = Libxl(machine, machine.xs, timeout=THREADED_MODEL_TIMEOUT)
     libxl.assignable_add(NIC)
     g = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
     kernel = machine.guest(g)
-    first = kernel.wait_for_pcifront(5)
-    assert first.wait_connected(1, 5)
+    first = kernel.wait_for_pcifront(THREADED_MODEL_TIMEOUT)
+    assert first.wait_connected(1, THREADED_MODEL_TIMEOUT)
     old_back = machine.pciback.wait_for_device(g)
     gates = [
         Gate(machine.pciback.xs, "/test/gate-dom0"),
@@ -210,9 +223,9 @@ def test_reattach_right_after_the_last_detach_reconnects(
     finally:
         for gate in gates:
             gate.release()
-    lp.wait_for_backend_state(machine.xs, g, timeout=5)
-    front = kernel.wait_for_pcifront(5)
-    assert front is not first and front.wait_connected(1, 5)
+    lp.wait_for_backend_state(machine.xs, g, timeout=THREADED_MODEL_TIMEOUT)
+    front = kernel.wait_for_pcifront(THREADED_MODEL_TIMEOUT)
+    assert front is not first and front.wait_connected(1, THREADED_MODEL_TIMEOUT)
     assert machine.pciback.devices[g] is not old_back
     assert guest_sees(machine, g) == ids(machine, NIC)
     # the stale objects wrote nothing into the new generation
