@@ -1,4 +1,10 @@
-"""libxl_pci against the real XenStore: a scripted backend, watches, timeouts, xenstore-utils."""
+"""libxl_pci against the real XenStore: a scripted backend, watches, timeouts, xenstore-utils.
+
+Waits: every client runs on a lane of one deterministic executor, so libxl's backend
+waits are deadlines on its virtual clock: a timeout costs no wall time, and a test
+asserts exactly when (in virtual time) a wait ended. Only the xenstore-utils test
+crosses an OS edge (a Unix socket, a child process), bounded by the suite's named bound.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable
+from xenpci.hv.scheduler import Scheduler
 from xenpci.pci.address import SBDF
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.errors import BackendMissing, BackendStateTimeout, DeviceNotAttached
@@ -36,8 +44,8 @@ class FakePciback:
     state it saw, so the test can assert the sequence libxl drove.
     """
 
-    def __init__(self, store: XenStore, *, answer: bool = True) -> None:
-        self.xs = XsClient.in_process(store, 0)
+    def __init__(self, store: XenStore, ex: Scheduler, *, answer: bool = True) -> None:
+        self.xs = XsClient.in_process(store, 0, lane=ex.lane("pciback"))
         self.answer = answer
         self.seen: list[str] = []
         self.lock = threading.Lock()
@@ -78,15 +86,21 @@ def store() -> XenStore:
 
 
 @pytest.fixture
-def xs(store: XenStore) -> Iterator[XsClient]:
-    c = XsClient.in_process(store, 0)
+def ex() -> Scheduler:
+    """The deterministic executor every client's watch callbacks run on."""
+    return Scheduler()
+
+
+@pytest.fixture
+def xs(store: XenStore, ex: Scheduler) -> Iterator[XsClient]:
+    c = XsClient.in_process(store, 0, lane=ex.lane("tool"))
     yield c
     c.close()
 
 
 @pytest.fixture
-def pciback(store: XenStore) -> Iterator[FakePciback]:
-    p = FakePciback(store)
+def pciback(store: XenStore, ex: Scheduler) -> Iterator[FakePciback]:
+    p = FakePciback(store, ex)
     yield p
     p.close()
 
@@ -107,23 +121,25 @@ def test_initial_create_then_hotplug_then_remove(
     # hot-plug wrote state 7 with the keys; our pciback answered 4
     assert lp.device_pci_add_xenstore(xs, DOMID, "g", dev(GPU), starting=False) == 2
     assert [str(e.sbdf) for e in lp.device_pci_list(xs, DOMID)] == [str(NIC), str(DISK), str(GPU)]
-    lp.device_pci_remove_xenstore(xs, DOMID, NIC, timeout=5)
+    lp.device_pci_remove_xenstore(xs, DOMID, NIC)
     got = lp.device_pci_list(xs, DOMID)
     assert [(e.index, e.sbdf, e.vdevfn) for e in got] == [(0, DISK, 0x10), (1, GPU, 0)]
     assert xs.read(f"{BE}/num_devs") == b"2"
     assert not xs.exists(f"{BE}/dev-2")
-    lp.device_pci_remove_xenstore(xs, DOMID, GPU, timeout=5)
-    lp.device_pci_remove_xenstore(xs, DOMID, DISK, timeout=5)
+    lp.device_pci_remove_xenstore(xs, DOMID, GPU)
+    lp.device_pci_remove_xenstore(xs, DOMID, DISK)
     # last device gone: both directories destroyed
     assert not xs.exists(BE)
     assert not xs.exists(FE)
     assert "7" in pciback.seen and pciback.seen[-1] in {"4", "7"}
 
 
-def test_guest_cannot_write_backend_but_can_read(xs: XsClient, store: XenStore) -> None:
+def test_guest_cannot_write_backend_but_can_read(
+    xs: XsClient, store: XenStore, ex: Scheduler
+) -> None:
     lp.device_pci_add_xenstore(xs, DOMID, "g", dev(NIC), starting=True)
-    guest = XsClient.in_process(store, DOMID)
-    other = XsClient.in_process(store, DOMID + 1)
+    guest = XsClient.in_process(store, DOMID, lane=ex.lane("guest"))
+    other = XsClient.in_process(store, DOMID + 1, lane=ex.lane("other"))
     try:
         assert guest.read(f"{BE}/dev-0") == b"0000:03:00.0"
         with pytest.raises(XsError) as e:
@@ -138,36 +154,35 @@ def test_guest_cannot_write_backend_but_can_read(xs: XsClient, store: XenStore) 
         other.close()
 
 
-def test_hotplug_waits_for_connected_and_times_out(xs: XsClient) -> None:
+def test_hotplug_waits_for_connected_and_times_out(xs: XsClient, ex: Scheduler) -> None:
     lp.device_pci_add_xenstore(xs, DOMID, "g", dev(NIC), starting=True)
+    t0 = ex.clock.now()
     with pytest.raises(BackendStateTimeout) as e:
-        lp.device_pci_add_xenstore(xs, DOMID, "g", dev(DISK), starting=False, timeout=0.3)
+        lp.device_pci_add_xenstore(xs, DOMID, "g", dev(DISK), starting=False)
+    assert ex.clock.now() - t0 == lp.DEFAULT_TIMEOUT  # libxl's whole wait, in virtual time
     assert e.value.path == f"{BE}/state"
     assert e.value.wanted == 4 and e.value.last == 1
     # nothing was written: the device is not half-added
     assert xs.read(f"{BE}/num_devs") == b"1"
 
 
-def test_wait_is_a_watch_not_a_poll(xs: XsClient, store: XenStore) -> None:
-    """The waiter wakes on the write itself: a 10 s timeout returns within a fraction."""
+def test_wait_is_a_watch_not_a_poll(xs: XsClient, store: XenStore, ex: Scheduler) -> None:
+    """The waiter wakes on the write itself: at the virtual instant of the write, not
+    at a later poll tick nor at its deadline."""
     lp.device_pci_add_xenstore(xs, DOMID, "g", dev(NIC), starting=True)
-    other = XsClient.in_process(store, 0)
-    t = threading.Timer(0.1, lambda: other.write(f"{BE}/state", "4"))
-    t.start()
+    other = XsClient.in_process(store, 0, lane=ex.lane("other"))
+    t0 = ex.clock.now()
+    ex.call_later(0.1, lambda: other.write(f"{BE}/state", "4"))
     try:
-        import time
-
-        t0 = time.monotonic()
-        lp.wait_for_backend_state(xs, DOMID, timeout=10)
-        assert time.monotonic() - t0 < 5  # half the timeout: a loaded machine is slow
+        lp.wait_for_backend_state(xs, DOMID)
+        assert ex.clock.now() - t0 == pytest.approx(0.1, abs=1e-12)
     finally:
-        t.join()
         other.close()
 
 
 def test_wait_on_missing_backend(xs: XsClient) -> None:
     with pytest.raises(BackendMissing):
-        lp.wait_for_backend_state(xs, DOMID, timeout=1)
+        lp.wait_for_backend_state(xs, DOMID)
 
 
 def test_remove_unknown_device(xs: XsClient, pciback: FakePciback) -> None:
@@ -185,7 +200,7 @@ def test_same_device_twice_refused(xs: XsClient, pciback: FakePciback) -> None:
 
 def test_force_remove_without_backend_answer(store: XenStore, xs: XsClient) -> None:
     lp.device_pci_add_xenstore(xs, DOMID, "g", dev(NIC), starting=True)
-    lp.device_pci_remove_xenstore(xs, DOMID, NIC, timeout=0.2, force=True)
+    lp.device_pci_remove_xenstore(xs, DOMID, NIC, force=True)
     assert not xs.exists(BE)
 
 
@@ -220,7 +235,12 @@ def test_xenstore_ls_reads_the_layout(tmp_path: Path, store: XenStore) -> None:
             xs.close()
         env = {**os.environ, "XENSTORED_PATH": sock}
         out = subprocess.run(
-            [ls, "-p", BE], env=env, capture_output=True, text=True, timeout=10, check=True
+            [ls, "-p", BE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+            check=True,
         ).stdout
         lines = {ln.split("=")[0].strip(): ln for ln in out.splitlines()}
         assert '"0000:03:00.0"' in lines["dev-0"]
@@ -228,38 +248,36 @@ def test_xenstore_ls_reads_the_layout(tmp_path: Path, store: XenStore) -> None:
         assert '"msitranslate=0,power_mgmt=0,permissive=0,rdm_policy=strict"' in lines["opts-0"]
         assert "(n0,r7)" in lines["num_devs"]
         fe = subprocess.run(
-            [ls, "-p", FE], env=env, capture_output=True, text=True, timeout=10, check=True
+            [ls, "-p", FE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
+            check=True,
         ).stdout
         assert f'backend = "{BE}"' in fe
         assert "(n7,r0)" in fe
 
 
-def test_wait_ends_when_the_guest_dies(xs: XsClient, store: XenStore) -> None:
-    """@releaseDomain during the wait: a precise DomainGone, not a 10 s timeout."""
+def test_wait_ends_when_the_guest_dies(xs: XsClient, store: XenStore, ex: Scheduler) -> None:
+    """@releaseDomain during the wait: a precise DomainGone at the instant of the
+    release, not a timeout."""
     from xenpci.toolstack.errors import DomainGone
 
     lp.device_pci_add_xenstore(xs, DOMID, "g", dev(NIC), starting=True)
-    t = threading.Timer(0.1, lambda: store.release_domain(DOMID))
-    t.start()
-    try:
-        import time
-
-        t0 = time.monotonic()
-        with pytest.raises(DomainGone) as e:
-            lp.wait_for_backend_state(xs, DOMID, timeout=10)
-        assert e.value.domid == DOMID
-        assert time.monotonic() - t0 < 5  # half the timeout: a loaded machine is slow
-    finally:
-        t.join()
+    t0 = ex.clock.now()
+    ex.call_later(0.1, lambda: store.release_domain(DOMID))
+    with pytest.raises(DomainGone) as e:
+        lp.wait_for_backend_state(xs, DOMID)
+    assert e.value.domid == DOMID
+    assert ex.clock.now() - t0 == pytest.approx(0.1, abs=1e-12)
 
 
-def test_remove_from_a_closed_backend_does_not_wait(xs: XsClient) -> None:
+def test_remove_from_a_closed_backend_does_not_wait(xs: XsClient, ex: Scheduler) -> None:
     """Backend already Closed (guest shutting down): keys go at once, even without force."""
-    import time
-
     lp.device_pci_add_xenstore(xs, DOMID, "g", dev(NIC), starting=True)
     xs.write(f"{BE}/state", "6")
-    t0 = time.monotonic()
-    lp.device_pci_remove_xenstore(xs, DOMID, NIC, timeout=20)
-    assert time.monotonic() - t0 < 5
+    t0 = ex.clock.now()
+    lp.device_pci_remove_xenstore(xs, DOMID, NIC)
+    assert ex.clock.now() == t0  # not one virtual instant waited
     assert not xs.exists(BE)
