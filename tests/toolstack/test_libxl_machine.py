@@ -2,6 +2,12 @@
 
 Everything here is the real stack in one process (hv, xenstored, pciback, pcifront, the
 guest PCI core); only the xl front end is skipped (see test_e2e_cli.py for that).
+
+Waits: the machine is deterministic (one thread, a virtual clock), so libxl's backend
+waits and the tests' own waits are deadlines on virtual time, and a guest dying "during"
+an attach is a watch callback run by the executor at an exact point. The one test that
+stays threaded races two xl invocations (two OS threads, as two real xl processes) on
+libxl's per-domain lock; its waits are bounded by the suite's named bounds.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.toolstack import libxl_pci as lp
@@ -31,8 +38,12 @@ MF0, MF1 = SBDF(0, 6, 0, 0), SBDF(0, 6, 0, 1)
 LEGACY = SBDF(0, 7, 0, 0)
 
 
-def wait_node(xs: XsClient, path: str, value: str, timeout: float = 10.0) -> None:
-    """Block (on a watch) until ``path`` reads ``value``."""
+def wait_node(xs: XsClient, path: str, value: str, timeout: float = OS_EDGE_TIMEOUT) -> None:
+    """Block (on a watch) until ``path`` reads ``value``.
+
+    On a deterministic machine's client this drives the executor and ``timeout`` is
+    virtual time; on a threaded one it is the OS-edge bound on another thread.
+    """
     ok = threading.Event()
     token = f"test-wait-{path}-{value}"
 
@@ -48,20 +59,29 @@ def wait_node(xs: XsClient, path: str, value: str, timeout: float = 10.0) -> Non
     xs.watch(path, token, cb)
     try:
         cb()
-        assert ok.wait(timeout), f"{path} never became {value!r}"
+        executor = xs.executor
+        done = executor.wait_until(ok.is_set, timeout) if executor else ok.wait(timeout)
+        assert done, f"{path} never became {value!r}"
     finally:
         xs.unwatch(path, token)
 
 
 def kill_when_claimed(machine: Machine, sbdf: SBDF, domid: int) -> None:
-    """Destroy guest ``domid`` as soon as libxl records ``sbdf`` as assigned to it."""
-    wait_node(machine.xs, f"{lp.libxl_pci_path(sbdf)}/domid", str(domid), timeout=30)
-    machine.stop_guest(domid)
+    """Destroy guest ``domid`` as soon as libxl records ``sbdf`` as assigned to it: a
+    watch callback, run by the deterministic executor while libxl waits."""
+    path, token = f"{lp.libxl_pci_path(sbdf)}/domid", f"test-kill-{domid}"
+
+    def cb(*_: object) -> None:
+        if machine.xs.exists(path) and machine.xs.read(path) == str(domid).encode():
+            machine.xs.unwatch(path, token)
+            machine.stop_guest(domid)
+
+    machine.xs.watch(path, token, cb)
 
 
 @pytest.fixture(params=[True], ids=["iommu"])
 def machine(request: pytest.FixtureRequest) -> Iterator[Machine]:
-    m = boot_machine(HostDescription(iommu=request.param))
+    m = boot_machine(HostDescription(iommu=request.param), deterministic=True)
     try:
         yield m
     finally:
@@ -70,7 +90,13 @@ def machine(request: pytest.FixtureRequest) -> Iterator[Machine]:
 
 @pytest.fixture
 def libxl(machine: Machine) -> Libxl:
-    return Libxl(machine, machine.xs, timeout=3.0)
+    return Libxl(machine, machine.xs)  # libxl's own backend timeout, in virtual seconds
+
+
+def clock_now(machine: Machine) -> float:
+    """The deterministic machine's virtual clock."""
+    assert machine.hv.scheduler is not None
+    return machine.hv.scheduler.clock.now()
 
 
 def spec(text: str):  # type: ignore[no-untyped-def]
@@ -227,17 +253,12 @@ def test_guest_killed_mid_attach(machine: Machine, libxl: Libxl) -> None:
     # The killer strikes once the attach has begun (libxl has claimed the device), not
     # after a fixed delay: wherever the attach then is (granting, or waiting on the
     # backend), the death must end it with DomainGone.
-    libxl.timeout = 20.0  # the attach must be ended by the death, not by its timeout
-    killer = threading.Thread(target=kill_when_claimed, args=(machine, LEGACY, domid))
-    killer.start()
-    t0 = time.monotonic()
-    try:
-        with pytest.raises(DomainGone):
-            libxl.pci_attach(domid, spec("07:00.0"))
-    finally:
-        killer.join(timeout=30)
-    assert not killer.is_alive()
-    assert time.monotonic() - t0 < 10  # woken by @releaseDomain, not the 20 s timeout
+    kill_when_claimed(machine, LEGACY, domid)
+    t0 = clock_now(machine)
+    with pytest.raises(DomainGone):
+        libxl.pci_attach(domid, spec("07:00.0"))
+    # woken by @releaseDomain, not by libxl's timeout: no virtual time passed at all
+    assert clock_now(machine) == t0
     # the device being attached was rolled back at once
     assert lp.assigned_domid(machine.xs, LEGACY) is None
     assert LEGACY in {d.sbdf for d in libxl.assignable_list()}
@@ -266,9 +287,9 @@ def test_attach_to_a_guest_that_died_unnoticed(machine: Machine, libxl: Libxl) -
 
 
 def test_no_iommu_refuses_dma_capable_devices() -> None:
-    m = boot_machine(HostDescription(iommu=False))
+    m = boot_machine(HostDescription(iommu=False), deterministic=True)
     try:
-        libxl = Libxl(m, m.xs, timeout=3.0)
+        libxl = Libxl(m, m.xs)
         libxl.assignable_add(NIC)
         with pytest.raises(Refused) as e:
             libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
@@ -306,9 +327,10 @@ def test_detach_from_an_unresponsive_guest(machine: Machine, libxl: Libxl) -> No
     domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
     wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4")
     machine.guest(domid).shutdown()  # the kernel hangs
-    libxl.timeout = 0.5
+    t0 = clock_now(machine)
     with pytest.raises(ToolstackError, match="not ready"):
         libxl.pci_detach(domid, spec("03:00.0"))
+    assert clock_now(machine) - t0 == pytest.approx(libxl.timeout)  # waited it out, no more
     assert lp.assigned_domid(machine.xs, NIC) == domid  # still the guest's
     assert machine.hv.iommu.owner(NIC.sbdf_int) == domid
     libxl.pci_detach(domid, spec("03:00.0"), force=True)
@@ -319,11 +341,23 @@ def test_detach_from_an_unresponsive_guest(machine: Machine, libxl: Libxl) -> No
     libxl.domain_destroy(domid)
 
 
-def test_destroy_ends_an_attach_waiting_on_a_wedged_guest(machine: Machine, libxl: Libxl) -> None:
+@pytest.fixture
+def threaded() -> Iterator[Machine]:
+    """A threaded machine: for two xl invocations racing from two OS threads."""
+    m = boot_machine(HostDescription())
+    try:
+        yield m
+    finally:
+        m.shutdown()
+
+
+def test_destroy_ends_an_attach_waiting_on_a_wedged_guest(threaded: Machine) -> None:
     """xl destroy while another xl waits on the same hung guest: both finish promptly."""
+    machine = threaded
+    # the waiter must be woken by the destroy (DomainGone), not by its timeout
+    libxl = Libxl(machine, machine.xs, timeout=THREADED_MODEL_TIMEOUT)
     for s in (NIC, NVME, LEGACY):
         libxl.assignable_add(s)
-    libxl.timeout = 20.0  # the waiter must be woken by the destroy, not by its timeout
     domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
     wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4")
     machine.guest(domid).shutdown()
@@ -340,12 +374,12 @@ def test_destroy_ends_an_attach_waiting_on_a_wedged_guest(machine: Machine, libx
     t.start()
     # Once libxl has claimed the device the waiter holds the context (a fixed sleep
     # could let the destroy run first, and the attach would then find no domain).
-    wait_node(machine.xs, f"{lp.libxl_pci_path(LEGACY)}/domid", str(domid), timeout=30)
+    wait_node(machine.xs, f"{lp.libxl_pci_path(LEGACY)}/domid", str(domid))
     t0 = time.monotonic()
     libxl.domain_destroy(domid)
-    t.join(timeout=10)
+    t.join(OS_EDGE_TIMEOUT)
     assert not t.is_alive()
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < libxl.timeout  # the destroy woke it, not its timeout
     assert len(errors) == 1 and isinstance(errors[0], DomainGone)
     assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
     assert [d.name for d in libxl.domain_list()] == ["Domain-0"]
@@ -360,9 +394,9 @@ def test_host_file_with_a_real_dump_device(tmp_path) -> None:  # type: ignore[no
     dump = require_file("/work/shared/data/lspci-dumps/cap-address-xlation")
     host = tmp_path / "host.toml"
     host.write_text(f'catalog = false\n[[device]]\nsource = "{dump}"\n')
-    m = boot_machine(load_host(host))
+    m = boot_machine(load_host(host), deterministic=True)
     try:
-        libxl = Libxl(m, m.xs, timeout=3.0)
+        libxl = Libxl(m, m.xs)
         dev = SBDF(0, 2, 0, 0)
         assert [f.sbdf for f in m.host_functions()] == [dev]
         libxl.assignable_add(dev)
@@ -399,7 +433,7 @@ def test_page_sharers_may_go_to_one_guest(machine: Machine, libxl: Libxl) -> Non
 
 def test_operations_are_traced(machine: Machine) -> None:
     """Each xl operation lands in the machine's trace, dom0 acting, with its outcome."""
-    libxl = Libxl(machine, machine.xs, timeout=3.0, trace=machine.trace)
+    libxl = Libxl(machine, machine.xs, trace=machine.trace)
     libxl.assignable_add(NIC)
     g = libxl.domain_create(load_domain_config('name="g"\nmemory=16'))
     libxl.pci_attach(g, spec("03:00.0"))
