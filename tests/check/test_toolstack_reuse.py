@@ -22,9 +22,9 @@ OVERRIDE = " (override with --allow-unsafe)"
     ("iommu", "sbdf", "rule"), [(False, NIC, "iommu"), (True, SUB_A, "shared-page")]
 )
 def test_refusal_text_is_the_check_row(iommu: bool, sbdf: SBDF, rule: str) -> None:
-    m = boot_machine(HostDescription(iommu=iommu))
+    m = boot_machine(HostDescription(iommu=iommu), deterministic=True)
     try:
-        libxl = Libxl(m, m.xs, timeout=3.0)
+        libxl = Libxl(m, m.xs)
         libxl.assignable_add(sbdf)
         dom = libxl.domain_create(load_domain_config('name="g"\nmemory=16'))
         with pytest.raises(Refused) as e:

@@ -44,10 +44,10 @@ def test_attach_and_guest_view_refuse_from_one_table(tmp_path: Path) -> None:
     assert not report.views
     (refused,) = report.refused
     assert refused.reason == refusal_reason(fn) and "--bar-size" in refused.reason
-    with Machine() as m:
+    with Machine(deterministic=True) as m:
         m.add_host_devices([fn])
         m.pciback_bind(fn.sbdf)
-        libxl = Libxl(m, m.xs, timeout=10)
+        libxl = Libxl(m, m.xs)
         domid = libxl.domain_create(load_domain_config('name = "g"\nmemory = 16\n'))
         for unsafe in (False, True):  # not overridable: the guest's view would be a guess
             with pytest.raises(Refused) as e:
@@ -87,12 +87,12 @@ def test_grants_follow_dom0s_resources_not_the_bar_registers(tmp_path: Path) -> 
         dump = dump.replace(f"Memory at {bus_addr} (", f"Memory at 20{bus_addr} (")
     path = tmp_path / "xlated.txt"
     path.write_text(dump)
-    m = boot_machine(HostDescription(sources=(str(path),)))
+    m = boot_machine(HostDescription(sources=(str(path),)), deterministic=True)
     try:
         (fn,) = m.host_functions()
         res = fn.resources
         assert res[0].start == 0x20_5000_0000 and fn.bars[0].address == 0x5000_0000
-        libxl = Libxl(m, m.xs, timeout=10)
+        libxl = Libxl(m, m.xs)
         libxl.assignable_add(fn.sbdf)
         domid = libxl.domain_create(
             load_domain_config(f'name = "g"\nmemory = 16\npci = ["{fn.sbdf}"]\n')

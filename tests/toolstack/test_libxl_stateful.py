@@ -33,8 +33,9 @@ def _pages(ranges: list[tuple[int, int]]) -> set[int]:
 class XlMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.m = boot_machine(HostDescription())
-        self.libxl = Libxl(self.m, self.m.xs, timeout=5.0)
+        # deterministic: one thread, libxl's waits are deadlines on a virtual clock
+        self.m = boot_machine(HostDescription(), deterministic=True)
+        self.libxl = Libxl(self.m, self.m.xs)
         self.guests: list[int] = []
         self.n = 0
 
@@ -72,7 +73,7 @@ class XlMachine(RuleBasedStateMachine):
                 raise
         else:
             assert owner is None and bound
-            lp.wait_for_backend_state(self.m.xs, g, timeout=5)
+            lp.wait_for_backend_state(self.m.xs, g)
 
     @precondition(lambda self: self.guests)
     @rule(data=st.data())

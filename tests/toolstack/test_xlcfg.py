@@ -304,9 +304,9 @@ def test_toolstack_refuses_hvm_and_creates_nothing() -> None:
     from xenpci.toolstack.host import HostDescription, boot_machine
     from xenpci.toolstack.libxl import Libxl
 
-    machine = boot_machine(HostDescription())
+    machine = boot_machine(HostDescription(), deterministic=True)
     try:
-        libxl = Libxl(machine, machine.xs, timeout=20.0)
+        libxl = Libxl(machine, machine.xs)
         for text in ("name='h'\ntype='hvm'\n", "name='h'\nbuilder='hvm'\n", "name='h'\ntype='pvh'"):
             with pytest.raises(UnsupportedDomainType):
                 libxl.domain_create(load_domain_config(text))
