@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import EXPECTED_TIMEOUT, OS_EDGE_TIMEOUT, TOOL_TIMEOUT
 from xenpci.cli.xl import error_line
 from xenpci.pci.address import SBDF
 from xenpci.toolstack.daemon import (
@@ -69,7 +70,7 @@ def test_concurrent_starts_one_wins_nothing_of_it_deleted(run_dir: Path) -> None
                 assert winner is None, "two machines run in one directory"
                 winner = p
             else:
-                losers.append((p.wait(timeout=60), first + p.stderr.read()))
+                losers.append((p.wait(timeout=TOOL_TIMEOUT), first + p.stderr.read()))
         assert winner is not None, losers
         assert len(losers) == n - 1
         for code, err in losers:
@@ -81,11 +82,11 @@ def test_concurrent_starts_one_wins_nothing_of_it_deleted(run_dir: Path) -> None
         for name in ("control.sock", "xenstored.sock", PID_FILE, LOCK_FILE):
             assert (run_dir / name).exists(), name
         assert read_pid(run_dir) == winner.pid
-        with ControlClient(run_dir, timeout=30) as c:
+        with ControlClient(run_dir, timeout=OS_EDGE_TIMEOUT) as c:
             assert c.call("status")["pid"] == winner.pid
         stop = xenpci("machine", "stop", "--dir", str(run_dir))
-        assert stop.wait(timeout=60) == 0
-        assert winner.wait(timeout=60) == 0
+        assert stop.wait(timeout=TOOL_TIMEOUT) == 0
+        assert winner.wait(timeout=TOOL_TIMEOUT) == 0
         assert not run_dir.exists()  # it created the directory: it removes it, emptied
     finally:
         for p in procs:
@@ -135,10 +136,10 @@ def test_accept_emfile_does_not_end_the_loop(run_dir: Path) -> None:
     d._accept = accept  # type: ignore[method-assign]
     d.start()
     try:
-        with ControlClient(run_dir, timeout=30) as c:
+        with ControlClient(run_dir, timeout=OS_EDGE_TIMEOUT) as c:
             assert c.call("status")["domains"] == 1
         assert seen.is_set() and not failures
-        with ControlClient(run_dir, timeout=30) as c:  # and the loop still accepts
+        with ControlClient(run_dir, timeout=OS_EDGE_TIMEOUT) as c:  # and the loop still accepts
             assert c.call("list")[0]["name"] == "Domain-0"
     finally:
         d.stop()
@@ -149,7 +150,7 @@ def test_dir_that_is_a_file_or_unusable_is_one_line(tmp_path: Path) -> None:
     f.write_text("mine\n")
     for bad, why in ((f, "it is not a directory"), (Path("/proc/xenpci-none/m"), "No such")):
         p = xenpci("machine", "start", "--dir", str(bad))
-        _out, err = p.communicate(timeout=60)
+        _out, err = p.communicate(timeout=TOOL_TIMEOUT)
         assert p.returncode == 1
         assert err.startswith(f"xenpci machine: cannot use {bad} as the machine directory: {why}")
         assert err.count("\n") == 1 and "Traceback" not in err
@@ -162,11 +163,15 @@ def test_control_socket_that_never_answers_times_out_in_one_line(tmp_path: Path)
     mute.bind(str(path))
     mute.listen(1)  # connect succeeds through the backlog; nobody ever reads or answers
     try:
-        # the timeout is the OS edge (a socket timeout), here short to keep the test fast
-        with ControlClient(tmp_path, timeout=0.2) as c, pytest.raises(DaemonError) as e:
+        # the timeout is the OS edge (a socket timeout), one the test expects to run out
+        with (
+            ControlClient(tmp_path, timeout=EXPECTED_TIMEOUT) as c,
+            pytest.raises(DaemonError) as e,
+        ):
             c.call("list")
         line, code = error_line(e.value)
-        assert (line, code) == (f"xl: the machine in {tmp_path} did not answer within 0.2 s", 1)
+        want = f"xl: the machine in {tmp_path} did not answer within {EXPECTED_TIMEOUT:g} s"
+        assert (line, code) == (want, 1)
     finally:
         mute.close()
 
@@ -200,7 +205,7 @@ def test_hidden_devices_are_assignable_across_stop_and_start(run_dir: Path) -> N
         d = MachineDaemon(run_dir, desc)
         d.start()
         try:
-            with ControlClient(run_dir, timeout=30) as c:
+            with ControlClient(run_dir, timeout=OS_EDGE_TIMEOUT) as c:
                 got = [x["bdf"] for x in c.call("pci-assignable-list")]
             assert got == ["0000:03:00.0", "0000:06:00.0", "0000:06:00.1"]
             assert d.machine is not None
