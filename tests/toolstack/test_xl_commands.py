@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT, TOOL_TIMEOUT
 from tests.interop import require_executable, require_file
 from xenpci.cli.main import app
 from xenpci.hv import Hypervisor
@@ -60,7 +61,9 @@ class Xl:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[MachineDaemon]:
-    d = MachineDaemon(Path(f"/tmp/xenpci-xlc-{os.getpid()}"), HostDescription(), timeout=30)
+    d = MachineDaemon(
+        Path(f"/tmp/xenpci-xlc-{os.getpid()}"), HostDescription(), timeout=THREADED_MODEL_TIMEOUT
+    )
     d.start()
     try:
         yield d
@@ -198,7 +201,8 @@ def test_list_times_and_default_memory(
         # the vCPU thread's own CPU clock, read on that thread: the independent truth
         return time.clock_gettime(time.CLOCK_THREAD_CPUTIME_ID)
 
-    used = daemon.machine.hv.domain(guest).call(burn, timeout=60)
+    # run on the guest's vCPU thread (its CPU clock is what xl list reports): an OS edge
+    used = daemon.machine.hv.domain(guest).call(burn, timeout=OS_EDGE_TIMEOUT)
     (info,) = libxl(daemon).domain_list("g")
     assert used > 0 and used <= info.cpu_time < used + 5
     xl.ok("destroy", "plain")
@@ -211,7 +215,9 @@ def libxl_json_oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     require_file("/usr/include/libxl.h")
     out = tmp_path_factory.mktemp("oracle") / "libxl_json_oracle"
     src = Path(__file__).with_name("libxl_json_oracle.c")
-    subprocess.run([gcc, "-O1", str(src), "-o", str(out), "-lxenlight"], check=True, timeout=120)
+    subprocess.run(
+        [gcc, "-O1", str(src), "-o", str(out), "-lxenlight"], check=True, timeout=TOOL_TIMEOUT
+    )
     return out
 
 
@@ -225,7 +231,7 @@ def libxl_json(oracle: Path, info: dict[str, Any], pcis: list[lp.PciBackendEntry
             f"{e.sbdf},{e.vdevfn:x},{opts['msitranslate']},{opts['power_mgmt']},"
             f"{opts['permissive']},{int(opts['rdm_policy'] == 'relaxed')},{e.name or '-'}"
         )
-    r = subprocess.run(args, capture_output=True, text=True, check=True, timeout=60)
+    r = subprocess.run(args, capture_output=True, text=True, check=True, timeout=TOOL_TIMEOUT)
     return json.loads(r.stdout)
 
 
@@ -362,7 +368,9 @@ def real_xl(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     shim = tmp_path_factory.mktemp("shim") / "xl_shim.so"
     src = Path(__file__).with_name("xl_shim.c")
     subprocess.run(
-        [gcc, "-shared", "-fPIC", "-O1", str(src), "-o", str(shim)], check=True, timeout=120
+        [gcc, "-shared", "-fPIC", "-O1", str(src), "-o", str(shim)],
+        check=True,
+        timeout=TOOL_TIMEOUT,
     )
     return xl_path, shim
 
@@ -388,7 +396,7 @@ def test_messages_and_statuses_are_real_xls(
 
         def real(*args: str) -> tuple[int, str, str]:
             r = subprocess.run(
-                [xl_path, *args], env=env, capture_output=True, text=True, timeout=60
+                [xl_path, *args], env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT
             )
             return r.returncode, r.stdout, r.stderr
 
@@ -445,7 +453,9 @@ def test_list_and_pci_list_formats_are_real_xls(
     env = {**os.environ, "LD_PRELOAD": str(shim), "XL_SHIM_DOMAINS": domains, "XL_SHIM_PCI": pcis}
 
     def real(*args: str) -> str:
-        r = subprocess.run([xl_path, *args], env=env, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [xl_path, *args], env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT
+        )
         assert r.returncode == 0, r.stderr
         return r.stdout
 

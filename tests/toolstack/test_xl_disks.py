@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT, TOOL_TIMEOUT
 from tests.interop import require_executable
 from xenpci.cli.main import app
 from xenpci.devices import catalog
@@ -35,7 +36,9 @@ XVDA = 51712  # libxl__device_disk_dev_number("xvda"): 202 << 8
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[MachineDaemon]:
-    d = MachineDaemon(Path(f"/tmp/xenpci-xld-{os.getpid()}"), HostDescription(), timeout=30)
+    d = MachineDaemon(
+        Path(f"/tmp/xenpci-xld-{os.getpid()}"), HostDescription(), timeout=THREADED_MODEL_TIMEOUT
+    )
     d.start()
     try:
         yield d
@@ -68,7 +71,7 @@ def xenstore_ls(d: MachineDaemon, path: str) -> dict[str, str]:
         env={**os.environ, "XENSTORED_PATH": str(d.run_dir / "xenstored.sock")},
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=TOOL_TIMEOUT,
         check=True,
     ).stdout
     got: dict[str, str] = {}
@@ -93,7 +96,7 @@ def wait_state(d: MachineDaemon, path: str, want: str) -> None:
     try:
         xs.watch(path, "t", check)
         # an OS edge (the daemon's threads): the bound only ends a broken run
-        assert seen.wait(30), f"{path} never read {want}"
+        assert seen.wait(OS_EDGE_TIMEOUT), f"{path} never read {want}"
     finally:
         xs.close()
 
