@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable
 from xenpci.abi.xenbus import XenbusState as S
 from xenpci.hv.scheduler import Scheduler, SteppedVcpu
@@ -233,13 +234,13 @@ def test_hotplug_written_by_the_c_xenstore_client(tmp_path: Path) -> None:
             subprocess.run(
                 [write, f"{BE}/dev-1", "0000:04:00.0", f"{BE}/state-1", "1",
                  f"{BE}/num_devs", "2", f"{BE}/state", "7"],
-                env=env, check=True, timeout=10,
+                env=env, check=True, timeout=TOOL_TIMEOUT,
             )  # fmt: skip
             assert be.wait_for(lambda d: d.history[-3:] == [7, 8, 4])
             assert pair.fe.wait_for(lambda d: d.history == [1, 3, 4, 7, 4])
             states = subprocess.run(
                 [read, f"{BE}/state", f"{FE}/state"],
-                env=env, check=True, timeout=10, capture_output=True, text=True,
+                env=env, check=True, timeout=TOOL_TIMEOUT, capture_output=True, text=True,
             ).stdout.split()  # fmt: skip
             assert states == ["4", "4"]
             assert be.errors == []
@@ -328,10 +329,12 @@ def test_a_client_on_an_executor_lane_delivers_watches_as_tasks(
     assert [type(e) for e in ex.errors] == [IndexError]  # /bad's first event
     assert capsys.readouterr().err == ""
     xs.watch("/q", "queued")  # no callback: filed for next_event
-    assert xs.next_event(timeout=2.0) == WatchEvent("/q", "queued")
+    # no timeout: an event nothing could cause would be the executor's Deadlock
+    assert xs.next_event() == WatchEvent("/q", "queued")
+    virtual_wait = 2.0  # a deadline on the virtual clock, not a guess: asserted exactly
     with pytest.raises(queue.Empty):
-        xs.next_event(timeout=2.0)
-    assert ex.clock.now() == 2.0  # the empty wait cost 2 s of virtual time, no wall time
+        xs.next_event(timeout=virtual_wait)
+    assert ex.clock.now() == virtual_wait  # the empty wait cost virtual time, no wall time
     assert set(threading.enumerate()) <= before
     xs.close()
 
