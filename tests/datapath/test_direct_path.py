@@ -58,7 +58,7 @@ def test_unmapped_and_ungranted_accesses(bare_nic: BareNic) -> None:
 
 @pytest.mark.parametrize("iommu", [True, False])
 def test_bus_address_reaches_the_guest_page(iommu: bool) -> None:
-    hv = Hypervisor(iommu=iommu, ram_frames=8192, dom0_memory_kib=1024)
+    hv = Hypervisor(iommu=iommu, ram_frames=8192, dom0_memory_kib=1024, deterministic=True)
     try:
         guest = hv.create_domain("g", 256)
         g = guest.hypercalls
@@ -77,7 +77,7 @@ def test_bus_address_reaches_the_guest_page(iommu: bool) -> None:
 
 
 def test_dma_outside_the_guest_faults_with_an_iommu() -> None:
-    hv = Hypervisor(ram_frames=8192, dom0_memory_kib=1024)
+    hv = Hypervisor(ram_frames=8192, dom0_memory_kib=1024, deterministic=True)
     try:
         guest = hv.create_domain("g", 256)
         hv.dom0.hypercalls.assign_device(guest.domid, 0x0300)
@@ -96,7 +96,7 @@ def test_dma_outside_the_guest_faults_with_an_iommu() -> None:
 def test_dma_lands_exactly_where_the_guest_sees_it(start: int, n: int, iommu: bool) -> None:
     """Any span: bytes written by DMA are read back by the guest at the same place, or the
     whole DMA faults (nothing moves) when the span leaves the guest's 64 pages."""
-    hv = Hypervisor(iommu=iommu, ram_frames=8192, dom0_memory_kib=1024)
+    hv = Hypervisor(iommu=iommu, ram_frames=8192, dom0_memory_kib=1024, deterministic=True)
     try:
         guest = hv.create_domain("g", 256)
         g = guest.hypercalls

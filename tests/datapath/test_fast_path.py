@@ -168,7 +168,9 @@ def test_clear_and_stored_and_disabled_traces() -> None:
     """clear() starts the tallies from zero; a trace that stores MMIO gets one record
     per access through the same mapping; a disabled trace counts nothing."""
     for trace, stored in ((Trace(), False), (Trace(count_only=()), True)):
-        with Hypervisor(ram_frames=1024, dom0_memory_kib=256, trace=trace) as hv:
+        with Hypervisor(
+            ram_frames=1024, dom0_memory_kib=256, trace=trace, deterministic=True
+        ) as hv:
             hv.iobus.register_mmio(BASE, PAGE_SIZE, Flat(PAGE_SIZE))
             m = hv.dom0.hypercalls.mmio_map(FIRST, 1)
             m.write(8, 2, 0xABCD)
@@ -181,7 +183,7 @@ def test_clear_and_stored_and_disabled_traces() -> None:
             m.read(8, 2)
             assert trace.count("mmio_read", 0) == 1
     off = Trace(enabled=False)
-    with Hypervisor(ram_frames=1024, dom0_memory_kib=256, trace=off) as hv:
+    with Hypervisor(ram_frames=1024, dom0_memory_kib=256, trace=off, deterministic=True) as hv:
         hv.iobus.register_mmio(BASE, PAGE_SIZE, Flat(PAGE_SIZE))
         m = hv.dom0.hypercalls.mmio_map(FIRST, 1)
         m.write(0, 4, 1)

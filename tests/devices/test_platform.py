@@ -30,7 +30,7 @@ BAR0 = 0xFE00_0000
 
 @pytest.fixture
 def hv() -> Iterator[Hypervisor]:
-    machine = Hypervisor(ram_frames=4096, dom0_memory_kib=1024)
+    machine = Hypervisor(ram_frames=4096, dom0_memory_kib=1024, deterministic=True)
     yield machine
     machine.shutdown()
 

@@ -60,7 +60,7 @@ def test_boot_guest_is_xl_creates_path() -> None:
     """The helper tests and guest-view boot with is xl create's: the guest is granted its
     BAR pages and the IOMMU context, and libxl records the domain."""
     nic = catalog.make("nic", "0000:03:00.0")
-    with Machine() as m:
+    with Machine(deterministic=True) as m:
         domid = boot_guest(m, nic, "g")
         (entry,) = lp.device_pci_list(m.xs, domid)
         assert entry.sbdf == nic[0].sbdf

@@ -166,7 +166,7 @@ def test_domain_0_is_addressable_and_never_destroyed(daemon: MachineDaemon, xl: 
 
 
 def test_domids_follow_xens_allocator() -> None:
-    with Hypervisor() as hv:
+    with Hypervisor(deterministic=True) as hv:
         a = hv.create_domain("a", 64).domid
         hv.destroy_domain(a)
         b = hv.create_domain("b", 64).domid
@@ -268,7 +268,7 @@ def test_info_fields_and_iommu(daemon: MachineDaemon, xl: Xl) -> None:
     assert (
         fields["xen_version"] == f"{fields['xen_major']}.{fields['xen_minor']}{fields['xen_extra']}"
     )
-    with Hypervisor(iommu=False) as hv:
+    with Hypervisor(iommu=False, deterministic=True) as hv:
         assert dict(Libxl.host_info(_HostOnly(hv)))["virt_caps"] == "pv"  # type: ignore[arg-type]
 
 

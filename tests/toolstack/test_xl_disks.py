@@ -209,7 +209,7 @@ def test_a_malformed_vbd_is_skipped_and_the_others_probe() -> None:
     not probed; the guest's other disk still connects and the kernel keeps running."""
     from xenpci.toolstack.xldisk import parse_disk_spec, vbd_add
 
-    with Machine() as m:
+    with Machine(deterministic=True) as m:
         m.add_host_devices(catalog.make("nvme", "0000:04:00.0"))
         m.block_devices()
         domid = m.start_guest("g", 16 * 1024)
