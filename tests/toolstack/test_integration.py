@@ -10,12 +10,11 @@ guest's own view of its devices.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT
+from xenpci.hv.scheduler import SteppedVcpu
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.toolstack import libxl_pci as lp
@@ -37,16 +36,6 @@ HEADER_DWORDS = range(0, 64, 4)
 def machine() -> Iterator[Machine]:
     """A deterministic machine: one thread, its waits deadlines on a virtual clock."""
     m = boot_machine(HostDescription(), deterministic=True)
-    try:
-        yield m
-    finally:
-        m.shutdown()
-
-
-@pytest.fixture
-def threaded() -> Iterator[Machine]:
-    """A threaded machine, for the test that holds a driver's watch thread (an OS edge)."""
-    m = boot_machine(HostDescription())
     try:
         yield m
     finally:
@@ -163,69 +152,54 @@ def test_last_detach_and_destroy_leave_no_backend_directory(machine: Machine) ->
     assert guest_sees(machine, g2) == ids(machine, NIC)
 
 
-class Gate:
-    """Holds one XenStore client's watch dispatcher (events queue behind it) until opened."""
-
-    def __init__(self, xs: XsClient, path: str) -> None:
-        self.xs, self.path, self.token = xs, path, f"gate-{path}"
-        self.armed = False
-        self.blocked, self.open = threading.Event(), threading.Event()
-        xs.watch(path, self.token, self._hold)
-
-    def _hold(self, _ev: object) -> None:
-        if self.armed:
-            self.blocked.set()
-            self.open.wait(OS_EDGE_TIMEOUT)
-
-    def close_gate(self, tool: XsClient) -> None:
-        self.armed = True
-        tool.write(self.path, "hold")
-        assert self.blocked.wait(OS_EDGE_TIMEOUT)
-
-    def release(self) -> None:
-        self.armed = False
-        self.open.set()
+def hold(xs: XsClient) -> SteppedVcpu:
+    """Hold one XenStore client's watch callbacks (they queue on its executor lane)."""
+    assert xs.lane is not None
+    xs.lane.pause(0.0)  # one thread runs everything: the pause takes effect at once
+    return xs.lane
 
 
 def test_reattach_right_after_the_last_detach_reconnects(
-    threaded: Machine, monkeypatch: pytest.MonkeyPatch
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``xl pci-detach g X; xl pci-attach g X`` with both drivers still holding the old
-    device objects when libxl re-creates the directories: both must probe afresh."""
-    machine = threaded
-    libxl = Libxl(machine, machine.xs, timeout=THREADED_MODEL_TIMEOUT)
+    device objects when libxl re-creates the directories: both must probe afresh.
+
+    The drivers are held by pausing their clients' executor lanes: their watch events
+    queue, exactly, until the lanes run again (no thread is blocked, no time guessed)."""
+    assert machine.hv.scheduler is not None
+    ex = machine.hv.scheduler
+    libxl = Libxl(machine, machine.xs)
     libxl.assignable_add(NIC)
     g = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
     kernel = machine.guest(g)
-    first = kernel.wait_for_pcifront(THREADED_MODEL_TIMEOUT)
-    assert first.wait_connected(1, THREADED_MODEL_TIMEOUT)
+    first = kernel.wait_for_pcifront()
+    assert first.wait_connected(1)
     old_back = machine.pciback.wait_for_device(g)
-    gates = [
-        Gate(machine.pciback.xs, "/test/gate-dom0"),
-        Gate(kernel.xs, f"/local/domain/{g}/data/gate"),
-    ]
+    held: list[SteppedVcpu] = []
     real_destroy_ops = lp.destroy_ops
 
     def destroy_ops_with_drivers_held(domid: int) -> list[lp.XsOp]:
         # the handshake is done; hold both drivers so the deletion queues behind
-        for gate in gates:
-            if not gate.armed:
-                gate.close_gate(machine.xs)
+        if not held:
+            held.extend(hold(xs) for xs in (machine.pciback.xs, kernel.xs))
         return real_destroy_ops(domid)
 
     monkeypatch.setattr(lp, "destroy_ops", destroy_ops_with_drivers_held)
     try:
         libxl.pci_detach(g, parse_pci_spec("03:00.0"))
-        assert not machine.xs.exists(lp.backend_path(g))
+        assert held and not machine.xs.exists(lp.backend_path(g))
+        ex.run_until_idle()  # all else runs; the held drivers have not seen the deletion
         monkeypatch.setattr(lp, "destroy_ops", real_destroy_ops)
         libxl.pci_attach(g, parse_pci_spec("03:00.0"))  # re-creates both directories
+        ex.run_until_idle()
         assert kernel.pcifront is first and machine.pciback.devices[g] is old_back  # stale
     finally:
-        for gate in gates:
-            gate.release()
-    lp.wait_for_backend_state(machine.xs, g, timeout=THREADED_MODEL_TIMEOUT)
-    front = kernel.wait_for_pcifront(THREADED_MODEL_TIMEOUT)
-    assert front is not first and front.wait_connected(1, THREADED_MODEL_TIMEOUT)
+        for lane in held:
+            lane.unpause()
+    lp.wait_for_backend_state(machine.xs, g)
+    front = kernel.wait_for_pcifront()
+    assert front is not first and front.wait_connected(1)
     assert machine.pciback.devices[g] is not old_back
     assert guest_sees(machine, g) == ids(machine, NIC)
     # the stale objects wrote nothing into the new generation
