@@ -283,6 +283,8 @@ class XenstoredServer:
             if e.errno in _ACCEPT_EXHAUSTED:
                 # The peer stays in the listen backlog; try again once an fd
                 # is free. Polling the listener meanwhile would only spin.
+                if self._resume_at is None:
+                    _log.warning("xenstored: accept on %s: %s; still serving", lst.path, e.strerror)
                 self._rest_listeners()
             return
         sock.setblocking(False)
