@@ -2,7 +2,11 @@
 
 Serves :class:`xenpci.xenstore.XenStore` on a Unix socket that Debian's
 ``xenstore-utils`` and ``pyxs`` reach through ``XENSTORED_PATH``; SIGTERM or
-SIGINT stops it cleanly (sockets unlinked).
+SIGINT stops it cleanly (sockets unlinked). A socket that cannot be made (a
+missing directory, a path longer than ``sun_path`` allows) is one line on
+stderr and exit status 1, as C xenstored's ``barf_perror``; nothing is left
+bound. ``--control-dir`` is the only place xenstore-control's ``logfile`` and
+``memreport`` may write.
 """
 
 from __future__ import annotations
