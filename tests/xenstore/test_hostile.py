@@ -188,3 +188,25 @@ def test_unprivileged_peer_that_never_reads_holds_at_most_its_memory_quota(
     finally:
         writer.close()
         lazy.close()
+
+
+def test_a_bug_in_a_handler_costs_that_client_not_the_daemon(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xenpci.xenstore import control
+
+    def boom(*_: object) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(control._BY_NAME, "print", control.ControlCommand("print", boom, ""))
+    victim, other = RawConn(daemon.path), RawConn(daemon.path)
+    try:
+        victim.send(encode(w.XS_CONTROL, 0, 0, strings("print", "x")))
+        assert victim.is_closed()
+        assert other.request(w.XS_READ, strings("/local/domain/0/name")).payload == b"Domain-0"
+        third = RawConn(daemon.path)  # the accept loop is alive too
+        assert third.request(w.XS_READ, strings("/local/domain/0/name")).payload == b"Domain-0"
+        third.close()
+    finally:
+        victim.close()
+        other.close()

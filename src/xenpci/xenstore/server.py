@@ -269,8 +269,12 @@ class XenstoredServer:
                 if client is not None:
                     with self.store.lock:
                         frames = client.conn.take_output()
-                    self._queue(client, frames)
-                    self._flush(client)
+                    try:
+                        self._queue(client, frames)
+                        self._flush(client)
+                    except Exception as e:  # as above
+                        _log.error("xenstored: dropped a client after %r", e)
+                        self._drop(client)
 
     # -- accepting ---------------------------------------------------------------
     def _accept(self, lst: _Listener) -> None:
