@@ -57,7 +57,15 @@ class Close:
     conn: str
 
 
-Step = Op | Raw | Introduce | Close
+@dataclass(frozen=True)
+class Hold:
+    """Stop draining ``conn`` (it does not read, so the daemon queues for it) or resume."""
+
+    conn: str
+    hold: bool = True
+
+
+Step = Op | Raw | Introduce | Close | Hold
 
 
 def op(conn: str, type_: int, *args: bytes | str, tx: int | Tx = 0, raw: bytes | None = None) -> Op:
@@ -89,6 +97,7 @@ class Run:
     replies: dict[int, list[Frame]] = field(default_factory=dict)
     lines: list[str] = field(default_factory=list)
     _gens: dict[bytes, int] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
 
     def _norm(self, f: Frame) -> Frame:
         if "dirpart-gen" in self.normalize and f.type == w.XS_DIRECTORY_PART:
@@ -144,6 +153,11 @@ class Run:
             frames, guest = self.daemon.introduce(via, s.domid)
             self.record(i, s.via, f"introduce {s.domid}", frames)
             self.conns[f"g{s.domid}"] = guest
+        elif isinstance(s, Hold):
+            if s.hold:
+                self.held.add(s.conn)
+            else:
+                self.held.discard(s.conn)
         else:
             self.conns.pop(s.conn).close()
             self.lines.append(f"{i:3} {s.conn:4} closed by client")
@@ -154,7 +168,7 @@ class Run:
         settled = False
         for name in sorted(self.conns):
             c = self.conns[name]
-            if c.closed:
+            if c.closed or name in self.held:
                 continue
             ring_error = getattr(c, "ring_error", None)
             if ring_error is not None:

@@ -13,7 +13,7 @@ import pytest
 from xenpci.abi import xs_wire as w
 
 from .exceptions import known
-from .scenario import Close, Introduce, Op, Raw, Step, Tx, compare, frame, op
+from .scenario import Close, Hold, Introduce, Op, Raw, Step, Tx, compare, frame, op
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -181,6 +181,39 @@ def test_subtree_removal_events() -> None:
             op("b", WATCH, "/r/a/2", "leaf"),
             op("b", WATCH, "/r/ghost", "ghost"),
             op("a", RM, "/r"),
+        ]
+    )
+
+
+@known("rm-child-order")
+def test_subtree_removal_fires_descendants_in_c_child_order() -> None:
+    compare(
+        [
+            op("a", W, "/r/b/1", b""),
+            op("a", W, "/r/a/2", b""),
+            op("a", W, "/r/a/1", b""),
+            op("a", W, "/r/c", b""),
+            op("b", WATCH, "/r/a/1", "a1"),
+            op("b", WATCH, "/r/c", "c"),
+            op("b", WATCH, "/r/b/1", "b1"),
+            op("b", WATCH, "/r/a/2", "a2"),
+            op("a", RM, "/r"),
+        ]
+    )
+
+
+@known("duplicate-events")
+def test_identical_queued_event_is_dropped() -> None:
+    # Guest 5 stops reading: its response ring (1 KiB) fills with events and
+    # the rest queue in the daemon, where C drops an event identical to one
+    # still queued (XSA-326).
+    compare(
+        [
+            *guests(5),
+            op("g5", WATCH, "/local/domain/5/d", "w"),
+            Hold("g5"),
+            *[op("a", W, f"/local/domain/5/d/{'x' if i % 2 else 'y'}", b"1") for i in range(80)],
+            Hold("g5", False),
         ]
     )
 
@@ -481,6 +514,22 @@ def test_missing_node_checks_the_ops_own_permission() -> None:
 
 
 # -- special paths ----------------------------------------------
+
+
+@known("set-perms-missing-domain")
+def test_set_perms_naming_a_domain_that_does_not_exist() -> None:
+    # Domains 0, 5, 6, 7, 8 run; 9 and 12345 do not.
+    compare(
+        [
+            op("a", MK, "/p"),
+            op("a", SP, "/p", "n0", "r9"),
+            op("a", GP, "/p"),
+            op("a", SP, "/p", "n12345"),
+            op("a", GP, "/p"),
+            op("a", SP, "/p", "n7", "r9", "b5"),
+            op("a", GP, "/p"),
+        ]
+    )
 
 
 def test_special_paths() -> None:
