@@ -123,6 +123,7 @@ class XenstoredServer:
         self._resume_at: float | None = None
         #: accept() failures survived, and clients dropped for an unread backlog.
         self.accept_failures = 0
+        self._told_exhausted = False
         self.overflow_drops = 0
         control.add_usage(store, self.usage)
 
@@ -287,7 +288,8 @@ class XenstoredServer:
             if e.errno in _ACCEPT_EXHAUSTED:
                 # The peer stays in the listen backlog; try again once an fd
                 # is free. Polling the listener meanwhile would only spin.
-                if self._resume_at is None:
+                if not self._told_exhausted:  # once: it may recur at every free fd
+                    self._told_exhausted = True
                     _log.warning("xenstored: accept on %s: %s; still serving", lst.path, e.strerror)
                 self._rest_listeners()
             return
