@@ -265,11 +265,19 @@ class XenstoredRings:
         ch.out.append(frame)
         ch.queued += len(frame)
 
-    def _take_events(self, ch: _Channel) -> None:
-        with self.store.lock:
-            frames = ch.conn.take_output()
+    def _output(self, ch: _Channel, buf: memoryview, frames: list[bytes]) -> bool:
+        """Queue ``frames`` and write what fits; True if anything reached the ring.
+
+        Each frame is offered to the ring before the next is queued, as C
+        writes each one out in the pass that queued it: an event counts as a
+        duplicate only of one still waiting, not of one already on the ring,
+        however many arrived before this pass ran.
+        """
+        wrote = False
         for frame in frames:
             self._enqueue(ch, frame)
+            wrote = self._write_out(ch, buf) or wrote
+        return wrote
 
     def _write_out(self, ch: _Channel, buf: memoryview) -> bool:
         """handle_output: as much of the queue as the rsp ring takes; True if any."""
@@ -309,7 +317,9 @@ class XenstoredRings:
         buf = ch.mapping.view
         kick = False
         try:
-            self._take_events(ch)
+            with self.store.lock:
+                pending = ch.conn.take_output()
+            kick = self._output(ch, buf, pending)
             taken = 0
             while True:
                 kick = self._write_out(ch, buf) or kick
@@ -333,8 +343,7 @@ class XenstoredRings:
                     self._fail(ch, w.XENSTORE_ERROR_PROTO)
                     self.hc.evtchn_send(ch.port)
                     return
-                for reply in replies:
-                    self._enqueue(ch, reply)
+                kick = self._output(ch, buf, replies) or kick
         except RingIndexError:
             self._fail(ch, w.XENSTORE_ERROR_RINGIDX)
             return

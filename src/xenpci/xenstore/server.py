@@ -46,6 +46,8 @@ _log = logging.getLogger("xenpci.xenstored")
 BACKLOG_MAX = 16 * 1024 * 1024
 #: How long listeners rest after accept() ran out of fds, if no client goes first.
 ACCEPT_RETRY = 0.5
+#: Bytes of queued frames handed to one send().
+_SEND_CHUNK = 64 * 1024
 #: sizeof(struct sockaddr_un.sun_path) on Linux, the terminating NUL included.
 SUN_PATH_MAX = 108
 #: accept() errors that mean "no fd for now": the listener rests, the server goes on.
@@ -271,8 +273,8 @@ class XenstoredServer:
                     with self.store.lock:
                         frames = client.conn.take_output()
                     try:
-                        self._queue(client, frames)
-                        self._flush(client)
+                        if self._queue(client, frames):
+                            self._flush(client)
                     except Exception as e:  # as above
                         _log.error("xenstored: dropped a client after %r", e)
                         self._drop(client)
@@ -341,19 +343,30 @@ class XenstoredServer:
             # Framing violation: C drops the connection without a reply.
             self._drop(client)
             return
-        self._queue(client, out)
-        self._flush(client)
+        if self._queue(client, out):
+            self._flush(client)
 
-    def _queue(self, client: _Client, frames: list[bytes]) -> None:
-        """Add output to the client's queue (``send_reply``/``send_event``)."""
+    def _queue(self, client: _Client, frames: list[bytes]) -> bool:
+        """Add output to the client's queue (``send_reply``/``send_event``).
+
+        An event counts as a duplicate only of one still queued, not of one
+        the peer already has (C writes each out in the pass that queued it),
+        so before dropping one the queue is sent as far as the socket takes.
+        False if the client was dropped on the way.
+        """
         unprivileged = not client.conn.privileged
         memory = self.store.quotas["memory"]
         for frame in frames:
             if _is_event(frame):
                 special = frame[HEADER_SIZE : HEADER_SIZE + 1] == b"@"
-                if (not special and client.events[frame]) or (
-                    unprivileged and client.queued + len(frame) >= memory
-                ):
+                for attempt in (0, 1):
+                    dup = not special and client.events[frame] > 0
+                    full = unprivileged and client.queued + len(frame) >= memory
+                    if not (dup or full) or attempt or not client.out:
+                        break
+                    if not self._send(client):
+                        return False
+                if dup or full:
                     # An identical event is still queued (XSA-326), or the
                     # domain has no memory quota left for it: dropped, as C does.
                     client.dropped_events += 1
@@ -363,6 +376,7 @@ class XenstoredServer:
                 client.outstanding += 1
             client.out.append(frame)
             client.queued += len(frame)
+        return True
 
     def _can_read(self, client: _Client) -> bool:
         if client.conn.privileged:
@@ -370,29 +384,51 @@ class XenstoredServer:
         q = self.store.quotas
         return client.outstanding < q["outstanding"] and client.queued < q["memory"]
 
-    def _flush(self, client: _Client) -> None:
+    def _send(self, client: _Client) -> bool:
+        """Send queued frames while the socket takes them; False if the client was dropped."""
         out = client.out
         while out:
-            head = out[0]
+            if len(out) == 1:
+                data = out[0]
+            else:
+                # Several frames per send(): a pipelining client gets its
+                # replies without a system call each.
+                parts: list[bytes] = []
+                size = 0
+                for frame in out:
+                    parts.append(frame)
+                    size += len(frame)
+                    if size >= _SEND_CHUNK:
+                        break
+                data = b"".join(parts)
+            view = memoryview(data)[client.sent :] if client.sent else data
             try:
-                n = client.sock.send(head[client.sent :] if client.sent else head)
+                n = client.sock.send(view)
             except (BlockingIOError, InterruptedError):
-                break
+                return True
             except OSError:
                 self._drop(client)
-                return
-            client.sent += n
-            if client.sent < len(head):
-                break
-            out.popleft()
-            client.sent = 0
-            client.queued -= len(head)
-            if _is_event(head):
-                client.events[head] -= 1
-                if not client.events[head]:
-                    del client.events[head]
-            else:
-                client.outstanding -= 1
+                return False
+            done = client.sent + n
+            while out and done >= len(out[0]):
+                head = out.popleft()
+                done -= len(head)
+                client.queued -= len(head)
+                if _is_event(head):
+                    client.events[head] -= 1
+                    if not client.events[head]:
+                        del client.events[head]
+                else:
+                    client.outstanding -= 1
+            client.sent = done
+            if n < len(view):
+                return True  # the socket is full
+        return True
+
+    def _flush(self, client: _Client) -> None:
+        if not self._send(client):
+            return
+        out = client.out
         if client.conn.privileged and client.queued > self.backlog_max:
             # It does not read while events keep coming: C would hold them all.
             self.overflow_drops += 1
