@@ -742,7 +742,7 @@ def _do_reset_watches(s: XenStore, c: Connection, req: Frame, tx: Transaction | 
 
 
 def _do_control(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) -> bytes:
-    return do_control(s, req.args())
+    return do_control(s, req.args(), c)
 
 
 _HANDLERS: dict[int, Handler] = {

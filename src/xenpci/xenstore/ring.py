@@ -15,6 +15,22 @@ its mfn. The guest grants its ring page to dom0 and the INTRODUCE ``gfn``
 field carries that grant reference (Xen's toolstack reserves grant entry
 ``GNTTAB_RESERVED_XENSTORE`` for the same purpose; here the guest picks it).
 The event channel is the guest's unbound port, bound by xenstored as in Xen.
+xenstored's side follows C's ``handle_input``/``handle_output`` and
+``domain_can_read`` for an unprivileged guest: it takes one request at a time
+off the ring and stops taking them while the domain has ``outstanding``
+(quota, C default 20) replies queued but not yet wholly written to the ring,
+or while what it holds for the guest reaches the ``memory`` quota. A watch
+event identical to one still queued for the guest is dropped (XSA-326), and
+one that would take the queue past the ``memory`` quota is dropped as C's
+``send_event`` drops it. So a guest that floods requests or never reads its
+ring holds at most 20 replies plus that quota of events in dom0. Deliberate
+differences: C charges queued output to the domain's memory together with its
+nodes and watches; here the transport bounds only what it holds itself. And a
+request is outstanding until its own reply is on the ring; C also keeps it
+outstanding until the watch events it caused are delivered to the watchers.
+To keep one busy guest from holding dom0's vCPU, one service pass handles at
+most ``_BATCH`` requests and then queues itself behind the other work.
+
 Guest-side requests block for their reply, so they must not be issued from
 the guest's own vCPU thread (where the event upcall runs). Closing the guest's
 end (the domain is being destroyed) fails a request waiting for its reply or
@@ -28,13 +44,15 @@ import contextlib
 import queue
 import struct
 import threading
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from xenpci.abi import xs_wire as w
+from xenpci.xenstore import control
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XenstoreError
-from xenpci.xenstore.wire import Frame, FrameDecoder
+from xenpci.xenstore.wire import HEADER, HEADER_SIZE, Frame, FrameDecoder
 
 if TYPE_CHECKING:
     from xenpci.hv import Domain as HvDomain
@@ -56,6 +74,8 @@ _U32 = struct.Struct("<I")
 SIZE = w.XENSTORE_RING_SIZE
 #: Put on the reply queue by GuestRing.close to wake a request waiting for its reply.
 _CLOSED = object()
+#: Requests one service pass takes off a guest's ring before yielding dom0's vCPU.
+_BATCH = 8
 
 
 class RingIndexError(XenstoreError):
@@ -74,12 +94,16 @@ def _put(buf: memoryview, off: int, value: int) -> None:
     _U32.pack_into(buf, off, value & 0xFFFFFFFF)
 
 
-def ring_read(buf: memoryview, data: int, prod_off: int, cons_off: int) -> bytes:
-    """Consume everything available on one ring; advance its consumer index."""
+def ring_read(
+    buf: memoryview, data: int, prod_off: int, cons_off: int, limit: int | None = None
+) -> bytes:
+    """Consume what is available on one ring (at most ``limit`` bytes); advance its consumer."""
     cons, prod = _get(buf, cons_off), _get(buf, prod_off)
     avail = (prod - cons) & 0xFFFFFFFF
     if avail > SIZE:
         raise RingIndexError(prod, cons)
+    if limit is not None:
+        avail = min(avail, limit)
     out = bytearray()
     while avail:
         start = w.MASK_XENSTORE_IDX(cons)
@@ -112,12 +136,40 @@ def ring_write(buf: memoryview, data: int, prod_off: int, cons_off: int, src: by
 
 @dataclass(slots=True)
 class _Channel:
+    """xenstored's state for one guest ring (``struct connection`` + ``struct domain``)."""
+
     domid: int
     mapping: GrantMapping
     port: int
     conn: Connection
-    pending: bytearray = field(default_factory=bytearray)
+    #: The request being read: never more than one frame (C's ``conn->in``).
+    inbuf: bytearray = field(default_factory=bytearray)
+    #: Frames queued for the rsp ring, oldest first (C's ``out_list``); ``sent``
+    #: bytes of the head are already on the ring.
+    out: deque[bytes] = field(default_factory=deque)
+    sent: int = 0
+    #: Bytes in ``out``: what this transport holds for the guest.
+    queued: int = 0
+    #: Watch events in ``out`` (for dropping identical ones, XSA-326).
+    events: Counter[bytes] = field(default_factory=Counter)
+    #: Replies queued and not yet wholly on the ring (C ``nboutstanding``).
+    outstanding: int = 0
+    #: Requests taken off the ring, and events dropped (identical, or over quota).
+    requests: int = 0
+    dropped_events: int = 0
+    #: A service pass is queued on dom0's vCPU (coalesces notifications).
+    scheduled: bool = False
     dead: bool = False
+
+
+def _frame_need(inbuf: bytearray) -> int:
+    """Bytes still missing from the request in ``inbuf`` (0: feed it now)."""
+    if len(inbuf) < HEADER_SIZE:
+        return HEADER_SIZE - len(inbuf)
+    length: int = HEADER.unpack_from(inbuf)[3]
+    if length > w.XENSTORE_PAYLOAD_MAX:
+        return 0  # a bad header: the store refuses it at once (XENSTORE_ERROR_PROTO)
+    return HEADER_SIZE + length - len(inbuf)
 
 
 class XenstoredRings:
@@ -135,6 +187,14 @@ class XenstoredRings:
         self.channels: dict[int, _Channel] = {}
         store.on_introduce = self._introduce
         store.on_release = self._release
+        control.add_usage(store, self.usage)
+
+    def usage(self, domid: int) -> dict[str, int]:
+        """What this transport holds for ``domid``: CONTROL ``quota <domid>`` shows it."""
+        ch = self.channels.get(domid)
+        if ch is None:
+            return {}
+        return {"outstanding": ch.outstanding, "memory": ch.queued}
 
     def _introduce(self, dom: Domain) -> None:
         mapping = self.hc.gnttab_map_grant_ref(dom.domid, dom.gfn, False)
@@ -152,53 +212,143 @@ class XenstoredRings:
         self._post(ch)  # requests written before the introduce
 
     def _post(self, ch: _Channel) -> None:
-        if not ch.dead:
-            with contextlib.suppress(Exception):
-                self.dom0.run(self._service, ch)
+        # One queued pass is enough however many events arrive before it runs:
+        # it takes them all. Cleared by the pass before it takes them.
+        if ch.dead or ch.scheduled:
+            return
+        ch.scheduled = True
+        try:
+            self.dom0.run(self._service, ch)
+        except Exception:
+            ch.scheduled = False
 
     def _release(self, dom: Domain) -> None:
         ch = self.channels.pop(dom.domid, None)
         if ch is None:
             return
         ch.dead = True
+        self._clear(ch)
         with contextlib.suppress(Exception):
             self.hc.evtchn_set_handler(ch.port, None)
             self.hc.evtchn_close(ch.port)
         with contextlib.suppress(Exception):
             self.hc.gnttab_unmap_grant_ref(ch.mapping.handle)
 
+    def _clear(self, ch: _Channel) -> None:
+        ch.out.clear()
+        ch.events.clear()
+        ch.inbuf.clear()
+        ch.sent = ch.queued = ch.outstanding = 0
+
     def _fail(self, ch: _Channel, error: int) -> None:
         _put(ch.mapping.view, ERROR, error)
         ch.dead = True
+        self._clear(ch)
         ch.conn.close("ring error")
+
+    # -- output queue ---------------------------------------------------------------
+    def _enqueue(self, ch: _Channel, frame: bytes) -> None:
+        if frame[0] == w.XS_WATCH_EVENT and frame[1:4] == b"\0\0\0":
+            # send_event: an event identical to one still queued is dropped
+            # (special @ events excepted), and one the domain has no memory
+            # quota left for is dropped too; neither is an error to anyone.
+            special = frame[HEADER_SIZE : HEADER_SIZE + 1] == b"@"
+            if not special and ch.events[frame]:
+                ch.dropped_events += 1
+                return
+            if not ch.conn.privileged and ch.queued + len(frame) >= self.store.quotas["memory"]:
+                ch.dropped_events += 1
+                return
+            ch.events[frame] += 1
+        else:
+            ch.outstanding += 1  # send_reply: domain_outstanding_inc
+        ch.out.append(frame)
+        ch.queued += len(frame)
+
+    def _output(self, ch: _Channel, buf: memoryview, frames: list[bytes]) -> bool:
+        """Queue ``frames`` and write what fits; True if anything reached the ring.
+
+        Each frame is offered to the ring before the next is queued, as C
+        writes each one out in the pass that queued it: an event counts as a
+        duplicate only of one still waiting, not of one already on the ring,
+        however many arrived before this pass ran.
+        """
+        wrote = False
+        for frame in frames:
+            self._enqueue(ch, frame)
+            wrote = self._write_out(ch, buf) or wrote
+        return wrote
+
+    def _write_out(self, ch: _Channel, buf: memoryview) -> bool:
+        """handle_output: as much of the queue as the rsp ring takes; True if any."""
+        wrote = False
+        out = ch.out
+        while out:
+            head = out[0]
+            n = ring_write(buf, RSP, RSP_PROD, RSP_CONS, head[ch.sent :] if ch.sent else head)
+            if n:
+                wrote = True
+            ch.sent += n
+            if ch.sent < len(head):
+                break
+            out.popleft()
+            ch.sent = 0
+            ch.queued -= len(head)
+            if head[0] == w.XS_WATCH_EVENT and head[1:4] == b"\0\0\0":
+                ch.events[head] -= 1
+                if not ch.events[head]:
+                    del ch.events[head]
+            else:
+                ch.outstanding -= 1  # free_buffered_data: domain_outstanding_dec
+        return wrote
+
+    def _can_read(self, ch: _Channel) -> bool:
+        """domain_can_read's quota checks (unprivileged guests only)."""
+        if ch.conn.privileged:
+            return True
+        q = self.store.quotas
+        return ch.outstanding < q["outstanding"] and ch.queued < q["memory"]
 
     def _service(self, ch: _Channel) -> None:
         """``handle_input`` + ``handle_output`` for one ring (on dom0's vCPU)."""
+        ch.scheduled = False
         if ch.dead:
             return
         buf = ch.mapping.view
+        kick = False
         try:
-            data = ring_read(buf, REQ, REQ_PROD, REQ_CONS)
+            with self.store.lock:
+                pending = ch.conn.take_output()
+            kick = self._output(ch, buf, pending)
+            taken = 0
+            while True:
+                kick = self._write_out(ch, buf) or kick
+                if taken >= _BATCH or not self._can_read(ch):
+                    break
+                need = _frame_need(ch.inbuf)
+                if need:
+                    data = ring_read(buf, REQ, REQ_PROD, REQ_CONS, need)
+                    if not data:
+                        break
+                    kick = True
+                    ch.inbuf += data
+                    if _frame_need(ch.inbuf):
+                        continue  # the rest of the frame is not on the ring yet
+                frame = bytes(ch.inbuf)
+                ch.inbuf.clear()
+                taken += 1
+                ch.requests += 1
+                replies = ch.conn.feed(frame)
+                if ch.conn.closed:
+                    self._fail(ch, w.XENSTORE_ERROR_PROTO)
+                    self.hc.evtchn_send(ch.port)
+                    return
+                kick = self._output(ch, buf, replies) or kick
         except RingIndexError:
             self._fail(ch, w.XENSTORE_ERROR_RINGIDX)
             return
-        kick = bool(data)
-        if data:
-            ch.pending += b"".join(ch.conn.feed(data))
-            if ch.conn.closed:
-                self._fail(ch, w.XENSTORE_ERROR_PROTO)
-                self.hc.evtchn_send(ch.port)
-                return
-        else:
-            ch.pending += b"".join(ch.conn.take_output())
-        if ch.pending:
-            try:
-                n = ring_write(buf, RSP, RSP_PROD, RSP_CONS, bytes(ch.pending))
-            except RingIndexError:
-                self._fail(ch, w.XENSTORE_ERROR_RINGIDX)
-                return
-            del ch.pending[:n]
-            kick = kick or n > 0
+        if taken >= _BATCH:
+            self._post(ch)  # more may be waiting: after the other queued work
         if kick:
             self.hc.evtchn_send(ch.port)
 

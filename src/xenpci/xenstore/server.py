@@ -1,33 +1,85 @@
 """The xenstored Unix-socket transport: a thin shell around :class:`XenStore`.
 
-Models the socket side of C xenstored (``init_sockets``, ``handle_input``,
-``handle_output``): it listens on ``XENSTORED_PATH``-style sockets, treats each
-peer as dom0 (privileged), and serves many clients from one thread with a
-selector. A frame with ``len`` > 4096 closes that connection alone. Deliberate
-differences: an optional read-only socket (writes get EROFS, as 4.15+ would
-if it still had one) and "domain sockets" whose peers act as an unprivileged
-domain, a test hook so permissions and quotas can be driven by the stock CLI.
+Models the socket side of C xenstored (``init_sockets``, ``accept_connection``,
+``handle_input``, ``handle_output``): it listens on ``XENSTORED_PATH``-style
+sockets, treats each peer as dom0 (privileged), and serves many clients from
+one thread with a selector. A frame with ``len`` > 4096 closes that
+connection alone. A failed ``accept()`` (EMFILE, ENFILE...) ends nothing: the
+listeners rest until a client goes away or ``ACCEPT_RETRY`` seconds pass (C
+simply returns to its poll loop, and spins while the fds stay exhausted).
+
+Output to each client is a queue of whole frames (C's ``out_list``): a watch
+event identical to one still queued is dropped (``send_event``, XSA-326).
+Unprivileged peers are bounded as C bounds a domain: events that would take
+the queue to the ``memory`` quota are dropped, and their requests are not read
+while ``outstanding`` replies are unsent or the queue is at that quota
+(``domain_can_read``). Deliberate differences: C sets no bound at all for a
+dom0 client; here a privileged client whose queue exceeds ``backlog_max``
+bytes (it does not read while events keep coming) is disconnected, so it
+cannot grow the daemon without bound. Also an optional read-only socket
+(writes get EROFS, as 4.15+ would if it still had one) and "domain sockets"
+whose peers act as an unprivileged domain, a test hook so permissions and
+quotas can be driven by the stock CLI.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import selectors
 import socket
 import threading
+import time
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from xenpci.abi import xs_wire as w
+from xenpci.xenstore import control
 from xenpci.xenstore.core import Connection, XenStore
+from xenpci.xenstore.wire import HEADER_SIZE
+
+_log = logging.getLogger("xenpci.xenstored")
+#: Default bound on what a privileged client may leave unread (see the docstring).
+BACKLOG_MAX = 16 * 1024 * 1024
+#: How long listeners rest after accept() ran out of fds, if no client goes first.
+ACCEPT_RETRY = 0.5
+#: Bytes of queued frames handed to one send().
+_SEND_CHUNK = 64 * 1024
+#: sizeof(struct sockaddr_un.sun_path) on Linux, the terminating NUL included.
+SUN_PATH_MAX = 108
+#: accept() errors that mean "no fd for now": the listener rests, the server goes on.
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def _is_event(frame: bytes) -> bool:
+    return frame[0] == w.XS_WATCH_EVENT and frame[1:4] == b"\0\0\0"
 
 
 @dataclass(slots=True)
 class _Client:
     sock: socket.socket
     conn: Connection
-    out: bytearray = field(default_factory=bytearray)
-    writing: bool = False  # registered for EVENT_WRITE (only while output is stuck)
+    #: Frames queued for the peer, oldest first; ``sent`` bytes of the head are gone.
+    out: deque[bytes] = field(default_factory=deque)
+    sent: int = 0
+    queued: int = 0  # bytes in ``out``
+    events: Counter[bytes] = field(default_factory=Counter)  # events in ``out``
+    outstanding: int = 0  # replies in ``out``
+    dropped_events: int = 0
+    mask: int = selectors.EVENT_READ  # what the selector watches for this client
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """A snapshot of one client's output queue (for CONTROL ``quota`` and tests)."""
+
+    domid: int
+    queued: int
+    outstanding: int
+    dropped_events: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +103,11 @@ class XenstoredServer:
         socket_path: str,
         ro_socket_path: str | None = None,
         domain_sockets: Mapping[int, str] | None = None,
+        *,
+        backlog_max: int = BACKLOG_MAX,
     ) -> None:
         self.store = store
+        self.backlog_max = backlog_max
         self.socket_path = socket_path
         self.ro_socket_path = ro_socket_path
         self.domain_sockets = dict(domain_sockets or {})
@@ -66,17 +121,32 @@ class XenstoredServer:
         self._wake_w.setblocking(False)
         self._dirty: set[int] = set()
         self._dirty_lock = threading.Lock()
+        #: When listeners rest after accept() ran out of fds: resume at this time.
+        self._resume_at: float | None = None
+        #: accept() failures survived, and clients dropped for an unread backlog.
+        self.accept_failures = 0
+        self._told_exhausted = False
+        self.overflow_drops = 0
+        control.add_usage(store, self.usage)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        """Bind every socket and serve from a daemon thread."""
-        self._bind(self.socket_path, 0, False)
-        if self.ro_socket_path:
-            self._bind(self.ro_socket_path, 0, True)
-        for domid, path in self.domain_sockets.items():
-            if not self.store.is_introduced(domid):
-                self.store.introduce_domain(domid)
-            self._bind(path, domid, False)
+        """Bind every socket and serve from a daemon thread.
+
+        Raises OSError (nothing left bound) if a socket cannot be made: a
+        missing directory, a path longer than ``sun_path`` allows...
+        """
+        try:
+            self._bind(self.socket_path, 0, False)
+            if self.ro_socket_path:
+                self._bind(self.ro_socket_path, 0, True)
+            for domid, path in self.domain_sockets.items():
+                if not self.store.is_introduced(domid):
+                    self.store.introduce_domain(domid)
+                self._bind(path, domid, False)
+        except BaseException:
+            self._close_listeners()
+            raise
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._run, name="xenstored", daemon=True)
         self._thread.start()
@@ -90,16 +160,22 @@ class XenstoredServer:
             self._thread = None
         for client in list(self._clients.values()):
             self._drop(client)
-        for lst in self._listeners:
-            lst.sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lst.path)
-        self._listeners.clear()
+        self._close_listeners()
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(self._wake_r)
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
+        control.remove_usage(self.store, self.usage)
+
+    def _close_listeners(self) -> None:
+        for lst in self._listeners:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(lst.sock)
+            lst.sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lst.path)
+        self._listeners.clear()
 
     def __enter__(self) -> XenstoredServer:
         self.start()
@@ -117,14 +193,44 @@ class XenstoredServer:
         while not self._stop.wait(0.2):
             pass
 
+    def stats(self) -> list[ClientStats]:
+        """Every connected client's queue, in accept order."""
+        return [
+            ClientStats(c.conn.domid, c.queued, c.outstanding, c.dropped_events)
+            for c in list(self._clients.values())
+        ]
+
+    def usage(self, domid: int) -> dict[str, int]:
+        """What this server holds for ``domid``'s clients (CONTROL ``quota <domid>``)."""
+        mine = [st for st in self.stats() if st.domid == domid]
+        if not mine:
+            return {}
+        return {
+            "outstanding": sum(st.outstanding for st in mine),
+            "memory": sum(st.queued for st in mine),
+        }
+
     # -- internals ---------------------------------------------------------------
     def _bind(self, path: str, domid: int, readonly: bool) -> None:
+        if len(os.fsencode(path)) >= SUN_PATH_MAX:
+            # Python would say only "AF_UNIX path too long".
+            raise OSError(
+                errno.ENAMETOOLONG,
+                f"longer than a Unix socket path allows ({SUN_PATH_MAX - 1} bytes)",
+                path,
+            )
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a stale socket from an earlier run, as C does
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(64)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(64)
+        except OSError as e:
+            sock.close()
+            if e.filename is None:  # bind() names no path in its error
+                e.filename = path
+            raise
         sock.setblocking(False)
         lst = _Listener(sock, path, domid, readonly)
         self._listeners.append(lst)
@@ -136,7 +242,13 @@ class XenstoredServer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for key, mask in self._sel.select(timeout=1.0):
+            timeout = 1.0
+            if self._resume_at is not None:
+                timeout = max(0.0, self._resume_at - time.monotonic())
+                if timeout == 0.0:
+                    self._resume_listeners()
+                    timeout = 1.0
+            for key, mask in self._sel.select(timeout=timeout):
                 data = key.data
                 if data is None:
                     with contextlib.suppress(BlockingIOError):
@@ -145,22 +257,43 @@ class XenstoredServer:
                     self._accept(data)
                 else:
                     assert isinstance(data, _Client)
-                    if mask & selectors.EVENT_READ:
-                        self._read(data)
-                    if mask & selectors.EVENT_WRITE and data.sock.fileno() >= 0:
-                        self._flush(data)
+                    try:
+                        if mask & selectors.EVENT_READ:
+                            self._read(data)
+                        if mask & selectors.EVENT_WRITE and data.sock.fileno() >= 0:
+                            self._flush(data)
+                    except Exception as e:  # a bug must cost one client, not the daemon
+                        _log.error("xenstored: dropped a client after %r", e)
+                        self._drop(data)
             with self._dirty_lock:
                 dirty, self._dirty = self._dirty, set()
             for fd in dirty:
                 client = self._clients.get(fd)
                 if client is not None:
-                    client.out += b"".join(client.conn.take_output())
-                    self._flush(client)
+                    with self.store.lock:
+                        frames = client.conn.take_output()
+                    try:
+                        if self._queue(client, frames):
+                            self._flush(client)
+                    except Exception as e:  # as above
+                        _log.error("xenstored: dropped a client after %r", e)
+                        self._drop(client)
 
+    # -- accepting ---------------------------------------------------------------
     def _accept(self, lst: _Listener) -> None:
         try:
             sock, _ = lst.sock.accept()
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as e:
+            self.accept_failures += 1
+            if e.errno in _ACCEPT_EXHAUSTED:
+                # The peer stays in the listen backlog; try again once an fd
+                # is free. Polling the listener meanwhile would only spin.
+                if not self._told_exhausted:  # once: it may recur at every free fd
+                    self._told_exhausted = True
+                    _log.warning("xenstored: accept on %s: %s; still serving", lst.path, e.strerror)
+                self._rest_listeners()
             return
         sock.setblocking(False)
         conn = self.store.connection(lst.domid, lst.readonly)
@@ -178,6 +311,23 @@ class XenstoredServer:
         self._clients[fd] = client
         self._sel.register(sock, selectors.EVENT_READ, client)
 
+    def _rest_listeners(self) -> None:
+        if self._resume_at is not None:
+            return
+        self._resume_at = time.monotonic() + ACCEPT_RETRY
+        for lst in self._listeners:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(lst.sock)
+
+    def _resume_listeners(self) -> None:
+        if self._resume_at is None:
+            return
+        self._resume_at = None
+        for lst in self._listeners:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.register(lst.sock, selectors.EVENT_READ, lst)
+
+    # -- per client ----------------------------------------------------------------
     def _read(self, client: _Client) -> None:
         try:
             data = client.sock.recv(65536)
@@ -189,36 +339,117 @@ class XenstoredServer:
             self._drop(client)
             return
         out = client.conn.feed(data)
-        client.out += b"".join(out)
         if client.conn.closed:
             # Framing violation: C drops the connection without a reply.
             self._drop(client)
             return
-        self._flush(client)
+        if self._queue(client, out):
+            self._flush(client)
 
-    def _flush(self, client: _Client) -> None:
-        if not client.conn.privileged and len(client.out) > self.store.quotas["memory"]:
-            # A domain that never reads its events would grow our memory without
-            # bound; C xenstored caps it with the per-domain memory quota
-            # (XSA-326). We drop that peer alone.
-            self._drop(client)
-            return
-        if client.out:
+    def _queue(self, client: _Client, frames: list[bytes]) -> bool:
+        """Add output to the client's queue (``send_reply``/``send_event``).
+
+        An event counts as a duplicate only of one still queued, not of one
+        the peer already has (C writes each out in the pass that queued it),
+        so before dropping one the queue is sent as far as the socket takes.
+        False if the client was dropped on the way.
+        """
+        unprivileged = not client.conn.privileged
+        memory = self.store.quotas["memory"]
+        for frame in frames:
+            if _is_event(frame):
+                special = frame[HEADER_SIZE : HEADER_SIZE + 1] == b"@"
+                for attempt in (0, 1):
+                    dup = not special and client.events[frame] > 0
+                    full = unprivileged and client.queued + len(frame) >= memory
+                    if not (dup or full) or attempt or not client.out:
+                        break
+                    if not self._send(client):
+                        return False
+                if dup or full:
+                    # An identical event is still queued (XSA-326), or the
+                    # domain has no memory quota left for it: dropped, as C does.
+                    client.dropped_events += 1
+                    continue
+                client.events[frame] += 1
+            else:
+                client.outstanding += 1
+            client.out.append(frame)
+            client.queued += len(frame)
+        return True
+
+    def _can_read(self, client: _Client) -> bool:
+        if client.conn.privileged:
+            return True
+        q = self.store.quotas
+        return client.outstanding < q["outstanding"] and client.queued < q["memory"]
+
+    def _send(self, client: _Client) -> bool:
+        """Send queued frames while the socket takes them; False if the client was dropped."""
+        out = client.out
+        while out:
+            if len(out) == 1:
+                data = out[0]
+            else:
+                # Several frames per send(): a pipelining client gets its
+                # replies without a system call each.
+                parts: list[bytes] = []
+                size = 0
+                for frame in out:
+                    parts.append(frame)
+                    size += len(frame)
+                    if size >= _SEND_CHUNK:
+                        break
+                data = b"".join(parts)
+            view = memoryview(data)[client.sent :] if client.sent else data
             try:
-                n = client.sock.send(client.out)
-                del client.out[:n]
+                n = client.sock.send(view)
             except (BlockingIOError, InterruptedError):
-                pass
+                return True
             except OSError:
                 self._drop(client)
-                return
+                return False
+            done = client.sent + n
+            while out and done >= len(out[0]):
+                head = out.popleft()
+                done -= len(head)
+                client.queued -= len(head)
+                if _is_event(head):
+                    client.events[head] -= 1
+                    if not client.events[head]:
+                        del client.events[head]
+                else:
+                    client.outstanding -= 1
+            client.sent = done
+            if n < len(view):
+                return True  # the socket is full
+        return True
+
+    def _flush(self, client: _Client) -> None:
+        if not self._send(client):
+            return
+        out = client.out
+        if client.conn.privileged and client.queued > self.backlog_max:
+            # It does not read while events keep coming: C would hold them all.
+            self.overflow_drops += 1
+            self._drop(client)
+            return
         # Change the selector registration only when it must change: an
         # epoll_ctl per request would cost as much as the request itself.
-        if bool(client.out) != client.writing:
-            client.writing = bool(client.out)
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.writing else 0)
+        # A client whose input is not read is still watched for writability,
+        # which also reports its hang-up.
+        mask = (selectors.EVENT_READ if self._can_read(client) else 0) | (
+            selectors.EVENT_WRITE if out else 0
+        )
+        if mask != client.mask:
+            old, client.mask = client.mask, mask
             with contextlib.suppress(KeyError, ValueError):
-                self._sel.modify(client.sock, want, client)
+                if not mask:
+                    self._sel.unregister(client.sock)
+                elif not old:
+                    self._sel.register(client.sock, mask, client)
+                else:
+                    self._sel.modify(client.sock, mask, client)
 
     def _drop(self, client: _Client) -> None:
         fd = client.sock.fileno()
@@ -227,3 +458,6 @@ class XenstoredServer:
             self._sel.unregister(client.sock)
         client.sock.close()
         client.conn.close("peer gone")
+        client.out.clear()
+        client.events.clear()
+        self._resume_listeners()  # an fd is free again

@@ -80,11 +80,6 @@ EXCEPTIONS: dict[str, Known] = {
     "rm-child-order": Known(
         "xfail", "issue 14 §2.4: a subtree removal fires its descendants in C's child order"
     ),
-    "duplicate-events": Known(
-        "xfail",
-        "issue 14 §2.3: C drops an event identical to one still queued for that "
-        "connection (XSA-326)",
-    ),
     "set-perms-missing-domain": Known(
         "xfail",
         "issue 14 §2.12: C answers ENOENT when entry 0 (the owner) names a domain "

@@ -202,7 +202,6 @@ def test_subtree_removal_fires_descendants_in_c_child_order() -> None:
     )
 
 
-@known("duplicate-events")
 def test_identical_queued_event_is_dropped() -> None:
     # Guest 5 stops reading: its response ring (1 KiB) fills with events and
     # the rest queue in the daemon, where C drops an event identical to one
