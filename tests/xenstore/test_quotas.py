@@ -76,9 +76,12 @@ def test_transaction_nodes_quota(store: XenStore) -> None:
     store.quotas["transaction-nodes"] = 5
     f = g.one(w.XS_TRANSACTION_START, b"\0")
     tid = int(f.payload.rstrip(b"\0"))
-    codes = [err(g.one(w.XS_READ, f"k{i}\0".encode(), tx=tid)) for i in range(6)]
-    assert codes[:5] == ["ENOENT"] * 5  # accessed nodes are counted, present or not
-    assert codes[5] == "ENOSPC"
+    codes = [err(g.one(w.XS_READ, f"k{i}\0".encode(), tx=tid)) for i in range(5)]
+    # access_node counts every node read, present or not: each missing kN and,
+    # once, its parent /local/domain/5 that errno_from_parents reads.
+    assert codes == ["ENOENT"] * 4 + ["ENOSPC"]
+    # The failed access failed the transaction (trans->fail): commit is ENOMEM.
+    assert err(g.one(w.XS_TRANSACTION_END, b"T\0", tx=tid)) == "ENOMEM"
 
 
 def test_set_perms_event_reaches_watcher_losing_access(store: XenStore) -> None:

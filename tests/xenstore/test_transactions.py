@@ -1,5 +1,7 @@
-"""Transactions: snapshot isolation, EAGAIN on conflict, watches at commit,
-and the cases of Xen's xs-test ("ta err", "ta rmw") and pyxs's retry test."""
+"""Transactions as C xenstored 4.17 runs them (``xenstored_transaction.c``):
+lazy per-node reads, EAGAIN when a node first read has changed, blind writes
+commit, one event per changed node at commit; and the cases of Xen's xs-test
+("ta err", "ta rmw") and pyxs's retry test."""
 
 from __future__ import annotations
 
@@ -61,15 +63,43 @@ def test_ta_err_conflict_eagain(store: XenStore) -> None:
     assert err(c.one(w.XS_READ, strings("/x"), tx=t)) == "ENOENT"
 
 
-def test_full_snapshot_at_start(store: XenStore) -> None:
-    """pyxs test_transaction_commit_retry: the outside write precedes the first access."""
+def test_lazy_read_sees_writes_after_start(store: XenStore) -> None:
+    """Issue 14 §2.1: ``read_node`` in a transaction takes the live record on first access."""
+    c, other = Sans(store), Sans(store)
+    c.one(w.XS_WRITE, b"/lz\0old")
+    t = start(c)
+    other.one(w.XS_WRITE, b"/lz\0new")
+    # Not yet touched in the transaction: the write made after START shows.
+    assert c.one(w.XS_READ, strings("/lz"), tx=t).payload == b"new"
+    # From now on the transaction's copy is what it sees (repeatable read).
+    other.one(w.XS_WRITE, b"/lz\0newer")
+    assert c.one(w.XS_READ, strings("/lz"), tx=t).payload == b"new"
+    # ... and its generation is checked at commit (check_gen): EAGAIN.
+    assert err(c.one(w.XS_TRANSACTION_END, strings("T"), tx=t)) == "EAGAIN"
+
+
+def test_read_after_outside_change_commits(store: XenStore) -> None:
+    """A node first read after an outside change is not a conflict: its generation matches."""
+    c, other = Sans(store), Sans(store)
+    t = start(c)
+    other.one(w.XS_WRITE, b"/late\0v")
+    assert c.one(w.XS_READ, strings("/late"), tx=t).payload == b"v"
+    assert c.one(w.XS_TRANSACTION_END, strings("T"), tx=t).payload == b"OK\0"
+
+
+def test_blind_write_commits(store: XenStore) -> None:
+    """Issue 14 §2.13, pyxs test_transaction_commit_retry: C lets this commit.
+
+    The transaction's first access to /foo/bar comes after the other client
+    wrote it, so ``access_node`` records the new generation and
+    ``finalize_transaction`` finds it unchanged.
+    """
     c, other = Sans(store), Sans(store)
     t = start(c)
     other.one(w.XS_WRITE, b"/foo/bar\0outside")
-    assert err(c.one(w.XS_READ, strings("/foo/bar"), tx=t)) == "ENOENT"  # snapshot
     c.one(w.XS_WRITE, b"/foo/bar\0inside", tx=t)
-    assert err(c.one(w.XS_TRANSACTION_END, strings("T"), tx=t)) == "EAGAIN"
-    assert other.one(w.XS_READ, strings("/foo/bar")).payload == b"outside"
+    assert c.one(w.XS_TRANSACTION_END, strings("T"), tx=t).payload == b"OK\0"
+    assert other.one(w.XS_READ, strings("/foo/bar")).payload == b"inside"
 
 
 def test_unrelated_writes_do_not_conflict(store: XenStore) -> None:

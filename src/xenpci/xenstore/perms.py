@@ -10,6 +10,8 @@ as the C server keeps them.
 from __future__ import annotations
 
 import enum
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from xenpci.xenstore.errors import XsError
@@ -36,6 +38,9 @@ class Perm:
 
     domid: int
     access: Access
+    # C ``XS_PERM_IGNORE``: the entry names a domain that does not exist (or
+    # did not when the ACL was set); ACL checks skip it; GET_PERMS does not show the flag.
+    ignore: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.domid <= 0xFFFF:
@@ -80,7 +85,14 @@ class Perms:
 
     @classmethod
     def from_wire(cls, payload: bytes) -> Perms:
-        """Parse ``"n0\\0r5\\0"`` (each entry NUL-terminated); EINVAL if empty or bad."""
+        """Parse ``"n0\\0r5\\0"`` (each entry NUL-terminated); EINVAL if empty or bad.
+
+        Interned: every node carrying the same ACL shares one object.
+        """
+        return _from_wire(payload)
+
+    @classmethod
+    def _parse_wire(cls, payload: bytes) -> Perms:
         parts = payload.split(b"\0")
         if parts[-1] != b"":
             raise XsError("EINVAL", "permission list not NUL-terminated")
@@ -106,14 +118,32 @@ class Perms:
         if domid == self.owner:
             return Access.BOTH
         for p in self.entries[1:]:
-            if p.domid == domid:
+            if p.domid == domid and not p.ignore:
                 return p.access
         return self.entries[0].access
 
     def with_owner(self, domid: int) -> Perms:
         """The same list with entry 0's domid replaced (new nodes of an unprivileged creator)."""
-        first = self.entries[0]
-        return Perms((Perm(domid, first.access), *self.entries[1:]))
+        return _with_owner(self, domid)
+
+    def with_ignored(self, exists: Callable[[int], bool]) -> Perms:
+        """C ``domain_alloc_permrefs``: mark entries of nonexistent domains IGNORE."""
+        if all(exists(p.domid) for p in self.entries):
+            return self
+        return Perms(
+            tuple(p if exists(p.domid) else Perm(p.domid, p.access, True) for p in self.entries)
+        )
 
     def __str__(self) -> str:
         return " ".join(str(p) for p in self.entries)
+
+
+@functools.lru_cache(maxsize=4096)
+def _from_wire(payload: bytes) -> Perms:
+    return Perms._parse_wire(payload)
+
+
+@functools.lru_cache(maxsize=4096)
+def _with_owner(perms: Perms, domid: int) -> Perms:
+    first = perms.entries[0]
+    return Perms((Perm(domid, first.access, first.ignore), *perms.entries[1:]))
