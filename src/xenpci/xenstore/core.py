@@ -135,6 +135,8 @@ class Connection:
         """Process request bytes; return queued output (replies and events)."""
         store = self.store
         store._enter()
+        outer = store._feeding
+        store._feeding = self
         try:
             if self.closed:
                 return []
@@ -153,6 +155,7 @@ class Connection:
                 store._close(self, str(self._decoder.error))
             return self._take()
         finally:
+            store._feeding = outer
             store._leave()
 
     def take_output(self) -> list[bytes]:
@@ -241,6 +244,7 @@ class XenStore:
         self.lock = threading.RLock()
         self._depth = 0
         self._to_notify: dict[int, Connection] = {}
+        self._feeding: Connection | None = None
         self._hooks: list[Callable[[], None]] = []
         # Cross-domain record: one "xenstore_request" per request, on the control plane.
         self.trace = trace
@@ -664,7 +668,8 @@ class XenStore:
         self._charge(conn.domid, len(data))
         if not special:
             conn._queued_events[data] = 1
-        self._to_notify[conn.seq] = conn
+        if conn is not self._feeding:  # a feeding connection gets its output returned
+            self._to_notify[conn.seq] = conn
 
     def _fire_special(self, name: str) -> None:
         found = sorted(self._watches.get(name, ()), key=lambda wt: (wt.conn.seq, wt.seq))
