@@ -47,15 +47,16 @@ from xenpci.xenstore.errors import ProtocolError, XsError
 from xenpci.xenstore.perms import Perms
 from xenpci.xenstore.transaction import Accessed, Transaction
 from xenpci.xenstore.tree import (
+    DEAD,
     NO_GENERATION,
     SPECIAL_NODES,
     Node,
     Tree,
     canonical,
-    child_path,
     implicit_path,
     is_valid_nodename,
     parent_of,
+    prefixes,
     walk,
     watch_path_for,
 )
@@ -70,6 +71,13 @@ P_READ = 1
 P_WRITE = 2
 P_OWNER = 8
 P_ALL = P_READ | P_WRITE | P_OWNER
+
+
+class _Lookup:
+    """Type of LOOKUP: "find the live node yourself" for ``XenStore._read``."""
+
+
+LOOKUP = _Lookup()
 # The value of a transaction record's child table: only the names are used.
 _STUB = Node(b"", Perms.owner_only(0), 0)
 
@@ -423,20 +431,32 @@ class XenStore:
         return int(perms.entries[0].access)
 
     # -- node access (C read_node / access_node / write_node) ------------------------
-    def _read(self, conn: Connection, tx: Transaction | None, path: str) -> Node | None:
-        """C ``read_node``: in a transaction the first access records the node as it is now."""
+    def _read(
+        self,
+        conn: Connection,
+        tx: Transaction | None,
+        path: str,
+        live: Node | _Lookup | None = LOOKUP,
+    ) -> Node | None:
+        """C ``read_node``: in a transaction the first access records the node as it is now.
+
+        ``live`` is the live node when the caller already has it (None: known
+        missing); LOOKUP means look it up.
+        """
         if tx is None:
-            return self.tree.get(path)
+            return self.tree.get(path) if isinstance(live, _Lookup) else live
         e = tx.accessed.get(path)
         if e is not None:
             return e.node
         self._tx_quota(conn, tx)
-        live = self.tree.get(path)
+        if isinstance(live, _Lookup):
+            live = self.tree.get(path)
         if live is None:
             e = Accessed(None, NO_GENERATION, True, None)
         else:
             copy = live.copy()
             e = Accessed(copy, live.gen, True, live.perms)
+            e.live = live
             # The private record is charged to the connection's domain.
             self._tx_charge(conn, tx, path, copy.record_size())
         tx.accessed[path] = e
@@ -494,16 +514,30 @@ class XenStore:
         self, conn: Connection, tx: Transaction | None, path: str, code: str, perm: int
     ) -> XsError:
         """``errno_from_parents``: ``code`` only if the nearest ancestor grants part of ``perm``."""
-        name = path
-        node: Node | None = None
-        while name != "/":
-            name = parent_of(name)
-            node = self._read(conn, tx, name)
-            if node is not None:
-                break
+        node, _, _ = self._nearest_parent(conn, tx, path)
         if node is not None and self._perm(conn, node.perms) & perm:
             return XsError(code, path)
         return XsError("EACCES", path)
+
+    def _nearest_parent(
+        self, conn: Connection, tx: Transaction | None, path: str
+    ) -> tuple[Node | None, str, list[str]]:
+        """C ``ask_parents``/``construct_node``'s walk up: the nearest existing ancestor.
+
+        Returns it, its path, and the missing paths from ``path`` up (``path``
+        first). In a transaction each level is a read (recorded); the live
+        nodes come from one walk down, so a deep path costs O(depth).
+        """
+        levels = prefixes(path)
+        chain = self.tree.chain(path)
+        missing = [path]
+        for d in range(len(levels) - 2, -1, -1):
+            p = levels[d]
+            node = self._read(conn, tx, p, chain[d] if d < len(chain) else None)
+            if node is not None:
+                return node, p, missing
+            missing.append(p)
+        return None, "/", missing
 
     def _path(self, conn: Connection, raw: bytes | None) -> str:
         """Canonicalize and validate (``get_node``'s ``is_valid_nodename``): EINVAL if bad."""
@@ -537,15 +571,9 @@ class XenStore:
     def _create(self, conn: Connection, tx: Transaction | None, path: str, value: bytes) -> Node:
         """C ``create_node``: construct the missing levels, write them bottom up."""
         # construct_node: walk up to the nearest existing node (read in a tx).
-        names = [path]
-        parent_path = parent_of(path)
-        parent = self._read(conn, tx, parent_path)
-        while parent is None:
-            if parent_path == "/":
-                raise XsError("ENOENT", path)
-            names.append(parent_path)
-            parent_path = parent_of(parent_path)
-            parent = self._read(conn, tx, parent_path)
+        parent, parent_path, names = self._nearest_parent(conn, tx, path)
+        if parent is None:
+            raise XsError("ENOENT", path)
         perms = parent.perms if conn.privileged else parent.perms.with_owner(conn.domid)
         nperm = len(perms.entries)
         top_name = names[-1][len(parent_path) + (parent_path != "/") :]
@@ -721,16 +749,14 @@ class XenStore:
         assert parent is not None and parent.children is not None and node is not None
         # Each node's parent ACL (watch_permitted reads it while it still exists).
         parents: dict[str, Perms] = {parent_path: parent.perms}
-        for p, n in walk(path, node, post_order=True):
-            pp = parents.get(parent_of(p))
-            if pp is None:
-                pn = self.tree.get(parent_of(p))
-                assert pn is not None
-                pp = pn.perms
+        for p, n in walk(path, node):
             if n.children:
                 parents[p] = n.perms
+        for p, n in walk(path, node, post_order=True):
+            pp = parents[parent_of(p)]
             self.generation += 2  # access_node(DELETE) and the parent's rewrite
             self.tree.account(n, len(p), -1)
+            n.gen = DEAD
             self._fire(Event(p, p != path, (n.perms, pp)))
         name = path[path.rfind("/") + 1 :]
         del parent.children[name]
@@ -741,43 +767,68 @@ class XenStore:
         self.tree.memory[owner] = self.tree.memory.get(owner, 0) - len(name) - 1
 
     def _remove_tx(self, conn: Connection, tx: Transaction, path: str) -> None:
-        """C ``rm_node`` in a transaction: read the subtree, mark each node deleted."""
+        """C ``rm_node`` in a transaction: read the subtree, mark each node deleted.
+
+        Each node becomes one record, as in C. A node read here only to be
+        deleted is not copied (C copies it and frees the copy at once).
+        """
         parent_path = parent_of(path)
         # rm_node reads the parent first: missing in the transaction's view
         # (first looked at before someone created it) is EINVAL in C.
         if self._read(conn, tx, parent_path) is None:
             raise XsError("EINVAL", parent_path)
-        # walk_node_tree through the transaction's view, children in list order.
-        order: list[tuple[str, Node]] = []
-        stack: list[tuple[str, Node, list[str], int]] = []
         root = self._read(conn, tx, path)
         if root is None:
             tx.fail = True
             raise XsError("EIO", path)
-        stack.append((path, root, root.names(), 0))
-        while stack:
-            p, n, kids, i = stack[-1]
-            if i < len(kids):
-                stack[-1] = (p, n, kids, i + 1)
-                cp = child_path(p, kids[i])
-                try:
-                    c = self._read(conn, tx, cp)
-                except XsError:
-                    # walk_node_tree: an unreadable child stops the walk, rm_node says EIO.
-                    tx.fail = True
-                    raise XsError("EIO", cp) from None
-                if c is None:
+        accessed = tx.accessed
+        shared: list[Accessed] = []
+        # walk_node_tree through the transaction's view, children in list order;
+        # each frame: path, view node, live node (or None), child names, next index.
+        order: list[tuple[str, Node]] = []
+        stack: list[tuple[str, Node, Node | None, list[str], int]] = [
+            (path, root, accessed[path].live, root.names(), 0)
+        ]
+        try:
+            while stack:
+                p, n, live, kids, i = stack[-1]
+                if i == len(kids):
+                    stack.pop()
+                    order.append((p, n))
                     continue
-                stack.append((cp, c, c.names(), 0))
-                continue
-            stack.pop()
-            order.append((p, n))
+                stack[-1] = (p, n, live, kids, i + 1)
+                cp = f"{p}/{kids[i]}" if p != "/" else f"/{kids[i]}"
+                e = accessed.get(cp)
+                if e is None:
+                    self._tx_quota(conn, tx)
+                    if live is not None and live.gen != DEAD and live.children is not None:
+                        clive = live.children.get(kids[i])
+                    else:
+                        clive = self.tree.get(cp)
+                    if clive is None:
+                        e = Accessed(None, NO_GENERATION, True, None)
+                    else:
+                        e = Accessed(clive, clive.gen, True, clive.perms)
+                        shared.append(e)
+                    e.live = clive
+                    accessed[cp] = e
+                if e.node is None:
+                    continue
+                stack.append((cp, e.node, e.live, e.node.names(), 0))
+        except XsError:
+            # walk_node_tree: an unreadable child stops the walk, rm_node says EIO.
+            for e in shared:
+                if e.node is not None:
+                    e.node = e.node.copy()  # the transaction's own view from now on
+            tx.fail = True
+            raise XsError("EIO", path) from None
         for p, n in order:
-            e = self._tx_entry(conn, tx, p, n)
+            e = accessed[p]
+            e.modified = True
             e.node = None
             tx.queue_watch(p, p != path)
             tx.entry_delta(n.perms.owner, -1)
-            self.generation += 2
+        self.generation += 2 * len(order)
         parent = self._read(conn, tx, parent_path)
         assert parent is not None
         pcopy = Node(parent.value, parent.perms, self._next_gen(), dict(parent.children or {}))
@@ -797,19 +848,24 @@ class XenStore:
                 if owner != 0 and self.tree.owned.get(owner, 0) + delta >= self.quotas["nodes"]:
                     raise XsError("ENOSPC", "nodes quota")
         tree = self.tree
+        # check_gen: the node read is still the same live node with the same
+        # generation (removed live nodes are stamped DEAD), or still missing.
         for path, e in tx.accessed.items():
             if e.check_gen:
-                live = tree.get(path)
-                if (live.gen if live is not None else NO_GENERATION) != e.gen:
+                if e.gen == NO_GENERATION:
+                    if tree.get(path) is not None:
+                        raise XsError("EAGAIN", "conflict")
+                elif e.live is None or e.live.gen != e.gen:
                     raise XsError("EAGAIN", "conflict")
         mods = [(p, e) for p, e in tx.accessed.items() if e.modified]
         gens: dict[str, int] = {}
         # Deleted records leave the accounting first (their parents drop them below).
         for p, e in mods:
             if e.node is None:
-                live = tree.get(p)
-                if live is not None:
+                live = e.live
+                if live is not None and live.gen != DEAD:
                     tree.account(live, len(p), -1)
+                    live.gen = DEAD
             else:
                 gens[p] = self._next_gen()
         # Written records in path order: a parent's child table before its children.
@@ -854,6 +910,8 @@ class XenStore:
         out: list[Perms] = []
         if e.perms is not None:
             out.append(e.perms)
+        if e.node is None:
+            return tuple(out)  # deleted: only the old ACL can let a watcher see it
         node = self.tree.get(path)
         if node is None:
             return tuple(out)

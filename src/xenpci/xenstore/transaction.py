@@ -28,7 +28,7 @@ from xenpci.xenstore.tree import NO_GENERATION, Node
 class Accessed:
     """One node a transaction touched (C ``struct accessed_node``)."""
 
-    __slots__ = ("check_gen", "exact", "fire", "gen", "kids", "modified", "node", "perms")
+    __slots__ = ("check_gen", "exact", "fire", "gen", "kids", "live", "modified", "node", "perms")
 
     def __init__(self, node: Node | None, gen: int, check_gen: bool, perms: Perms | None) -> None:
         self.node = node  # the transaction's record, None if missing/deleted
@@ -39,6 +39,9 @@ class Accessed:
         self.fire = False
         self.exact = False
         self.kids = False  # the record's child list changed
+        # The live node at first access: removed live nodes are stamped DEAD,
+        # so comparing its generation is the commit's check, without a lookup.
+        self.live: Node | None = None
 
 
 class Transaction:

@@ -32,6 +32,8 @@ LOCAL_DOMAIN = "/local/domain/"
 SPECIAL_NODES = ("@introduceDomain", "@releaseDomain")
 # C ``NO_GENERATION``: the generation a transaction records for a missing node.
 NO_GENERATION = -1
+# Stamped on a live node when it is removed, so a transaction holding it sees the change.
+DEAD = -2
 # sizeof(struct xs_tdb_record_hdr) and sizeof(struct xs_permissions) in C.
 RECORD_HEADER = 24
 PERM_SIZE = 8
@@ -91,6 +93,19 @@ class Node:
         return Node(
             self.value, self.perms, self.gen, dict(self.children) if self.children else None
         )
+
+
+def prefixes(path: str) -> list[str]:
+    """Every ancestor of a canonical path and itself, by depth: ``["/", "/a", "/a/b"]``."""
+    if path == "/":
+        return ["/"]
+    out = ["/"]
+    i = path.find("/", 1)
+    while i >= 0:
+        out.append(path[:i])
+        i = path.find("/", i + 1)
+    out.append(path)
+    return out
 
 
 def split(path: str) -> list[str]:
@@ -222,6 +237,26 @@ class Tree:
             if node is None:
                 return None
         return node
+
+    def chain(self, path: str) -> list[Node]:
+        """The existing nodes along ``path``: root first, up to the first missing one.
+
+        One walk, so looking at every ancestor of a deep path costs O(depth).
+        """
+        node = self.root
+        out = [node]
+        if path == "/":
+            return out
+        for name in path[1:].split("/"):
+            kids = node.children
+            if kids is None:
+                break
+            child = kids.get(name)
+            if child is None:
+                break
+            node = child
+            out.append(node)
+        return out
 
     def account(self, node: Node, path_len: int, sign: int) -> None:
         """Add (``sign`` 1) or remove (-1) ``node``'s record from its owner's counts."""
