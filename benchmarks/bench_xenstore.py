@@ -1,17 +1,29 @@
-"""XenStore daemon throughput, against an echo server floor measured in the same run.
+"""XenStore daemon throughput, against an echo server floor and against Xen's C xenstored.
 
 Figures: READ and WRITE ops/s with 1 and 8 concurrent socket clients, watch
 fan-out to 100 watchers, transaction commits/s, and memory per 100k nodes.
 The floor is an echo server on the same kind of Unix socket, with the same
 16-byte framing and the same single-threaded selector loop, so the ratio shows
 what the store itself costs. Target: READ with one client >= 50% of the floor.
+
+"vs C" rows (issue 14 §4): Debian xen-utils-4.17's C xenstored runs under the
+oracle shim (:mod:`xenpci.testing.xs_oracle`) next to ours run as
+``python -m xenpci xenstored``, both driven by the same compiled C client
+(``xenpci/testing/clients/xsbench.c``) in interleaved trials; the ratio is
+ours/C (the median of per-trial ratios). Daemon CPU comes from each daemon's
+/proc/PID/stat, memory from its VmRSS. Sizes: ``XENPCI_BENCH_QUICK=1`` for a
+quick run, ``XENPCI_BENCH_XS_NODES`` for the large store (default 400k).
 """
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
+import statistics
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -171,6 +183,7 @@ def run() -> list[dict[str, Any]]:
             server.stop()
             echo.close()
     figures.append(_memory())
+    figures += vs_c()
     return figures
 
 
@@ -248,6 +261,172 @@ def _memory() -> dict[str, Any]:
     tracemalloc.stop()
     del plain, store
     return _fig("memory per 100k nodes", used / 2**20, "MiB", base / 2**20, "report")
+
+
+# -- against C xenstored 4.17 (issue 14 §4) ---------------------------------------
+
+QUICK = os.environ.get("XENPCI_BENCH_QUICK", "") not in ("", "0")
+TRIALS = 2 if QUICK else 5
+SECS = 0.2 if QUICK else 0.5  # per throughput run
+BIG_NODES = int(os.environ.get("XENPCI_BENCH_XS_NODES", 20_000 if QUICK else 400_000))
+MEM_NODES = min(BIG_NODES, 20_000 if QUICK else 100_000)
+SMALL_NODES = 1_000
+LAT_WRITES = 500 if QUICK else 3_000
+
+
+class _Daemon:
+    """One daemon process under test: its pid, socket, and the C client aimed at it."""
+
+    def __init__(self, label: str, pid: int, socket_path: str, stop: Callable[[], None]) -> None:
+        self.label, self.pid, self.socket_path, self.stop = label, pid, socket_path, stop
+
+    def client(self, mode: str, arg: float, extra: int | None = None) -> dict[str, float]:
+        from xenpci.testing.xs_oracle import xsbench_client
+
+        argv = [str(xsbench_client()), self.socket_path, mode, str(arg)]
+        if extra is not None:
+            argv.append(str(extra))
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=600)
+        return {k: float(v) for k, v in (kv.split("=") for kv in out.stdout.split())}
+
+    def cpu_seconds(self) -> float:
+        # Fields 14 and 15 (utime, stime) count every thread of the process.
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+
+def _start_c() -> _Daemon:
+    from xenpci.testing.xs_oracle import RealXenstored
+
+    d = RealXenstored("c", domids=(0,))
+    return _Daemon("C", d.pid, d.socket_path, d.close)
+
+
+def _start_ours(directory: str) -> _Daemon:
+    path = f"{directory}/ours.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xenpci", "xenstored", "--socket", path],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # "xenstored: listening on ..." once the socket is bound
+    if b"listening" not in line:
+        proc.kill()
+        raise RuntimeError(f"our xenstored did not start: {line!r}")
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+    return _Daemon("ours", proc.pid, path, stop)
+
+
+def _row(name: str, ours: list[float], c: list[float], unit: str, target: str) -> dict[str, Any]:
+    ratios = [o / b for o, b in zip(ours, c, strict=True) if b]
+    fig = _fig(name, statistics.median(ours), unit, statistics.median(c), target)
+    fig["ratio"] = round(statistics.median(ratios), 3) if ratios else None
+    return fig
+
+
+def vs_c() -> list[dict[str, Any]]:
+    """Rows per workload: ours against C xenstored under the shim, same C client."""
+    from xenpci.testing.xs_oracle import OracleUnavailable, xsbench_client
+
+    try:
+        xsbench_client()
+        c = _start_c()
+    except (OracleUnavailable, RuntimeError) as e:
+        return [_fig(f"vs C xenstored: not run ({e})", 0.0, "", None, "needs ./dev setup")]
+    with tempfile.TemporaryDirectory(prefix="xsb", dir="/tmp") as d:
+        ours = _start_ours(d)
+        try:
+            return _vs_c(c, ours)
+        finally:
+            ours.stop()
+            c.stop()
+
+
+def _vs_c(c: _Daemon, ours: _Daemon) -> list[dict[str, Any]]:
+    pair = (ours, c)
+    for daemon in pair:
+        daemon.client("setup", 0)
+    workloads = [
+        ("READ ops/s, 1 client", "read", 1),
+        ("WRITE ops/s, 1 client", "write", 1),
+        ("DIRECTORY (100 children) ops/s", "dir", 1),
+        ("TRANSACTION_START+WRITE+END/s", "tx", 1),
+        ("READ ops/s, 8 concurrent clients", "read", 8),
+    ]
+    rate: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    for trial in range(TRIALS):
+        for _, mode, clients in workloads:
+            # Interleaved, and the order alternates so neither side always goes first.
+            for daemon in pair if trial % 2 else pair[::-1]:
+                cpu0 = daemon.cpu_seconds()
+                r = daemon.client(mode, SECS, clients)
+                used = daemon.cpu_seconds() - cpu0
+                key = (daemon.label, f"{mode}{clients}")
+                rate.setdefault(key, []).append(r["ops"] / r["secs"])
+                cpu.setdefault(key, []).append(used * 1e6 / max(r["ops"], 1))
+    rows: list[dict[str, Any]] = []
+    for name, mode, clients in workloads:
+        k = f"{mode}{clients}"
+        rows.append(
+            _row(f"vs C xenstored: {name}", rate[("ours", k)], rate[("C", k)], "ops/s", ">= 1.0")
+        )
+    for name, k in (("READ", "read1"), ("WRITE", "write1"), ("transaction", "tx1")):
+        rows.append(
+            _row(
+                f"vs C xenstored: daemon CPU per {name} request",
+                cpu[("ours", k)],
+                cpu[("C", k)],
+                "us",
+                "<= 1.0",
+            )
+        )
+    rows += _store_size(c, ours)
+    return rows
+
+
+def _store_size(c: _Daemon, ours: _Daemon) -> list[dict[str, Any]]:
+    """Memory per 100k nodes (RSS delta) and WRITE latency at 1k vs BIG_NODES nodes."""
+    lat_small: dict[str, float] = {}
+    lat_big: dict[str, float] = {}
+    mem: dict[str, float] = {}
+    for daemon in (c, ours):
+        daemon.client("fill", SMALL_NODES, 0)
+        lat_small[daemon.label] = daemon.client("wlat", LAT_WRITES)["us"]
+        rss0 = daemon.rss_bytes()
+        daemon.client("fill", MEM_NODES, SMALL_NODES)
+        mem[daemon.label] = (daemon.rss_bytes() - rss0) * 100_000 / MEM_NODES / 2**20
+        rest = BIG_NODES - MEM_NODES - SMALL_NODES
+        if rest > 0:
+            daemon.client("fill", rest, SMALL_NODES + MEM_NODES)
+        lat_big[daemon.label] = daemon.client("wlat", LAT_WRITES)["us"]
+    big = f"{BIG_NODES // 1000}k"
+    return [
+        _row("vs C xenstored: memory per 100k nodes (RSS)", [mem["ours"]], [mem["C"]], "MiB",
+             "<= 2.0"),
+        _row("vs C xenstored: WRITE latency, 1k nodes", [lat_small["ours"]], [lat_small["C"]],
+             "us", "<= 1.0"),
+        _row(f"vs C xenstored: WRITE latency, {big} nodes", [lat_big["ours"]], [lat_big["C"]],
+             "us", "<= 1.0"),
+        _row(f"ours: WRITE latency {big} / 1k nodes (C: {lat_big['C'] / lat_small['C']:.2f})",
+             [lat_big["ours"]], [lat_small["ours"]], "us", "flat (~1.0)"),
+    ]  # fmt: skip
 
 
 if __name__ == "__main__":
