@@ -672,9 +672,12 @@ class OurXenstored(XsDaemon):
 
         self.dir = Path(tempfile.mkdtemp(prefix="xso", dir="/tmp"))
         self.socket_path = str(self.dir / "socket")
-        self.store: XenStore = XenStore(dom0_nodes=False, quotas=dict(quotas or {}))
-        self.hv: Hypervisor = Hypervisor(iommu=False)
         self._domids = set(domids)
+        # What the shim's xc_domain_getinfo reports to C: these domids run.
+        self.store: XenStore = XenStore(
+            dom0_nodes=False, quotas=dict(quotas or {}), domain_exists=self._domids.__contains__
+        )
+        self.hv: Hypervisor = Hypervisor(iommu=False)
         self.rings: XenstoredRings = XenstoredRings(self.store, self.hv.dom0)
         self.server: XenstoredServer = XenstoredServer(self.store, self.socket_path)
         self.server.start()

@@ -306,9 +306,13 @@ class XenStore:
         self._to_notify.clear()
         hooks, self._hooks = self._hooks, []
         self.lock.release()
-        # Transports run outside the store lock.
+        # Transports run outside the store lock. A failing hook (a ring that
+        # cannot be mapped) must not take the caller's thread down with it.
         for hook in hooks:
-            hook()
+            try:
+                hook()
+            except Exception as e:
+                self.log.append(f"transport hook failed: {e}")
         for c in conns:
             if c.notify is not None and not c.closed:
                 c.notify()
@@ -1275,8 +1279,9 @@ def _do_introduce(s: XenStore, c: Connection, req: Frame, tx: Transaction | None
     args = req.args()
     if len(args) < 3:
         raise XsError("EINVAL", "INTRODUCE needs domid, gfn, evtchn")
-    domid, gfn, evtchn = _u32(c_atoi(args[0])), _u32(c_atoi(args[1])), c_atoi(args[2])
-    if evtchn <= 0:
+    # C: the gfn is ignored; the port is an unsigned evtchn_port_t, so only 0 fails.
+    domid, gfn, evtchn = _u32(c_atoi(args[0])), _u32(c_atoi(args[1])), _u32(c_atoi(args[2]))
+    if evtchn == 0:
         raise XsError("EINVAL", "bad event channel")
     if domid > 0x7FEF:
         raise XsError("EINVAL", "bad domid")
