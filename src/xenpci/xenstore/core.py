@@ -135,6 +135,9 @@ class Connection:
         # Watch events still queued (C scans its out_list for duplicates).
         self._queued_events: dict[bytes, int] = {}
         self.out_bytes = 0
+        # Watch events send_event dropped for this connection: identical to one
+        # still queued (XSA-326), or past the domain's memory quota.
+        self.dropped_events = 0
         self.watches: dict[tuple[str, bytes], Watch] = {}
         self.transactions: dict[int, Transaction] = {}
         self._next_tx = 1
@@ -695,8 +698,10 @@ class XenStore:
         data = HEADER.pack(w.XS_WATCH_EVENT, 0, 0, len(body)) + body
         special = path.startswith("@")
         if not special and data in conn._queued_events:
+            conn.dropped_events += 1
             return  # XSA-326: identical event still queued
         if not conn.privileged and self._over_quota(conn.domid, len(data)):
+            conn.dropped_events += 1
             return
         conn._out.append(data)
         conn.out_bytes += len(data)
