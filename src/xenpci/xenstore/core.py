@@ -268,8 +268,12 @@ class XenStore:
         n0 = Perms.owner_only(0)
         self.tree = Tree(Node(b"", n0, 0))
         # setup_structure(): /tool/xenstored, all n0.
-        self._create_live("/tool", b"", n0)
-        self._create_live("/tool/xenstored", b"", n0)
+        tool = self._create_live("/tool", b"", n0)
+        xsd = self._create_live("/tool/xenstored", b"", n0)
+        # manual_node writes "/", "/tool", "/tool/xenstored" once each, in that
+        # order: generations 1, 2, 3 (DIRECTORY_PART shows them).
+        self.tree.root.gen, tool.gen, xsd.gen = 1, 2, 3
+        self.generation = 3
         if dom0_nodes:
             # What xen-init-dom0 writes on a real host.
             for path, value in (

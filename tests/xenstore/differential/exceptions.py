@@ -41,13 +41,6 @@ EXCEPTIONS: dict[str, Known] = {
         "new: C answers READ with two NUL-terminated arguments ENOENT (onearg() "
         "fails and nothing is found); ours: EINVAL",
     ),
-    "dirpart-gen": Known(
-        "xfail",
-        "new: DIRECTORY_PART's generation counts differently from C's global "
-        "generation (244 vs 246 after the same 122 changes); clients only "
-        "compare it between chunks, so other tests number generations by first "
-        "appearance instead",
-    ),
     "mkdir-extra-args": Known(
         "xfail", "new: C answers MKDIR with two arguments ENOMEM; ours: EINVAL"
     ),

@@ -589,11 +589,9 @@ def test_directory_part_chunks() -> None:
         + [op("a", w.XS_DIRECTORY_PART, "/d", off) for off in ("0", "4000", "99999")]
         + [op("a", W, "/d/more", b""), op("a", w.XS_DIRECTORY_PART, "/d", "0")]
         + [op("a", w.XS_DIRECTORY_PART, "/d"), op("a", w.XS_DIRECTORY_PART, "/nope", "0")],
-        normalize=("dirpart-gen",),
     )
 
 
-@known("dirpart-gen")
 def test_directory_part_generation_value() -> None:
     compare([op("a", W, "/d/x", b""), op("a", w.XS_DIRECTORY_PART, "/d", "0")])
 
@@ -601,7 +599,6 @@ def test_directory_part_generation_value() -> None:
 def test_directory_part_offsets_parsed_like_atoi() -> None:
     compare(
         _wide_dir() + [op("a", w.XS_DIRECTORY_PART, "/d", off) for off in ("x", "-5")],
-        normalize=("dirpart-gen",),
     )
 
 
