@@ -79,6 +79,9 @@ class _Lookup:
 
 
 LOOKUP = _Lookup()
+# Values up to this size are shared between nodes (a table of at most so many).
+_INTERN_MAX = 32
+_INTERN_ENTRIES = 1 << 16
 # The value of a transaction record's child table: only the names are used.
 _STUB = Node(b"", Perms.owner_only(0), 0)
 
@@ -293,6 +296,7 @@ class XenStore:
         self.domain_watch_count: dict[int, int] = {}
         # Memory per domid besides node records: watches, transactions, queued output.
         self.domain_memory: dict[int, int] = {}
+        self._values: dict[bytes, bytes] = {}
         # DIRECTORY_PART: the child blob of the node last listed, by (node, generation).
         self._dir_cache: tuple[Node | None, int, bytes] = (None, 0, b"")
         # Set by a ring transport: called with (domain) on INTRODUCE / RELEASE.
@@ -655,6 +659,17 @@ class XenStore:
         pe.kids = True
         assert leaf_node is not None
         return leaf_node
+
+    def _intern(self, value: bytes) -> bytes:
+        """One shared object per small value ("1", "4", "vif"): values repeat across nodes."""
+        if len(value) > _INTERN_MAX:
+            return value
+        shared = self._values.get(value)
+        if shared is None:
+            if len(self._values) >= _INTERN_ENTRIES:
+                self._values.clear()  # bounded: a guest cannot grow this table
+            self._values[value] = shared = value
+        return shared
 
     def _child_blob(self, node: Node) -> bytes:
         """The child-name blob, cached for the node listed last (DIRECTORY_PART's chunks).
@@ -1062,7 +1077,7 @@ def _do_write(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) ->
     if i < 0:
         raise XsError("EINVAL", "WRITE without a NUL after the path")
     path = s._path(c, req.payload[:i])
-    value = req.payload[i + 1 :]
+    value = s._intern(req.payload[i + 1 :])
     try:
         node = s._get_node(c, tx, path, P_WRITE)
     except XsError as e:
