@@ -508,3 +508,60 @@ def test_set_perms_naming_a_missing_domain(store: XenStore) -> None:
     assert err(Sans(s, 9).one(w.XS_READ, strings("/sp"))) == "EACCES"
     s.introduce_domain(5)
     assert Sans(s, 5).one(w.XS_READ, strings("/sp")).payload == b"v"
+
+
+# -- issue 14 §4 and issue 11: structure, asserted by state rather than time ------------
+def test_write_under_a_big_parent_does_not_copy_its_child_table(store: XenStore) -> None:
+    """A write below /local/domain/N leaves /local/domain's node and child table in place."""
+    c = Sans(store)
+    for i in range(1, 200):
+        c.one(w.XS_WRITE, f"/local/domain/{i}/name\0g{i}".encode())
+    ld = store.tree.get("/local/domain")
+    assert ld is not None and ld.children is not None
+    table, node7 = ld.children, store.tree.get("/local/domain/7")
+    c.one(w.XS_WRITE, b"/local/domain/7/name\0renamed")
+    c.one(w.XS_WRITE, b"/local/domain/7/new/leaf\0v")
+    assert store.tree.get("/local/domain") is ld and ld.children is table
+    assert store.tree.get("/local/domain/7") is node7
+
+
+def test_directory_part_builds_the_child_list_once(
+    store: XenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DIRECTORY_PART's chunks of one node share one child blob while it is unchanged."""
+    from xenpci.xenstore.tree import Node
+
+    c = Sans(store)
+    for i in range(3000):
+        c.one(w.XS_MKDIR, strings(f"/many/c{i:05d}"))
+    calls = []
+    real = Node.child_names
+    monkeypatch.setattr(Node, "child_names", lambda self: calls.append(1) or real(self))
+    off = 0
+    while True:
+        body = c.one(w.XS_DIRECTORY_PART, b"/many\0%d\0" % off).payload.split(b"\0", 1)[1]
+        if body.endswith(b"\0\0"):
+            break
+        off += len(body)
+    assert off > 4 * 4096 and len(calls) == 1
+    c.one(w.XS_MKDIR, strings("/many/late"))  # a new child: a new generation, a new blob
+    c.one(w.XS_DIRECTORY_PART, b"/many\0" + b"0\0")
+    assert len(calls) == 2
+
+
+def test_transports_are_called_outside_the_store_lock(store: XenStore) -> None:
+    """Issue 11: ``notify`` and the INTRODUCE/RELEASE hooks run with the lock released."""
+    held: list[bool] = []
+    watcher = store.connection(0)
+    watcher.notify = lambda: held.append(store.lock._is_owned())  # type: ignore[attr-defined]
+    watcher.feed(encode_req(w.XS_WATCH, strings("/nl", "t")))
+    store.on_introduce = lambda dom: held.append(store.lock._is_owned())  # type: ignore[attr-defined]
+    Sans(store).one(w.XS_WRITE, b"/nl/x\0v")
+    store.introduce_domain(12)
+    assert held == [False, False]
+
+
+def encode_req(type_: int, payload: bytes) -> bytes:
+    from xenpci.xenstore.wire import encode
+
+    return encode(type_, 1, 0, payload)
