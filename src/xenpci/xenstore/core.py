@@ -28,8 +28,9 @@ otherwise; there is no hypervisor, so INTRODUCE records the domain and tells
 an attached ring transport, and a domain "exists" (for SET_PERMS) when
 ``domain_exists`` says so (every domid when none is given); at commit all
 records are written before any event is fired (C interleaves them, which only
-changes which parent ACL a watcher is checked against mid-commit);
-generation numbers are stamped as C stamps them but need not equal C's.
+changes which parent ACL a watcher is checked against mid-commit).
+Generations are stamped where C stamps them (``access_node``, ``manual_node``,
+commit), so DIRECTORY_PART's generation equals C's in the differential tests.
 """
 
 from __future__ import annotations
