@@ -18,8 +18,10 @@ facts from ``tools/xenstore/xenstored_{core,domain,posix}.c`` and
 Deliberate differences from a Xen host: a guest's "grant" is the file
 ``<dir>/ring-<domid>`` whatever gfn INTRODUCE names, and event channels are
 datagrams (``<dir>/evtchn.sock`` into the daemon, ``<dir>/guest-<domid>.sock``
-out). The domains the hypervisor "runs" are fixed when the daemon starts
-(``domids``), as a host's domains exist before the toolstack introduces them.
+out). The domains the hypervisor "runs" are given when the daemon starts
+(``domids``), as a host's domains exist before the toolstack introduces them;
+:meth:`RealXenstored.virq_dom_exc` changes them the way a dying domain does.
+Our daemon has no such list: its domains are the model hypervisor's.
 Waits are on explicit events (a reply frame, an event-channel datagram, the
 daemon's readiness line); a timeout only turns a hung daemon into a failure.
 """
@@ -537,6 +539,9 @@ class RealXenstored(XsDaemon):
             args = [str(binary), "-N", "-P"]
             if self._trace:
                 args += ["-T", str(d / "log" / "trace")]
+            unknown = sorted(set(quotas) - set(_C_QUOTA_FLAGS))
+            if unknown:
+                raise ValueError(f"C xenstored has no quota {', '.join(unknown)}")
             for name, value in quotas.items():
                 flag = _C_QUOTA_FLAGS[name]
                 args += [flag[0], f"{flag[1]}{value}"] if len(flag) == 2 else [flag[0], str(value)]
@@ -563,6 +568,9 @@ class RealXenstored(XsDaemon):
                 f"xenstored-port = {d}/proc/xsd_port",
                 "ring-scan-interval = -1",
             ]
+            unknown = sorted(set(quotas) - set(_OCAML_QUOTA_KEYS))
+            if unknown:
+                raise ValueError(f"oxenstored has no quota {', '.join(unknown)}")
             conf += [f"{_OCAML_QUOTA_KEYS[k]} = {v}" for k, v in quotas.items()]
             (d / "etc" / "oxenstored.conf").write_text("\n".join(conf) + "\n")
             args = [str(binary), "--no-fork", "--config-file", str(d / "etc" / "oxenstored.conf")]
@@ -573,7 +581,7 @@ class RealXenstored(XsDaemon):
             stdout=subprocess.PIPE,
             stderr=stderr,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         stderr.close()
         self._wait_ready()
@@ -641,8 +649,12 @@ class RealXenstored(XsDaemon):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it if the test process dies (no leaked daemons)."""
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL it if the test process dies (no leaked daemons).
+
+    The signal follows the thread that forked: daemons are started from the
+    test's own thread, which lives as long as the daemon is used.
+    """
     import ctypes
     import signal
 
@@ -706,8 +718,7 @@ class OurXenstored(XsDaemon):
             with contextlib.suppress(Exception):
                 g.close()
         self._guests.clear()
-        if self.server is not None:
-            self.server.stop()
+        self.server.stop()
         self.hv.shutdown()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -3,8 +3,9 @@
 ``xfail`` entries are differences issue 14 §2 says we must close (being fixed
 on branch xs-core): the tests are ``xfail(strict=True)``, so they turn into
 failures the moment ours matches, and the entry must then be deleted.
-``skip`` entries are the oracle's own bugs or documented divergences that we
-do not copy; the test is skipped with the reason.
+``skip`` entries are the oracle's own bugs that we do not copy; the test is
+skipped with the reason, and test_oracle_harness.py asserts that the bug is
+still there (C aborts), so a skip cannot outlive its reason.
 """
 
 from __future__ import annotations
@@ -35,6 +36,29 @@ EXCEPTIONS: dict[str, Known] = {
         "issue 14 §2.3: C drops an event identical to one still queued for that "
         "connection (XSA-326)",
     ),
+    "control-help": Known(
+        "xfail",
+        "issue 14 §2.14: CONTROL help lists live-update with its parameters and 'help' without one",
+    ),
+    "control-args": Known(
+        "xfail",
+        "issue 14 §2.14: 'help x', 'check x' and 'logfile' without a file are EINVAL in C",
+    ),
+    "control-quota-text": Known(
+        "xfail", "issue 14 §2.14: C's quota order and descriptions (quota, quota-soft)"
+    ),
+    "control-atoi": Known("xfail", "issue 14 §2.14: 'quota x' is atoi('x') = domain 0 in C"),
+    "control-quota-soft-set": Known(
+        "xfail", "issue 14 §2.14: 'quota-soft set memory N' is accepted by C"
+    ),
+    "control-live-update": Known(
+        "xfail", "issue 14 §2.14: 'live-update -a' answers 'No live-update session active.'"
+    ),
+    "memory-accounting": Known(
+        "xfail",
+        "issue 14 §3: C counts a domain's memory (nodes, watches, transactions, "
+        "queued output): 'quota 0' shows 132 bytes for the 3 initial nodes; ours 0",
+    ),
     # Found by this oracle, not listed in issue 14 §2 (reported to the coordinator).
     "extra-args": Known(
         "xfail",
@@ -60,13 +84,17 @@ EXCEPTIONS: dict[str, Known] = {
 }
 
 
-def known(name: str) -> Callable[[F], F]:
-    """Mark a test with the table entry ``name`` (KeyError for an unlisted name)."""
+def known_mark(name: str) -> pytest.MarkDecorator:
+    """The pytest mark for table entry ``name`` (KeyError for an unlisted name)."""
     entry = EXCEPTIONS[name]
     if entry.action == "xfail":
-        mark = pytest.mark.xfail(strict=True, reason=f"{name}: {entry.reason}")
-    else:
-        mark = pytest.mark.skip(reason=f"{name}: {entry.reason}")
+        return pytest.mark.xfail(strict=True, reason=f"{name}: {entry.reason}")
+    return pytest.mark.skip(reason=f"{name}: {entry.reason}")
+
+
+def known(name: str) -> Callable[[F], F]:
+    """Mark a test with the table entry ``name`` (KeyError for an unlisted name)."""
+    mark = known_mark(name)
 
     def apply(fn: F) -> F:
         return mark(fn)  # type: ignore[no-any-return]

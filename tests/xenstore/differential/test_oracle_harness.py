@@ -54,3 +54,44 @@ def test_guest_ring_is_the_shim_file_and_errors_show_on_the_page() -> None:
         d.settle(a)
         assert isinstance(guest, ShimRingClient)
         assert guest.ring_error == w.XENSTORE_ERROR_PROTO
+
+
+def _c_aborts(script: list[tuple[str, int, bytes]]) -> bool:
+    """Run raw requests on C, the last one unanswered; True if C then dies of an assertion.
+
+    The wait is on the daemon's exit (a guest ring cannot see its peer die).
+    """
+    import signal
+
+    with RealXenstored("c") as d:
+        conns = {"a": d.connect()}
+        *setup, (last_who, last_type, last_payload) = script
+        for who, type_, payload in setup:
+            if who == "intro5":
+                conns["a"].request(w.XS_MKDIR, b"/local/domain/5\0")
+                conns["a"].request(w.XS_SET_PERMS, b"/local/domain/5\0n5\0")
+                conns["g5"] = d.introduce(conns["a"], 5)[1]
+                continue
+            assert conns[who].request(type_, payload)[-1].type == type_
+        conns[last_who].send_frame(last_type, last_payload)
+        proc = d._proc
+        assert proc is not None
+        return proc.wait(timeout=30) == -signal.SIGABRT and "Assertion" in d.stderr_text()
+
+
+def test_c_bug_read_without_nul_after_rm_still_aborts() -> None:
+    # exceptions.py "c-no-nul": why the test of one-arg ops without NUL is skipped.
+    assert _c_aborts(
+        [("a", w.XS_WRITE, b"/a\0v"), ("a", w.XS_RM, b"/a\0"), ("a", w.XS_READ, b"/a")]
+    )
+
+
+def test_c_bug_guest_set_perms_on_watched_special_still_aborts() -> None:
+    # exceptions.py "c-special-perms-assert".
+    assert _c_aborts(
+        [
+            ("intro5", 0, b""),
+            ("g5", w.XS_WATCH, b"@releaseDomain\0r\0"),
+            ("g5", w.XS_SET_PERMS, b"@releaseDomain\0n5\0"),
+        ]
+    )

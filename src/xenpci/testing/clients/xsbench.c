@@ -13,7 +13,8 @@
  *   tx SECS           TRANSACTION_START, WRITE in it, TRANSACTION_END T
  *   fill N [FROM]     create nodes /fill/<k/100>/n<k%100>, k = FROM..FROM+N-1
  *                     (64 requests in flight, so the fill is quick)
- *   wlat N            N WRITEs of existing /bench/r; prints mean microseconds
+ *   wlat N [PATH]     N WRITEs of existing node PATH (default /bench/r); prints
+ *                     the mean in microseconds
  * Prints "ops=<total> secs=<elapsed>" (wlat: "us=<mean>"); for the timed
  * modes CLIENTS processes run the loop at once after a common start signal.
  */
@@ -214,9 +215,17 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "wlat")) {
         int fd = connect_to(sock);
         long n = (long)arg;
+        const char *path = argc > 4 ? argv[4] : "/bench/r";
+        char req[256];
+        int len = snprintf(req, sizeof(req), "%s", path) + 1;
+        if (len + 5 > (int)sizeof(req)) {
+            fprintf(stderr, "xsbench: path too long\n");
+            return 2;
+        }
+        memcpy(req + len, "value", 5);
         t0 = now();
         for (long i = 0; i < n; i++)
-            must(fd, XS_WRITE, 0, "/bench/r\0value-of-r", 20);
+            must(fd, XS_WRITE, 0, req, (uint32_t)len + 5);
         printf("us=%.3f\n", (now() - t0) * 1e6 / (double)n);
         return 0;
     }
