@@ -31,60 +31,6 @@ class Known:
 
 
 EXCEPTIONS: dict[str, Known] = {
-    "lazy-tx-reads": Known(
-        "xfail",
-        "issue 14 §2.1: C reads an untouched node lazily, so a write after "
-        "TRANSACTION_START is visible and the commit succeeds",
-    ),
-    "blind-writes": Known(
-        "xfail",
-        "issue 14 §2.13: a transaction that writes a node it never read commits in C",
-    ),
-    "commit-events": Known(
-        "xfail",
-        "issue 14 §2.2: C fires one event per changed node at commit, in path "
-        "order, none for a node created and removed in the transaction",
-    ),
-    "tx-id-ops": Known(
-        "xfail",
-        "issue 14 §2.9: an unknown tx_id on GET_DOMAIN_PATH, RESET_WATCHES, "
-        "IS_DOMAIN_INTRODUCED and CONTROL gives ENOENT in C",
-    ),
-    "guest-event-filter": Known(
-        "xfail",
-        "issue 14 §2.5: a guest gets an event if it may read the node or its parent (XSA-115)",
-    ),
-    "missing-node-perm": Known(
-        "xfail",
-        "issue 14 §2.6: for a missing node C checks the nearest ancestor for "
-        "the operation's own permission",
-    ),
-    "tx-failed-write": Known(
-        "xfail",
-        "issue 14 §2.7: a write that failed inside a transaction makes the commit fail with ENOMEM",
-    ),
-    "dirpart-atoi": Known(
-        "xfail",
-        "issue 14 §2.8: DIRECTORY_PART's offset is parsed with atoi",
-    ),
-    "path-length-domid": Known(
-        "xfail",
-        "issue 14 §2.11: the /local/domain/N/ prefix is stripped before the "
-        "path-length check only for N of at most 5 digits",
-    ),
-    "unwatch-invalid": Known("xfail", "issue 14 §2.10: UNWATCH of an invalid path gives ENOENT"),
-    "watch-order": Known(
-        "xfail",
-        "issue 14 §2.4: several matching watches on one connection fire in registration order",
-    ),
-    "rm-child-order": Known(
-        "xfail", "issue 14 §2.4: a subtree removal fires its descendants in C's child order"
-    ),
-    "set-perms-missing-domain": Known(
-        "xfail",
-        "issue 14 §2.12: C answers ENOENT when entry 0 (the owner) names a domain "
-        "that does not run",
-    ),
     "control-help": Known(
         "xfail",
         "issue 14 §2.14: CONTROL help lists live-update with its parameters and 'help' without one",
@@ -109,29 +55,13 @@ EXCEPTIONS: dict[str, Known] = {
         "queued output): 'quota 0' shows 132 bytes for the 3 initial nodes; ours 0",
     ),
     # Found by this oracle, not listed in issue 14 §2 (reported to the coordinator).
-    "perm-strtol": Known(
-        "xfail",
-        "new: C parses a permission's domid with strtol(..., 0), so r0x10 is r16; ours: EINVAL",
-    ),
     "extra-args": Known(
         "xfail",
         "new: C answers READ with two NUL-terminated arguments ENOENT (onearg() "
         "fails and nothing is found); ours: EINVAL",
     ),
-    "dirpart-gen": Known(
-        "xfail",
-        "new: DIRECTORY_PART's generation counts differently from C's global "
-        "generation (244 vs 246 after the same 122 changes); clients only "
-        "compare it between chunks, so other tests number generations by first "
-        "appearance instead",
-    ),
     "mkdir-extra-args": Known(
         "xfail", "new: C answers MKDIR with two arguments ENOMEM; ours: EINVAL"
-    ),
-    "introduce-atoi": Known(
-        "xfail",
-        "new: C parses INTRODUCE's numbers with atoi and tests the port as "
-        "unsigned, so '9 x -1' introduces domain 9; ours: EINVAL",
     ),
     # The oracle's own bugs: not copied.
     "c-no-nul": Known(

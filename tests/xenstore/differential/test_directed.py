@@ -95,7 +95,6 @@ def test_path_length_limits() -> None:
     )
 
 
-@known("path-length-domid")
 def test_path_length_counts_a_five_digit_domid_prefix_only() -> None:
     compare([op("a", W, "/local/domain/123456/" + "x" * 2040, b"1")])
 
@@ -120,7 +119,6 @@ def test_perms_roundtrip_and_errors() -> None:
     )
 
 
-@known("perm-strtol")
 def test_perm_domid_parsed_like_strtol() -> None:
     compare([op("a", MK, "/p"), op("a", SP, "/p", "n0", "r0x10"), op("a", GP, "/p")])
 
@@ -166,7 +164,6 @@ def test_watch_three_args_and_bad_watch_paths() -> None:
     )
 
 
-@known("unwatch-invalid")
 def test_unwatch_of_an_invalid_path() -> None:
     compare([op("a", UNW, "//bad", "t")])
 
@@ -185,7 +182,6 @@ def test_subtree_removal_events() -> None:
     )
 
 
-@known("rm-child-order")
 def test_subtree_removal_fires_descendants_in_c_child_order() -> None:
     compare(
         [
@@ -217,7 +213,6 @@ def test_identical_queued_event_is_dropped() -> None:
     )
 
 
-@known("watch-order")
 def test_several_matching_watches_fire_in_registration_order() -> None:
     compare(
         [
@@ -292,7 +287,6 @@ def test_transaction_conflict_ta_err() -> None:
     )
 
 
-@known("lazy-tx-reads")
 def test_transaction_reads_untouched_nodes_lazily() -> None:
     compare(
         [
@@ -305,7 +299,6 @@ def test_transaction_reads_untouched_nodes_lazily() -> None:
     )
 
 
-@known("blind-writes")
 def test_blind_write_commits_like_c() -> None:
     # pyxs test_transaction_commit_retry's sequence.
     compare(
@@ -319,7 +312,6 @@ def test_blind_write_commits_like_c() -> None:
     )
 
 
-@known("commit-events")
 def test_commit_fires_one_event_per_changed_node() -> None:
     compare(
         [
@@ -335,7 +327,6 @@ def test_commit_fires_one_event_per_changed_node() -> None:
     )
 
 
-@known("tx-id-ops")
 def test_unknown_tx_id_on_non_tree_ops() -> None:
     compare(
         [
@@ -396,7 +387,6 @@ def test_guest_watches_and_transactions() -> None:
     )
 
 
-@known("guest-event-filter")
 def test_guest_event_filter_xsa115() -> None:
     compare(
         [
@@ -457,7 +447,6 @@ def test_watch_and_transaction_quotas() -> None:
     )
 
 
-@known("tx-failed-write")
 def test_failed_write_in_transaction_fails_commit() -> None:
     compare(
         [
@@ -497,7 +486,6 @@ def test_permission_matrix(perms: tuple[str, ...]) -> None:
     compare(script)
 
 
-@known("missing-node-perm")
 def test_missing_node_checks_the_ops_own_permission() -> None:
     compare(
         [
@@ -515,7 +503,6 @@ def test_missing_node_checks_the_ops_own_permission() -> None:
 # -- special paths ----------------------------------------------
 
 
-@known("set-perms-missing-domain")
 def test_set_perms_naming_a_domain_that_does_not_exist() -> None:
     # Domains 0, 5, 6, 7, 8 run; 9 and 12345 do not.
     compare(
@@ -601,20 +588,16 @@ def test_directory_part_chunks() -> None:
         + [op("a", w.XS_DIRECTORY_PART, "/d", off) for off in ("0", "4000", "99999")]
         + [op("a", W, "/d/more", b""), op("a", w.XS_DIRECTORY_PART, "/d", "0")]
         + [op("a", w.XS_DIRECTORY_PART, "/d"), op("a", w.XS_DIRECTORY_PART, "/nope", "0")],
-        normalize=("dirpart-gen",),
     )
 
 
-@known("dirpart-gen")
 def test_directory_part_generation_value() -> None:
     compare([op("a", W, "/d/x", b""), op("a", w.XS_DIRECTORY_PART, "/d", "0")])
 
 
-@known("dirpart-atoi")
 def test_directory_part_offsets_parsed_like_atoi() -> None:
     compare(
         _wide_dir() + [op("a", w.XS_DIRECTORY_PART, "/d", off) for off in ("x", "-5")],
-        normalize=("dirpart-gen",),
     )
 
 
@@ -665,6 +648,5 @@ def test_mkdir_with_two_arguments() -> None:
     compare([Op("a", MK, b"/a\0b\0")])
 
 
-@known("introduce-atoi")
 def test_introduce_numbers_parsed_like_atoi() -> None:
     compare([Op("a", w.XS_INTRODUCE, b"9\0x\0-1\0"), op("a", w.XS_IS_DOMAIN_INTRODUCED, "9")])
