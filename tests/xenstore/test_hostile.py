@@ -181,10 +181,11 @@ def test_unprivileged_peer_that_never_reads_holds_at_most_its_memory_quota(
         assert lazy_stats.queued < quota
         assert lazy_stats.dropped_events > 0
         assert any(c.domid == 5 for c in daemon.store.connections)  # not cut off
-        # quota <domid> shows what the transport holds for it.
+        # quota <domid> shows C's domain->memory: its watches and queued output.
         text = writer.request(w.XS_CONTROL, strings("quota", "5")).payload.decode()
         memory = int(text.split("memory")[1].split(":")[1].split()[0])
-        assert memory == lazy_stats.queued
+        watches = sum(len("/local") + len(f"{i}" + "x" * 3000) for i in range(4))
+        assert memory == daemon.store.memory_used(5) == lazy_stats.queued + watches
     finally:
         writer.close()
         lazy.close()

@@ -565,3 +565,21 @@ def encode_req(type_: int, payload: bytes) -> bytes:
     from xenpci.xenstore.wire import encode
 
     return encode(type_, 1, 0, payload)
+
+
+def test_machine_asks_its_hypervisor_which_domains_run() -> None:
+    """§2.12 in the machine: its store asks the hypervisor, so a SET_PERMS owned by
+    a domain that is not running is ENOENT, and one by a running guest is taken."""
+    from xenpci.toolstack.machine import Machine
+
+    m = Machine(deterministic=True)
+    try:
+        domid = m.start_guest("g", 64 * 1024, boot=False)
+        m.xs.write("/sp", "v")
+        with pytest.raises(XsError) as exc:
+            m.xs.set_perms("/sp", Perms.of(f"n{domid + 40}"))
+        assert exc.value.code == "ENOENT"
+        m.xs.set_perms("/sp", Perms.of(f"n{domid}"))
+        assert m.xs.get_perms("/sp") == Perms.of(f"n{domid}")
+    finally:
+        m.shutdown()

@@ -14,7 +14,10 @@ Public API (other layers use only these names):
   store lock, when events are queued by other connections),
   ``Connection.close()``, ``.queued`` (frames not yet taken),
   ``.dropped_events`` (duplicates and over-quota events the store dropped),
-  ``.can_read()`` (C's memory rule of ``domain_can_read``);
+  ``.can_read()`` (C's ``domain_can_read`` quota rules); a transport sets
+  ``Connection.sink`` (non-blocking writer: bytes in, count taken out) and
+  then output waits in the connection (``.out_bytes``, ``.outstanding``)
+  until ``flush()`` or the end of a request hands it over;
   ``.introduce_domain(domid, gfn=0, evtchn=1)``, ``.release_domain(domid)``,
   ``.is_introduced(domid)``, ``.memory_used(domid)`` (C 4.17's count).
 * :class:`xenpci.xenstore.server.XenstoredServer` ``(store, socket_path,

@@ -19,8 +19,9 @@ Deliberate differences:
 * ``live-update`` keeps C's session rules and texts (``-f`` checks the file,
   ``-c``, ``-a``), but ``-s`` cannot replace this daemon's code: it ends the
   session and answers with a text saying so, where C would exec the new binary.
-* Transports report what they hold per domain (:func:`add_usage`), which
-  ``quota <domid>`` shows as ``outstanding`` and ``memory``.
+* ``quota <domid>`` shows ``memory`` as C counts ``domain->memory`` (nodes,
+  watches, transactions, queued output) and ``outstanding`` as the replies
+  the domain's connections have not yet had written to their peers.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import os
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from xenpci.xenstore.errors import XsError
@@ -57,8 +58,6 @@ SOFT_QUOTAS: dict[str, str] = {"memory": "Total Xenstore memory per domain (warn
 SOFT_MEMORY_DEFAULT = 2097152  # quota_memory_per_domain_soft, 2 MB
 LU_DEFAULT_TIMEOUT = 60
 
-UsageHook = Callable[[int], dict[str, int]]
-
 
 @dataclass(slots=True)
 class _LiveUpdate:
@@ -75,7 +74,6 @@ class _State:
     logfile: str | None = None
     logging: bool = True
     live_update: _LiveUpdate | None = None
-    usage: list[UsageHook] = field(default_factory=list)
 
 
 _STATES: weakref.WeakKeyDictionary[XenStore, _State] = weakref.WeakKeyDictionary()
@@ -91,17 +89,6 @@ def _state(store: XenStore) -> _State:
 def configure(store: XenStore, files_dir: str | None) -> None:
     """Let ``logfile``/``memreport`` write inside ``files_dir`` (None: nowhere)."""
     _state(store).files_dir = os.path.realpath(files_dir) if files_dir is not None else None
-
-
-def add_usage(store: XenStore, hook: UsageHook) -> None:
-    """A transport's per-domain counters (``outstanding``, ``memory``) for ``quota <domid>``."""
-    _state(store).usage.append(hook)
-
-
-def remove_usage(store: XenStore, hook: UsageHook) -> None:
-    st = _state(store)
-    if hook in st.usage:
-        st.usage.remove(hook)
 
 
 def c_atoi(raw: bytes | str) -> int:
@@ -289,12 +276,16 @@ def _usage(store: XenStore, domid: int) -> dict[str, int]:
     nodes = store.tree.owned.get(domid, 0)
     watches = store.domain_watch_count.get(domid, 0)
     trans = sum(len(c.transactions) for c in store.connections if c.domid == domid)
-    usage = {"nodes": nodes, "watches": watches, "transactions": trans}
-    usage["outstanding"] = usage["memory"] = 0
-    for hook in _state(store).usage:
-        for key, value in hook(domid).items():
-            usage[key] = usage.get(key, 0) + value
-    return usage
+    outstanding = sum(c.outstanding for c in store.connections if c.domid == domid)
+    # C domain->memory: nodes, watches, transactions and the output queued for
+    # its connections (every transport's queue is the store connection's).
+    return {
+        "nodes": nodes,
+        "watches": watches,
+        "transactions": trans,
+        "outstanding": outstanding,
+        "memory": store.memory_used(domid),
+    }
 
 
 def _usage_line(store: XenStore, domid: int) -> str:

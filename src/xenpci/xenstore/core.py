@@ -40,6 +40,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice as _islice
 
 from xenpci.abi import xs_wire as w
 from xenpci.trace import Trace
@@ -68,6 +69,8 @@ OK = b"OK\0"
 # C DEFAULT_BUFFER_SIZE: replies up to this size are queued without a quota check.
 DEFAULT_BUFFER_SIZE = 16
 _HDR = HEADER.size
+# Bytes of queued frames handed to one sink call.
+_PUSH_CHUNK = 64 * 1024
 # perm_for_conn's bits (xenstore_lib.h).
 P_READ = 1
 P_WRITE = 2
@@ -134,11 +137,21 @@ class Connection:
         self.closed = False
         self.close_reason = ""
         self.notify: Callable[[], None] | None = None
+        #: Set by a ring or socket transport: hands bytes to the peer without
+        #: blocking and returns how many it took. Output then stays queued here
+        #: (C's ``out_list``) until the sink has taken it; without a sink the
+        #: in-process caller takes each frame as it is queued (feed's result,
+        #: take_output).
+        self.sink: Callable[[bytes], int] | None = None
         self._decoder = FrameDecoder()
         self._out: deque[bytes] = deque()
+        # Bytes of the head frame the sink already took (C writes frames in parts).
+        self._sent = 0
         # Watch events still queued (C scans its out_list for duplicates).
         self._queued_events: dict[bytes, int] = {}
         self.out_bytes = 0
+        #: Replies queued and not yet wholly handed to the peer (C ``nboutstanding``).
+        self.outstanding = 0
         # Watch events send_event dropped for this connection: identical to one
         # still queued (XSA-326), or past the domain's memory quota.
         self.dropped_events = 0
@@ -169,7 +182,7 @@ class Connection:
             if self._decoder.error is not None:
                 # Frames before the bad header were answered; now drop the peer.
                 store._close(self, str(self._decoder.error))
-            return self._take()
+            return [] if self.sink is not None else self._take()
         finally:
             store._feeding = outer
             store._leave()
@@ -183,6 +196,19 @@ class Connection:
         finally:
             store._leave()
 
+    def flush(self) -> bool:
+        """Hand queued output to the sink as far as it takes it (C ``handle_output``).
+
+        A transport calls this when its peer has made room; True if the sink
+        took anything.
+        """
+        store = self.store
+        store._enter()
+        try:
+            return self._push()
+        finally:
+            store._leave()
+
     def close(self, reason: str = "closed") -> None:
         """Drop the connection: its watches, open transactions and queued output go with it."""
         store = self.store
@@ -193,11 +219,25 @@ class Connection:
             store._leave()
 
     def can_read(self) -> bool:
-        """C ``domain_can_read``'s memory rule: a domain at its hard memory quota is not read."""
+        """C ``domain_can_read``'s quota rules (unprivileged only).
+
+        Not read while ``outstanding`` replies are unsent or the domain is at
+        its hard memory quota. Deliberate difference: C counts outstanding
+        requests per domain and also until the watch events a request caused
+        are delivered; here per connection, until its own reply is sent.
+        """
         if self.privileged:
             return True
-        hard = self.store.quotas["memory"]
+        q = self.store.quotas
+        if self.outstanding >= q["outstanding"]:
+            return False
+        hard = q["memory"]
         return not hard or self.store.memory_used(self.domid) < hard
+
+    @property
+    def head_sent(self) -> int:
+        """Bytes of the oldest queued frame the sink already took."""
+        return self._sent
 
     @property
     def queued(self) -> int:
@@ -213,6 +253,7 @@ class Connection:
         out = list(self._out)
         self._out.clear()
         self._queued_events.clear()
+        self._sent = self.outstanding = 0
         if self.out_bytes:
             self.store._charge(self.domid, -self.out_bytes)
             self.out_bytes = 0
@@ -221,7 +262,58 @@ class Connection:
     def _queue_reply(self, data: bytes) -> None:
         self._out.append(data)
         self.out_bytes += len(data)
+        self.outstanding += 1  # send_reply: domain_outstanding_inc
         self.store._charge(self.domid, len(data))
+        if self.sink is not None:
+            self.store._to_push[self.seq] = self
+
+    def _push(self) -> bool:
+        """Give the sink what it takes, oldest first; drop what it took from the queue."""
+        sink, out = self.sink, self._out
+        if sink is None or not out:
+            return False
+        wrote = False
+        while out:
+            head = out[0]
+            if len(out) == 1 or len(head) >= _PUSH_CHUNK:
+                data = head[self._sent :] if self._sent else head
+            else:
+                # Several frames per call: a pipelining client gets its
+                # replies without a system call each.
+                parts = [head[self._sent :] if self._sent else head]
+                size = len(parts[0])
+                for frame in _islice(out, 1, None):
+                    parts.append(frame)
+                    size += len(frame)
+                    if size >= _PUSH_CHUNK:
+                        break
+                data = b"".join(parts)
+            n = sink(data)
+            if not n:
+                break
+            wrote = True
+            done = self._sent + n
+            freed = 0
+            events = self._queued_events
+            while out and done >= len(out[0]):
+                frame = out.popleft()
+                done -= len(frame)
+                freed += len(frame)
+                if frame[0] == w.XS_WATCH_EVENT and frame[1:4] == b"\0\0\0":
+                    left = events.get(frame, 0) - 1
+                    if left > 0:
+                        events[frame] = left
+                    else:
+                        events.pop(frame, None)
+                else:
+                    self.outstanding -= 1  # free_buffered_data: domain_outstanding_dec
+            self._sent = done
+            if freed:
+                self.out_bytes -= freed
+                self.store._charge(self.domid, -freed)
+            if n < len(data):
+                break  # the peer is full
+        return wrote
 
     def queue(self, data: bytes) -> None:
         """Queue a reply frame built by a handler itself (WATCH's ack)."""
@@ -260,6 +352,8 @@ class XenStore:
         self.lock = threading.RLock()
         self._depth = 0
         self._to_notify: dict[int, Connection] = {}
+        # Connections with a sink and new output: pushed once the request is done.
+        self._to_push: dict[int, Connection] = {}
         self._feeding: Connection | None = None
         self._hooks: list[Callable[[], None]] = []
         # Cross-domain record: one "xenstore_request" per request, on the control plane.
@@ -315,6 +409,14 @@ class XenStore:
         if self._depth:
             self.lock.release()
             return
+        if self._to_push:
+            # As C's main loop writes each connection's output once the request
+            # that queued it is handled: an event is a duplicate only of one
+            # the peer could not take yet.
+            for c in self._to_push.values():
+                if not c.closed:
+                    c._push()
+            self._to_push.clear()
         conns = list(self._to_notify.values())
         self._to_notify.clear()
         hooks, self._hooks = self._hooks, []
@@ -741,7 +843,9 @@ class XenStore:
         conn.out_bytes += len(data)
         self._charge(conn.domid, len(data))
         if not special:
-            conn._queued_events[data] = 1
+            conn._queued_events[data] = conn._queued_events.get(data, 0) + 1
+        if conn.sink is not None:
+            self._to_push[conn.seq] = conn
         if conn is not self._feeding:  # a feeding connection gets its output returned
             self._to_notify[conn.seq] = conn
 
@@ -783,6 +887,12 @@ class XenStore:
         # longer counts against the domain.
         self._charge(conn.domid, -conn.out_bytes)
         conn.out_bytes = 0
+        if conn.sink is not None:
+            # Nothing more reaches the peer (C frees its out_list with it).
+            conn.sink = None
+            conn._out.clear()
+            conn._queued_events.clear()
+            conn._sent = conn.outstanding = 0
         if conn in self.connections:
             self.connections.remove(conn)
 

@@ -17,19 +17,16 @@ field carries that grant reference (Xen's toolstack reserves grant entry
 The event channel is the guest's unbound port, bound by xenstored as in Xen.
 xenstored's side follows C's ``handle_input``/``handle_output`` and
 ``domain_can_read`` for an unprivileged guest: it takes one request at a time
-off the ring and stops taking them while the domain has ``outstanding``
-(quota, C default 20) replies queued but not yet wholly written to the ring,
-or while what it holds for the guest reaches the ``memory`` quota. A watch
-event identical to one still queued for the guest is dropped (XSA-326), and
-one that would take the queue past the ``memory`` quota is dropped as C's
-``send_event`` drops it. So a guest that floods requests or never reads its
-ring holds at most 20 replies plus that quota of events in dom0. Deliberate
-differences: C charges queued output to the domain's memory together with its
-nodes and watches; here the transport bounds only what it holds itself. And a
-request is outstanding until its own reply is on the ring; C also keeps it
-outstanding until the watch events it caused are delivered to the watchers.
-To keep one busy guest from holding dom0's vCPU, one service pass handles at
-most ``_BATCH`` requests and then queues itself behind the other work.
+off the ring and stops taking them while ``Connection.can_read`` says no
+(``outstanding`` replies unsent, C default 20, or the domain at its memory
+quota). Output is queued in the store's connection (C's ``out_list``, where
+identical events are dropped and queued bytes count against the domain's
+memory); the channel is that connection's sink and writes what fits on the
+rsp ring, once per request as C's main loop does. So a guest that floods
+requests or never reads its ring holds at most 20 replies plus its memory
+quota of events in dom0. To keep one busy guest from holding dom0's vCPU, one
+service pass handles at most ``_BATCH`` requests and then queues itself
+behind the other work.
 
 Guest-side requests block for their reply, so they must not be issued from
 the guest's own vCPU thread (where the event upcall runs). Closing the guest's
@@ -44,13 +41,11 @@ import contextlib
 import queue
 import struct
 import threading
-from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from xenpci.abi import xs_wire as w
-from xenpci.xenstore import control
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XenstoreError
 from xenpci.xenstore.wire import HEADER, HEADER_SIZE, Frame, FrameDecoder
 
@@ -136,7 +131,11 @@ def ring_write(buf: memoryview, data: int, prod_off: int, cons_off: int, src: by
 
 @dataclass(slots=True)
 class _Channel:
-    """xenstored's state for one guest ring (``struct connection`` + ``struct domain``)."""
+    """xenstored's state for one guest ring (``struct connection`` + ``struct domain``).
+
+    Output waits in the store connection's queue (C's ``out_list``); the
+    connection's sink writes it onto the rsp ring as far as it fits.
+    """
 
     domid: int
     mapping: GrantMapping
@@ -144,22 +143,28 @@ class _Channel:
     conn: Connection
     #: The request being read: never more than one frame (C's ``conn->in``).
     inbuf: bytearray = field(default_factory=bytearray)
-    #: Frames queued for the rsp ring, oldest first (C's ``out_list``); ``sent``
-    #: bytes of the head are already on the ring.
-    out: deque[bytes] = field(default_factory=deque)
-    sent: int = 0
-    #: Bytes in ``out``: what this transport holds for the guest.
-    queued: int = 0
-    #: Watch events in ``out`` (for dropping identical ones, XSA-326).
-    events: Counter[bytes] = field(default_factory=Counter)
-    #: Replies queued and not yet wholly on the ring (C ``nboutstanding``).
-    outstanding: int = 0
-    #: Requests taken off the ring, and events dropped (identical, or over quota).
+    #: Requests taken off the ring.
     requests: int = 0
-    dropped_events: int = 0
+    #: Bytes went onto the rsp ring since the guest was last kicked.
+    wrote: bool = False
+    #: The guest broke its rsp indexes while we wrote (XENSTORE_ERROR_RINGIDX).
+    broken: bool = False
     #: A service pass is queued on dom0's vCPU (coalesces notifications).
     scheduled: bool = False
     dead: bool = False
+
+    def sink(self, data: bytes) -> int:
+        """The connection's sink: what fits on the rsp ring (called under the store lock)."""
+        if self.dead or self.broken:
+            return 0
+        try:
+            n = ring_write(self.mapping.view, RSP, RSP_PROD, RSP_CONS, data)
+        except RingIndexError:
+            self.broken = True  # the next service pass cuts the guest off
+            return 0
+        if n:
+            self.wrote = True
+        return n
 
 
 def _frame_need(inbuf: bytearray) -> int:
@@ -187,14 +192,6 @@ class XenstoredRings:
         self.channels: dict[int, _Channel] = {}
         store.on_introduce = self._introduce
         store.on_release = self._release
-        control.add_usage(store, self.usage)
-
-    def usage(self, domid: int) -> dict[str, int]:
-        """What this transport holds for ``domid``: CONTROL ``quota <domid>`` shows it."""
-        ch = self.channels.get(domid)
-        if ch is None:
-            return {}
-        return {"outstanding": ch.outstanding, "memory": ch.queued}
 
     def _introduce(self, dom: Domain) -> None:
         mapping = self.hc.gnttab_map_grant_ref(dom.domid, dom.gfn, False)
@@ -206,6 +203,7 @@ class XenstoredRings:
         _put(buf, CONNECTION, w.XENSTORE_CONNECTED)
         _put(buf, ERROR, w.XENSTORE_ERROR_NONE)
         self.channels[dom.domid] = ch
+        conn.sink = ch.sink
         # Events queued by other connections: service this ring on dom0's vCPU.
         conn.notify = lambda: self._post(ch)
         self.hc.evtchn_set_handler(port, lambda _port: self._service(ch))
@@ -235,79 +233,14 @@ class XenstoredRings:
             self.hc.gnttab_unmap_grant_ref(ch.mapping.handle)
 
     def _clear(self, ch: _Channel) -> None:
-        ch.out.clear()
-        ch.events.clear()
         ch.inbuf.clear()
-        ch.sent = ch.queued = ch.outstanding = 0
+        ch.conn.close("domain released")
 
     def _fail(self, ch: _Channel, error: int) -> None:
         _put(ch.mapping.view, ERROR, error)
         ch.dead = True
-        self._clear(ch)
+        ch.inbuf.clear()
         ch.conn.close("ring error")
-
-    # -- output queue ---------------------------------------------------------------
-    def _enqueue(self, ch: _Channel, frame: bytes) -> None:
-        if frame[0] == w.XS_WATCH_EVENT and frame[1:4] == b"\0\0\0":
-            # send_event: an event identical to one still queued is dropped
-            # (special @ events excepted), and one the domain has no memory
-            # quota left for is dropped too; neither is an error to anyone.
-            special = frame[HEADER_SIZE : HEADER_SIZE + 1] == b"@"
-            if not special and ch.events[frame]:
-                ch.dropped_events += 1
-                return
-            if not ch.conn.privileged and ch.queued + len(frame) >= self.store.quotas["memory"]:
-                ch.dropped_events += 1
-                return
-            ch.events[frame] += 1
-        else:
-            ch.outstanding += 1  # send_reply: domain_outstanding_inc
-        ch.out.append(frame)
-        ch.queued += len(frame)
-
-    def _output(self, ch: _Channel, buf: memoryview, frames: list[bytes]) -> bool:
-        """Queue ``frames`` and write what fits; True if anything reached the ring.
-
-        Each frame is offered to the ring before the next is queued, as C
-        writes each one out in the pass that queued it: an event counts as a
-        duplicate only of one still waiting, not of one already on the ring,
-        however many arrived before this pass ran.
-        """
-        wrote = False
-        for frame in frames:
-            self._enqueue(ch, frame)
-            wrote = self._write_out(ch, buf) or wrote
-        return wrote
-
-    def _write_out(self, ch: _Channel, buf: memoryview) -> bool:
-        """handle_output: as much of the queue as the rsp ring takes; True if any."""
-        wrote = False
-        out = ch.out
-        while out:
-            head = out[0]
-            n = ring_write(buf, RSP, RSP_PROD, RSP_CONS, head[ch.sent :] if ch.sent else head)
-            if n:
-                wrote = True
-            ch.sent += n
-            if ch.sent < len(head):
-                break
-            out.popleft()
-            ch.sent = 0
-            ch.queued -= len(head)
-            if head[0] == w.XS_WATCH_EVENT and head[1:4] == b"\0\0\0":
-                ch.events[head] -= 1
-                if not ch.events[head]:
-                    del ch.events[head]
-            else:
-                ch.outstanding -= 1  # free_buffered_data: domain_outstanding_dec
-        return wrote
-
-    def _can_read(self, ch: _Channel) -> bool:
-        """domain_can_read's quota checks (unprivileged guests only)."""
-        if ch.conn.privileged:
-            return True
-        q = self.store.quotas
-        return ch.outstanding < q["outstanding"] and ch.queued < q["memory"]
 
     def _service(self, ch: _Channel) -> None:
         """``handle_input`` + ``handle_output`` for one ring (on dom0's vCPU)."""
@@ -315,15 +248,13 @@ class XenstoredRings:
         if ch.dead:
             return
         buf = ch.mapping.view
+        conn = ch.conn
         kick = False
+        taken = 0
         try:
-            with self.store.lock:
-                pending = ch.conn.take_output()
-            kick = self._output(ch, buf, pending)
-            taken = 0
-            while True:
-                kick = self._write_out(ch, buf) or kick
-                if taken >= _BATCH or not self._can_read(ch):
+            conn.flush()  # the guest may have made room on rsp
+            while not ch.broken:
+                if taken >= _BATCH or not conn.can_read():
                     break
                 need = _frame_need(ch.inbuf)
                 if need:
@@ -338,17 +269,21 @@ class XenstoredRings:
                 ch.inbuf.clear()
                 taken += 1
                 ch.requests += 1
-                replies = ch.conn.feed(frame)
-                if ch.conn.closed:
+                conn.feed(frame)  # the reply goes to the sink (or waits in the queue)
+                if conn.closed:
                     self._fail(ch, w.XENSTORE_ERROR_PROTO)
                     self.hc.evtchn_send(ch.port)
                     return
-                kick = self._output(ch, buf, replies) or kick
         except RingIndexError:
+            ch.broken = True
+        if ch.broken:
             self._fail(ch, w.XENSTORE_ERROR_RINGIDX)
             return
         if taken >= _BATCH:
             self._post(ch)  # more may be waiting: after the other queued work
+        if ch.wrote:
+            ch.wrote = False
+            kick = True
         if kick:
             self.hc.evtchn_send(ch.port)
 

@@ -1,25 +1,25 @@
 """The xenstored Unix-socket transport: a thin shell around :class:`XenStore`.
 
-Models the socket side of C xenstored (``init_sockets``, ``accept_connection``,
-``handle_input``, ``handle_output``): it listens on ``XENSTORED_PATH``-style
-sockets, treats each peer as dom0 (privileged), and serves many clients from
-one thread with a selector. A frame with ``len`` > 4096 closes that
-connection alone. A failed ``accept()`` (EMFILE, ENFILE...) ends nothing: the
-listeners rest until a client goes away or ``ACCEPT_RETRY`` seconds pass (C
-simply returns to its poll loop, and spins while the fds stay exhausted).
+Models the socket side of C xenstored (``init_sockets``,
+``accept_connection``, ``handle_input``, ``handle_output``): it listens on
+``XENSTORED_PATH``-style sockets, treats each peer as dom0 (privileged), and
+serves many clients from one thread with a selector. A frame with ``len`` >
+4096 closes that connection alone. A failed ``accept()`` (EMFILE, ENFILE...)
+ends nothing: the listeners rest until a client goes away or ``ACCEPT_RETRY``
+seconds pass (C simply returns to its poll loop, and spins while the fds stay
+exhausted).
 
-Output to each client is a queue of whole frames (C's ``out_list``): a watch
-event identical to one still queued is dropped (``send_event``, XSA-326).
-Unprivileged peers are bounded as C bounds a domain: events that would take
-the queue to the ``memory`` quota are dropped, and their requests are not read
-while ``outstanding`` replies are unsent or the queue is at that quota
-(``domain_can_read``). Deliberate differences: C sets no bound at all for a
-dom0 client; here a privileged client whose queue exceeds ``backlog_max``
-bytes (it does not read while events keep coming) is disconnected, so it
-cannot grow the daemon without bound. Also an optional read-only socket
-(writes get EROFS, as 4.15+ would if it still had one) and "domain sockets"
-whose peers act as an unprivileged domain, a test hook so permissions and
-quotas can be driven by the stock CLI.
+Output to each client waits in its store connection's queue (C's ``out_list``,
+where identical events are dropped, XSA-326); the client's socket is that
+connection's sink (a non-blocking ``send``). Unprivileged peers are bounded as
+C bounds a domain: their requests are not read while ``Connection.can_read``
+says no (``domain_can_read``). Deliberate differences: C sets no bound at all
+for a dom0 client; here a privileged client whose queue exceeds
+``backlog_max`` bytes (it does not read while events keep coming) is
+disconnected, so it cannot grow the daemon without bound. Also an optional
+read-only socket (writes get EROFS, as 4.15+ would if it still had one) and
+"domain sockets" whose peers act as an unprivileged domain, a test hook so
+permissions and quotas can be driven by the stock CLI.
 """
 
 from __future__ import annotations
@@ -32,44 +32,41 @@ import selectors
 import socket
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from xenpci.abi import xs_wire as w
-from xenpci.xenstore import control
 from xenpci.xenstore.core import Connection, XenStore
-from xenpci.xenstore.wire import HEADER_SIZE
 
 _log = logging.getLogger("xenpci.xenstored")
 #: Default bound on what a privileged client may leave unread (see the docstring).
 BACKLOG_MAX = 16 * 1024 * 1024
 #: How long listeners rest after accept() ran out of fds, if no client goes first.
 ACCEPT_RETRY = 0.5
-#: Bytes of queued frames handed to one send().
-_SEND_CHUNK = 64 * 1024
 #: sizeof(struct sockaddr_un.sun_path) on Linux, the terminating NUL included.
 SUN_PATH_MAX = 108
 #: accept() errors that mean "no fd for now": the listener rests, the server goes on.
 _ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-def _is_event(frame: bytes) -> bool:
-    return frame[0] == w.XS_WATCH_EVENT and frame[1:4] == b"\0\0\0"
-
-
 @dataclass(slots=True)
 class _Client:
     sock: socket.socket
     conn: Connection
-    #: Frames queued for the peer, oldest first; ``sent`` bytes of the head are gone.
-    out: deque[bytes] = field(default_factory=deque)
-    sent: int = 0
-    queued: int = 0  # bytes in ``out``
-    events: Counter[bytes] = field(default_factory=Counter)  # events in ``out``
-    outstanding: int = 0  # replies in ``out``
-    dropped_events: int = 0
     mask: int = selectors.EVENT_READ  # what the selector watches for this client
+    #: send() failed (the peer is gone): dropped by the serving thread.
+    broken: bool = False
+
+    def sink(self, data: bytes) -> int:
+        """The connection's sink (called under the store lock, from any thread)."""
+        if self.broken:
+            return 0
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            self.broken = True
+            return 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +124,6 @@ class XenstoredServer:
         self.accept_failures = 0
         self._told_exhausted = False
         self.overflow_drops = 0
-        control.add_usage(store, self.usage)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -166,7 +162,6 @@ class XenstoredServer:
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
-        control.remove_usage(self.store, self.usage)
 
     def _close_listeners(self) -> None:
         for lst in self._listeners:
@@ -195,20 +190,14 @@ class XenstoredServer:
 
     def stats(self) -> list[ClientStats]:
         """Every connected client's queue, in accept order."""
-        return [
-            ClientStats(c.conn.domid, c.queued, c.outstanding, c.dropped_events)
-            for c in list(self._clients.values())
-        ]
-
-    def usage(self, domid: int) -> dict[str, int]:
-        """What this server holds for ``domid``'s clients (CONTROL ``quota <domid>``)."""
-        mine = [st for st in self.stats() if st.domid == domid]
-        if not mine:
-            return {}
-        return {
-            "outstanding": sum(st.outstanding for st in mine),
-            "memory": sum(st.queued for st in mine),
-        }
+        # Under the store lock: a send and the count of what it took are one step.
+        with self.store.lock:
+            return [
+                ClientStats(
+                    c.conn.domid, c.conn.out_bytes, c.conn.outstanding, c.conn.dropped_events
+                )
+                for c in list(self._clients.values())
+            ]
 
     # -- internals ---------------------------------------------------------------
     def _bind(self, path: str, domid: int, readonly: bool) -> None:
@@ -270,11 +259,8 @@ class XenstoredServer:
             for fd in dirty:
                 client = self._clients.get(fd)
                 if client is not None:
-                    with self.store.lock:
-                        frames = client.conn.take_output()
                     try:
-                        if self._queue(client, frames):
-                            self._flush(client)
+                        self._flush(client)
                     except Exception as e:  # as above
                         _log.error("xenstored: dropped a client after %r", e)
                         self._drop(client)
@@ -308,6 +294,7 @@ class XenstoredServer:
                 self._wake()
 
         conn.notify = notify
+        conn.sink = client.sink
         self._clients[fd] = client
         self._sel.register(sock, selectors.EVENT_READ, client)
 
@@ -338,98 +325,22 @@ class XenstoredServer:
         if not data:
             self._drop(client)
             return
-        out = client.conn.feed(data)
+        client.conn.feed(data)  # replies go to the sink, or wait in the queue
         if client.conn.closed:
             # Framing violation: C drops the connection without a reply.
             self._drop(client)
             return
-        if self._queue(client, out):
-            self._flush(client)
-
-    def _queue(self, client: _Client, frames: list[bytes]) -> bool:
-        """Add output to the client's queue (``send_reply``/``send_event``).
-
-        An event counts as a duplicate only of one still queued, not of one
-        the peer already has (C writes each out in the pass that queued it),
-        so before dropping one the queue is sent as far as the socket takes.
-        False if the client was dropped on the way.
-        """
-        unprivileged = not client.conn.privileged
-        memory = self.store.quotas["memory"]
-        for frame in frames:
-            if _is_event(frame):
-                special = frame[HEADER_SIZE : HEADER_SIZE + 1] == b"@"
-                for attempt in (0, 1):
-                    dup = not special and client.events[frame] > 0
-                    full = unprivileged and client.queued + len(frame) >= memory
-                    if not (dup or full) or attempt or not client.out:
-                        break
-                    if not self._send(client):
-                        return False
-                if dup or full:
-                    # An identical event is still queued (XSA-326), or the
-                    # domain has no memory quota left for it: dropped, as C does.
-                    client.dropped_events += 1
-                    continue
-                client.events[frame] += 1
-            else:
-                client.outstanding += 1
-            client.out.append(frame)
-            client.queued += len(frame)
-        return True
-
-    def _can_read(self, client: _Client) -> bool:
-        if client.conn.privileged:
-            return True
-        q = self.store.quotas
-        return client.outstanding < q["outstanding"] and client.queued < q["memory"]
-
-    def _send(self, client: _Client) -> bool:
-        """Send queued frames while the socket takes them; False if the client was dropped."""
-        out = client.out
-        while out:
-            if len(out) == 1:
-                data = out[0]
-            else:
-                # Several frames per send(): a pipelining client gets its
-                # replies without a system call each.
-                parts: list[bytes] = []
-                size = 0
-                for frame in out:
-                    parts.append(frame)
-                    size += len(frame)
-                    if size >= _SEND_CHUNK:
-                        break
-                data = b"".join(parts)
-            view = memoryview(data)[client.sent :] if client.sent else data
-            try:
-                n = client.sock.send(view)
-            except (BlockingIOError, InterruptedError):
-                return True
-            except OSError:
-                self._drop(client)
-                return False
-            done = client.sent + n
-            while out and done >= len(out[0]):
-                head = out.popleft()
-                done -= len(head)
-                client.queued -= len(head)
-                if _is_event(head):
-                    client.events[head] -= 1
-                    if not client.events[head]:
-                        del client.events[head]
-                else:
-                    client.outstanding -= 1
-            client.sent = done
-            if n < len(view):
-                return True  # the socket is full
-        return True
+        self._flush(client)
 
     def _flush(self, client: _Client) -> None:
-        if not self._send(client):
+        """Send what is queued, then watch the socket for what must happen next."""
+        conn = client.conn
+        if conn.out_bytes:
+            conn.flush()
+        if client.broken:
+            self._drop(client)
             return
-        out = client.out
-        if client.conn.privileged and client.queued > self.backlog_max:
+        if conn.privileged and conn.out_bytes > self.backlog_max:
             # It does not read while events keep coming: C would hold them all.
             self.overflow_drops += 1
             self._drop(client)
@@ -438,8 +349,8 @@ class XenstoredServer:
         # epoll_ctl per request would cost as much as the request itself.
         # A client whose input is not read is still watched for writability,
         # which also reports its hang-up.
-        mask = (selectors.EVENT_READ if self._can_read(client) else 0) | (
-            selectors.EVENT_WRITE if out else 0
+        mask = (selectors.EVENT_READ if conn.can_read() else 0) | (
+            selectors.EVENT_WRITE if conn.out_bytes else 0
         )
         if mask != client.mask:
             old, client.mask = client.mask, mask
@@ -456,8 +367,6 @@ class XenstoredServer:
         self._clients.pop(fd, None)
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(client.sock)
+        client.conn.close("peer gone")  # first: no thread sends on the closed socket
         client.sock.close()
-        client.conn.close("peer gone")
-        client.out.clear()
-        client.events.clear()
         self._resume_listeners()  # an fd is free again

@@ -31,29 +31,6 @@ class Known:
 
 
 EXCEPTIONS: dict[str, Known] = {
-    "control-help": Known(
-        "xfail",
-        "issue 14 §2.14: CONTROL help lists live-update with its parameters and 'help' without one",
-    ),
-    "control-args": Known(
-        "xfail",
-        "issue 14 §2.14: 'help x', 'check x' and 'logfile' without a file are EINVAL in C",
-    ),
-    "control-quota-text": Known(
-        "xfail", "issue 14 §2.14: C's quota order and descriptions (quota, quota-soft)"
-    ),
-    "control-atoi": Known("xfail", "issue 14 §2.14: 'quota x' is atoi('x') = domain 0 in C"),
-    "control-quota-soft-set": Known(
-        "xfail", "issue 14 §2.14: 'quota-soft set memory N' is accepted by C"
-    ),
-    "control-live-update": Known(
-        "xfail", "issue 14 §2.14: 'live-update -a' answers 'No live-update session active.'"
-    ),
-    "memory-accounting": Known(
-        "xfail",
-        "issue 14 §3: C counts a domain's memory (nodes, watches, transactions, "
-        "queued output): 'quota 0' shows 132 bytes for the 3 initial nodes; ours 0",
-    ),
     # Found by this oracle, not listed in issue 14 §2 (reported to the coordinator).
     "extra-args": Known(
         "xfail",
