@@ -1,7 +1,7 @@
 """Every known difference between ours and the oracle, named, with its reason.
 
-``xfail`` entries are differences issue 14 §2 says we must close (being fixed
-on branch xs-core): the tests are ``xfail(strict=True)``, so they turn into
+``xfail`` entries are differences we must still close (none is left: issue
+14 §2 is closed): the tests are ``xfail(strict=True)``, so they turn into
 failures the moment ours matches, and the entry must then be deleted.
 ``skip`` entries are the oracle's own bugs that we do not copy; the test is
 skipped with the reason, and test_oracle_harness.py asserts that the bug is
@@ -31,16 +31,16 @@ class Known:
 
 
 EXCEPTIONS: dict[str, Known] = {
-    # Found by this oracle, not listed in issue 14 §2 (reported to the coordinator).
-    "extra-args": Known(
-        "xfail",
-        "new: C answers READ with two NUL-terminated arguments ENOENT (onearg() "
-        "fails and nothing is found); ours: EINVAL",
-    ),
-    "mkdir-extra-args": Known(
-        "xfail", "new: C answers MKDIR with two arguments ENOMEM; ours: EINVAL"
-    ),
     # The oracle's own bugs: not copied.
+    "c-stale-errno": Known(
+        "skip",
+        "C bug: a one-argument op (READ, MKDIR, RM, DIRECTORY...) given two "
+        "NUL-terminated arguments gets NULL from onearg() and answers with "
+        "whatever errno an earlier call left: ENOENT after a lookup, EINVAL "
+        "after an EINVAL, EAGAIN on a guest's ring (its event channel read); "
+        "MKDIR and RM turn a stale ENOENT into ENOMEM. Not a rule a client can "
+        "rely on; ours answers EINVAL as onearg() intends",
+    ),
     "c-no-nul": Known(
         "skip",
         "C bug: READ/DIRECTORY without the trailing NUL read the request "

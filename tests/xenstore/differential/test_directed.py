@@ -13,7 +13,7 @@ import pytest
 from xenpci.abi import xs_wire as w
 
 from .exceptions import known
-from .scenario import Close, Hold, Introduce, Op, Raw, Step, Tx, compare, frame, op
+from .scenario import Close, Hold, Introduce, Op, Raw, Step, Tx, compare, frame, op, run
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -638,14 +638,23 @@ def test_one_arg_without_its_nul() -> None:
     compare([Op("a", R, b"/no-nul"), Op("a", R, b""), Op("a", LS, b"/")])
 
 
-@known("extra-args")
+@known("c-stale-errno")
 def test_one_arg_op_with_extra_arguments() -> None:
     compare([op("a", W, "/two", b"v"), Op("a", R, b"/two\0nuls\0")])
 
 
-@known("mkdir-extra-args")
+@known("c-stale-errno")
 def test_mkdir_with_two_arguments() -> None:
     compare([Op("a", MK, b"/a\0b\0")])
+
+
+def test_one_arg_ops_with_extra_arguments_are_einval_here() -> None:
+    """What ours answers where C's answer is a stale errno ("c-stale-errno")."""
+    got = run(
+        "ours",
+        [Op("a", t, b"/a\0b\0") for t in (R, MK, RM, LS, w.XS_GET_PERMS)],
+    )
+    assert [line.split("b'")[-1] for line in got] == ["EINVAL\\x00'"] * 5
 
 
 def test_introduce_numbers_parsed_like_atoi() -> None:
