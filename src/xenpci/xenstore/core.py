@@ -69,6 +69,8 @@ OK = b"OK\0"
 # C DEFAULT_BUFFER_SIZE: replies up to this size are queued without a quota check.
 DEFAULT_BUFFER_SIZE = 16
 _HDR = HEADER.size
+# Validated absolute paths remembered (the table is emptied when full).
+_PATH_CACHE = 4096
 # Bytes of queued frames handed to one sink call.
 _PUSH_CHUNK = 64 * 1024
 # perm_for_conn's bits (xenstore_lib.h).
@@ -261,17 +263,36 @@ class Connection:
 
     def _queue_reply(self, data: bytes) -> None:
         self._out.append(data)
-        self.out_bytes += len(data)
+        n = len(data)
+        self.out_bytes += n
         self.outstanding += 1  # send_reply: domain_outstanding_inc
-        self.store._charge(self.domid, len(data))
+        store = self.store
+        mem = store.domain_memory
+        mem[self.domid] = mem.get(self.domid, 0) + n
         if self.sink is not None:
-            self.store._to_push[self.seq] = self
+            store._to_push[self.seq] = self
 
     def _push(self) -> bool:
         """Give the sink what it takes, oldest first; drop what it took from the queue."""
         sink, out = self.sink, self._out
         if sink is None or not out:
             return False
+        if len(out) == 1 and not self._sent:
+            # One whole frame (a reply): the common case, without the loop.
+            head = out[0]
+            n = sink(head)
+            if n != len(head):
+                self._sent = n
+                return n > 0
+            out.popleft()
+            if head[0] == w.XS_WATCH_EVENT and head[1:4] == b"\0\0\0":
+                self._queued_events.pop(head, None)
+            else:
+                self.outstanding -= 1
+            self.out_bytes -= n
+            mem = self.store.domain_memory
+            mem[self.domid] -= n
+            return True
         wrote = False
         while out:
             head = out[0]
@@ -392,6 +413,8 @@ class XenStore:
         # Memory per domid besides node records: watches, transactions, queued output.
         self.domain_memory: dict[int, int] = {}
         self._values: dict[bytes, bytes] = {}
+        # Absolute request paths already validated: raw bytes -> (path, path-max then).
+        self._valid_paths: dict[bytes, tuple[str, int]] = {}
         # DIRECTORY_PART: the child blob of the node last listed, by (node, generation).
         self._dir_cache: tuple[Node | None, int, bytes] = (None, 0, b"")
         # Set by a ring transport: called with (domain) on INTRODUCE / RELEASE.
@@ -409,14 +432,15 @@ class XenStore:
         if self._depth:
             self.lock.release()
             return
+        if not (self._to_notify or self._hooks):
+            # The common case (a request that only answers its caller): no
+            # transport to call once the lock is released.
+            if self._to_push:
+                self._push_all()
+            self.lock.release()
+            return
         if self._to_push:
-            # As C's main loop writes each connection's output once the request
-            # that queued it is handled: an event is a duplicate only of one
-            # the peer could not take yet.
-            for c in self._to_push.values():
-                if not c.closed:
-                    c._push()
-            self._to_push.clear()
+            self._push_all()
         conns = list(self._to_notify.values())
         self._to_notify.clear()
         hooks, self._hooks = self._hooks, []
@@ -431,6 +455,15 @@ class XenStore:
         for c in conns:
             if c.notify is not None and not c.closed:
                 c.notify()
+
+    def _push_all(self) -> None:
+        # As C's main loop writes each connection's output once the request
+        # that queued it is handled: an event is a duplicate only of one the
+        # peer could not take yet.
+        for c in self._to_push.values():
+            if not c.closed:
+                c._push()
+        self._to_push.clear()
 
     # -- public API -------------------------------------------------------------
     def connection(
@@ -662,9 +695,20 @@ class XenStore:
         """Canonicalize and validate (``get_node``'s ``is_valid_nodename``): EINVAL if bad."""
         if raw is None:
             raise XsError("EINVAL", "missing path")
+        path_max = self.quotas["path-max"]
+        cache = self._valid_paths
+        # Absolute paths recur (a client reads the same nodes again and again);
+        # their canonical form does not depend on the caller, only on path-max.
+        hit = cache.get(raw)
+        if hit is not None and hit[1] == path_max:
+            return hit[0]
         path = canonical(raw, conn.domid)
-        if not is_valid_nodename(path, self.quotas["path-max"]):
+        if not is_valid_nodename(path, path_max):
             raise XsError("EINVAL", "invalid path")
+        if raw[:1] == b"/":
+            if len(cache) >= _PATH_CACHE:
+                cache.clear()
+            cache[raw] = (path, path_max)
         return path
 
     # -- node creation (WRITE, MKDIR) --------------------------------------------
@@ -1215,7 +1259,7 @@ def _do_write(s: XenStore, c: Connection, req: Frame, tx: Transaction | None) ->
             entry.node = Node(value, node.perms, s.generation, node.children)
     if tx is not None:
         tx.queue_watch(path, False)
-    else:
+    elif s._watches:
         s._fire(Event(path, False, lambda: _perms_with_parent(s, path, node)))
     return OK
 

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import logging
 import os
+import select
 import selectors
 import socket
 import threading
@@ -46,6 +47,65 @@ ACCEPT_RETRY = 0.5
 SUN_PATH_MAX = 108
 #: accept() errors that mean "no fd for now": the listener rests, the server goes on.
 _ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _Poller:
+    """``selectors.EpollSelector`` cut to what the serving loop needs.
+
+    ``poll`` returns (data, EVENT_* mask) pairs straight from epoll, without
+    the per-event key objects of :mod:`selectors` (its select() cost as much
+    as the rest of a READ's handling).
+    """
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self._data: dict[int, object] = {}
+
+    @staticmethod
+    def _events(mask: int) -> int:
+        ev = 0
+        if mask & selectors.EVENT_READ:
+            ev |= select.EPOLLIN
+        if mask & selectors.EVENT_WRITE:
+            ev |= select.EPOLLOUT
+        return ev
+
+    def register(self, sock: socket.socket, mask: int, data: object) -> None:
+        fd = sock.fileno()
+        if fd < 0 or fd in self._data:
+            raise KeyError(fd)
+        self._ep.register(fd, self._events(mask))
+        self._data[fd] = data
+
+    def modify(self, sock: socket.socket, mask: int, data: object) -> None:
+        fd = sock.fileno()
+        if fd not in self._data:
+            raise KeyError(fd)
+        self._ep.modify(fd, self._events(mask))
+        self._data[fd] = data
+
+    def unregister(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        del self._data[fd]  # KeyError if unknown, as selectors
+        with contextlib.suppress(OSError):
+            self._ep.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[object, int]]:
+        data = self._data
+        out = []
+        for fd, ev in self._ep.poll(timeout):
+            # As EpollSelector: anything but EPOLLOUT reads, anything but EPOLLIN writes.
+            mask = (selectors.EVENT_READ if ev & ~select.EPOLLOUT else 0) | (
+                selectors.EVENT_WRITE if ev & ~select.EPOLLIN else 0
+            )
+            d = data.get(fd)
+            if d is not None or fd in data:
+                out.append((d, mask))
+        return out
+
+    def close(self) -> None:
+        self._ep.close()
+        self._data.clear()
 
 
 @dataclass(slots=True)
@@ -108,7 +168,7 @@ class XenstoredServer:
         self.socket_path = socket_path
         self.ro_socket_path = ro_socket_path
         self.domain_sockets = dict(domain_sockets or {})
-        self._sel = selectors.DefaultSelector()
+        self._sel = _Poller()
         self._listeners: list[_Listener] = []
         self._clients: dict[int, _Client] = {}
         self._thread: threading.Thread | None = None
@@ -237,8 +297,7 @@ class XenstoredServer:
                 if timeout == 0.0:
                     self._resume_listeners()
                     timeout = 1.0
-            for key, mask in self._sel.select(timeout=timeout):
-                data = key.data
+            for data, mask in self._sel.poll(timeout):
                 if data is None:
                     with contextlib.suppress(BlockingIOError):
                         self._wake_r.recv(4096)
@@ -254,6 +313,8 @@ class XenstoredServer:
                     except Exception as e:  # a bug must cost one client, not the daemon
                         _log.error("xenstored: dropped a client after %r", e)
                         self._drop(data)
+            if not self._dirty:
+                continue
             with self._dirty_lock:
                 dirty, self._dirty = self._dirty, set()
             for fd in dirty:

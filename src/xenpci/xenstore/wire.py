@@ -30,6 +30,8 @@ class Frame:
     payload: bytes
 
     def __post_init__(self) -> None:
+        if 0 <= self.type <= U32_MAX and 0 <= self.req_id <= U32_MAX and 0 <= self.tx_id <= U32_MAX:
+            return  # the common case, without a loop (every request is a Frame)
         for name in ("type", "req_id", "tx_id"):
             v = getattr(self, name)
             if not 0 <= v <= U32_MAX:
@@ -96,6 +98,11 @@ class FrameDecoder:
         """Add bytes; return every complete frame (ProtocolError if the stream is broken)."""
         if self.error is not None:
             raise self.error
+        if not self._buf and type(data) is bytes and len(data) >= HEADER_SIZE:
+            # Nothing buffered and exactly one whole frame: the usual request.
+            type_, req_id, tx_id, length = HEADER.unpack_from(data)
+            if length <= self.max_payload and len(data) == HEADER_SIZE + length:
+                return [Frame(type_, req_id, tx_id, data[HEADER_SIZE:])]
         self._buf += data
         frames: list[Frame] = []
         buf = self._buf
