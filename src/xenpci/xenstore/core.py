@@ -177,8 +177,9 @@ class Connection:
                 # C ignore_connection(XENSTORE_ERROR_PROTO): no reply, just drop.
                 store._close(self, str(e))
                 return self._take()
+            handle = store.handle
             for frame in frames:
-                reply = store.handle(self, frame)
+                reply = handle(self, frame)
                 if reply is not None:
                     self._queue_reply(reply)
             if self._decoder.error is not None:
@@ -518,13 +519,17 @@ class XenStore:
             reply = error_frame(req, e.code)
             result = e.code
         if self.trace is not None:
+            self._trace(conn, req, result)
+        return reply
+
+    def _trace(self, conn: Connection, req: Frame, result: str) -> None:
+        if self.trace is not None:
             try:
                 op = w.xsd_sockmsg_type(req.type).name
             except ValueError:
                 op = str(req.type)
             arg = req.payload.split(b"\0", 1)[0][:80].decode("ascii", "replace")
             self.trace.record("xenstore_request", conn.domid, "dom0", op=op, arg=arg, result=result)
-        return reply
 
     def _dispatch(self, conn: Connection, req: Frame) -> bytes | None:
         row = OPS.get(req.type)
@@ -655,9 +660,9 @@ class XenStore:
 
     def _get_node(self, conn: Connection, tx: Transaction | None, path: str, perm: int) -> Node:
         """C ``get_node``: the node if ``perm`` is granted, else the error the parents allow."""
-        node = self._read(conn, tx, path)
+        node = self.tree.get(path) if tx is None else self._read(conn, tx, path)
         if node is not None:
-            if self._perm(conn, node.perms) & perm == perm:
+            if conn.privileged or self._perm(conn, node.perms) & perm == perm:
                 return node
             raise self._errno_from_parents(conn, tx, path, "EACCES", perm)
         raise self._errno_from_parents(conn, tx, path, "ENOENT", perm)
