@@ -13,7 +13,14 @@ Watch events are outputs: a change queues them on the watchers' connections
 (``send_event``: an event identical to one still queued there is dropped, as
 XSA-326 made C do; an unprivileged domain over its memory quota loses the
 event) and the connection's ``notify`` is called after the store is
-unlocked. Per-domain memory is counted as C 4.17 counts it: node records
+unlocked. Each connection's queue is C's ``out_list``, the only one: a ring
+or socket transport sets ``Connection.sink`` (a non-blocking writer), and at
+the end of each request, still under the lock, every connection with new
+output hands the sink what it takes, as C's main loop writes after each
+request; the rest waits (``flush`` when the peer makes room), counted in
+``outstanding`` and in the domain's memory. In-process callers have no sink
+and take each frame as it is queued (``feed``'s result, ``take_output``).
+Per-domain memory is counted as C 4.17 counts it: node records
 (record plus path) for their owner, transaction-private records, watches and
 queued output for the connection's domain.
 
