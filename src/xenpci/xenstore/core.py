@@ -28,7 +28,7 @@ Locking: the handler itself is single-threaded logic; the public entry
 points (``Connection.feed``/``take_output``/``close``, ``XenStore.connection``,
 ``introduce_domain``, ``release_domain``) take ``lock`` around it and call
 transports (``notify``, ``on_introduce``/``on_release`` hooks) only after
-releasing it.
+releasing it (a sink excepted: it only copies bytes and never blocks).
 
 Deliberate differences: socket clients are dom0 unless a transport says
 otherwise; there is no hypervisor, so INTRODUCE records the domain and tells
