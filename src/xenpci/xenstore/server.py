@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from xenpci.xenstore.core import Connection, XenStore
 
 _log = logging.getLogger("xenpci.xenstored")
+_READ = selectors.EVENT_READ
 #: Default bound on what a privileged client may leave unread (see the docstring).
 BACKLOG_MAX = 16 * 1024 * 1024
 #: How long listeners rest after accept() ran out of fds, if no client goes first.
@@ -94,13 +95,16 @@ class _Poller:
         data = self._data
         out = []
         for fd, ev in self._ep.poll(timeout):
+            if fd not in data:
+                continue  # no longer registered
             # As EpollSelector: anything but EPOLLOUT reads, anything but EPOLLIN writes.
+            if ev == select.EPOLLIN:
+                out.append((data[fd], selectors.EVENT_READ))
+                continue
             mask = (selectors.EVENT_READ if ev & ~select.EPOLLOUT else 0) | (
                 selectors.EVENT_WRITE if ev & ~select.EPOLLIN else 0
             )
-            d = data.get(fd)
-            if d is not None or fd in data:
-                out.append((d, mask))
+            out.append((data[fd], mask))
         return out
 
     def close(self) -> None:
@@ -298,13 +302,7 @@ class XenstoredServer:
                     self._resume_listeners()
                     timeout = 1.0
             for data, mask in self._sel.poll(timeout):
-                if data is None:
-                    with contextlib.suppress(BlockingIOError):
-                        self._wake_r.recv(4096)
-                elif isinstance(data, _Listener):
-                    self._accept(data)
-                else:
-                    assert isinstance(data, _Client)
+                if type(data) is _Client:  # the common case first
                     try:
                         if mask & selectors.EVENT_READ:
                             self._read(data)
@@ -313,6 +311,12 @@ class XenstoredServer:
                     except Exception as e:  # a bug must cost one client, not the daemon
                         _log.error("xenstored: dropped a client after %r", e)
                         self._drop(data)
+                elif data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        self._wake_r.recv(4096)
+                else:
+                    assert isinstance(data, _Listener)
+                    self._accept(data)
             if not self._dirty:
                 continue
             with self._dirty_lock:
@@ -386,12 +390,15 @@ class XenstoredServer:
         if not data:
             self._drop(client)
             return
-        client.conn.feed(data)  # replies go to the sink, or wait in the queue
-        if client.conn.closed:
+        conn = client.conn
+        conn.feed(data)  # replies go to the sink, or wait in the queue
+        if conn.closed:
             # Framing violation: C drops the connection without a reply.
             self._drop(client)
             return
-        self._flush(client)
+        if conn.out_bytes or client.broken or not conn.privileged or client.mask != _READ:
+            self._flush(client)
+        # else: all sent, still read, nothing for the selector to change
 
     def _flush(self, client: _Client) -> None:
         """Send what is queued, then watch the socket for what must happen next."""
