@@ -1085,7 +1085,8 @@ class XenStore:
                 written.append((p, e))
         # Written records in path order: a parent's child table before its children.
         fresh: set[int] = set()
-        written.sort(key=lambda pe: pe[0])
+        if len(written) > 1:
+            written.sort(key=lambda pe: pe[0])
         for p, e in written:
             rec = e.node
             assert rec is not None
@@ -1118,6 +1119,8 @@ class XenStore:
             tree.account(live, len(p), 1)
         # Events in first-access order, checked against the committed store.
         watches = self._watches
+        if not watches:
+            return  # nobody watches anything: no event to compute
         for p, e in tx.accessed.items():
             if not e.fire:
                 continue
