@@ -583,3 +583,15 @@ def test_machine_asks_its_hypervisor_which_domains_run() -> None:
         assert m.xs.get_perms("/sp") == Perms.of(f"n{domid}")
     finally:
         m.shutdown()
+
+
+def test_a_path_valid_before_a_smaller_path_max_is_einval_after(store: XenStore) -> None:
+    """Validated paths are remembered; lowering path-max must still refuse a long one."""
+    c = Sans(store)
+    path = "/" + "p" * 40
+    assert err(c.one(w.XS_WRITE, strings(path) + b"v")) is None
+    assert c.one(w.XS_READ, strings(path)).payload == b"v"
+    store.quotas["path-max"] = 20
+    assert err(c.one(w.XS_READ, strings(path))) == "EINVAL"
+    store.quotas["path-max"] = 2048
+    assert c.one(w.XS_READ, strings(path)).payload == b"v"

@@ -76,8 +76,10 @@ OK = b"OK\0"
 # C DEFAULT_BUFFER_SIZE: replies up to this size are queued without a quota check.
 DEFAULT_BUFFER_SIZE = 16
 _HDR = HEADER.size
-# Validated absolute paths remembered (the table is emptied when full).
+# Validated absolute paths remembered (the table is emptied when full), and
+# only short ones: a client's long paths cannot make the table big.
 _PATH_CACHE = 4096
+_PATH_CACHE_LEN = 128
 # Bytes of queued frames handed to one sink call.
 _PUSH_CHUNK = 64 * 1024
 # perm_for_conn's bits (xenstore_lib.h).
@@ -717,7 +719,7 @@ class XenStore:
         path = canonical(raw, conn.domid)
         if not is_valid_nodename(path, path_max):
             raise XsError("EINVAL", "invalid path")
-        if raw[:1] == b"/":
+        if raw[:1] == b"/" and len(raw) <= _PATH_CACHE_LEN:
             if len(cache) >= _PATH_CACHE:
                 cache.clear()
             cache[raw] = (path, path_max)
