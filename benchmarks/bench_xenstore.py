@@ -11,7 +11,8 @@ oracle shim (:mod:`xenpci.testing.xs_oracle`) next to ours run as
 ``python -m xenpci xenstored``, both driven by the same compiled C client
 (``xenpci/testing/clients/xsbench.c``) in interleaved trials; the ratio is
 ours/C of each side's best trial (a loaded machine only slows a trial down).
-Daemon CPU comes from each daemon's /proc/PID/stat, memory from its VmRSS.
+Daemon CPU comes from each daemon's /proc/PID/stat, summed over all trials
+(a trial is a few clock ticks long), memory from its VmRSS.
 Sizes: ``XENPCI_BENCH_QUICK=1`` for a quick run; ``XENPCI_BENCH_XS_NODES``
 for our large store (default 400k), ``XENPCI_BENCH_XS_C_NODES`` for C's
 (default 100k: C's node creation slows past that, see C_BIG_NODES).
