@@ -13,7 +13,9 @@ thread: the interrupt posts one service pass, which runs when the executor
 gets to it.
 
 The XenBus state logic is the shared :class:`~xenpci.xenbus.state.XenbusDevice`
-(the one pciback uses), driven by :class:`~xenpci.xenbus.watch.XenbusWatch`.
+(the one pciback uses), driven by :class:`~xenpci.xenbus.watch.XenbusWatch`;
+probing per backend directory is :class:`~xenpci.xenbus.probe_backend.XenbusBackendBus`
+and the ring mapping :func:`~xenpci.xenbus.client.xenbus_map_ring_and_bind`.
 Deliberate differences: that machine takes pciback's path
 (InitWait -> Initialised -> Connected) where Linux blkback goes from
 InitWait straight to Connected; the disk is looked up by the ``params``
@@ -27,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from xenpci.abi import blkif
 from xenpci.abi.xenbus import XenbusState
@@ -36,11 +38,19 @@ from xenpci.blkback.ring import BackRing
 from xenpci.errors import XenpciError
 from xenpci.hv import Hypercalls
 from xenpci.hv.grant_table import GrantMapping
-from xenpci.hv.scheduler import SteppedVcpu, wait_for
+from xenpci.hv.scheduler import SteppedVcpu
 from xenpci.trace import Trace
+from xenpci.xenbus.client import (
+    RingMapError,
+    xenbus_error_path,
+    xenbus_map_ring_and_bind,
+    xenbus_read_otherend,
+    xenbus_unbind_and_unmap,
+)
+from xenpci.xenbus.probe_backend import XenbusBackendBus
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
-from xenpci.xenstore.client import WatchEvent, XsClient
+from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
 
 BACKEND_ROOT = "/local/domain/0/backend/vbd"
@@ -93,14 +103,14 @@ class BlkbackDevice:
 
     def probe(self) -> None:
         """``xen_blkbk_probe``: InitWait, then the watch machinery drives the rest."""
-        self.frontend_path = self.xs.read(f"{self.nodename}/frontend").decode()
+        self.frontend_path = xenbus_read_otherend(self.xs, self.nodename, "frontend")
         self.watch = XenbusWatch(
             self.xs,
             self.xenbus,
             self.nodename,
             self.frontend_path,
             driver=self._callback,
-            error_path=f"/local/domain/0/error/backend/vbd/{self.domid}/{self.devid}/error",
+            error_path=xenbus_error_path(self.nodename),
         )
         self.watch.start()
 
@@ -174,15 +184,10 @@ class BlkbackDevice:
         if self.disk is None:
             raise BlkbackError("no disk opened")
         try:
-            mapping = self.hc.gnttab_map_grant_ref(self.domid, gref, False)
-        except XenpciError as e:
-            raise BlkbackError(f"mapping ring-ref {gref}: {e}") from None
-        try:
-            local = self.hc.evtchn_bind_interdomain(self.domid, port)
-        except XenpciError as e:
-            with contextlib.suppress(XenpciError):
-                self.hc.gnttab_unmap_grant_ref(mapping.handle)
-            raise BlkbackError(f"binding port {port}: {e}") from None
+            mapping, local = xenbus_map_ring_and_bind(self.hc, self.domid, gref, port)
+        except RingMapError as e:
+            what = f"mapping ring-ref {gref}" if e.step == "map" else f"binding port {port}"
+            raise BlkbackError(f"{what}: {e.cause}") from None
         self.mapping, self.evtchn = mapping, local
         hc = self.hc
         self.server = BlkifRingServer(
@@ -219,15 +224,10 @@ class BlkbackDevice:
         if self._lane is not None:
             self._lane.stop()  # queued work is dropped with the lane
             self._lane = None
-        if self.evtchn is not None:
-            with contextlib.suppress(XenpciError):
-                self.hc.evtchn_close(self.evtchn)
-            self.evtchn = None
+        xenbus_unbind_and_unmap(self.hc, self.evtchn, self.mapping)
+        self.evtchn = None
         self.server = None
-        if self.mapping is not None:
-            with contextlib.suppress(XenpciError):
-                self.hc.gnttab_unmap_grant_ref(self.mapping.handle)
-            self.mapping = None
+        self.mapping = None
 
     # -- the data path -----------------------------------------------------------------
     def _irq(self, _port: int) -> None:
@@ -267,7 +267,7 @@ class BlkbackDevice:
                 server.do_block_io_op()
 
 
-class BlkbackDriver:
+class BlkbackDriver(XenbusBackendBus[tuple[int, int], BlkbackDevice]):
     """The ``vbd`` backend driver: probes a device per backend directory that appears."""
 
     def __init__(
@@ -278,41 +278,15 @@ class BlkbackDriver:
         *,
         trace: Trace | None = None,
     ) -> None:
+        super().__init__(xs, BACKEND_ROOT, "blkback-vbd")
         self.hc = hc
-        self.xs = xs
         self.disks = disks
         self.trace = trace
-        self.devices: dict[tuple[int, int], BlkbackDevice] = {}
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._token = "blkback-vbd"
-        self._started = False
-
-    def start(self) -> None:
-        self._started = True
-        self.xs.watch(BACKEND_ROOT, self._token, self._backend_changed)
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._started:
-                self._started = False
-                with contextlib.suppress(XenpciError):
-                    self.xs.unwatch(BACKEND_ROOT, self._token)
-            for dev in list(self.devices.values()):
-                dev.remove()
-            self.devices.clear()
 
     def wait_for_device(self, domid: int, devid: int, timeout: float = 10.0) -> BlkbackDevice:
-        with self._changed:
-            if not wait_for(
-                self._changed, lambda: (domid, devid) in self.devices, timeout, self.xs.executor
-            ):
-                raise TimeoutError(f"no blkback device for d{domid} vbd {devid}")
-            return self.devices[(domid, devid)]
-
-    def wait(self, predicate: Callable[[BlkbackDriver], bool], timeout: float = 10.0) -> bool:
-        with self._changed:
-            return wait_for(self._changed, lambda: predicate(self), timeout, self.xs.executor)
+        return self._wait_device(
+            (domid, devid), timeout, f"no blkback device for d{domid} vbd {devid}"
+        )
 
     def _present(self) -> set[tuple[int, int]]:
         out: set[tuple[int, int]] = set()
@@ -327,19 +301,5 @@ class BlkbackDriver:
             pass
         return out
 
-    def _backend_changed(self, _ev: WatchEvent) -> None:
-        with self._lock:
-            if not self._started:
-                return
-            present = self._present()
-            for key in sorted(set(self.devices) - present):
-                self.devices.pop(key).remove()
-            for key in sorted(present - set(self.devices)):
-                dev = BlkbackDevice(*key, self.hc, self.xs, self.disks, trace=self.trace)
-                self.devices[key] = dev
-                try:
-                    dev.probe()
-                except XenpciError:
-                    del self.devices[key]
-                    dev.remove()
-            self._changed.notify_all()
+    def _new_device(self, key: tuple[int, int]) -> BlkbackDevice:
+        return BlkbackDevice(*key, self.hc, self.xs, self.disks, trace=self.trace)
