@@ -42,10 +42,10 @@ from xenpci.hv.scheduler import SteppedVcpu
 from xenpci.trace import Trace
 from xenpci.xenbus.client import (
     RingMapError,
-    xenbus_error_path,
     xenbus_map_ring_and_bind,
     xenbus_read_otherend,
     xenbus_unbind_and_unmap,
+    xenbus_watch_otherend,
 )
 from xenpci.xenbus.probe_backend import XenbusBackendBus
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
@@ -104,13 +104,8 @@ class BlkbackDevice:
     def probe(self) -> None:
         """``xen_blkbk_probe``: InitWait, then the watch machinery drives the rest."""
         self.frontend_path = xenbus_read_otherend(self.xs, self.nodename, "frontend")
-        self.watch = XenbusWatch(
-            self.xs,
-            self.xenbus,
-            self.nodename,
-            self.frontend_path,
-            driver=self._callback,
-            error_path=xenbus_error_path(self.nodename),
+        self.watch = xenbus_watch_otherend(
+            self.xs, self.xenbus, self.nodename, self.frontend_path, self._callback
         )
         self.watch.start()
 

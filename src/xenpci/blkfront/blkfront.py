@@ -30,7 +30,7 @@ from xenpci.errors import XenpciError
 from xenpci.hv import PAGE_SHIFT, PAGE_SIZE, Hypercalls
 from xenpci.hv.scheduler import wait_for
 from xenpci.trace import Trace
-from xenpci.xenbus.client import xenbus_error_path, xenbus_read_otherend_details
+from xenpci.xenbus.client import xenbus_read_otherend_details, xenbus_watch_otherend
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
 from xenpci.xenstore.client import XsClient, XsTransaction
@@ -105,13 +105,8 @@ class Blkfront:
         self.backend_id, self.backend_path = xenbus_read_otherend_details(
             self.xs, self.nodename, "backend-id", "backend"
         )
-        self.watch = XenbusWatch(
-            self.xs,
-            self.xenbus,
-            self.nodename,
-            self.backend_path,
-            driver=self._callback,
-            error_path=xenbus_error_path(self.nodename),
+        self.watch = xenbus_watch_otherend(
+            self.xs, self.xenbus, self.nodename, self.backend_path, self._callback
         )
         self.watch.start()
 

@@ -57,10 +57,10 @@ from xenpci.trace import Kind, Trace
 from xenpci.xenbus import pci_keys
 from xenpci.xenbus.client import (
     RingMapError,
-    xenbus_error_path,
     xenbus_map_ring_and_bind,
     xenbus_read_otherend,
     xenbus_unbind_and_unmap,
+    xenbus_watch_otherend,
 )
 from xenpci.xenbus.pci_keys import BACKEND_ROOT
 from xenpci.xenbus.probe_backend import XenbusBackendBus
@@ -147,13 +147,8 @@ class PcibackDevice:
         self.frontend_path = xenbus_read_otherend(self.xs, self.nodename, "frontend")
         online = self._read_int("online", 1)
         self.xenbus.online = online != 0
-        self.watch = XenbusWatch(
-            self.xs,
-            self.xenbus,
-            self.nodename,
-            self.frontend_path,
-            driver=self._callback,
-            error_path=xenbus_error_path(self.nodename),
+        self.watch = xenbus_watch_otherend(
+            self.xs, self.xenbus, self.nodename, self.frontend_path, self._callback
         )
         self.watch.start()
 

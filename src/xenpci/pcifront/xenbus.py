@@ -33,7 +33,7 @@ from xenpci.pcifront import ops
 from xenpci.pcifront.errors import NotConnected, PcifrontError
 from xenpci.trace import Kind, Trace
 from xenpci.xenbus import pci_keys
-from xenpci.xenbus.client import xenbus_error_path, xenbus_read_otherend_details
+from xenpci.xenbus.client import xenbus_read_otherend_details, xenbus_watch_otherend
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
 from xenpci.xenstore.client import XsClient, XsTransaction
@@ -156,13 +156,8 @@ class Pcifront:
         self.backend_id, self.backend_path = xenbus_read_otherend_details(
             self.xs, self.nodename, "backend-id", "backend"
         )
-        self.watch = XenbusWatch(
-            self.xs,
-            self.xenbus,
-            self.nodename,
-            self.backend_path,
-            driver=self._callback,
-            error_path=xenbus_error_path(self.nodename),
+        self.watch = xenbus_watch_otherend(
+            self.xs, self.xenbus, self.nodename, self.backend_path, self._callback
         )
         self.watch.start()
 

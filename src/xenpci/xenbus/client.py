@@ -4,6 +4,9 @@ Mirrors the small helpers of Linux ``drivers/xen/xenbus/``:
 
 * ``xenbus_read_otherend_details`` (``xenbus_probe.c``): read the other end's
   path (and, for a frontend, its domid) from our own node at probe time;
+* ``watch_otherend`` as a driver's probe sets it up
+  (:func:`xenbus_watch_otherend`: the :class:`~xenpci.xenbus.watch.XenbusWatch`
+  of our node and the other end's, reporting in our error node);
 * the error node ``xenbus_dev_error``/``xenbus_dev_fatal`` write
   (``xenbus_client.c``, ``xenbus_va_dev_error``): ``error/<nodename>/error``
   under the domain that owns the device node;
@@ -25,10 +28,12 @@ import contextlib
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from xenpci.errors import XenpciError
+from xenpci.xenbus.watch import Driver, XenbusWatch, XenStoreLike
 
 if TYPE_CHECKING:
     from xenpci.hv.grant_table import GrantMapping
     from xenpci.hv.hypercalls import Hypercalls
+    from xenpci.xenbus.state import XenbusDevice
 
 _DOMAIN_PREFIX = "/local/domain/"
 
@@ -64,6 +69,20 @@ def xenbus_error_path(nodename: str) -> str:
     if not domid.isdigit() or not rel:
         raise ValueError(f"{nodename!r} is not a device node of a domain")
     return f"{_DOMAIN_PREFIX}{domid}/error/{rel.rstrip('/')}/error"
+
+
+def xenbus_watch_otherend(
+    xs: XenStoreLike, device: XenbusDevice, nodename: str, otherend: str, driver: Driver
+) -> XenbusWatch:
+    """The shell of a device being probed: ``device`` at ``nodename`` follows ``otherend``.
+
+    ``xenbus_dev_fatal`` reports go to :func:`xenbus_error_path` of
+    ``nodename``. Returned unstarted: the driver keeps it first, then
+    :meth:`~xenpci.xenbus.watch.XenbusWatch.start` (which may call the driver).
+    """
+    return XenbusWatch(
+        xs, device, nodename, otherend, driver=driver, error_path=xenbus_error_path(nodename)
+    )
 
 
 class RingMapError(XenpciError):
