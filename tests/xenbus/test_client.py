@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from xenpci.errors import XenpciError
+from xenpci.hv import PAGE_SHIFT, Hypercalls, Hypervisor
 from xenpci.xenbus import pci_keys
 from xenpci.xenbus.client import (
+    RingMapError,
     xenbus_error_path,
+    xenbus_map_ring_and_bind,
     xenbus_read_otherend,
     xenbus_read_otherend_details,
+    xenbus_unbind_and_unmap,
 )
 from xenpci.xenstore.errors import XsError
 
@@ -65,3 +72,40 @@ def test_read_otherend_details_errors_propagate() -> None:
     xs = _Store({f"{fe}/backend": "x", f"{fe}/backend-id": "zero"})
     with pytest.raises(ValueError):
         xenbus_read_otherend_details(xs, fe, "backend-id", "backend")
+
+
+@pytest.fixture
+def two_domains() -> Iterator[tuple[Hypercalls, Hypercalls, int]]:
+    hv = Hypervisor(ram_frames=8192, dom0_memory_kib=1024, deterministic=True)
+    try:
+        guest = hv.create_domain("guest", 1024)
+        yield hv.dom0.hypercalls, guest.hypercalls, guest.domid
+    finally:
+        hv.shutdown()
+
+
+def test_map_ring_and_bind_then_teardown(two_domains: tuple[Hypercalls, Hypercalls, int]) -> None:
+    dom0, guest, domid = two_domains
+    gfn = guest.alloc_page()
+    guest.write(gfn << PAGE_SHIFT, b"ring")
+    gref = guest.gnttab_grant_foreign_access(0, gfn, False)
+    port = guest.evtchn_alloc_unbound(0)
+    mapping, local = xenbus_map_ring_and_bind(dom0, domid, gref, port)
+    assert bytes(mapping.view[:4]) == b"ring"
+    with pytest.raises(XenpciError):  # mapped: the guest cannot take its page back yet
+        guest.gnttab_end_foreign_access(gref)
+    xenbus_unbind_and_unmap(dom0, local, mapping)
+    guest.gnttab_end_foreign_access(gref)  # unmapped now
+    xenbus_unbind_and_unmap(dom0, None, None)  # nothing to undo is fine
+
+
+def test_bind_failure_undoes_the_mapping(two_domains: tuple[Hypercalls, Hypercalls, int]) -> None:
+    dom0, guest, domid = two_domains
+    gref = guest.gnttab_grant_foreign_access(0, guest.alloc_page(), False)
+    with pytest.raises(RingMapError) as bad_port:
+        xenbus_map_ring_and_bind(dom0, domid, gref, 4000)  # no such unbound port
+    assert bad_port.value.step == "bind"
+    guest.gnttab_end_foreign_access(gref)  # the map was undone
+    with pytest.raises(RingMapError) as bad_gref:
+        xenbus_map_ring_and_bind(dom0, domid, gref + 100, 1)
+    assert bad_gref.value.step == "map"
