@@ -7,10 +7,10 @@ check ``mode``), ``connect`` (publish ``feature-flush-cache``,
 ``physical-sector-size``), ``connect_ring`` (read ``ring-ref``,
 ``event-channel``, ``protocol``; map the ring, bind the channel) and
 ``xen_blkif_disconnect``; and ``xen_blkif_schedule``, the per-ring kernel
-thread (``xenblkd``) woken by the event-channel interrupt. With the
-machine's deterministic executor, ``xenblkd`` is a lane of it instead of a
-thread: the interrupt posts one service pass, which runs when the executor
-gets to it.
+thread (``xenblkd``, a :class:`~xenpci.kthread.Kthread`) woken by the
+event-channel interrupt. With the machine's deterministic executor,
+``xenblkd`` is a lane of it instead of a thread: the interrupt posts one
+service pass, which runs when the executor gets to it.
 
 The XenBus state logic is the shared :class:`~xenpci.xenbus.state.XenbusDevice`
 (the one pciback uses), driven by :class:`~xenpci.xenbus.watch.XenbusWatch`;
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Mapping
 
 from xenpci.abi import blkif
@@ -38,7 +37,7 @@ from xenpci.blkback.ring import BackRing
 from xenpci.errors import XenpciError
 from xenpci.hv import Hypercalls
 from xenpci.hv.grant_table import GrantMapping
-from xenpci.hv.scheduler import SteppedVcpu
+from xenpci.kthread import Kthread
 from xenpci.trace import Trace
 from xenpci.xenbus.client import (
     RingMapError,
@@ -91,15 +90,11 @@ class BlkbackDevice:
         self.mapping: GrantMapping | None = None
         self.evtchn: int | None = None
         self._lock = threading.RLock()
-        self._work = threading.Condition()
-        self._pending = False
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        #: Deterministic mode: ``xenblkd`` is a lane of the machine's executor, no thread.
-        self._lane: SteppedVcpu | None = None
+        #: ``xenblkd`` while connected (a lane of the machine's executor in deterministic mode).
+        self._xenblkd: Kthread | None = None
+        #: Executor CPU seconds of the ``xenblkd`` of earlier connections.
+        self._past_cpu_s = 0.0
         self._removed = False
-        #: CPU seconds of the executor tasks (deterministic mode: no thread has a clock).
-        self.task_cpu_s = 0.0
 
     def probe(self) -> None:
         """``xen_blkbk_probe``: InitWait, then the watch machinery drives the rest."""
@@ -124,8 +119,14 @@ class BlkbackDevice:
     @property
     def thread_ident(self) -> int | None:
         """The ``xenblkd`` thread (for its CPU clock), while connected."""
-        thread = self._thread
-        return thread.ident if thread is not None else None
+        xenblkd = self._xenblkd
+        return xenblkd.thread_ident if xenblkd is not None else None
+
+    @property
+    def task_cpu_s(self) -> float:
+        """CPU seconds of the executor tasks (deterministic mode: no thread has a clock)."""
+        xenblkd = self._xenblkd
+        return self._past_cpu_s + (xenblkd.task_cpu_s if xenblkd is not None else 0.0)
 
     # -- driver callbacks -------------------------------------------------------------
     def _callback(self, cb: DriverCallback) -> None:
@@ -195,30 +196,18 @@ class BlkbackDevice:
             trace=self.trace,
             name=f"vbd-{self.domid}-{self.devid}",
         )
-        self._stop = False
-        self._pending = False
-        name = f"xenblkd-{self.domid}-{self.devid}"
-        executor = self.xs.executor
-        if executor is not None:
-            self._lane = executor.lane(name)
-        else:
-            self._thread = threading.Thread(target=self._schedule, name=name, daemon=True)
-            self._thread.start()
+        self._xenblkd = Kthread(
+            f"xenblkd-{self.domid}-{self.devid}", self._do_block_io_op, self.xs.executor
+        )
         self.hc.evtchn_set_handler(local, self._irq)
 
     def _disconnect(self) -> None:
         """``xen_blkif_disconnect``: stop the thread, unbind, unmap."""
-        thread = self._thread
-        if thread is not None:
-            with self._work:
-                self._stop = True
-                self._work.notify_all()
-            if thread is not threading.current_thread():
-                thread.join(10)
-            self._thread = None
-        if self._lane is not None:
-            self._lane.stop()  # queued work is dropped with the lane
-            self._lane = None
+        xenblkd = self._xenblkd
+        if xenblkd is not None:
+            xenblkd.stop()  # queued work is dropped with it
+            self._past_cpu_s += xenblkd.task_cpu_s
+            self._xenblkd = None
         xenbus_unbind_and_unmap(self.hc, self.evtchn, self.mapping)
         self.evtchn = None
         self.server = None
@@ -227,39 +216,15 @@ class BlkbackDevice:
     # -- the data path -----------------------------------------------------------------
     def _irq(self, _port: int) -> None:
         # xen_blkif_be_int on dom0's vCPU: only wake xenblkd (it may sleep on IO).
-        lane = self._lane
-        with self._work:
-            if lane is not None:
-                if not self._pending:  # one queued pass serves every request so far
-                    self._pending = True
-                    lane.post(self._serve_once)
-                return
-            self._pending = True
-            self._work.notify()
+        xenblkd = self._xenblkd
+        if xenblkd is not None:
+            xenblkd.kick()
 
-    def _serve_once(self) -> None:
-        """One ``xen_blkif_schedule`` iteration as an executor task (deterministic mode)."""
-        with self._work:
-            self._pending = False
+    def _do_block_io_op(self) -> None:
+        """One ``xen_blkif_schedule`` pass: serve the ring."""
         server = self.server
         if server is not None:
-            start = time.thread_time()
-            try:
-                server.do_block_io_op()
-            finally:
-                self.task_cpu_s += time.thread_time() - start
-
-    def _schedule(self) -> None:
-        """``xen_blkif_schedule``: sleep until kicked, serve the ring, repeat."""
-        while True:
-            with self._work:
-                self._work.wait_for(lambda: self._pending or self._stop)
-                if self._stop:
-                    return
-                self._pending = False
-            server = self.server
-            if server is not None:
-                server.do_block_io_op()
+            server.do_block_io_op()
 
 
 class BlkbackDriver(XenbusBackendBus[tuple[int, int], BlkbackDevice]):
