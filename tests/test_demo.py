@@ -250,3 +250,27 @@ def test_a_failing_check_stops_the_run_naming_its_step(monkeypatch: pytest.Monke
 def test_every_kind_the_demo_records_is_typed(report: DemoReport) -> None:
     kinds = {e.kind for e in report.trace.events}
     assert kinds and all(isinstance(k, Kind) for k in kinds), kinds - set(Kind)
+
+
+def test_path_table_matches_a_count_over_every_record(report: DemoReport) -> None:
+    """The table is read off the raw records; recount it the slow way, from each
+    ``TraceEvent`` (stored kinds by path) and ``count`` (count-only kinds by domain)."""
+    trace = report.trace
+    events = trace.events
+    for r in report.counts:
+        kinds = CATEGORIES[r.category]
+        want = {"dom0": 0, "direct": 0, "hypervisor": 0}
+        for kind in kinds:
+            if kind in trace.count_only:
+                want["dom0"] += trace.count(kind, 0)
+                want["direct"] += trace.count(kind) - trace.count(kind, 0)
+            else:
+                for e in events:
+                    if e.kind == kind:
+                        want[e.path] += 1
+        assert (r.dom0, r.direct, r.hypervisor) == (
+            want["dom0"],
+            want["direct"],
+            want["hypervisor"],
+        )
+    assert sum(r.dom0 + r.direct + r.hypervisor for r in report.counts) > 0

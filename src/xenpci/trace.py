@@ -367,15 +367,22 @@ class Trace:
 
         return rec
 
-    def _all_counts(self) -> Counter[tuple[str, int]]:
-        """Per (kind, domid): ``_counts``, the tallies and the stored records (caller
+    def _unstored_counts(self) -> Counter[tuple[str, int]]:
+        """Per (kind, domid), what is counted but not stored: count-only kinds (from
+        ``_counts`` and the tallies) and records ``max_events`` pushed out (caller
         holds the lock)."""
         out = Counter(self._counts)
-        out.update((r[2], r[3]) if len(r) == 6 else (r[2][0], r[2][1]) for r in self._raw)
         for key, tally in self._tallies.items():
             n = tally.n - tally.base  # one read of ``n``: it may move under us
             if n:
                 out[key] += n
+        return out
+
+    def _all_counts(self) -> Counter[tuple[str, int]]:
+        """Per (kind, domid): the unstored counts and the stored records (caller
+        holds the lock)."""
+        out = self._unstored_counts()
+        out.update((r[2], r[3]) if len(r) == 6 else (r[2][0], r[2][1]) for r in self._raw)
         return out
 
     @property
@@ -402,6 +409,21 @@ class Trace:
         """Totals per (kind, domid), in one pass (many :meth:`count` calls cost one each)."""
         with self._lock:
             return dict(self._all_counts())
+
+    def count_only_counts(self) -> Counter[tuple[str, int]]:
+        """Per (kind, domid), the counts of the count-only kinds (never stored, so
+        read without a pass over the stored records)."""
+        with self._lock:
+            unstored = self._unstored_counts()
+        only = self._count_only
+        return Counter({key: n for key, n in unstored.items() if key[0] in only})
+
+    def path_counts(self) -> Counter[tuple[str, str]]:
+        """Stored records per (kind, path), read off the raw records (no
+        :class:`TraceEvent` is built: the demo's path table asks this of every run)."""
+        with self._lock:
+            raw = list(self._raw)
+        return Counter((r[2], r[4]) if len(r) == 6 else (r[2][0], r[2][2]) for r in raw)
 
     def counts(self) -> dict[str, int]:
         """Totals per kind."""

@@ -8,6 +8,7 @@ import pytest
 
 from tests.hv.conftest import vcpu_threads
 from xenpci.hv import (
+    DOMID_FIRST_RESERVED,
     PAGE_SIZE,
     DomainDead,
     DomainExists,
@@ -16,6 +17,7 @@ from xenpci.hv import (
     NoSuchDomain,
     OutOfMemory,
 )
+from xenpci.hv.memory import MachineMemory
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -150,3 +152,32 @@ def test_shutdown_stops_every_thread() -> None:
     assert set(vcpu_threads()) <= before
     with pytest.raises(InvalidArgument):
         hv._create_domain("late", 16, None)
+
+
+@pytest.mark.parametrize("touched", [1, 6])
+def test_reallocated_frames_are_scrubbed_whichever_set_is_smaller(touched: int) -> None:
+    """Allocation scrubs by walking the touched frames or the allocated ones, whichever
+    is fewer: both ways, a reused frame comes back zeroed and untouched ones stay free."""
+    mem = MachineMemory(8)
+    mfns = mem.allocate(8, owner=1)
+    for mfn in mfns[:touched]:
+        mem.frame(mfn)[:6] = b"secret"
+    mem.free(mfns[:3])
+    again = mem.allocate(3, owner=2)  # 3 frames: fewer than 6 touched, more than 1
+    assert sorted(again) == sorted(mfns[:3])
+    assert all(bytes(mem.frame(m)) == bytes(PAGE_SIZE) for m in again)
+    assert all(mem.owner(m) == 2 for m in again)
+    assert bytes(mem.frame(mfns[touched - 1]))[:6] == (b"secret" if touched > 3 else b"\0" * 6)
+
+
+def test_domids_are_not_reused_at_once_and_wrap_to_1(hv: Hypervisor) -> None:
+    """``domid_alloc``: the first free id after the last one given, wrapping to 1."""
+    a = hv.create_domain("a", 16)
+    hv.destroy_domain(a.domid)
+    b = hv.create_domain("b", 16)
+    assert b.domid == a.domid + 1  # the freed id is not given again at once
+    hv._domid_last = DOMID_FIRST_RESERVED - 1  # as after 32751 creations
+    c = hv.create_domain("c", 16)
+    assert c.domid == a.domid == 1  # wrapped; 1 is free again, b's id is taken
+    d = hv.create_domain("d", 16)
+    assert d.domid == b.domid + 1

@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from tests.hv.conftest import drain
 from xenpci.hv import NR_EVTCHN_PORTS, Domain, EvtchnError, Hypervisor, NoSuchDomain, PortState
 
 pytestmark = pytest.mark.timeout(30)
 
 #: These tests are of the threaded mode (a vCPU is an OS thread): a bound on its waits.
-OS_EDGE_TIMEOUT = 10.0
 
 
 def connect(a: Domain, b: Domain) -> tuple[int, int]:

@@ -10,12 +10,12 @@ import threading
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from xenpci.hv import Hypervisor
 
 pytestmark = pytest.mark.timeout(60)
 
 #: A test of the threaded mode (vCPUs are OS threads): a bound on its wait.
-OS_EDGE_TIMEOUT = 30.0
 
 
 def test_each_handler_event_follows_its_send() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable, require_file
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
@@ -41,7 +42,11 @@ def lspci_caps(lspci: str, fns: list[PciFunction], tmp: Path) -> list[list[str]]
     path = tmp / "view.txt"
     path.write_text(format_dump(renumbered))
     out = subprocess.run(
-        [lspci, "-F", str(path), "-vvv"], capture_output=True, text=True, check=True, timeout=30
+        [lspci, "-F", str(path), "-vvv"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=TOOL_TIMEOUT,
     ).stdout
     blocks = [b for b in out.strip().split("\n\n") if b.strip()]
     return [[m.group(2) for m in CAP_RE.finditer(b)] for b in blocks]

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
 from xenpci.toolstack.machine import Machine
 
 
 @pytest.fixture
 def machine() -> Iterator[Machine]:
     before = set(threading.enumerate())
-    m = Machine(op_timeout=2.0, deterministic=True)
+    m = Machine(op_timeout=DEFAULT_OP_TIMEOUT, deterministic=True)
     try:
         yield m
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable
 from xenpci.abi.xenbus import XenbusState as S
 from xenpci.devices import catalog
@@ -286,7 +287,7 @@ def test_live_layout_readable_with_xenstore_utils(machine: Machine, tmp_path: Pa
     domid, _k, _f = boot_guest_with(machine, [nic])
     env = {**os.environ, "XENSTORED_PATH": str(sock)}
     out = subprocess.run(
-        [exe, lp.backend_path(domid)], capture_output=True, text=True, env=env, timeout=10
+        [exe, lp.backend_path(domid)], capture_output=True, text=True, env=env, timeout=TOOL_TIMEOUT
     )
     assert out.returncode == 0, out.stderr
     keys = dict(

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable, require_file
 from xenpci.cli.main import app
 from xenpci.pci.dump import write_dump
 from xenpci.pci.sources import open_source
+from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
 from xenpci.toolstack.machine import guest_view
 
 DUMPS = Path("/work/shared/data/lspci-dumps")
@@ -33,7 +35,11 @@ pytestmark = pytest.mark.timeout(60)
 def _lspci(path: Path, *args: str) -> str:
     exe = require_executable("lspci")
     res = subprocess.run(
-        [exe, "-F", str(path), *args], capture_output=True, text=True, check=True, timeout=30
+        [exe, "-F", str(path), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=TOOL_TIMEOUT,
     )
     return res.stdout
 
@@ -58,7 +64,7 @@ def test_guest_view_of_real_dump_decodes_with_same_identity_and_no_new_caps(
     if dump.is_dir():
         pytest.fail(f"no dumps in {dump}")
     host_fns = open_source(str(dump))
-    report = guest_view(host_fns, op_timeout=2.0)
+    report = guest_view(host_fns, op_timeout=DEFAULT_OP_TIMEOUT)
     # every function is either shown or refused, never dropped silently
     shown = {v.host.sbdf for v in report.views}
     refused = {r.sbdf for r in report.refused}
@@ -167,6 +173,9 @@ def test_guest_view_of_this_hosts_sysfs_devices(tmp_path: Path) -> None:
     write_dump([v.guest for v in report.views], out)
     for view in report.views:
         host = subprocess.run(
-            [exe, "-n", "-s", str(view.host.sbdf)], capture_output=True, text=True, timeout=30
+            [exe, "-n", "-s", str(view.host.sbdf)],
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT,
         ).stdout.strip()
         assert _identity(out, view.guest.sbdf.bdf) == host.split(" ", 1)[1]

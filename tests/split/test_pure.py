@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from xenpci.abi import pciif
 from xenpci.guest.pci_core import GuestPciBus
 from xenpci.hv.scheduler import Scheduler
@@ -29,7 +30,6 @@ from xenpci.pcifront.xenbus import parse_root, parse_vdev
 pytestmark = pytest.mark.timeout(20)
 
 #: Only the threaded round trip waits on a real thread; this bounds a broken backend.
-OS_EDGE_TIMEOUT = 5.0
 
 
 @pytest.mark.parametrize(
@@ -276,3 +276,26 @@ def test_vdev_written_by_pciback_is_read_back_by_pcifront(d: int, b: int, s: int
     assert len(text.rpartition(".")[2]) == 2  # the PV protocol's %02x function
     assert parse_vdev(text) == SBDF(d, b, s, f)
     assert parse_root(format_root(d, b)) == (d, b)
+
+
+def test_request_writes_the_ctypes_layout_and_reads_the_answer() -> None:
+    """``request`` packs the header with ``struct``: the backend, reading the page
+    through the ctypes ``xen_pci_sharedinfo``, sees every field where C puts it,
+    truncated to 32 bits as a ctypes (or C) assignment would."""
+    buf = bytearray(4096)
+    seen: list[tuple[int, ...]] = []
+
+    def backend() -> None:
+        info = pciif.xen_pci_sharedinfo.from_buffer(buf)
+        o = info.op
+        seen.append((info.flags, o.cmd, o.err, o.domain, o.bus, o.devfn, o.offset, o.size, o.value))
+        o.err, o.value = -22, 0xDEADBEEF
+        info.flags &= ~pciif.XEN_PCIF_active
+
+    pciif.xen_pci_sharedinfo.from_buffer(buf).flags = pciif.XEN_PCIB_AERHANDLER
+    chan = ops.PciOpChannel(memoryview(buf), backend)
+    got = chan.request(pciif.XEN_PCI_OP_conf_write, 0x1_0000_0005, 2, 0x1FF, -4, 4, 0x1_2345_6789)
+    assert got == (-22, 0xDEADBEEF)
+    flags = pciif.XEN_PCIB_AERHANDLER | pciif.XEN_PCIF_active
+    assert seen == [(flags, pciif.XEN_PCI_OP_conf_write, 0, 5, 2, 0x1FF, -4, 4, 0x23456789)]
+    assert pciif.xen_pci_sharedinfo.from_buffer(buf).flags == pciif.XEN_PCIB_AERHANDLER

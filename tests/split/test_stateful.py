@@ -18,6 +18,7 @@ from xenpci.abi.xenbus import XenbusState as S
 from xenpci.devices import catalog
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
+from xenpci.pcifront.ops import DEFAULT_OP_TIMEOUT
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.machine import Machine
 
@@ -27,7 +28,7 @@ MODELS = ("nic", "nvme", "legacy", "subpage")
 class HotPlug(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.m = Machine(op_timeout=2.0, deterministic=True)
+        self.m = Machine(op_timeout=DEFAULT_OP_TIMEOUT, deterministic=True)
         self.fns = [catalog.make(name, SBDF(0, 3 + i, 0, 0))[0] for i, name in enumerate(MODELS)]
         self.m.add_host_devices(self.fns)
         for fn in self.fns:

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import OS_EDGE_TIMEOUT, TOOL_TIMEOUT
 from tests.interop import require_executable
+from tests.toolstack.test_libxl_machine import wait_node
 from xenpci.cli.main import app
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.daemon import read_pid
@@ -65,7 +67,7 @@ class Xl:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=10,
+            timeout=TOOL_TIMEOUT,
             check=True,
         ).stdout
         got: dict[str, tuple[str, str]] = {}
@@ -84,14 +86,22 @@ class Xl:
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=10,
+            timeout=TOOL_TIMEOUT,
         )
         return r.stdout.strip() if r.returncode == 0 else None
 
     def wait_connected(self, domid: int) -> None:
         xs = XsClient.unix(str(self.dir / "xenstored.sock"))
         try:
-            lp.wait_for_backend_state(xs, domid, timeout=10)
+            lp.wait_for_backend_state(xs, domid, timeout=OS_EDGE_TIMEOUT)
+        finally:
+            xs.close()
+
+    def wait_node(self, path: str, value: str) -> None:
+        """Until ``path`` reads ``value``, on a XenStore watch over the daemon's socket."""
+        xs = XsClient.unix(str(self.dir / "xenstored.sock"))
+        try:
+            wait_node(xs, path, value, OS_EDGE_TIMEOUT)
         finally:
             xs.close()
 
@@ -107,13 +117,13 @@ def start_machine(run_dir: Path, *extra: str) -> int:
             "--daemon",
             "--dir",
             str(run_dir),
-            "--timeout",
-            "30",  # the backend wait: generous for a loaded machine, instant when it works
+            "--timeout",  # the daemon's backend waits: real time across its threads
+            str(OS_EDGE_TIMEOUT),
             *extra,
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=TOOL_TIMEOUT,
     )
     assert r.returncode == 0, r.stderr
     pid = read_pid(run_dir)
@@ -126,17 +136,19 @@ def stop_machine(run_dir: Path, pid: int) -> None:
         [sys.executable, "-m", "xenpci", "machine", "stop", "--dir", str(run_dir)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=TOOL_TIMEOUT,
     )
     assert r.returncode == 0, r.stderr
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
+    # The daemon is not our child (no waitpid): a pidfd becomes readable when it exits.
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # gone already
+    try:
+        readable, _, _ = select.select([fd], [], [], OS_EDGE_TIMEOUT)
+    finally:
+        os.close(fd)
+    if not readable:
         pytest.fail(f"machine pid {pid} still alive after stop")
 
 
@@ -277,7 +289,7 @@ def test_status_and_clean_stop(machine_dir: Path) -> None:
         [sys.executable, "-m", "xenpci", "machine", "start", "--daemon", "--dir", str(machine_dir)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=TOOL_TIMEOUT,
     )
     assert again.returncode == 1 and "already running" in again.stderr
     xl = Xl(machine_dir)
@@ -328,7 +340,7 @@ def test_bad_config_and_hostile_control_client(machine_dir: Path, tmp_path: Path
         assert b'"ok": false' in reply and b"not JSON" in reply
         s.sendall(b'{"id": 2, "op": "reboot-the-world"}\n')
         assert b"unknown op" in s.recv(4096)
-        s.settimeout(10)
+        s.settimeout(OS_EDGE_TIMEOUT)
         try:
             for _ in range(40):  # 2.5 MiB without a newline; the daemon gives up at 1 MiB
                 s.sendall(b"x" * 65536)
@@ -356,18 +368,20 @@ def test_foreground_machine_stops_on_sigterm(machine_dir: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert proc.stderr is not None
     try:
-        deadline = time.monotonic() + 30
-        while read_pid(machine_dir) != proc.pid:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "machine never wrote its pid file"
-            time.sleep(0.05)
+        # Its first line says it runs (printed once the pid file is written and the
+        # sockets listen): read it, no polling. The rest is read at the end.
+        first = proc.stderr.readline()
+        assert "running" in first, first + proc.communicate()[1]
+        assert read_pid(machine_dir) == proc.pid
         xl = Xl(machine_dir)
         xl("pci-assignable-add", "03:00.0")
         xl("create", str(EXAMPLES / "guest1.cfg"))
         assert xl.xs_read("/local/domain/1/name") == "guest1"
         proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
+        _out, rest = proc.communicate(timeout=OS_EDGE_TIMEOUT)
+        err = first + rest
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -404,15 +418,14 @@ def test_guest_paused_then_destroyed_mid_attach(machine_dir: Path) -> None:
         # the next attach waits for Connected, in its own process as a second xl would
         proc = xl.background("pci-attach", "guest1", "07:00.0")
         try:
-            deadline = time.monotonic() + 30
-            while xl.xs_read("/libxl/pci/0000-07-00-0/domid") != "1":
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            time.sleep(0.5)
-            assert proc.poll() is None  # still waiting on the paused guest
+            # claimed for guest1: from here it waits for Connected, which only the
+            # paused guest can bring about (state 7 stays: nobody answers it)
+            xl.wait_node("/libxl/pci/0000-07-00-0/domid", "1")
+            assert xl.xs_read(lp.backend_path(1) + "/state") == "7"
+            assert proc.poll() is None
             xl("destroy", "guest1")
-            _out, err = proc.communicate(timeout=30)
+            # "went away" (below) proves it was still waiting when the guest died
+            _out, err = proc.communicate(timeout=OS_EDGE_TIMEOUT)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -451,10 +464,12 @@ def test_attach_to_paused_guest_completes_on_unpause(machine_dir: Path) -> None:
         xl("pci-attach", "guest1", "04:00.0")
         proc = xl.background("pci-attach", "guest1", "07:00.0")
         try:
-            time.sleep(1.5)
-            assert proc.poll() is None  # waiting for the paused guest
+            # claimed for guest1 and waiting: the paused guest has not answered state 7
+            xl.wait_node("/libxl/pci/0000-07-00-0/domid", "1")
+            assert xl.xs_read(lp.backend_path(1) + "/state") == "7"
+            assert proc.poll() is None
             xl("unpause", "guest1")
-            _out, err = proc.communicate(timeout=30)
+            _out, err = proc.communicate(timeout=OS_EDGE_TIMEOUT)
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -1,5 +1,10 @@
 """``xl pause`` / ``xl unpause`` in process: a paused guest's vCPU runs nothing until unpaused.
 
+Waits: the exact properties (queued work does not run while paused, however long) run
+on a deterministic machine, driven by its executor on a virtual clock; the tests that
+remain threaded (an attach or a destroy racing a paused guest from other threads) wait on
+XenStore watches and events, bounded by the suite's OS-edge constant.
+
 The truth checked: Xen's pause semantics (a counted controller pause, ``EINVAL`` for an
 unpause of a domain not paused, ``EOVERFLOW`` past 255), xl list's ``rbpscd`` flags,
 and the XenBus handshake: a paused frontend cannot answer a Reconfiguring backend, so
@@ -14,8 +19,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT
 from tests.toolstack.test_libxl_machine import LEGACY, NIC, NVME, spec, wait_node
 from xenpci.hv import MAX_CONTROLLER_PAUSES
+from xenpci.hv.scheduler import Scheduler
 from xenpci.pcifront.errors import PcifrontError
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.errors import DomainGone, PauseError, ToolstackError
@@ -41,14 +48,33 @@ def machine() -> Iterator[Machine]:
 
 @pytest.fixture
 def libxl(machine: Machine) -> Libxl:
-    return Libxl(machine, machine.xs, timeout=20.0)
+    return Libxl(machine, machine.xs, timeout=THREADED_MODEL_TIMEOUT)
+
+
+@pytest.fixture
+def det() -> Iterator[Machine]:
+    """A deterministic machine: one thread, a virtual clock, driven by its executor."""
+    m = boot_machine(HostDescription(), deterministic=True)
+    try:
+        yield m
+    finally:
+        m.shutdown()
+
+
+def executor(machine: Machine) -> Scheduler:
+    assert machine.hv.scheduler is not None
+    return machine.hv.scheduler
 
 
 def guest_with_nic(machine: Machine, libxl: Libxl) -> int:
     for s in (NIC, NVME, LEGACY):
         libxl.assignable_add(s)
     domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16\npci=["03:00.0"]'))
-    wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4", timeout=30)
+    if machine.hv.scheduler is not None:
+        front = machine.guest(domid).wait_for_pcifront(10.0)  # virtual seconds
+        assert front.wait_connected(1, 10.0)
+    else:
+        wait_node(machine.xs, f"{lp.frontend_path(domid)}/state", "4", OS_EDGE_TIMEOUT)
     return domid
 
 
@@ -85,56 +111,52 @@ def test_pause_count_is_capped(machine: Machine, libxl: Libxl) -> None:
     assert not machine.guest_paused(domid)
 
 
-def test_paused_vcpu_runs_nothing_until_unpaused(machine: Machine, libxl: Libxl) -> None:
-    """Work queued for the vCPU waits, then runs in order on unpause."""
+def test_paused_vcpu_runs_nothing_until_unpaused(det: Machine) -> None:
+    """Work queued for the vCPU waits (an exact property: the executor runs everything
+    else and an hour of virtual time passes), then runs in order on unpause."""
+    libxl = Libxl(det, det.xs)
+    ex = executor(det)
     domid = libxl.domain_create(load_domain_config('name="g"\nmemory=16'))
-    dom = machine.hv.domain(domid)
+    dom = det.hv.domain(domid)
     libxl.domain_pause(domid)
     ran: list[int] = []
     futures = [dom.run(ran.append, i) for i in range(3)]
-    time.sleep(0.3)
+    ex.run_until_idle()
+    ex.advance(3600.0)
     assert ran == [] and not any(f.done() for f in futures)
     libxl.domain_unpause(domid)
-    for f in futures:
-        f.result(timeout=10)
-    assert ran == [0, 1, 2]
+    ex.run_until_idle()
+    assert ran == [0, 1, 2] and all(f.done() for f in futures)
 
 
-def test_attach_to_a_paused_guest_completes_after_unpause(machine: Machine, libxl: Libxl) -> None:
+def test_attach_to_a_paused_guest_completes_after_unpause(det: Machine) -> None:
     """libxl's hot-plug writes Reconfiguring and returns; the next one waits for Connected,
-    which only a running frontend can bring about."""
-    domid = guest_with_nic(machine, libxl)
-    kernel = machine.guest(domid)
-    front = kernel.wait_for_pcifront(10)
+    which only a running frontend can bring about. The unpause comes at 1 s of virtual
+    time, from a timer that fires while that attach waits."""
+    libxl = Libxl(det, det.xs)
+    ex = executor(det)
+    domid = guest_with_nic(det, libxl)
+    kernel = det.guest(domid)
+    front = kernel.pcifront
+    assert front is not None
     libxl.domain_pause(domid)
     libxl.pci_attach(domid, spec("04:00.0"))  # state 7 written; nobody answers yet
-    errors: list[BaseException] = []
+    seen: dict[str, object] = {}
 
-    def attach() -> None:
-        try:
-            libxl.pci_attach(domid, spec("07:00.0"))
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=attach)
-    t.start()
-    try:
-        time.sleep(1.0)
-        assert t.is_alive(), errors  # waiting for the backend to be Connected again
-        assert lp.assigned_domid(machine.xs, LEGACY) == domid  # claimed, now waiting
-        assert len(list(kernel.pci.devices())) == 1  # the paused guest has not rescanned
-        assert front.xenbus.state is S.XenbusStateConnected
+    def while_waiting() -> None:
+        seen["claimed"] = lp.assigned_domid(det.xs, LEGACY)  # claimed, now waiting
+        seen["devices"] = len(list(kernel.pci.devices()))  # the paused guest has not rescanned
+        seen["state"] = front.xenbus.state
         libxl.domain_unpause(domid)
-        t.join(timeout=30)
-        assert not t.is_alive()
-    finally:
-        if t.is_alive() and machine.guest_paused(domid):
-            machine.unpause_guest(domid)
-        t.join(timeout=30)
-    assert errors == []
+
+    t0 = ex.clock.now()
+    ex.call_later(1.0, while_waiting)
+    libxl.pci_attach(domid, spec("07:00.0"))  # returns only once the guest ran again
+    assert ex.clock.now() == t0 + 1.0  # it waited for the unpause, and no longer
+    assert seen == {"claimed": domid, "devices": 1, "state": S.XenbusStateConnected}
     assert [e.sbdf for e in libxl.pci_list(domid)] == [NIC, NVME, LEGACY]
     # the guest ran its queued work: two rescans (Connected twice more), three devices
-    assert front.wait_connected(3, 30), front.xenbus.history
+    assert front.wait_connected(3, 10.0), front.xenbus.history
     assert len(list(kernel.pci.devices())) == 3
 
 
@@ -155,14 +177,17 @@ def test_destroying_a_paused_guest_mid_attach(machine: Machine, libxl: Libxl) ->
 
     t = threading.Thread(target=attach)
     t.start()
-    wait_node(machine.xs, f"{lp.libxl_pci_path(LEGACY)}/domid", str(domid), timeout=30)
-    time.sleep(0.5)
-    assert t.is_alive()  # waiting for the backend to be Connected again
+    # claimed: from here the attach waits for Connected, which the paused guest cannot
+    # bring about (its backend stays Reconfiguring)
+    wait_node(machine.xs, f"{lp.libxl_pci_path(LEGACY)}/domid", str(domid), OS_EDGE_TIMEOUT)
+    assert machine.xs.read(f"{lp.backend_path(domid)}/state") == b"7"
+    assert t.is_alive()
     t0 = time.monotonic()
     libxl.domain_destroy(domid)
-    t.join(timeout=30)
+    t.join(OS_EDGE_TIMEOUT)
     assert not t.is_alive()
-    assert time.monotonic() - t0 < 5  # ended by the death, not a reply or backend timeout
+    # ended by the death, not by waiting out the backend timeout
+    assert time.monotonic() - t0 < THREADED_MODEL_TIMEOUT
     assert len(errors) == 1 and isinstance(errors[0], DomainGone), errors
     assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
     assert len(nvme.resets) > resets_before  # type: ignore[attr-defined]
@@ -176,34 +201,38 @@ def test_pause_at_the_busy_moment_then_destroy_is_prompt(machine: Machine, libxl
     """xl pause lands while the guest's XenStore callback thread has a request in flight
     (the reply can only come through the now-paused vCPU); xl destroy still ends at once:
     the closed ring fails that request, the callback thread lets go, nothing waits out
-    the ring's 30 s reply timeout or the client's 5 s thread join."""
+    the ring's 30 s reply timeout or the client's 5 s thread join. The request is a write,
+    so dom0 can see (on a watch) that xenstored served it while its reply is stuck."""
     domid = guest_with_nic(machine, libxl)
     kernel = machine.guest(domid)
     home = f"/local/domain/{domid}"
     entered, go = threading.Event(), threading.Event()
-    outcome: list[BaseException | bytes] = []
+    outcome: list[BaseException | None] = []
+    sent = f"{home}/data/sent"
 
     def on_change(ev: WatchEvent) -> None:  # runs on the guest client's callback thread
         if ev.path != f"{home}/data/poke":
             return
         entered.set()
-        go.wait(10)
+        go.wait(OS_EDGE_TIMEOUT)
         try:
-            outcome.append(kernel.xs.read(f"{home}/name"))
+            kernel.xs.write(sent, "1")  # xenstored applies it; the reply needs the vCPU
+            outcome.append(None)
         except BaseException as e:
             outcome.append(e)
 
     machine.xs.write(f"{home}/data/poke", "0")
     kernel.xs.watch(f"{home}/data/poke", "busy", on_change)  # fires once at once
-    assert entered.wait(10)
+    assert entered.wait(OS_EDGE_TIMEOUT)
     libxl.domain_pause(domid)
     go.set()  # the request goes out; its reply's upcall is queued on the paused vCPU
-    time.sleep(0.2)
-    assert outcome == []  # in flight
+    # dom0 sees the write land: the request was served and its reply is in flight
+    wait_node(machine.xs, sent, "1", OS_EDGE_TIMEOUT)
+    assert outcome == []  # in flight: the reply cannot reach the paused guest
     t0 = time.monotonic()
     libxl.domain_destroy(domid)
     elapsed = time.monotonic() - t0
-    assert elapsed < 5, elapsed
+    assert elapsed < 5, elapsed  # under the client's 5 s thread join (client.py)
     assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosed), outcome
     assert [d.name for d in libxl.domain_list()] == ["Domain-0"]
     assert not machine.xs.exists(home)
@@ -221,12 +250,18 @@ def test_pause_during_a_pcifront_scan_then_destroy_is_prompt(
     kernel = machine.guest(domid)
     front = kernel.pcifront
     assert front is not None and front.chan is not None
-    front.chan.timeout = 30.0  # a stalled op would hold destroy for 30 s per devfn
-    started = threading.Event()
+    op_timeout = front.chan.timeout = 30.0  # a stalled op would hold destroy 30 s per devfn
+    posted = threading.Event()
+    notify = front.chan._notify
+
+    def notify_and_tell() -> None:  # the channel's doorbell, and the test told it rang
+        notify()
+        posted.set()
+
+    front.chan._notify = notify_and_tell
     results: list[int] = []
 
     def scan() -> None:  # the guest kernel's rescan of root 0000:00
-        started.set()
         for devfn in range(256):
             try:
                 results.append(front.read(0, 0, devfn, 0, 4)[0])
@@ -236,14 +271,13 @@ def test_pause_during_a_pcifront_scan_then_destroy_is_prompt(
     libxl.domain_pause(domid)
     scanner = threading.Thread(target=scan)
     scanner.start()
-    assert started.wait(10)
-    time.sleep(0.2)  # the first op is posted; its answer's upcall waits on the paused vCPU
+    assert posted.wait(OS_EDGE_TIMEOUT)  # an op is posted; its answer's upcall waits
     t0 = time.monotonic()
     libxl.domain_destroy(domid)
-    scanner.join(10)
+    scanner.join(OS_EDGE_TIMEOUT)
     elapsed = time.monotonic() - t0
     assert not scanner.is_alive()
-    assert elapsed < 5, elapsed
+    assert elapsed < op_timeout, elapsed  # not one op timeout waited out
     # the scan did not go on as if devices answered: every op after the halt failed
     assert len(results) == 256 and results[-1] != 0
     assert {d.sbdf for d in libxl.assignable_list()} == {NIC, NVME, LEGACY}
@@ -267,9 +301,9 @@ def test_cancel_ends_a_backend_wait_at_once(machine: Machine) -> None:
 
     t = threading.Thread(target=wait)
     t.start()
-    assert started.wait(30)
+    assert started.wait(OS_EDGE_TIMEOUT)
     cancel.cancel()
-    t.join(timeout=30)
+    t.join(OS_EDGE_TIMEOUT)
     assert not t.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], DomainGone) and errors[0].domid == 77
     with pytest.raises(DomainGone):  # already cancelled: no wait at all
@@ -283,7 +317,7 @@ def test_destroy_of_one_guest_does_not_wait_on_anothers_detach(
     lock, so destroying another guest meanwhile goes through (libxl's per-domain locks)."""
     g = guest_with_nic(machine, libxl)
     h = libxl.domain_create(load_domain_config('name="h"\nmemory=16\npci=["04:00.0"]'))
-    wait_node(machine.xs, f"{lp.frontend_path(h)}/state", "4", timeout=30)
+    wait_node(machine.xs, f"{lp.frontend_path(h)}/state", "4", OS_EDGE_TIMEOUT)
     libxl.domain_pause(h)
     errors: list[BaseException] = []
 
@@ -297,13 +331,13 @@ def test_destroy_of_one_guest_does_not_wait_on_anothers_detach(
     t.start()
     try:
         # the detach has asked the paused guest to let go (state-0 Closing) and waits
-        wait_node(machine.xs, f"{lp.backend_path(h)}/state-0", "5", timeout=30)
+        wait_node(machine.xs, f"{lp.backend_path(h)}/state-0", "5", OS_EDGE_TIMEOUT)
         libxl.domain_destroy(g)  # returns while the other domain's detach still waits
         assert t.is_alive(), errors
         assert [d.name for d in libxl.domain_list()] == ["Domain-0", "h"]
     finally:
         libxl.domain_unpause(h)
-        t.join(timeout=30)
+        t.join(OS_EDGE_TIMEOUT)
     assert not t.is_alive() and errors == []
     assert libxl.pci_list(h) == []
 

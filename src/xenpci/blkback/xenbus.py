@@ -248,7 +248,8 @@ class BlkbackDriver(XenbusBackendBus[tuple[int, int], BlkbackDevice]):
             (domid, devid), timeout, f"no blkback device for d{domid} vbd {devid}"
         )
 
-    def _present(self) -> set[tuple[int, int]]:
+    def _present(self, scope: set[tuple[int, int]] | None) -> set[tuple[int, int]]:
+        # No scope (_scope's default): every event rescans the whole root.
         out: set[tuple[int, int]] = set()
         try:
             for d in self.xs.ls(BACKEND_ROOT):

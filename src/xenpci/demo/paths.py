@@ -42,20 +42,18 @@ def path_counts(trace: Trace) -> list[PathCount]:
     port IO) record ``direct`` for guests, so dom0's own accesses are those of
     domid 0.
     """
-    by_kind: dict[str, dict[str, int]] = {}
-    for ev in trace.events:
-        slot = by_kind.setdefault(ev.kind, {})
-        slot[ev.path] = slot.get(ev.path, 0) + 1
+    stored = trace.path_counts()
+    counted = trace.count_only_counts()
     rows = []
     for category, kinds in CATEGORIES.items():
         tally = {"dom0": 0, "direct": 0, "hypervisor": 0}
         for kind in kinds:
             if kind in trace.count_only:
-                mine = trace.count(kind, 0)
-                tally["dom0"] += mine
-                tally["direct"] += trace.count(kind) - mine
+                for (k, domid), n in counted.items():
+                    if k == kind:
+                        tally["dom0" if domid == 0 else "direct"] += n
             else:
-                for path, n in by_kind.get(kind, {}).items():
-                    tally[path] += n
+                for path in tally:
+                    tally[path] += stored.get((kind, path), 0)
         rows.append(PathCount(category, tally["dom0"], tally["direct"], tally["hypervisor"]))
     return rows

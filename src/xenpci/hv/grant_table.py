@@ -60,18 +60,25 @@ class _Table:
         self.p2m = p2m
         self.dead = False
         self.frames = [bytearray(4096) for _ in range(NR_GRANT_FRAMES)]
-        per = gt.GRANT_ENTRIES_PER_FRAME_V1
-        self.entries = [
-            gt.grant_entry_v1.from_buffer(
-                self.frames[i // per], (i % per) * ctypes.sizeof(gt.grant_entry_v1)
-            )
-            for i in range(NR_GRANT_ENTRIES)
-        ]
+        #: The ctypes view of each entry ever touched, made on first use: a fresh
+        #: table is all zeros (``GTF_invalid``), and building 2048 views per domain
+        #: up front cost more than all the grants a run makes.
+        self.touched: dict[int, gt.grant_entry_v1] = {}
         self.free = list(range(NR_GRANT_ENTRIES - 1, GNTTAB_NR_RESERVED_ENTRIES - 1, -1))
         # Mappings per ref: (readers, writers); the flags mirror "count > 0".
         self.maps: dict[int, list[int]] = {}
         # Frame each mapped ref pins (so a dying granter's frame outlives it).
         self.pinned_mfn: dict[int, int] = {}
+
+    def entry(self, gref: int) -> gt.grant_entry_v1:
+        """Entry ``gref`` (in range: callers check) as a live ``grant_entry_v1``."""
+        entry = self.touched.get(gref)
+        if entry is None:
+            per = gt.GRANT_ENTRIES_PER_FRAME_V1
+            entry = self.touched[gref] = gt.grant_entry_v1.from_buffer(
+                self.frames[gref // per], (gref % per) * ctypes.sizeof(gt.grant_entry_v1)
+            )
+        return entry
 
 
 @dataclass(slots=True)
@@ -116,7 +123,8 @@ class GrantTables:
             if table is None:
                 return set()
             table.dead = True
-            for gref, entry in enumerate(table.entries):
+            # Entries never touched are still all zeros, i.e. already GTF_invalid.
+            for gref, entry in table.touched.items():
                 if gref not in table.maps:
                     entry.flags = gt.GTF_invalid
             pinned = set(table.pinned_mfn.values())
@@ -153,7 +161,7 @@ class GrantTables:
                     domid=granter,
                 )
             gref = table.free.pop()
-            entry = table.entries[gref]
+            entry = table.entry(gref)
             entry.domid = grantee
             entry.frame = gfn
             # Flags last, as Linux does after a wmb(): the entry is valid only once complete.
@@ -268,7 +276,7 @@ class GrantTables:
         table, gref, ro = track.table, track.gref, track.mapping.readonly
         counts = table.maps[gref]
         counts[0 if ro else 1] -= 1
-        entry = table.entries[gref]
+        entry = table.entry(gref)
         if counts[0] == 0:
             entry.flags &= ~gt.GTF_reading
         if counts[1] == 0:
@@ -307,7 +315,7 @@ class GrantTables:
                 domid=caller,
                 gref=gref,
             )
-        entry = table.entries[gref]
+        entry = table.entry(gref)
         if entry.flags & gt.GTF_type_mask == gt.GTF_invalid:
             raise GrantError(
                 f"gref {gref} of d{table.domid} is not in use",

@@ -14,6 +14,7 @@ still mapped by others).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 
 from xenpci.hv.console import Console
@@ -156,10 +157,10 @@ class Hypervisor:
     def _domid_alloc(self) -> int:
         """``domid_alloc(DOMID_ANY)`` (``xen/common/domid.c``): the first free id after
         the last one given, wrapping to 1; a freed id is not given again at once."""
-        order = [
-            *range(self._domid_last + 1, DOMID_FIRST_RESERVED),
-            *range(1, self._domid_last + 1),
-        ]
+        # Lazily: the first free id is almost always the very next one.
+        order = itertools.chain(
+            range(self._domid_last + 1, DOMID_FIRST_RESERVED), range(1, self._domid_last + 1)
+        )
         domid: int | None = next((d for d in order if d not in self._domains), None)
         if domid is None:
             raise InvalidArgument("no free domid", errno="ENOSPC", op="domctl_createdomain")
@@ -185,7 +186,8 @@ class Hypervisor:
             for pirq in [p for p, (d, _) in self._pirqs.items() if d == domid]:
                 _, source = self._pirqs.pop(pirq)
                 del self._pirq_of_source[source]
-            self.machine.free([m for m in dom.p2m.mfns if m not in pinned])
+            mfns = dom.p2m.mfns
+            self.machine.free([m for m in mfns if m not in pinned] if pinned else mfns)
         if devices:
             self.trace.record("devices_returned", 0, "hypervisor", target=domid, sbdfs=devices)
         dom.vcpu.stop()

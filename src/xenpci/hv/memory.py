@@ -15,8 +15,14 @@ collide with the MMIO window devices register on the I/O bus (below 4 GiB,
 from __future__ import annotations
 
 import threading
+from functools import partial
+from itertools import compress, repeat
+from operator import is_not
 
 from xenpci.hv.errors import InvalidArgument, OutOfMemory
+
+#: ``x is not None`` as a C-level callable (no Python frame per frame).
+_NOT_NONE = partial(is_not, None)
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -56,25 +62,28 @@ class MachineMemory:
             available = len(self._freed) + (self.end_mfn - self._next)
             if count > available:
                 raise OutOfMemory(f"{count} frames requested, {available} free", requested=count)
-            out: list[int] = []
-            while len(out) < count and self._freed:
-                out.append(self._freed.pop())
-            fresh = count - len(out)
+            # Reused frames first, most recently freed first; then fresh ones. Whole
+            # slices, no per-frame Python step: a guest's RAM is tens of thousands.
+            freed = self._freed
+            take = min(count, len(freed))
+            out = freed[len(freed) - take :][::-1]
+            del freed[len(freed) - take :]
+            fresh = count - take
             out.extend(range(self._next, self._next + fresh))
             self._next += fresh
-            for mfn in out:
-                # Scrub on allocation: a new owner never sees the previous owner's bytes.
-                frame = self._frames.get(mfn)
-                if frame is not None:
-                    frame[:] = bytes(PAGE_SIZE)
-                self._owner[mfn] = owner
+            # Scrub on allocation: a new owner never sees the previous owner's bytes.
+            # Only frames ever touched have bytes (``keys() & out`` walks ``out`` in C).
+            frames = self._frames
+            for mfn in frames.keys() & out:
+                frames[mfn][:] = bytes(PAGE_SIZE)
+            self._owner.update(dict.fromkeys(out, owner))
             return out
 
     def free(self, mfns: list[int]) -> None:
         with self._lock:
-            for mfn in mfns:
-                if self._owner.pop(mfn, None) is not None:
-                    self._freed.append(mfn)
+            # The frames that were owned (owner 0 is dom0: compare with None), in order.
+            was = map(self._owner.pop, mfns, repeat(None))
+            self._freed.extend(compress(mfns, map(_NOT_NONE, was)))
 
     def owner(self, mfn: int) -> int | None:
         """The domain owning RAM frame ``mfn`` (``None`` if free or not RAM)."""

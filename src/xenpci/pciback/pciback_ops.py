@@ -1,12 +1,15 @@
 """pciback's request handling (Linux ``pciback_ops.c``), sans-IO.
 
-:func:`handle_op` answers one ``struct xen_pci_op`` that the caller has
-already copied out of the shared page; :func:`serve_shared_page` is the
-copy-once / write-back / clear-``_XEN_PCIF_active`` step around it (the
-XSA-155 rule: the shared page is read exactly once per request and, after
-that, only ``err``, ``value`` and, for a successful ``enable_msix``, the
-vectors are written back). The event channel, the work queue and late EOI
-belong to the XenBus backend that calls these.
+:func:`handle_op` answers one ``struct xen_pci_op`` (or just its header, an
+:class:`OpHeader`) that the caller has already copied out of the shared page;
+:func:`serve_shared_page` is the copy-once / write-back /
+clear-``_XEN_PCIF_active`` step around it (the XSA-155 rule: the shared page
+is read exactly once per request and, after that, only ``err``, ``value``
+and, for a successful ``enable_msix``, the vectors are written back). The
+page is read and written with ``struct`` at the ctypes layout's offsets; a
+ctypes ``xen_pci_op`` is built only for ``enable_msix``, the one op that
+reads its entries. The event channel, the work queue and late EOI belong to
+the XenBus backend that calls these.
 
 The AER relay (backend to frontend, ``pci_stub.c`` ``common_process``) is
 here too as three pure steps on the page: post, poll, time out.
@@ -20,8 +23,9 @@ SR-IOV VFs are not modelled, so "the physical function's COMMAND" in the
 from __future__ import annotations
 
 import ctypes
+import struct
 from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 from xenpci.abi import pciif
 from xenpci.abi.pciif import xen_pci_op, xen_pci_sharedinfo
@@ -36,6 +40,16 @@ from xenpci.trace import Kind, Trace
 
 OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
 AER_OP_OFFSET: Final = xen_pci_sharedinfo.aer_op.offset
+OP_SIZE: Final = ctypes.sizeof(xen_pci_op)
+#: The page's ``flags`` word, the op's header fields, and the two answer fields,
+#: read and written with ``struct`` on the page itself (no ctypes object per op).
+_FLAGS: Final = struct.Struct("<I")
+_HEADER: Final = struct.Struct("<IiIIIiiI")
+_ERR: Final = struct.Struct("<i")
+_U32: Final = struct.Struct("<I")
+_ERR_AT: Final = OP_OFFSET + xen_pci_op.err.offset
+_VALUE_AT: Final = OP_OFFSET + xen_pci_op.value.offset
+_ACTIVE: Final = pciif.XEN_PCIF_active
 
 # enum pci_ers_result (include/linux/pci.h) and pci_channel_state.
 PCI_ERS_RESULT_NONE: Final = 1
@@ -48,6 +62,32 @@ pci_channel_io_normal: Final = 1
 pci_channel_io_frozen: Final = 2
 pci_channel_io_perm_failure: Final = 3
 AER_TIMEOUT_S: Final = 300
+
+
+class OpHeader(NamedTuple):
+    """The header of a ``struct xen_pci_op`` (everything but the MSI-X entries),
+    as unpacked from the private copy of a request: what every op but
+    ``enable_msix`` reads."""
+
+    cmd: int
+    err: int
+    domain: int
+    bus: int
+    devfn: int
+    offset: int
+    size: int
+    value: int
+
+
+def _full_op(op: xen_pci_op | OpHeader) -> xen_pci_op:
+    """``op`` as the whole structure (a header has all-zero MSI-X entries, as the
+    on-stack op Linux's pcifront memcpy's for a header-only request)."""
+    if isinstance(op, xen_pci_op):
+        return op
+    full = xen_pci_op()
+    full.cmd, full.err, full.domain, full.bus = op.cmd, op.err, op.domain, op.bus
+    full.devfn, full.offset, full.size, full.value = op.devfn, op.offset, op.size, op.value
+    return full
 
 
 class Backend(Protocol):
@@ -178,7 +218,7 @@ def _disable_msix(psdev: PcistubDevice, platform: InterruptPlatform) -> tuple[in
 
 
 def _dispatch(
-    op: xen_pci_op, psdev: PcistubDevice, platform: InterruptPlatform, owner: int
+    op: xen_pci_op | OpHeader, psdev: PcistubDevice, platform: InterruptPlatform, owner: int
 ) -> tuple[int, int, tuple[int, ...] | None]:
     """The ``switch (op->cmd)`` of ``xen_pcibk_do_one_op``: (err, value, vectors)."""
     dd = psdev.dev_data
@@ -194,7 +234,7 @@ def _dispatch(
     elif cmd == pciif.XEN_PCI_OP_disable_msi:
         err, value = _disable_msi(psdev, platform)
     elif cmd == pciif.XEN_PCI_OP_enable_msix:
-        err, value, vectors = _enable_msix(psdev, platform, owner, op)
+        err, value, vectors = _enable_msix(psdev, platform, owner, _full_op(op))
     elif cmd == pciif.XEN_PCI_OP_disable_msix:
         err, value = _disable_msix(psdev, platform)
     elif cmd == pciif.XEN_PCI_OP_enable_multi_msi and dd.options.multi_msi:
@@ -208,7 +248,7 @@ def _dispatch(
     return err, value, vectors
 
 
-def handle_op(op: xen_pci_op, backend: Backend, platform: InterruptPlatform) -> OpResult:
+def handle_op(op: xen_pci_op | OpHeader, backend: Backend, platform: InterruptPlatform) -> OpResult:
     """``xen_pcibk_do_one_op`` on a private copy of the request."""
     psdev = backend.get(op.domain, op.bus, op.devfn)
     if psdev is None:
@@ -239,19 +279,23 @@ def serve_shared_page(
     """One request cycle on the granted page; None if ``_XEN_PCIF_active`` is clear
     (a spurious event: the caller's late EOI should say so). With a ``trace``, each
     answered request is recorded as a ``pci_op`` of the frontend's domain."""
-    info = xen_pci_sharedinfo.from_buffer(page)
-    if not info.flags & pciif.XEN_PCIF_active:
+    if not _FLAGS.unpack_from(page, 0)[0] & _ACTIVE:
         return None
-    # Copy once (XSA-155); from here on only the private copy is read.
-    op = xen_pci_op.from_buffer_copy(bytes(page[OP_OFFSET : OP_OFFSET + ctypes.sizeof(xen_pci_op)]))
+    # Copy once (XSA-155); from here on only the private copy is read. The header
+    # is unpacked from it; only enable_msix (which reads the entries) gets the
+    # whole ctypes structure, from the same copy.
+    raw = bytes(page[OP_OFFSET : OP_OFFSET + OP_SIZE])
+    op: xen_pci_op | OpHeader = OpHeader._make(_HEADER.unpack_from(raw))
+    if op.cmd == pciif.XEN_PCI_OP_enable_msix:
+        op = xen_pci_op.from_buffer_copy(raw)
     result = handle_op(op, backend, platform)
-    shared = info.op
-    shared.err = result.err
-    shared.value = result.value
+    _ERR.pack_into(page, _ERR_AT, result.err)
+    _U32.pack_into(page, _VALUE_AT, result.value)
     if op.cmd == pciif.XEN_PCI_OP_enable_msix and result.err == 0 and result.msix_vectors:
+        shared = xen_pci_sharedinfo.from_buffer(page).op
         for i, vec in enumerate(result.msix_vectors):
             shared.msix_entries[i].vector = vec
-    info.flags &= ~pciif.XEN_PCIF_active & 0xFFFFFFFF
+    _FLAGS.pack_into(page, 0, _FLAGS.unpack_from(page, 0)[0] & ~_ACTIVE & 0xFFFFFFFF)
     if trace is not None:
         trace.record(
             Kind.PCI_OP,

@@ -40,6 +40,7 @@ initiated (no host AER source exists).
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -51,7 +52,7 @@ from xenpci.pci.address import SBDF
 from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
 from xenpci.pciback.passthrough import PassthroughBackend
 from xenpci.pciback.pci_stub import PciStub, PcistubDevice
-from xenpci.pciback.pciback_ops import serve_shared_page
+from xenpci.pciback.pciback_ops import OP_OFFSET, serve_shared_page
 from xenpci.pciback.vpci import VpciBackend, format_root, format_vdev
 from xenpci.trace import Kind, Trace
 from xenpci.xenbus import pci_keys
@@ -68,6 +69,10 @@ from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
+
+#: The op's (cmd, err) as the trace records them, read off the page after the answer.
+_CMD_ERR = struct.Struct("<Ii")
+_FLAGS = struct.Struct("<I")
 
 if TYPE_CHECKING:
     from xenpci.hv.grant_table import GrantMapping
@@ -137,6 +142,12 @@ class PcibackDevice:
         self._op_active = False
         self._page: memoryview | None = None
         self._info: pciif.xen_pci_sharedinfo | None = None
+        #: The ``pci_op`` record, bound once to this guest (the op path's trace call).
+        self._record_op = (
+            trace.recorder(Kind.PCI_OP, domid, "dom0", ("cmd", "err"))
+            if trace is not None
+            else None
+        )
         # The pool is shared by every guest's backend: one lock (the driver's)
         # serialises XenBus work and op service across them.
         self._lock = lock if lock is not None else threading.RLock()
@@ -312,7 +323,7 @@ class PcibackDevice:
         if page is None or info is None:
             self.stats.spurious += 1
             return
-        if not info.flags & pciif.XEN_PCIF_active:
+        if not _FLAGS.unpack_from(page, 0)[0] & pciif.XEN_PCIF_active:
             # Nothing posted: a spurious event (XEN_EOI_FLAG_SPURIOUS in Linux).
             self.stats.spurious += 1
             return
@@ -334,15 +345,9 @@ class PcibackDevice:
             info.flags &= ~pciif.XEN_PCIF_active
         finally:
             self._op_active = False
-        if self.trace is not None:
-            cmd = int(info.op.cmd)
-            self.trace.record(
-                Kind.PCI_OP,
-                self.domid,
-                "dom0",
-                cmd=pciif.XEN_PCI_OP_NAMES.get(cmd, cmd),
-                err=int(info.op.err),
-            )
+        if self._record_op is not None:
+            cmd, err = _CMD_ERR.unpack_from(page, OP_OFFSET)
+            self._record_op((pciif.XEN_PCI_OP_NAMES.get(cmd, cmd), err))
         evtchn = self.evtchn
         if evtchn is not None:
             with contextlib.suppress(XenpciError):
@@ -381,13 +386,23 @@ class PcibackDriver(XenbusBackendBus[int, PcibackDevice]):
             domid, timeout, f"no pciback device for d{domid} after {timeout:g} s"
         )
 
-    def _present(self) -> set[int]:
+    def _scope(self, path: str) -> set[int] | None:
+        """As Linux's ``xenbus_dev_changed``: an event under one guest's directory
+        re-examines that guest only; an event on the root itself (the watch's first
+        firing, the root removed) re-examines them all."""
+        rest = path[len(BACKEND_ROOT) + 1 :] if path.startswith(BACKEND_ROOT + "/") else ""
+        first = rest.split("/", 1)[0]
+        if first.isdigit() and first == str(int(first)):
+            return {int(first)}
+        return None
+
+    def _present(self, scope: set[int] | None) -> set[int]:
         try:
-            return {
-                int(d)
-                for d in self.xs.ls(BACKEND_ROOT)
-                if d.isdigit() and self.xs.exists(f"{BACKEND_ROOT}/{d}/0/frontend")
-            }
+            if scope is not None:
+                names = [str(d) for d in scope]
+            else:
+                names = [d for d in self.xs.ls(BACKEND_ROOT) if d.isdigit()]
+            return {int(d) for d in names if self.xs.exists(f"{BACKEND_ROOT}/{d}/0/frontend")}
         except XsError:
             return set()
 

@@ -9,6 +9,9 @@ The shared page is the granted frame (a live ``memoryview``); the op goes in,
 for the bit to clear, at most ``timeout`` seconds (2 s in Linux), a deadline
 on the machine's clock. On timeout it clears the bit itself and reports
 ``XEN_PCI_ERR_dev_not_found`` (-1), as Linux does.
+The config ops' hot path (:meth:`PciOpChannel.request`) packs the op's header
+into the page with ``struct`` (no ctypes object per op); ops with MSI-X
+entries go through the ctypes ``xen_pci_op``.
 
 With the deterministic executor (``executor=``) the wait runs the machine
 until the bit clears or the deadline passes on the virtual clock: it polls
@@ -26,6 +29,7 @@ with :class:`NotConnected` rather than deadlocking.
 from __future__ import annotations
 
 import ctypes
+import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -53,6 +57,18 @@ DEFAULT_OP_TIMEOUT: Final = 2.0
 MONOTONIC: Final = MonotonicClock()
 _OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
 _OP_SIZE: Final = ctypes.sizeof(xen_pci_op)
+#: The shared page's ``flags`` word, and the op's header as pcifront writes it
+#: (cmd, err, domain, bus, devfn, offset, size, value) and reads back (err, value):
+#: packed straight into the page's memoryview, no ctypes object per op. A test
+#: checks these offsets against the ctypes layout.
+_FLAGS: Final = struct.Struct("<I")
+_HEADER: Final = struct.Struct("<8I")
+_ERR: Final = struct.Struct("<i")
+_U32: Final = struct.Struct("<I")
+_ERR_AT: Final = _OP_OFFSET + xen_pci_op.err.offset
+_VALUE_AT: Final = _OP_OFFSET + xen_pci_op.value.offset
+_ACTIVE: Final = pciif.XEN_PCIF_active
+_M32: Final = 0xFFFFFFFF
 
 
 def errno_to_pcibios_err(err: int) -> int:
@@ -131,8 +147,11 @@ class PciOpChannel:
         return self._info
 
     def on_event(self) -> None:
-        """The event-channel upcall: the backend answered (or an AER request arrived)."""
-        self._event.set()
+        """The event-channel upcall: the backend answered (or an AER request arrived).
+
+        Deterministic mode polls the page instead (see :meth:`_wait_answer`)."""
+        if self._executor is None:
+            self._event.set()
 
     def halt(self) -> None:
         """The guest is being destroyed: fail the op in flight and every later one now.
@@ -178,28 +197,55 @@ class PciOpChannel:
         The backend reads the entries only for ``enable_msix``, which goes
         through :meth:`do_pci_op`, so it sees the same request.
         """
-        self._check_caller()
+        if self._executor is None and self._on_vcpu():
+            raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
         with self._lock:
             if self._halted:
                 return pciif.XEN_PCI_ERR_dev_not_found, value
-            info = self._info
-            shared = info.op
-            shared.cmd, shared.err, shared.domain, shared.bus = cmd, 0, domain, bus
-            shared.devfn, shared.offset, shared.size, shared.value = devfn, offset, size, value
-            self._event.clear()
-            info.flags |= pciif.XEN_PCIF_active
+            page = self._page
+            # Each field truncated to its 32 bits, as the ctypes assignment (and C) does;
+            # the signed ones (err, offset, size) have the same bytes either way.
+            _HEADER.pack_into(
+                page,
+                _OP_OFFSET,
+                cmd & _M32,
+                0,
+                domain & _M32,
+                bus & _M32,
+                devfn & _M32,
+                offset & _M32,
+                size & _M32,
+                value & _M32,
+            )
+            _FLAGS.pack_into(page, 0, _FLAGS.unpack_from(page, 0)[0] | _ACTIVE)
             self.ops += 1
-            self._notify()
-            if info.flags & pciif.XEN_PCIF_active and not self._wait_answer():
-                return pciif.XEN_PCI_ERR_dev_not_found, value
-            return shared.err, shared.value
+            if self._executor is None:
+                self._event.clear()
+                self._notify()
+                if _FLAGS.unpack_from(page, 0)[0] & _ACTIVE and not self._wait_answer():
+                    return pciif.XEN_PCI_ERR_dev_not_found, value
+            else:
+                self._notify()
+                # The answer's upcall is not needed (the page is polled): no Event here.
+                answered = self._executor.wait_until(self._answered, self.timeout)
+                if self._halted:
+                    return pciif.XEN_PCI_ERR_dev_not_found, value
+                if not answered:
+                    self._timed_out()
+                    return pciif.XEN_PCI_ERR_dev_not_found, value
+            return _ERR.unpack_from(page, _ERR_AT)[0], _U32.unpack_from(page, _VALUE_AT)[0]
 
     def _check_caller(self) -> None:
         if self._executor is None and self._on_vcpu():
             raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
 
     def _answered(self) -> bool:
-        return not self._info.flags & pciif.XEN_PCIF_active or self._halted
+        return not _FLAGS.unpack_from(self._page, 0)[0] & _ACTIVE or self._halted
+
+    def _timed_out(self) -> None:
+        """Linux's timeout path: clear the active bit ourselves and count it."""
+        self._info.flags &= ~_ACTIVE
+        self.timeouts += 1
 
     def _wait_answer(self) -> bool:
         """Wait for the backend to clear the active bit: False on timeout or halt.
@@ -228,8 +274,7 @@ class PciOpChannel:
         if self._halted:
             return False
         if not answered:
-            info.flags &= ~active
-            self.timeouts += 1
+            self._timed_out()
             return False
         return True
 

@@ -22,6 +22,7 @@ Deliberate differences: one frontend per guest as in Linux, but not a global
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -257,7 +258,7 @@ class Pcifront:
         port = hc.evtchn_alloc_unbound(self.backend_id)
         chan = ops.PciOpChannel(
             page,
-            lambda: hc.evtchn_send(port),
+            functools.partial(hc.evtchn_send, port),  # no Python frame of its own
             timeout=self.op_timeout,
             on_vcpu=self.on_vcpu,
             executor=self.executor,
@@ -276,8 +277,8 @@ class Pcifront:
     def _handle_event(self, chan: ops.PciOpChannel) -> None:
         # pcifront_handler_aer: wake the op waiter; answer AER requests at once.
         chan.on_event()
-        info = chan.info
-        if info.flags & pciif.XEN_PCIB_active:
+        if chan.page[0] & pciif.XEN_PCIB_active:  # little-endian flags: the bit is in byte 0
+            info = chan.info
             info.aer_op.err = 1  # PCI_ERS_RESULT_NONE: no guest driver handles AER
             info.flags &= ~pciif.XEN_PCIB_active
             if self.evtchn is not None:

@@ -5,10 +5,12 @@ backend type's directory (``backend_changed`` -> ``xenbus_dev_changed``)
 probes a device for each ``<domid>/<devid>`` that appears and removes the
 device whose directory went. Drivers (blkback's ``vbd``, pciback's ``pci``)
 subclass :class:`XenbusBackendBus` and say which keys are present and how to
-build a device.
+build a device; a driver that names the keys an event concerns
+(:meth:`XenbusBackendBus._scope`, as ``xenbus_dev_changed`` looks up the
+device of the event's path) has only those re-examined.
 
-Deliberate differences: a whole rescan per event instead of Linux's
-per-path lookup (the directories are few); a device whose probe fails is
+Deliberate differences: without a scope, a whole rescan per event (the
+directories are few); a device whose probe fails is
 removed at once and forgotten (Linux keeps it bound to a failed driver); a
 driver may call a device stale (:meth:`XenbusBackendBus._stale`, e.g. its node
 was deleted and re-created before the deletion was seen) to have it removed
@@ -55,8 +57,12 @@ class XenbusBackendBus(Generic[K, D]):
         self._started = False
 
     # -- what a driver provides -------------------------------------------------
-    def _present(self) -> set[K]:
-        """The keys whose backend directory is complete enough to probe."""
+    def _scope(self, path: str) -> set[K] | None:
+        """The keys an event at ``path`` concerns; None: re-examine every key."""
+        return None
+
+    def _present(self, scope: set[K] | None) -> set[K]:
+        """The keys (within ``scope``, or all) whose backend directory can be probed."""
         raise NotImplementedError
 
     def _new_device(self, key: K) -> D:
@@ -94,12 +100,14 @@ class XenbusBackendBus(Generic[K, D]):
             return self.devices[key]
 
     # -- the watch -----------------------------------------------------------------
-    def _backend_changed(self, _ev: WatchEvent) -> None:
+    def _backend_changed(self, ev: WatchEvent) -> None:
         with self._lock:
             if not self._started:
                 return
-            present = self._present()
-            for key in sorted(set(self.devices) - present):
+            scope = self._scope(ev.path)
+            present = self._present(scope)
+            known = set(self.devices) if scope is None else set(self.devices) & scope
+            for key in sorted(known - present):
                 self.devices.pop(key).remove()
             for key in sorted(present & set(self.devices)):
                 if self._stale(self.devices[key]):
