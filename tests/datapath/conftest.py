@@ -34,6 +34,14 @@ def vcpu_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if "v0-" in t.name}
 
 
+@contextlib.contextmanager
+def no_vcpu_thread_left() -> Iterator[None]:
+    """Around a boot and its shutdown: no vCPU thread may outlive the block."""
+    before = vcpu_threads()
+    yield
+    assert vcpu_threads() <= before, "shutdown left vCPU threads running"
+
+
 @dataclass
 class BareNic:
     """A hypervisor, one guest granted the NIC's BARs, the NIC wired to the bus."""
@@ -45,25 +53,24 @@ class BareNic:
 
 @contextlib.contextmanager
 def make_bare_nic() -> Iterator[BareNic]:
-    before = vcpu_threads()
-    hv = Hypervisor(ram_frames=8192, dom0_memory_kib=1024, deterministic=True)
-    try:
-        nic = NicFunction(SBDF.parse("0000:03:00.0"))
-        nic.assign_bar(0, NIC_BAR0)
-        nic.assign_bar(3, NIC_BAR3)
-        hv.iobus.register_mmio(NIC_BAR0, 0x20000, nic.bar_handler(0))
-        hv.iobus.register_mmio(NIC_BAR3, 0x4000, nic.bar_handler(3))
-        nic.attach_dma(hv.iommu.dma_port(nic.sbdf.sbdf_int))
-        nic.config_write(0x04, 2, 0x6)  # memory decode + bus master, as dom0 left it
-        guest = hv.create_domain("guest", 1024)
-        d0 = hv.dom0.hypercalls
-        d0.iomem_permission(guest.domid, NIC_BAR0 >> PAGE_SHIFT, 0x20, True)
-        d0.iomem_permission(guest.domid, NIC_BAR3 >> PAGE_SHIFT, 4, True)
-        assert prepare_msix(d0, nic)
-        yield BareNic(hv, guest, nic)
-    finally:
-        hv.shutdown()
-    assert vcpu_threads() <= before
+    with no_vcpu_thread_left():
+        hv = Hypervisor(ram_frames=8192, dom0_memory_kib=1024, deterministic=True)
+        try:
+            nic = NicFunction(SBDF.parse("0000:03:00.0"))
+            nic.assign_bar(0, NIC_BAR0)
+            nic.assign_bar(3, NIC_BAR3)
+            hv.iobus.register_mmio(NIC_BAR0, 0x20000, nic.bar_handler(0))
+            hv.iobus.register_mmio(NIC_BAR3, 0x4000, nic.bar_handler(3))
+            nic.attach_dma(hv.iommu.dma_port(nic.sbdf.sbdf_int))
+            nic.config_write(0x04, 2, 0x6)  # memory decode + bus master, as dom0 left it
+            guest = hv.create_domain("guest", 1024)
+            d0 = hv.dom0.hypercalls
+            d0.iomem_permission(guest.domid, NIC_BAR0 >> PAGE_SHIFT, 0x20, True)
+            d0.iomem_permission(guest.domid, NIC_BAR3 >> PAGE_SHIFT, 4, True)
+            assert prepare_msix(d0, nic)
+            yield BareNic(hv, guest, nic)
+        finally:
+            hv.shutdown()
 
 
 @pytest.fixture
@@ -97,10 +104,9 @@ def boot_guests(iommu: bool = True) -> Guests:
 
 @pytest.fixture
 def guests() -> Iterator[Guests]:
-    before = vcpu_threads()
-    g = boot_guests()
-    try:
-        yield g
-    finally:
-        g.machine.shutdown()
-    assert vcpu_threads() <= before
+    with no_vcpu_thread_left():
+        g = boot_guests()
+        try:
+            yield g
+        finally:
+            g.machine.shutdown()

@@ -6,16 +6,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.datapath.conftest import vcpu_threads
+from tests.datapath.conftest import no_vcpu_thread_left
 from xenpci.toolstack.iomodels import IoModelsHost, boot_iomodels_host
 
 
 @pytest.fixture
 def host() -> Iterator[IoModelsHost]:
-    before = vcpu_threads()
-    h = boot_iomodels_host()
-    try:
-        yield h
-    finally:
-        h.shutdown()
-    assert vcpu_threads() <= before
+    with no_vcpu_thread_left():
+        h = boot_iomodels_host()
+        try:
+            yield h
+        finally:
+            h.shutdown()

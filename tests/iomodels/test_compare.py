@@ -76,3 +76,15 @@ def test_cli_refuses_bad_sizes() -> None:
     result = CliRunner().invoke(app, ["compare", "--size", "0"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_cli_failure_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    # --trace names a regular file: writing DIR/<model>.jsonl fails with OSError.
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    result = CliRunner().invoke(
+        app, ["compare", "--size", "1", "--random-reads", "8", "--trace", str(blocker)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "compare failed:" in result.output
+    assert "Traceback" not in result.output

@@ -53,6 +53,18 @@ def _as_nobody(*argv: str, pythonpath: str | None = None) -> str:
     ).stdout
 
 
+def python_as_nobody(code: str) -> str:
+    """Run ``code`` in the system python as nobody, importing a world-readable copy of
+    the package (the checkout may be private); its stdout."""
+    with tempfile.TemporaryDirectory(prefix="xenpci-nonroot") as tmp:
+        shutil.copytree(Path(xenpci.__file__).parent, Path(tmp) / "xenpci")
+        for d, _, files in os.walk(tmp):
+            os.chmod(d, 0o755)
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o644)
+        return _as_nobody(SYSTEM_PYTHON, "-c", code, pythonpath=tmp)
+
+
 def test_unprivileged_sysfs_load_says_64_bytes_and_invents_nothing() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to nobody (an unprivileged run is this case already)")
@@ -61,14 +73,7 @@ def test_unprivileged_sysfs_load_says_64_bytes_and_invents_nothing() -> None:
     lspci = require_executable("lspci")
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip(f"{SYSTEM_PYTHON} missing")
-    with tempfile.TemporaryDirectory(prefix="xenpci-nonroot") as tmp:
-        # A world-readable copy of the package: the checkout may be private.
-        shutil.copytree(Path(xenpci.__file__).parent, Path(tmp) / "xenpci")
-        for d, _, files in os.walk(tmp):
-            os.chmod(d, 0o755)
-            for f in files:
-                os.chmod(os.path.join(d, f), 0o644)
-        seen = json.loads(_as_nobody(SYSTEM_PYTHON, "-c", _CHILD, pythonpath=tmp))
+    seen = json.loads(python_as_nobody(_CHILD))
     assert seen, "nobody saw no PCI functions"
     for fn in seen:
         full = (SYSFS_PCI_DEVICES / fn["bdf"] / "config").read_bytes()  # root: whole file

@@ -52,10 +52,12 @@ def sbdf(text: str) -> SBDF:
 class StateLog:
     """Every value a ``state`` node takes, observed inside xenstored itself.
 
-    A dom0 connection watches the node; its ``notify`` runs synchronously under
-    the store lock when the write (or the commit of a transaction) fires the
-    watch, and reads the node there, so no value can be missed or coalesced
-    the way a client-side watch callback could miss one. ``None`` = removed.
+    A dom0 connection watches the node; its ``notify`` runs in the writer's
+    thread as soon as the write (or the commit of a transaction) that fired the
+    watch has been handled (the store calls it right after releasing its lock)
+    and reads the node there, before that writer's client gets its reply, so
+    the causal state handshakes here cannot skip a value the way a client-side
+    watch callback could. ``None`` = removed.
     """
 
     def __init__(self, store: XenStore, path: str) -> None:

@@ -70,3 +70,56 @@ def test_bad_domain_socket_spec_is_rejected() -> None:
         timeout=30,
     )
     assert r.returncode == 2 and "DOMID:PATH" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("/nonexistent-dir/xs/socket", "No such file or directory"),
+        ("/tmp/" + "s" * 120, "longer than a Unix socket path allows (107 bytes)"),
+    ],
+)
+def test_socket_that_cannot_be_made_is_a_one_line_error(where: str, reason: str) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "xenpci", "xenstored", "--socket", where],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    # C xenstored: barf_perror on a failed bind, exit status 1.
+    assert r.returncode == 1
+    assert r.stderr == f"xenstored: cannot listen on {where}: {reason}\n"
+    assert r.stdout == ""
+    assert not os.path.exists(where)
+
+
+def test_socket_failing_after_the_first_leaves_nothing_bound() -> None:
+    with tempfile.TemporaryDirectory(prefix="xsc", dir="/tmp") as d:
+        sock = Path(d, "s")
+        r = subprocess.run(
+            [
+                *(sys.executable, "-m", "xenpci", "xenstored", "--socket", str(sock)),
+                *("--ro-socket", f"{d}/missing/ro"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert "missing/ro" in r.stderr
+        assert not sock.exists()  # the socket bound first was removed again
+
+
+def test_control_dir_that_is_not_a_directory_is_a_one_line_error() -> None:
+    with tempfile.NamedTemporaryFile() as f:
+        r = subprocess.run(
+            [
+                *(sys.executable, "-m", "xenpci", "xenstored", "--socket", "/tmp/never.sock"),
+                *("--control-dir", f.name),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert r.returncode == 1
+    assert r.stderr == f"xenstored: --control-dir {f.name}: not a directory\n"

@@ -123,3 +123,31 @@ def test_domain_scoped_in_process_client() -> None:
         with pytest.raises(XsError) as ei:
             g.read("/local/domain/0/name")
         assert ei.value.code == "EACCES"
+
+
+def test_request_too_large_for_one_frame_is_e2big_on_the_client(
+    client: XsClient, daemon: Daemon
+) -> None:
+    """libxenstore's xs_talkv refuses a payload over XENSTORE_PAYLOAD_MAX with E2BIG
+    before sending anything; xenstored would drop the whole connection for it."""
+    client.write("/local/domain/7/name", "first")  # the daemon has the connection now
+    before = list(daemon.store.connections)
+    name = "n" * 5 * 1024  # a 5 KiB domain name (issue 10 §3.1)
+    for call in (
+        lambda: client.write("/local/domain/7/name", name),
+        lambda: client.write("/" + "p" * 4100, "v"),
+        lambda: client.read("/" + "p" * 4100),
+        lambda: client.mkdir("/" + "p" * 4100),
+    ):
+        with pytest.raises(XsError) as ei:
+            call()
+        assert ei.value.code == "E2BIG"
+    # Exactly 4096 bytes is legal: it reaches xenstored, which judges the path.
+    path = "/" + "a" * 4094  # + NUL = 4096
+    with pytest.raises(XsError) as ei:
+        client.read(path)
+    assert ei.value.code == "EINVAL"  # too long a path, said by the daemon
+    # The connection survived: the same client goes on working.
+    client.write("/local/domain/7/name", "short")
+    assert client.read("/local/domain/7/name") == b"short"
+    assert daemon.store.connections == before

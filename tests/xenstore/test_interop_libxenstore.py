@@ -7,12 +7,15 @@ through the library call the tool would use, ``xs_control_command``.
 from __future__ import annotations
 
 import ctypes
+import errno
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.interop import require_file
+from xenpci.xenstore import XsError
+from xenpci.xenstore.client import XsClient
 
 from .conftest import Daemon
 
@@ -22,7 +25,7 @@ LIB = "/usr/lib/x86_64-linux-gnu/libxenstore.so.4"
 
 @pytest.fixture
 def xs(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
-    lib = ctypes.CDLL(str(require_file(LIB)))
+    lib = ctypes.CDLL(str(require_file(LIB)), use_errno=True)
     libc = ctypes.CDLL(None)
     lib.xs_open.restype = ctypes.c_void_p
     lib.xs_open.argtypes = [ctypes.c_ulong]
@@ -90,3 +93,38 @@ def test_domain_ops(xs: tuple[Any, Any], daemon: Daemon) -> None:
     assert lib.xs_release_domain(h, 12) is True
     assert lib.xs_release_domain(h, 12) is False  # ENOENT now
     assert lib.xs_is_domain_introduced(h, 12) is False
+
+
+def test_oversized_request_is_e2big_in_libxenstore_and_in_ours(
+    xs: tuple[Any, Any], daemon: Daemon
+) -> None:
+    """Issue 10 §3.1: the same too-large WRITE through libxenstore and through
+    XsClient fails on the client side with E2BIG; both connections survive."""
+    lib, h = xs
+    lib.xs_write.restype = ctypes.c_bool
+    lib.xs_write.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint,
+        ctypes.c_char_p,
+        ctypes.c_void_p,
+        ctypes.c_uint,
+    ]
+    path = b"/local/domain/7/name"
+    for size in (4096 - len(path) - 1, 4096 - len(path)):  # fits exactly; one byte too many
+        value = b"n" * size
+        ok = lib.xs_write(h, 0, path, value, len(value))
+        theirs = "OK" if ok else errno.errorcode[ctypes.get_errno()]
+        ours_client = XsClient.unix(daemon.path)
+        try:
+            ours_client.write(path.decode(), value)
+            ours = "OK"
+        except XsError as e:
+            ours = e.code
+        finally:
+            ours_client.close()
+        assert ours == theirs, size
+    assert theirs == "E2BIG"
+    assert daemon.store.tree.get("/local/domain/7/name") is not None  # the fitting one landed
+    # libxenstore's handle still works after its refusal.
+    small = b"short"
+    assert lib.xs_write(h, 0, path, small, len(small)) is True

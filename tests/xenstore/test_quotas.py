@@ -76,9 +76,12 @@ def test_transaction_nodes_quota(store: XenStore) -> None:
     store.quotas["transaction-nodes"] = 5
     f = g.one(w.XS_TRANSACTION_START, b"\0")
     tid = int(f.payload.rstrip(b"\0"))
-    codes = [err(g.one(w.XS_READ, f"k{i}\0".encode(), tx=tid)) for i in range(6)]
-    assert codes[:5] == ["ENOENT"] * 5  # accessed nodes are counted, present or not
-    assert codes[5] == "ENOSPC"
+    codes = [err(g.one(w.XS_READ, f"k{i}\0".encode(), tx=tid)) for i in range(5)]
+    # access_node counts every node read, present or not: each missing kN and,
+    # once, its parent /local/domain/5 that errno_from_parents reads.
+    assert codes == ["ENOENT"] * 4 + ["ENOSPC"]
+    # The failed access failed the transaction (trans->fail): commit is ENOMEM.
+    assert err(g.one(w.XS_TRANSACTION_END, b"T\0", tx=tid)) == "ENOMEM"
 
 
 def test_set_perms_event_reaches_watcher_losing_access(store: XenStore) -> None:
@@ -104,3 +107,79 @@ def test_path_max_quota_set_by_control_binds_everyone(store: XenStore) -> None:
     assert err(dom0.one(w.XS_READ, strings("/" + name20))) == "EINVAL"  # 21 counted
     assert dom0.one(w.XS_READ, strings(f"/local/domain/5/{name20}")).payload == b"v"
     assert err(dom0.one(w.XS_READ, strings(f"/local/domain/5/{name21}"))) == "EINVAL"
+
+
+# -- issue 14 §3: memory as C 4.17 counts it; a guest can only hurt itself -------------
+def test_memory_counted_as_c(store: XenStore) -> None:
+    """``do_tdb_write``: record (24 + 8/perm + value + children) plus the path, for the
+    owner; ``add_watch``: path plus token; the parent's record grows by the child name."""
+    g = guest(store)
+    before = store.memory_used(5)
+    g.one(w.XS_WRITE, b"a\0xyz")
+    record = 24 + 8 + 3 + len("/local/domain/5/a")
+    assert store.memory_used(5) - before == record + len("a\0")
+    before = store.memory_used(5)
+    g.req(w.XS_WATCH, strings("/local/domain/5/a", "tok"))
+    g.events()
+    assert store.memory_used(5) - before == len("/local/domain/5/a") + len("tok")
+    g.one(w.XS_UNWATCH, strings("/local/domain/5/a", "tok"))
+    g.one(w.XS_RM, strings("a"))
+    assert store.memory_used(5) == before - record - len("a\0")
+
+
+def test_transaction_records_count_for_the_domain(store: XenStore) -> None:
+    g = guest(store)
+    before = store.memory_used(5)
+    t = int(g.one(w.XS_TRANSACTION_START, b"\0").payload.rstrip(b"\0"))
+    g.one(w.XS_READ, strings("/local/domain/5"), tx=t)
+    assert store.memory_used(5) > before
+    g.one(w.XS_TRANSACTION_END, strings("F"), tx=t)
+    assert store.memory_used(5) == before
+
+
+def test_guest_never_reading_events_only_hurts_itself(store: XenStore) -> None:
+    """§3 memory attack: a guest that never reads while watches fire. Its queued
+    events count against its memory quota; at the quota ``send_event`` drops them
+    (so its memory stays below the quota). dom0 and a victim are unaffected."""
+    store.quotas["memory"] = 8192
+    dom0 = Sans(store)
+    dom0.one(w.XS_MKDIR, strings("/pub"))
+    dom0.one(w.XS_SET_PERMS, strings("/pub", "n0", "r5", "r6"))
+    attacker, victim = guest(store, 5), guest(store, 6)
+    for i in range(4):
+        attacker.req(w.XS_WATCH, strings("/pub", f"tok{i}"))
+    for i in range(2000):
+        assert dom0.one(w.XS_WRITE, f"/pub/k{i}\0v".encode()).payload == b"OK\0"
+    assert store.memory_used(5) < store.quotas["memory"]
+    assert attacker.conn.queued < 400  # ~8 KiB of 30-byte events, the rest dropped
+    assert victim.one(w.XS_READ, strings("/pub/k1999")).payload == b"v"
+    # Once it reads, it gets events again.
+    attacker.conn.take_output()
+    dom0.one(w.XS_WRITE, b"/pub/again\0v")
+    assert len(attacker.conn.take_output()) == 4
+
+
+def test_dom0_never_reading_is_bounded_by_duplicate_drop(store: XenStore) -> None:
+    """§3: a dom0 client that never reads while one node changes holds one event."""
+    dom0, lazy = Sans(store), store.connection(0)
+    lazy.feed(w_frame(w.XS_WATCH, strings("/hot", "t")))
+    for i in range(5000):
+        dom0.one(w.XS_WRITE, f"/hot\0{i}".encode())
+    assert lazy.queued == 1
+
+
+def w_frame(type_: int, payload: bytes) -> bytes:
+    from xenpci.xenstore.wire import encode
+
+    return encode(type_, 1, 0, payload)
+
+
+def test_deep_path_create_and_remove_within_quota(store: XenStore) -> None:
+    """§3 deep paths: a guest loops MKDIR+RM of a ~1000-level path; every step is
+    O(depth) here (no ancestor copies), and the store stays consistent."""
+    g = guest(store)
+    deep = "/".join(["d"] * 990)
+    for _ in range(20):
+        assert g.one(w.XS_MKDIR, deep.encode() + b"\0").payload == b"OK\0"
+        assert g.one(w.XS_RM, b"d\0").payload == b"OK\0"
+    assert store.tree.owned[5] == 1

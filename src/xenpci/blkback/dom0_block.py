@@ -38,13 +38,11 @@ from xenpci.hv.domain import Domain
 from xenpci.hv.errors import Deadlock
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
-from xenpci.pci.pcibios import PCIBIOS_SUCCESSFUL
+from xenpci.pci.pcibios import PCIBIOS_DEVICE_NOT_FOUND, PCIBIOS_SUCCESSFUL
 from xenpci.pciback.conf_space.dom0_pci import Dom0PciDev, InterruptPlatform, hw_read, hw_write
 from xenpci.pcifront.xenbus import PciDevice, Pcifront
 from xenpci.xenstore.client import XsClient
 
-#: ``PCIBIOS_DEVICE_NOT_FOUND`` (include/linux/pci.h).
-PCIBIOS_DEVICE_NOT_FOUND = 0x86
 #: NVMe blocks and blkif sectors are both 512 bytes here.
 SECTOR_SIZE = hw.BLOCK_SIZE
 

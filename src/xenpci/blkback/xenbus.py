@@ -7,13 +7,15 @@ check ``mode``), ``connect`` (publish ``feature-flush-cache``,
 ``physical-sector-size``), ``connect_ring`` (read ``ring-ref``,
 ``event-channel``, ``protocol``; map the ring, bind the channel) and
 ``xen_blkif_disconnect``; and ``xen_blkif_schedule``, the per-ring kernel
-thread (``xenblkd``) woken by the event-channel interrupt. With the
-machine's deterministic executor, ``xenblkd`` is a lane of it instead of a
-thread: the interrupt posts one service pass, which runs when the executor
-gets to it.
+thread (``xenblkd``, a :class:`~xenpci.kthread.Kthread`) woken by the
+event-channel interrupt. With the machine's deterministic executor,
+``xenblkd`` is a lane of it instead of a thread: the interrupt posts one
+service pass, which runs when the executor gets to it.
 
 The XenBus state logic is the shared :class:`~xenpci.xenbus.state.XenbusDevice`
-(the one pciback uses), driven by :class:`~xenpci.xenbus.watch.XenbusWatch`.
+(the one pciback uses), driven by :class:`~xenpci.xenbus.watch.XenbusWatch`;
+probing per backend directory is :class:`~xenpci.xenbus.probe_backend.XenbusBackendBus`
+and the ring mapping :func:`~xenpci.xenbus.client.xenbus_map_ring_and_bind`.
 Deliberate differences: that machine takes pciback's path
 (InitWait -> Initialised -> Connected) where Linux blkback goes from
 InitWait straight to Connected; the disk is looked up by the ``params``
@@ -26,8 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from xenpci.abi import blkif
 from xenpci.abi.xenbus import XenbusState
@@ -36,11 +37,19 @@ from xenpci.blkback.ring import BackRing
 from xenpci.errors import XenpciError
 from xenpci.hv import Hypercalls
 from xenpci.hv.grant_table import GrantMapping
-from xenpci.hv.scheduler import SteppedVcpu, wait_for
+from xenpci.kthread import Kthread
 from xenpci.trace import Trace
+from xenpci.xenbus.client import (
+    RingMapError,
+    xenbus_map_ring_and_bind,
+    xenbus_read_otherend,
+    xenbus_unbind_and_unmap,
+    xenbus_watch_otherend,
+)
+from xenpci.xenbus.probe_backend import XenbusBackendBus
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
-from xenpci.xenstore.client import WatchEvent, XsClient
+from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
 
 BACKEND_ROOT = "/local/domain/0/backend/vbd"
@@ -81,26 +90,17 @@ class BlkbackDevice:
         self.mapping: GrantMapping | None = None
         self.evtchn: int | None = None
         self._lock = threading.RLock()
-        self._work = threading.Condition()
-        self._pending = False
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        #: Deterministic mode: ``xenblkd`` is a lane of the machine's executor, no thread.
-        self._lane: SteppedVcpu | None = None
+        #: ``xenblkd`` while connected (a lane of the machine's executor in deterministic mode).
+        self._xenblkd: Kthread | None = None
+        #: Executor CPU seconds of the ``xenblkd`` of earlier connections.
+        self._past_cpu_s = 0.0
         self._removed = False
-        #: CPU seconds of the executor tasks (deterministic mode: no thread has a clock).
-        self.task_cpu_s = 0.0
 
     def probe(self) -> None:
         """``xen_blkbk_probe``: InitWait, then the watch machinery drives the rest."""
-        self.frontend_path = self.xs.read(f"{self.nodename}/frontend").decode()
-        self.watch = XenbusWatch(
-            self.xs,
-            self.xenbus,
-            self.nodename,
-            self.frontend_path,
-            driver=self._callback,
-            error_path=f"/local/domain/0/error/backend/vbd/{self.domid}/{self.devid}/error",
+        self.frontend_path = xenbus_read_otherend(self.xs, self.nodename, "frontend")
+        self.watch = xenbus_watch_otherend(
+            self.xs, self.xenbus, self.nodename, self.frontend_path, self._callback
         )
         self.watch.start()
 
@@ -119,8 +119,14 @@ class BlkbackDevice:
     @property
     def thread_ident(self) -> int | None:
         """The ``xenblkd`` thread (for its CPU clock), while connected."""
-        thread = self._thread
-        return thread.ident if thread is not None else None
+        xenblkd = self._xenblkd
+        return xenblkd.thread_ident if xenblkd is not None else None
+
+    @property
+    def task_cpu_s(self) -> float:
+        """CPU seconds of the executor tasks (deterministic mode: no thread has a clock)."""
+        xenblkd = self._xenblkd
+        return self._past_cpu_s + (xenblkd.task_cpu_s if xenblkd is not None else 0.0)
 
     # -- driver callbacks -------------------------------------------------------------
     def _callback(self, cb: DriverCallback) -> None:
@@ -174,15 +180,10 @@ class BlkbackDevice:
         if self.disk is None:
             raise BlkbackError("no disk opened")
         try:
-            mapping = self.hc.gnttab_map_grant_ref(self.domid, gref, False)
-        except XenpciError as e:
-            raise BlkbackError(f"mapping ring-ref {gref}: {e}") from None
-        try:
-            local = self.hc.evtchn_bind_interdomain(self.domid, port)
-        except XenpciError as e:
-            with contextlib.suppress(XenpciError):
-                self.hc.gnttab_unmap_grant_ref(mapping.handle)
-            raise BlkbackError(f"binding port {port}: {e}") from None
+            mapping, local = xenbus_map_ring_and_bind(self.hc, self.domid, gref, port)
+        except RingMapError as e:
+            what = f"mapping ring-ref {gref}" if e.step == "map" else f"binding port {port}"
+            raise BlkbackError(f"{what}: {e.cause}") from None
         self.mapping, self.evtchn = mapping, local
         hc = self.hc
         self.server = BlkifRingServer(
@@ -195,79 +196,38 @@ class BlkbackDevice:
             trace=self.trace,
             name=f"vbd-{self.domid}-{self.devid}",
         )
-        self._stop = False
-        self._pending = False
-        name = f"xenblkd-{self.domid}-{self.devid}"
-        executor = self.xs.executor
-        if executor is not None:
-            self._lane = executor.lane(name)
-        else:
-            self._thread = threading.Thread(target=self._schedule, name=name, daemon=True)
-            self._thread.start()
+        self._xenblkd = Kthread(
+            f"xenblkd-{self.domid}-{self.devid}", self._do_block_io_op, self.xs.executor
+        )
         self.hc.evtchn_set_handler(local, self._irq)
 
     def _disconnect(self) -> None:
         """``xen_blkif_disconnect``: stop the thread, unbind, unmap."""
-        thread = self._thread
-        if thread is not None:
-            with self._work:
-                self._stop = True
-                self._work.notify_all()
-            if thread is not threading.current_thread():
-                thread.join(10)
-            self._thread = None
-        if self._lane is not None:
-            self._lane.stop()  # queued work is dropped with the lane
-            self._lane = None
-        if self.evtchn is not None:
-            with contextlib.suppress(XenpciError):
-                self.hc.evtchn_close(self.evtchn)
-            self.evtchn = None
+        xenblkd = self._xenblkd
+        if xenblkd is not None:
+            xenblkd.stop()  # queued work is dropped with it
+            self._past_cpu_s += xenblkd.task_cpu_s
+            self._xenblkd = None
+        xenbus_unbind_and_unmap(self.hc, self.evtchn, self.mapping)
+        self.evtchn = None
         self.server = None
-        if self.mapping is not None:
-            with contextlib.suppress(XenpciError):
-                self.hc.gnttab_unmap_grant_ref(self.mapping.handle)
-            self.mapping = None
+        self.mapping = None
 
     # -- the data path -----------------------------------------------------------------
     def _irq(self, _port: int) -> None:
         # xen_blkif_be_int on dom0's vCPU: only wake xenblkd (it may sleep on IO).
-        lane = self._lane
-        with self._work:
-            if lane is not None:
-                if not self._pending:  # one queued pass serves every request so far
-                    self._pending = True
-                    lane.post(self._serve_once)
-                return
-            self._pending = True
-            self._work.notify()
+        xenblkd = self._xenblkd
+        if xenblkd is not None:
+            xenblkd.kick()
 
-    def _serve_once(self) -> None:
-        """One ``xen_blkif_schedule`` iteration as an executor task (deterministic mode)."""
-        with self._work:
-            self._pending = False
+    def _do_block_io_op(self) -> None:
+        """One ``xen_blkif_schedule`` pass: serve the ring."""
         server = self.server
         if server is not None:
-            start = time.thread_time()
-            try:
-                server.do_block_io_op()
-            finally:
-                self.task_cpu_s += time.thread_time() - start
-
-    def _schedule(self) -> None:
-        """``xen_blkif_schedule``: sleep until kicked, serve the ring, repeat."""
-        while True:
-            with self._work:
-                self._work.wait_for(lambda: self._pending or self._stop)
-                if self._stop:
-                    return
-                self._pending = False
-            server = self.server
-            if server is not None:
-                server.do_block_io_op()
+            server.do_block_io_op()
 
 
-class BlkbackDriver:
+class BlkbackDriver(XenbusBackendBus[tuple[int, int], BlkbackDevice]):
     """The ``vbd`` backend driver: probes a device per backend directory that appears."""
 
     def __init__(
@@ -278,43 +238,18 @@ class BlkbackDriver:
         *,
         trace: Trace | None = None,
     ) -> None:
+        super().__init__(xs, BACKEND_ROOT, "blkback-vbd")
         self.hc = hc
-        self.xs = xs
         self.disks = disks
         self.trace = trace
-        self.devices: dict[tuple[int, int], BlkbackDevice] = {}
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._token = "blkback-vbd"
-        self._started = False
-
-    def start(self) -> None:
-        self._started = True
-        self.xs.watch(BACKEND_ROOT, self._token, self._backend_changed)
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._started:
-                self._started = False
-                with contextlib.suppress(XenpciError):
-                    self.xs.unwatch(BACKEND_ROOT, self._token)
-            for dev in list(self.devices.values()):
-                dev.remove()
-            self.devices.clear()
 
     def wait_for_device(self, domid: int, devid: int, timeout: float = 10.0) -> BlkbackDevice:
-        with self._changed:
-            if not wait_for(
-                self._changed, lambda: (domid, devid) in self.devices, timeout, self.xs.executor
-            ):
-                raise TimeoutError(f"no blkback device for d{domid} vbd {devid}")
-            return self.devices[(domid, devid)]
+        return self._wait_device(
+            (domid, devid), timeout, f"no blkback device for d{domid} vbd {devid}"
+        )
 
-    def wait(self, predicate: Callable[[BlkbackDriver], bool], timeout: float = 10.0) -> bool:
-        with self._changed:
-            return wait_for(self._changed, lambda: predicate(self), timeout, self.xs.executor)
-
-    def _present(self) -> set[tuple[int, int]]:
+    def _present(self, scope: set[tuple[int, int]] | None) -> set[tuple[int, int]]:
+        # No scope (_scope's default): every event rescans the whole root.
         out: set[tuple[int, int]] = set()
         try:
             for d in self.xs.ls(BACKEND_ROOT):
@@ -327,19 +262,5 @@ class BlkbackDriver:
             pass
         return out
 
-    def _backend_changed(self, _ev: WatchEvent) -> None:
-        with self._lock:
-            if not self._started:
-                return
-            present = self._present()
-            for key in sorted(set(self.devices) - present):
-                self.devices.pop(key).remove()
-            for key in sorted(present - set(self.devices)):
-                dev = BlkbackDevice(*key, self.hc, self.xs, self.disks, trace=self.trace)
-                self.devices[key] = dev
-                try:
-                    dev.probe()
-                except XenpciError:
-                    del self.devices[key]
-                    dev.remove()
-            self._changed.notify_all()
+    def _new_device(self, key: tuple[int, int]) -> BlkbackDevice:
+        return BlkbackDevice(*key, self.hc, self.xs, self.disks, trace=self.trace)

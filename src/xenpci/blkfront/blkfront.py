@@ -30,6 +30,7 @@ from xenpci.errors import XenpciError
 from xenpci.hv import PAGE_SHIFT, PAGE_SIZE, Hypercalls
 from xenpci.hv.scheduler import wait_for
 from xenpci.trace import Trace
+from xenpci.xenbus.client import xenbus_read_otherend_details, xenbus_watch_otherend
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
 from xenpci.xenstore.client import XsClient, XsTransaction
@@ -101,15 +102,11 @@ class Blkfront:
     # -- XenBus ----------------------------------------------------------------------
     def probe(self) -> None:
         """``blkfront_probe``: find the backend, publish, follow its state."""
-        self.backend_path = self.xs.read(f"{self.nodename}/backend").decode()
-        self.backend_id = int(self.xs.read(f"{self.nodename}/backend-id"))
-        self.watch = XenbusWatch(
-            self.xs,
-            self.xenbus,
-            self.nodename,
-            self.backend_path,
-            driver=self._callback,
-            error_path=f"/local/domain/{self.domid}/error/device/vbd/{self.devid}/error",
+        self.backend_id, self.backend_path = xenbus_read_otherend_details(
+            self.xs, self.nodename, "backend-id", "backend"
+        )
+        self.watch = xenbus_watch_otherend(
+            self.xs, self.xenbus, self.nodename, self.backend_path, self._callback
         )
         self.watch.start()
 

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from xenpci.cli.progress import run_with_progress
 from xenpci.demo.compare import CompareReport, ModelResult, run_compare
 from xenpci.errors import XenpciError
 
@@ -118,25 +119,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Emulated vs PV vs passthrough: one workload, one host, one NVMe model."""
         console = Console()
-        try:
-            with console.status("booting...") as status:
-
-                def progress(text: str) -> None:
-                    console.print(f"[green]\u2713[/green] {text}")
-                    status.update("running...")
-
-                report = run_compare(
-                    size << 20,
-                    random_reads=random_reads,
-                    seed=seed,
-                    trace_dir=trace,
-                    diagram_dir=diagram,
-                    progress=progress,
-                    deterministic=deterministic,
-                )
-        except (XenpciError, OSError) as e:
-            console.print(f"[red]compare failed:[/red] {e}")
-            raise typer.Exit(1) from None
+        report = run_with_progress(
+            console,
+            "compare",
+            lambda progress: run_compare(
+                size << 20,
+                random_reads=random_reads,
+                seed=seed,
+                trace_dir=trace,
+                diagram_dir=diagram,
+                progress=progress,
+                deterministic=deterministic,
+            ),
+            errors=(XenpciError, OSError),
+        )
         for r in report.results.values():
             console.print(model_table(r))
         console.print(ratio_table(report))

@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from xenpci.cli.progress import run_with_progress
 from xenpci.demo import DemoReport, run_demo, write_diagram
-from xenpci.errors import XenpciError
 
 
 def _checks(report: DemoReport) -> Table:
@@ -78,23 +78,17 @@ def register(app: typer.Typer) -> None:
         if blocks % 16:
             raise typer.BadParameter("must be a multiple of 16", param_hint="--blocks")
         console = Console()
-        try:
-            with console.status("booting...") as status:
-
-                def progress(text: str) -> None:
-                    console.print(f"[green]\u2713[/green] {text}")
-                    status.update("running...")
-
-                report = run_demo(
-                    iommu=not no_iommu,
-                    frames=frames,
-                    blocks=blocks,
-                    progress=progress,
-                    deterministic=deterministic,
-                )
-        except XenpciError as e:
-            console.print(f"[red]demo failed:[/red] {e}")
-            raise typer.Exit(1) from None
+        report = run_with_progress(
+            console,
+            "demo",
+            lambda progress: run_demo(
+                iommu=not no_iommu,
+                frames=frames,
+                blocks=blocks,
+                progress=progress,
+                deterministic=deterministic,
+            ),
+        )
         for warning in report.warnings:
             console.print(f"[yellow]toolstack warning:[/yellow] {warning}")
         console.print(_checks(report))

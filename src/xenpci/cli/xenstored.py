@@ -2,7 +2,11 @@
 
 Serves :class:`xenpci.xenstore.XenStore` on a Unix socket that Debian's
 ``xenstore-utils`` and ``pyxs`` reach through ``XENSTORED_PATH``; SIGTERM or
-SIGINT stops it cleanly (sockets unlinked).
+SIGINT stops it cleanly (sockets unlinked). A socket that cannot be made (a
+missing directory, a path longer than ``sun_path`` allows) is one line on
+stderr and exit status 1, as C xenstored's ``barf_perror``; nothing is left
+bound. ``--control-dir`` is the only place xenstore-control's ``logfile`` and
+``memreport`` may write.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from xenpci.xenstore import XenStore
+from xenpci.xenstore import XenStore, control
 from xenpci.xenstore.server import XenstoredServer
 
 
@@ -43,12 +47,32 @@ def xenstored(
             "(test hook for permissions and quotas); repeatable",
         ),
     ] = None,
+    control_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--control-dir",
+            help="Directory where xenstore-control's logfile and memreport may write "
+            "(default: none, they are refused)",
+        ),
+    ] = None,
 ) -> None:
     """Run a XenStore daemon (wire-compatible with C xenstored 4.17) in the foreground."""
     path = socket_path or os.environ.get("XENSTORED_PATH") or "xenstored.sock"
     domains = dict(_parse_domain_socket(s) for s in domain_socket or [])
-    server = XenstoredServer(XenStore(), path, ro_socket, domains)
-    server.start()
+    store = XenStore()
+    if control_dir is not None:
+        if not os.path.isdir(control_dir):
+            typer.echo(f"xenstored: --control-dir {control_dir}: not a directory", err=True)
+            raise typer.Exit(1)
+        control.configure(store, control_dir)
+    server = XenstoredServer(store, path, ro_socket, domains)
+    try:
+        server.start()
+    except OSError as e:
+        # C xenstored: barf_perror("Could not bind socket ...") and exit 1.
+        where = e.filename or path
+        typer.echo(f"xenstored: cannot listen on {where}: {e.strerror or e}", err=True)
+        raise typer.Exit(1) from None
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         server.request_stop()

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,7 +47,7 @@ from xenpci.errors import XenpciError
 from xenpci.hv.domain import Domain
 from xenpci.hv.hypervisor import Hypervisor
 from xenpci.hv.ioreq import IoreqServer
-from xenpci.hv.scheduler import SteppedVcpu
+from xenpci.kthread import Kthread
 from xenpci.pci.address import SBDF
 from xenpci.trace import Kind
 
@@ -89,8 +87,6 @@ class XenDeviceModel:
         self.post_codes: list[int] = []
         self.handled = 0
         self.refused = 0
-        #: CPU seconds of the executor tasks (deterministic mode: no thread has a clock).
-        self.task_cpu_s = 0.0
         self._logged: set[str] = set()
         self._msi_ports: dict[int, int] = {}
         # Map the ioreq pages and bind the channels (xen_be_init / xen_map_ioreq_server).
@@ -101,19 +97,8 @@ class XenDeviceModel:
         self._buf = abi.buffered_iopage.from_buffer(bufpage)
         self.vcpu_port = self.hc.evtchn_bind_interdomain(guest.domid, self.server.vcpu_port)
         self.buf_port = self.hc.evtchn_bind_interdomain(guest.domid, self.server.bufioreq_port)
-        self._cond = threading.Condition()
-        self._kicked = False
-        self._stop = False
-        name = f"qemu-dm-{self.domid}"
-        self._thread: threading.Thread | None = None
-        #: Deterministic mode: QEMU's main loop is a lane of the machine's executor.
-        self._lane: SteppedVcpu | None = None
-        executor = hv.scheduler
-        if executor is not None:
-            self._lane = executor.lane(name)
-        else:
-            self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-            self._thread.start()
+        #: QEMU's main loop (deterministic mode: a lane of the machine's executor).
+        self._main_loop = Kthread(f"qemu-dm-{self.domid}", self._main_loop_turn, hv.scheduler)
         self.hc.evtchn_set_handler(self.vcpu_port, self._kick)
         self.hc.evtchn_set_handler(self.buf_port, self._kick)
 
@@ -121,16 +106,15 @@ class XenDeviceModel:
     @property
     def thread_ident(self) -> int | None:
         """The device model's thread (for its CPU clock); None on the executor."""
-        return self._thread.ident if self._thread is not None else None
+        return self._main_loop.thread_ident
+
+    @property
+    def task_cpu_s(self) -> float:
+        """CPU seconds of the executor tasks (deterministic mode: no thread has a clock)."""
+        return self._main_loop.task_cpu_s
 
     def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(10)
-        if self._lane is not None:
-            self._lane.stop()
+        self._main_loop.stop()
         for port in (self.vcpu_port, self.buf_port, *self._msi_ports.values()):
             with contextlib.suppress(XenpciError):
                 self.hc.evtchn_close(port)
@@ -139,38 +123,12 @@ class XenDeviceModel:
 
     def _kick(self, _port: int) -> None:
         # dom0's vCPU: only wake the loop (it may wait for dom0's disk interrupt).
-        lane = self._lane
-        with self._cond:
-            if lane is not None:
-                if not self._kicked and not self._stop:  # one queued pass serves all
-                    self._kicked = True
-                    lane.post(self._serve)
-                return
-            self._kicked = True
-            self._cond.notify()
+        self._main_loop.kick()
 
-    def _serve(self) -> None:
-        """One turn of the main loop as an executor task (deterministic mode)."""
-        with self._cond:
-            self._kicked = False
-            if self._stop:
-                return
-        start = time.thread_time()
-        try:
-            self.handle_buffered_iopage()
-            self.cpu_handle_ioreq()
-        finally:
-            self.task_cpu_s += time.thread_time() - start
-
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._kicked or self._stop)
-                if self._stop:
-                    return
-                self._kicked = False
-            self.handle_buffered_iopage()
-            self.cpu_handle_ioreq()
+    def _main_loop_turn(self) -> None:
+        """One turn of the main loop: the buffered page, then the vCPU's slot."""
+        self.handle_buffered_iopage()
+        self.cpu_handle_ioreq()
 
     # -- validation ---------------------------------------------------------------------
     def _refuse(self, reason: str, detail: str) -> None:

@@ -30,14 +30,10 @@ from xenpci.hv import PAGE_SHIFT, PAGE_SIZE, Hypercalls, MmioMapping
 from xenpci.hv.domain import Domain
 from xenpci.hv.ioreq import PCI_CONFIG_PORT, PCI_DATA_PORT
 from xenpci.pci import regs
-from xenpci.pci.pcibios import PCIBIOS_SUCCESSFUL
+from xenpci.pci.pcibios import PCIBIOS_DEVICE_NOT_FOUND, PCIBIOS_SUCCESSFUL
+from xenpci.pciback.platform import MSI_ADDRESS_BASE
 from xenpci.pcifront.xenbus import PciDevice, Pcifront
 from xenpci.xenstore.client import XsClient
-
-PCIBIOS_DEVICE_NOT_FOUND = 0x86
-#: x86 MSI address: the local APIC window.
-MSI_ADDRESS = 0xFEE0_0000
-MSIX_ENTRY_SIZE = 16
 
 
 class HvmConfigOps:
@@ -94,7 +90,7 @@ class HvmMsi(Pcifront):
         bar = next(b for b in dev.bars if b.index == bir)
         addr = bar.address + offset
         first = addr >> PAGE_SHIFT
-        last = (addr + MSIX_ENTRY_SIZE * (max(entries) + 1) - 1) >> PAGE_SHIFT
+        last = (addr + regs.PCI_MSIX_ENTRY_SIZE * (max(entries) + 1) - 1) >> PAGE_SHIFT
         mapping = hc.mmio_map(first, last - first + 1)
         self._tables[id(dev)] = mapping
         base = addr & (PAGE_SIZE - 1)
@@ -102,11 +98,11 @@ class HvmMsi(Pcifront):
         for entry in entries:
             port = hc.evtchn_alloc_unbound(0)
             hc.evtchn_set_handler(port, handler)
-            at = base + MSIX_ENTRY_SIZE * entry
-            mapping.write(at, 4, MSI_ADDRESS)
-            mapping.write(at + 4, 4, 0)
-            mapping.write(at + 8, 4, port)
-            mapping.write(at + 12, 4, 0)  # unmasked
+            at = base + regs.PCI_MSIX_ENTRY_SIZE * entry
+            mapping.write(at + regs.PCI_MSIX_ENTRY_LOWER_ADDR, 4, MSI_ADDRESS_BASE)
+            mapping.write(at + regs.PCI_MSIX_ENTRY_UPPER_ADDR, 4, 0)
+            mapping.write(at + regs.PCI_MSIX_ENTRY_DATA, 4, port)
+            mapping.write(at + regs.PCI_MSIX_ENTRY_VECTOR_CTRL, 4, 0)  # unmasked
             ports.append(port)
         flags = dev.read_config(cap + regs.PCI_MSIX_FLAGS, 2)
         dev.write_config_checked(cap + regs.PCI_MSIX_FLAGS, 2, flags | regs.PCI_MSIX_FLAGS_ENABLE)

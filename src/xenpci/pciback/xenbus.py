@@ -42,14 +42,12 @@ from __future__ import annotations
 import contextlib
 import struct
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from xenpci.abi import pciif
 from xenpci.abi.xenbus import XenbusState
 from xenpci.errors import XenpciError
-from xenpci.hv.scheduler import wait_for
 from xenpci.pci.address import SBDF
 from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
 from xenpci.pciback.passthrough import PassthroughBackend
@@ -58,10 +56,18 @@ from xenpci.pciback.pciback_ops import OP_OFFSET, serve_shared_page
 from xenpci.pciback.vpci import VpciBackend, format_root, format_vdev
 from xenpci.trace import Kind, Trace
 from xenpci.xenbus import pci_keys
+from xenpci.xenbus.client import (
+    RingMapError,
+    xenbus_map_ring_and_bind,
+    xenbus_read_otherend,
+    xenbus_unbind_and_unmap,
+    xenbus_watch_otherend,
+)
 from xenpci.xenbus.pci_keys import BACKEND_ROOT
+from xenpci.xenbus.probe_backend import XenbusBackendBus
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
-from xenpci.xenstore.client import WatchEvent, XsClient
+from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.errors import XsError
 
 #: The op's (cmd, err) as the trace records them, read off the page after the answer.
@@ -149,16 +155,11 @@ class PcibackDevice:
     # -- probe / remove -------------------------------------------------------------
     def probe(self) -> None:
         """``xen_pcibk_xenbus_probe``: InitWait, watch our node and the frontend."""
-        self.frontend_path = self.xs.read(f"{self.nodename}/frontend").decode()
+        self.frontend_path = xenbus_read_otherend(self.xs, self.nodename, "frontend")
         online = self._read_int("online", 1)
         self.xenbus.online = online != 0
-        self.watch = XenbusWatch(
-            self.xs,
-            self.xenbus,
-            self.nodename,
-            self.frontend_path,
-            driver=self._callback,
-            error_path=f"/local/domain/0/error/backend/pci/{self.domid}/0/error",
+        self.watch = xenbus_watch_otherend(
+            self.xs, self.xenbus, self.nodename, self.frontend_path, self._callback
         )
         self.watch.start()
 
@@ -300,30 +301,20 @@ class PcibackDevice:
                 f"version mismatch (frontend magic {magic!r}, backend {pciif.XEN_PCI_MAGIC!r})"
             )
         try:
-            mapping = self.hc.gnttab_map_grant_ref(self.domid, gref, False)
-        except XenpciError as e:
-            raise XenbusBackendError(f"Error mapping other domain page: {e}") from None
-        try:
-            local = self.hc.evtchn_bind_interdomain(self.domid, port)
-        except XenpciError as e:
-            with contextlib.suppress(XenpciError):
-                self.hc.gnttab_unmap_grant_ref(mapping.handle)
-            raise XenbusBackendError(f"Error binding event channel: {e}") from None
+            mapping, local = xenbus_map_ring_and_bind(self.hc, self.domid, gref, port)
+        except RingMapError as e:
+            what = "mapping other domain page" if e.step == "map" else "binding event channel"
+            raise XenbusBackendError(f"Error {what}: {e.cause}") from None
         self.mapping, self.evtchn, self._page = mapping, local, mapping.view
         self._info = pciif.xen_pci_sharedinfo.from_buffer(mapping.view)
         self.hc.evtchn_set_handler(local, self._handle_event)
 
     def _disconnect(self) -> None:
         """``xen_pcibk_disconnect``: unbind the event channel, unmap the page."""
-        if self.evtchn is not None:
-            with contextlib.suppress(XenpciError):
-                self.hc.evtchn_close(self.evtchn)
-            self.evtchn = None
+        xenbus_unbind_and_unmap(self.hc, self.evtchn, self.mapping)
+        self.evtchn = None
         self._page = self._info = None
-        if self.mapping is not None:
-            with contextlib.suppress(XenpciError):
-                self.hc.gnttab_unmap_grant_ref(self.mapping.handle)
-            self.mapping = None
+        self.mapping = None
 
     # -- the op path (dom0 vCPU) -----------------------------------------------------
     def _handle_event(self, _port: int) -> None:
@@ -363,7 +354,7 @@ class PcibackDevice:
                 self.hc.evtchn_send(evtchn)
 
 
-class PcibackDriver:
+class PcibackDriver(XenbusBackendBus[int, PcibackDevice]):
     """The ``pciback`` xenbus backend driver: watches ``backend/pci`` in dom0.
 
     Creates a :class:`PcibackDevice` for each ``<domid>/0`` that appears (what
@@ -381,84 +372,47 @@ class PcibackDriver:
         passthrough: bool = False,
         trace: Trace | None = None,
     ) -> None:
+        super().__init__(xs, BACKEND_ROOT, "pciback-backend-pci")
         self.hc = hc
-        self.xs = xs
         self.stub = stub
         self.platform = platform
         self.passthrough = passthrough
         self.trace = trace
-        self.devices: dict[int, PcibackDevice] = {}
         #: Held while the pool (``stub``) is used, by every backend device.
         self.pool_lock = threading.RLock()
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._token = "pciback-backend-pci"
-        self._started = False
-
-    def start(self) -> None:
-        self._started = True
-        self.xs.watch(BACKEND_ROOT, self._token, self._backend_changed)
-
-    def stop(self) -> None:
-        with self._lock:
-            if self._started:
-                self._started = False
-                with contextlib.suppress(XenpciError):
-                    self.xs.unwatch(BACKEND_ROOT, self._token)
-            for dev in list(self.devices.values()):
-                dev.remove()
-            self.devices.clear()
 
     def wait_for_device(self, domid: int, timeout: float = 10.0) -> PcibackDevice:
-        with self._changed:
-            if not wait_for(
-                self._changed, lambda: domid in self.devices, timeout, self.xs.executor
-            ):
-                raise TimeoutError(f"no pciback device for d{domid} after {timeout:g} s")
-            return self.devices[domid]
+        return self._wait_device(
+            domid, timeout, f"no pciback device for d{domid} after {timeout:g} s"
+        )
 
-    def wait(self, predicate: Callable[[PcibackDriver], bool], timeout: float = 10.0) -> bool:
-        """Block until ``predicate(self)`` holds after a device probe/removal."""
-        with self._changed:
-            return wait_for(self._changed, lambda: predicate(self), timeout, self.xs.executor)
+    def _scope(self, path: str) -> set[int] | None:
+        """As Linux's ``xenbus_dev_changed``: an event under one guest's directory
+        re-examines that guest only; an event on the root itself (the watch's first
+        firing, the root removed) re-examines them all."""
+        rest = path[len(BACKEND_ROOT) + 1 :] if path.startswith(BACKEND_ROOT + "/") else ""
+        first = rest.split("/", 1)[0]
+        if first.isdigit() and first == str(int(first)):
+            return {int(first)}
+        return None
 
-    def _backend_changed(self, ev: WatchEvent) -> None:
-        """The ``backend/pci`` watch: as Linux's ``xenbus_dev_changed``, an event under
-        one guest's directory re-examines that guest only; an event on the root itself
-        (the watch's first firing, the root removed) re-examines them all."""
-        with self._lock:
-            if not self._started:
-                return
-            rest = (
-                ev.path[len(BACKEND_ROOT) + 1 :] if ev.path.startswith(BACKEND_ROOT + "/") else ""
-            )
-            first = rest.split("/", 1)[0]
-            try:
-                if first.isdigit() and first == str(int(first)):
-                    scope: set[int] | None = {int(first)}
-                    names = [first]
-                else:
-                    scope = None
-                    names = [d for d in self.xs.ls(BACKEND_ROOT) if d.isdigit()]
-                present = {
-                    int(d) for d in names if self.xs.exists(f"{BACKEND_ROOT}/{d}/0/frontend")
-                }
-            except XsError:
-                present = set()
-            known = set(self.devices) if scope is None else set(self.devices) & scope
-            for domid in sorted(known - present):
-                self.devices.pop(domid).remove()
-            for domid in sorted(present & set(self.devices)):
-                # Deleted and re-created (a re-attach right after the last detach)
-                # before we saw the deletion: the old device is stale, probe afresh.
-                if self.devices[domid].superseded():
-                    self.devices.pop(domid).remove()
-            for domid in sorted(present - set(self.devices)):
-                self._probe(domid)
-            self._changed.notify_all()
+    def _present(self, scope: set[int] | None) -> set[int]:
+        try:
+            if scope is not None:
+                names = [str(d) for d in scope]
+            else:
+                names = [d for d in self.xs.ls(BACKEND_ROOT) if d.isdigit()]
+            return {int(d) for d in names if self.xs.exists(f"{BACKEND_ROOT}/{d}/0/frontend")}
+        except XsError:
+            return set()
 
-    def _probe(self, domid: int) -> None:
-        dev = PcibackDevice(
+    def _stale(self, dev: PcibackDevice) -> bool:
+        # Deleted and re-created (a re-attach right after the last detach)
+        # before we saw the deletion: the old device is stale, probe afresh.
+        return dev.superseded()
+
+    def _new_device(self, domid: int) -> PcibackDevice:
+        return PcibackDevice(
             domid,
             self.hc,
             self.xs,
@@ -468,9 +422,3 @@ class PcibackDriver:
             lock=self.pool_lock,
             trace=self.trace,
         )
-        self.devices[domid] = dev
-        try:
-            dev.probe()
-        except XenpciError:
-            del self.devices[domid]
-            dev.remove()

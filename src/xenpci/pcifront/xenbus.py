@@ -34,6 +34,7 @@ from xenpci.pcifront import ops
 from xenpci.pcifront.errors import NotConnected, PcifrontError
 from xenpci.trace import Kind, Trace
 from xenpci.xenbus import pci_keys
+from xenpci.xenbus.client import xenbus_read_otherend_details, xenbus_watch_otherend
 from xenpci.xenbus.state import DriverCallback, Role, XenbusDevice
 from xenpci.xenbus.watch import XenbusWatch
 from xenpci.xenstore.client import XsClient, XsTransaction
@@ -153,15 +154,11 @@ class Pcifront:
     # -- probe / remove -----------------------------------------------------
     def probe(self) -> None:
         """``pcifront_xenbus_probe``: publish the page and channel, watch the backend."""
-        self.backend_path = self.xs.read(f"{self.nodename}/backend").decode()
-        self.backend_id = int(self.xs.read(f"{self.nodename}/backend-id"))
-        self.watch = XenbusWatch(
-            self.xs,
-            self.xenbus,
-            self.nodename,
-            self.backend_path,
-            driver=self._callback,
-            error_path=f"/local/domain/{self.domid}/error/device/pci/0/error",
+        self.backend_id, self.backend_path = xenbus_read_otherend_details(
+            self.xs, self.nodename, "backend-id", "backend"
+        )
+        self.watch = xenbus_watch_otherend(
+            self.xs, self.xenbus, self.nodename, self.backend_path, self._callback
         )
         self.watch.start()
 

@@ -684,9 +684,12 @@ class OurXenstored(XsDaemon):
 
         self.dir = Path(tempfile.mkdtemp(prefix="xso", dir="/tmp"))
         self.socket_path = str(self.dir / "socket")
-        self.store: XenStore = XenStore(dom0_nodes=False, quotas=dict(quotas or {}))
+        self._domids = set(domids)
+        # What the shim's xc_domain_getinfo reports to C: these domids run.
+        self.store: XenStore = XenStore(
+            dom0_nodes=False, quotas=dict(quotas or {}), domain_exists=self._domids.__contains__
+        )
         self.hv: Hypervisor = Hypervisor(iommu=False)
-        del domids  # the model hypervisor creates a guest on its first prepare_guest
         self.rings: XenstoredRings = XenstoredRings(self.store, self.hv.dom0)
         self.server: XenstoredServer = XenstoredServer(self.store, self.socket_path)
         self.server.start()

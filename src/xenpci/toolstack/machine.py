@@ -134,6 +134,13 @@ class HostBridge:
 class Machine:
     """One Xen host: see the module docstring. Use as a context manager."""
 
+    def _domain_exists(self, domid: int) -> bool:
+        try:
+            self.hv.domain(domid)
+        except HvError:
+            return False
+        return True
+
     def __init__(
         self,
         *,
@@ -161,7 +168,8 @@ class Machine:
             self.trace.use_clock(ex.clock.now)
         dom0_lane = self.hv.dom0.vcpu if isinstance(self.hv.dom0.vcpu, SteppedVcpu) else None
         self.op_timeout = op_timeout
-        self.store = XenStore(trace=self.trace)
+        # SET_PERMS naming a domain asks the hypervisor whether it runs, as C does.
+        self.store = XenStore(trace=self.trace, domain_exists=self._domain_exists)
         # xenstored's side of the guests' rings, served on dom0's vCPU.
         self.rings = XenstoredRings(self.store, self.hv.dom0) if guest_xenstore == "ring" else None
         #: dom0's toolstack connection (what libxl/xl use).

@@ -393,28 +393,31 @@ class XluConfig:
         if not dont_warn:
             self.warnings.append(f"{self.source}:{setting.line}: warning: {text}")
 
-    def get_string(self, key: str, dont_warn: bool = False) -> str | None:
-        """``xlu_cfg_get_string`` (a list is refused with a warning)."""
+    def _find_single(self, key: str, dont_warn: bool) -> tuple[Setting, str] | None:
+        """``find_atom``: the setting and its single value; a list is refused with a warning."""
         s = self.find(key)
         if s is None:
             return None
         if isinstance(s.value.value, tuple):
             self._warn(s, f"parameter `{key}' is a list but should be a single value", dont_warn)
             return None
-        return s.value.value
+        return s, s.value.value
+
+    def get_string(self, key: str, dont_warn: bool = False) -> str | None:
+        """``xlu_cfg_get_string`` (a list is refused with a warning)."""
+        found = self._find_single(key, dont_warn)
+        return None if found is None else found[1]
 
     def get_long(self, key: str, dont_warn: bool = False) -> int | None:
         """``xlu_cfg_get_long``: ``strtol(s, &ep, 0)``, whole string, no ``+=``."""
-        s = self.find(key)
-        if s is None:
+        found = self._find_single(key, dont_warn)
+        if found is None:
             return None
-        if isinstance(s.value.value, tuple):
-            self._warn(s, f"parameter `{key}' is a list but should be a single value", dont_warn)
-            return None
+        s, text = found
         if s.append:
             self._warn(s, f"can't use += with numbers for parameter `{key}'", dont_warn)
             return None
-        value, status = strtol0(s.value.value)
+        value, status = strtol0(text)
         if status == "range":
             self._warn(
                 s,
@@ -450,18 +453,28 @@ def c_digits(digits: str, base: int) -> int:
     return int(digits, base)
 
 
+def c_sign(text: str, i: int = 0) -> tuple[int, bool]:
+    """Skip what every C number conversion skips: ``isspace``, then one ``+``/``-``.
+
+    Returns the index of the first digit and whether the sign was ``-``.
+    """
+    n = len(text)
+    while i < n and text[i] in C_SPACE:
+        i += 1
+    neg = i < n and text[i] == "-"
+    if i < n and text[i] in "+-":
+        i += 1
+    return i, neg
+
+
 def strtol0(text: str) -> tuple[int, Literal["ok", "range", "invalid"]]:
     """``strtol(text, &ep, 0)`` judged as ``xlu_cfg_get_bounded_long`` does.
 
     ``range`` (``ERANGE``) is checked first, as there, even when characters
     follow the digits; ``invalid`` is no digits or anything after them.
     """
-    i, n = 0, len(text)
-    while i < n and text[i] in C_SPACE:
-        i += 1
-    neg = i < n and text[i] == "-"
-    if i < n and text[i] in "+-":
-        i += 1
+    n = len(text)
+    i, neg = c_sign(text)
     base, digits = 10, "0123456789"
     if text.startswith(("0x", "0X"), i) and i + 2 < n and text[i + 2] in _HEX:
         base, digits, i = 16, "0123456789abcdefABCDEF", i + 2

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from xenpci.pci.address import SBDF
-from xenpci.toolstack.xlu_cfg import C_SPACE, LONG_MAX, LONG_MIN, XlCfgError, c_digits
+from xenpci.toolstack.xlu_cfg import LONG_MAX, LONG_MIN, XlCfgError, c_digits, c_sign
 
 RdmPolicy = Literal["strict", "relaxed"]
 ERROR_FAIL: Final = -3
@@ -141,11 +141,7 @@ class PciDefaults:
 def scan_hex(s: str, i: int) -> tuple[int, int] | None:
     """glibc ``sscanf(s + i, "%x%n")``: (value, end index), or None if no conversion."""
     n = len(s)
-    while i < n and s[i] in C_SPACE:
-        i += 1
-    neg = i < n and s[i] == "-"
-    if i < n and s[i] in "+-":
-        i += 1
+    i, neg = c_sign(s, i)
     digits = ""
     if i < n and s[i] == "0":
         digits, i = "0", i + 1
@@ -167,12 +163,8 @@ def scan_hex(s: str, i: int) -> tuple[int, int] | None:
 
 def atoi(s: str) -> int:
     """C ``atoi``: ``(int)strtol(s, NULL, 10)`` (prefix only, garbage is 0)."""
-    i, n = 0, len(s)
-    while i < n and s[i] in C_SPACE:
-        i += 1
-    neg = i < n and s[i] == "-"
-    if i < n and s[i] in "+-":
-        i += 1
+    n = len(s)
+    i, neg = c_sign(s)
     j = i
     while j < n and "0" <= s[j] <= "9":
         j += 1

@@ -3,15 +3,23 @@
 Public API (other layers use only these names):
 
 * :class:`XenStore` -- the sans-IO store and request handler.
-  ``XenStore(dom0_nodes=True, quotas=None, trace=None)`` (with a
-  ``xenpci.trace.Trace``, every request is recorded as ``xenstore_request``
-  with the caller's domid, op, first argument and result);
+  ``XenStore(dom0_nodes=True, quotas=None, trace=None, domain_exists=None)``
+  (with a ``xenpci.trace.Trace``, every request is recorded as
+  ``xenstore_request`` with the caller's domid, op, first argument and
+  result; ``domain_exists(domid)`` is what C asks the hypervisor for
+  SET_PERMS, every domid exists without it);
   ``.connection(domid, readonly=False) -> Connection``;
   ``Connection.feed(data: bytes) -> list[bytes]`` (replies and watch events),
-  ``Connection.take_output()``, ``Connection.notify`` (callback when events are
-  queued by other connections), ``Connection.close()``;
+  ``Connection.take_output()``, ``Connection.notify`` (called, outside the
+  store lock, when events are queued by other connections),
+  ``Connection.close()``, ``.queued`` (frames not yet taken),
+  ``.dropped_events`` (duplicates and over-quota events the store dropped),
+  ``.can_read()`` (C's ``domain_can_read`` quota rules); a transport sets
+  ``Connection.sink`` (non-blocking writer: bytes in, count taken out) and
+  then output waits in the connection (``.out_bytes``, ``.outstanding``)
+  until ``flush()`` or the end of a request hands it over;
   ``.introduce_domain(domid, gfn=0, evtchn=1)``, ``.release_domain(domid)``,
-  ``.is_introduced(domid)``.
+  ``.is_introduced(domid)``, ``.memory_used(domid)`` (C 4.17's count).
 * :class:`xenpci.xenstore.server.XenstoredServer` ``(store, socket_path,
   ro_socket_path=None, domain_sockets={domid: path})`` with ``start()``,
   ``stop()``, ``serve_forever()``; also a context manager.

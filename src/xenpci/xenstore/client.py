@@ -2,7 +2,8 @@
 
 The request/reply logic is the sans-IO codec of :mod:`xenpci.xenstore.wire`,
 the same one xenstored uses; a transport only moves frames. Like libxenstore
-it keeps one request in flight per client and files watch events aside as
+it keeps one request in flight per client, refuses a request too large for
+one frame with E2BIG before sending it, and files watch events aside as
 they arrive (on a reader thread for sockets and rings). Events reach the
 caller either as an iterator (:meth:`XsClient.events`) or through a callback
 registered with :meth:`XsClient.watch`. Where that callback runs: on a
@@ -278,6 +279,10 @@ class XsClient:
 
     # -- requests ----------------------------------------------------------------
     def _call(self, type_: int, payload: bytes, tx: int = 0) -> bytes:
+        if len(payload) > w.XENSTORE_PAYLOAD_MAX:
+            # xs_talkv: libxenstore refuses to send what xenstored would answer by
+            # closing the connection (issue 10 §3.1); nothing leaves the client.
+            raise XsError("E2BIG", f"request payload of {len(payload)} bytes")
         req_id = next(self._req_ids) & 0xFFFFFFFF
         reply = self._t.request(encode(type_, req_id, tx, payload))
         return check_reply(type_, reply)

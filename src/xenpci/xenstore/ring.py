@@ -15,6 +15,19 @@ its mfn. The guest grants its ring page to dom0 and the INTRODUCE ``gfn``
 field carries that grant reference (Xen's toolstack reserves grant entry
 ``GNTTAB_RESERVED_XENSTORE`` for the same purpose; here the guest picks it).
 The event channel is the guest's unbound port, bound by xenstored as in Xen.
+xenstored's side follows C's ``handle_input``/``handle_output`` and
+``domain_can_read`` for an unprivileged guest: it takes one request at a time
+off the ring and stops taking them while ``Connection.can_read`` says no
+(``outstanding`` replies unsent, C default 20, or the domain at its memory
+quota). Output is queued in the store's connection (C's ``out_list``, where
+identical events are dropped and queued bytes count against the domain's
+memory); the channel is that connection's sink and writes what fits on the
+rsp ring, once per request as C's main loop does. So a guest that floods
+requests or never reads its ring holds at most 20 replies plus its memory
+quota of events in dom0. To keep one busy guest from holding dom0's vCPU, one
+service pass handles at most ``_BATCH`` requests and then queues itself
+behind the other work.
+
 Guest-side requests block for their reply, so they must not be issued from
 the guest's own vCPU thread (where the event upcall runs). Closing the guest's
 end (the domain is being destroyed) fails a request waiting for its reply or
@@ -34,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from xenpci.abi import xs_wire as w
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XenstoreError
-from xenpci.xenstore.wire import Frame, FrameDecoder
+from xenpci.xenstore.wire import HEADER, HEADER_SIZE, Frame, FrameDecoder
 
 if TYPE_CHECKING:
     from xenpci.hv import Domain as HvDomain
@@ -56,6 +69,8 @@ _U32 = struct.Struct("<I")
 SIZE = w.XENSTORE_RING_SIZE
 #: Put on the reply queue by GuestRing.close to wake a request waiting for its reply.
 _CLOSED = object()
+#: Requests one service pass takes off a guest's ring before yielding dom0's vCPU.
+_BATCH = 8
 
 
 class RingIndexError(XenstoreError):
@@ -74,12 +89,16 @@ def _put(buf: memoryview, off: int, value: int) -> None:
     _U32.pack_into(buf, off, value & 0xFFFFFFFF)
 
 
-def ring_read(buf: memoryview, data: int, prod_off: int, cons_off: int) -> bytes:
-    """Consume everything available on one ring; advance its consumer index."""
+def ring_read(
+    buf: memoryview, data: int, prod_off: int, cons_off: int, limit: int | None = None
+) -> bytes:
+    """Consume what is available on one ring (at most ``limit`` bytes); advance its consumer."""
     cons, prod = _get(buf, cons_off), _get(buf, prod_off)
     avail = (prod - cons) & 0xFFFFFFFF
     if avail > SIZE:
         raise RingIndexError(prod, cons)
+    if limit is not None:
+        avail = min(avail, limit)
     out = bytearray()
     while avail:
         start = w.MASK_XENSTORE_IDX(cons)
@@ -112,12 +131,50 @@ def ring_write(buf: memoryview, data: int, prod_off: int, cons_off: int, src: by
 
 @dataclass(slots=True)
 class _Channel:
+    """xenstored's state for one guest ring (``struct connection`` + ``struct domain``).
+
+    Output waits in the store connection's queue (C's ``out_list``); the
+    connection's sink writes it onto the rsp ring as far as it fits.
+    """
+
     domid: int
     mapping: GrantMapping
     port: int
     conn: Connection
-    pending: bytearray = field(default_factory=bytearray)
+    #: The request being read: never more than one frame (C's ``conn->in``).
+    inbuf: bytearray = field(default_factory=bytearray)
+    #: Requests taken off the ring.
+    requests: int = 0
+    #: Bytes went onto the rsp ring since the guest was last kicked.
+    wrote: bool = False
+    #: The guest broke its rsp indexes while we wrote (XENSTORE_ERROR_RINGIDX).
+    broken: bool = False
+    #: A service pass is queued on dom0's vCPU (coalesces notifications).
+    scheduled: bool = False
     dead: bool = False
+
+    def sink(self, data: bytes) -> int:
+        """The connection's sink: what fits on the rsp ring (called under the store lock)."""
+        if self.dead or self.broken:
+            return 0
+        try:
+            n = ring_write(self.mapping.view, RSP, RSP_PROD, RSP_CONS, data)
+        except RingIndexError:
+            self.broken = True  # the next service pass cuts the guest off
+            return 0
+        if n:
+            self.wrote = True
+        return n
+
+
+def _frame_need(inbuf: bytearray) -> int:
+    """Bytes still missing from the request in ``inbuf`` (0: feed it now)."""
+    if len(inbuf) < HEADER_SIZE:
+        return HEADER_SIZE - len(inbuf)
+    length: int = HEADER.unpack_from(inbuf)[3]
+    if length > w.XENSTORE_PAYLOAD_MAX:
+        return 0  # a bad header: the store refuses it at once (XENSTORE_ERROR_PROTO)
+    return HEADER_SIZE + length - len(inbuf)
 
 
 class XenstoredRings:
@@ -146,59 +203,87 @@ class XenstoredRings:
         _put(buf, CONNECTION, w.XENSTORE_CONNECTED)
         _put(buf, ERROR, w.XENSTORE_ERROR_NONE)
         self.channels[dom.domid] = ch
+        conn.sink = ch.sink
         # Events queued by other connections: service this ring on dom0's vCPU.
         conn.notify = lambda: self._post(ch)
         self.hc.evtchn_set_handler(port, lambda _port: self._service(ch))
         self._post(ch)  # requests written before the introduce
 
     def _post(self, ch: _Channel) -> None:
-        if not ch.dead:
-            with contextlib.suppress(Exception):
-                self.dom0.run(self._service, ch)
+        # One queued pass is enough however many events arrive before it runs:
+        # it takes them all. Cleared by the pass before it takes them.
+        if ch.dead or ch.scheduled:
+            return
+        ch.scheduled = True
+        try:
+            self.dom0.run(self._service, ch)
+        except Exception:
+            ch.scheduled = False
 
     def _release(self, dom: Domain) -> None:
         ch = self.channels.pop(dom.domid, None)
         if ch is None:
             return
         ch.dead = True
+        self._clear(ch)
         with contextlib.suppress(Exception):
             self.hc.evtchn_set_handler(ch.port, None)
             self.hc.evtchn_close(ch.port)
         with contextlib.suppress(Exception):
             self.hc.gnttab_unmap_grant_ref(ch.mapping.handle)
 
+    def _clear(self, ch: _Channel) -> None:
+        ch.inbuf.clear()
+        ch.conn.close("domain released")
+
     def _fail(self, ch: _Channel, error: int) -> None:
         _put(ch.mapping.view, ERROR, error)
         ch.dead = True
+        ch.inbuf.clear()
         ch.conn.close("ring error")
 
     def _service(self, ch: _Channel) -> None:
         """``handle_input`` + ``handle_output`` for one ring (on dom0's vCPU)."""
+        ch.scheduled = False
         if ch.dead:
             return
         buf = ch.mapping.view
+        conn = ch.conn
+        kick = False
+        taken = 0
         try:
-            data = ring_read(buf, REQ, REQ_PROD, REQ_CONS)
+            conn.flush()  # the guest may have made room on rsp
+            while not ch.broken:
+                if taken >= _BATCH or not conn.can_read():
+                    break
+                need = _frame_need(ch.inbuf)
+                if need:
+                    data = ring_read(buf, REQ, REQ_PROD, REQ_CONS, need)
+                    if not data:
+                        break
+                    kick = True
+                    ch.inbuf += data
+                    if _frame_need(ch.inbuf):
+                        continue  # the rest of the frame is not on the ring yet
+                frame = bytes(ch.inbuf)
+                ch.inbuf.clear()
+                taken += 1
+                ch.requests += 1
+                conn.feed(frame)  # the reply goes to the sink (or waits in the queue)
+                if conn.closed:
+                    self._fail(ch, w.XENSTORE_ERROR_PROTO)
+                    self.hc.evtchn_send(ch.port)
+                    return
         except RingIndexError:
+            ch.broken = True
+        if ch.broken:
             self._fail(ch, w.XENSTORE_ERROR_RINGIDX)
             return
-        kick = bool(data)
-        if data:
-            ch.pending += b"".join(ch.conn.feed(data))
-            if ch.conn.closed:
-                self._fail(ch, w.XENSTORE_ERROR_PROTO)
-                self.hc.evtchn_send(ch.port)
-                return
-        else:
-            ch.pending += b"".join(ch.conn.take_output())
-        if ch.pending:
-            try:
-                n = ring_write(buf, RSP, RSP_PROD, RSP_CONS, bytes(ch.pending))
-            except RingIndexError:
-                self._fail(ch, w.XENSTORE_ERROR_RINGIDX)
-                return
-            del ch.pending[:n]
-            kick = kick or n > 0
+        if taken >= _BATCH:
+            self._post(ch)  # more may be waiting: after the other queued work
+        if ch.wrote:
+            ch.wrote = False
+            kick = True
         if kick:
             self.hc.evtchn_send(ch.port)
 

@@ -1,33 +1,146 @@
 """The xenstored Unix-socket transport: a thin shell around :class:`XenStore`.
 
-Models the socket side of C xenstored (``init_sockets``, ``handle_input``,
-``handle_output``): it listens on ``XENSTORED_PATH``-style sockets, treats each
-peer as dom0 (privileged), and serves many clients from one thread with a
-selector. A frame with ``len`` > 4096 closes that connection alone. Deliberate
-differences: an optional read-only socket (writes get EROFS, as 4.15+ would
-if it still had one) and "domain sockets" whose peers act as an unprivileged
-domain, a test hook so permissions and quotas can be driven by the stock CLI.
+Models the socket side of C xenstored (``init_sockets``,
+``accept_connection``, ``handle_input``, ``handle_output``): it listens on
+``XENSTORED_PATH``-style sockets, treats each peer as dom0 (privileged), and
+serves many clients from one thread with a selector. A frame with ``len`` >
+4096 closes that connection alone. A failed ``accept()`` (EMFILE, ENFILE...)
+ends nothing: the listeners rest until a client goes away or ``ACCEPT_RETRY``
+seconds pass (C simply returns to its poll loop, and spins while the fds stay
+exhausted).
+
+Output to each client waits in its store connection's queue (C's ``out_list``,
+where identical events are dropped, XSA-326); the client's socket is that
+connection's sink (a non-blocking ``send``). Unprivileged peers are bounded as
+C bounds a domain: their requests are not read while ``Connection.can_read``
+says no (``domain_can_read``). Deliberate differences: C sets no bound at all
+for a dom0 client; here a privileged client whose queue exceeds
+``backlog_max`` bytes (it does not read while events keep coming) is
+disconnected, so it cannot grow the daemon without bound. Also an optional
+read-only socket (writes get EROFS, as 4.15+ would if it still had one) and
+"domain sockets" whose peers act as an unprivileged domain, a test hook so
+permissions and quotas can be driven by the stock CLI.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
+import select
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from xenpci.xenstore.core import Connection, XenStore
+
+_log = logging.getLogger("xenpci.xenstored")
+_READ = selectors.EVENT_READ
+#: Default bound on what a privileged client may leave unread (see the docstring).
+BACKLOG_MAX = 16 * 1024 * 1024
+#: How long listeners rest after accept() ran out of fds, if no client goes first.
+ACCEPT_RETRY = 0.5
+#: sizeof(struct sockaddr_un.sun_path) on Linux, the terminating NUL included.
+SUN_PATH_MAX = 108
+#: accept() errors that mean "no fd for now": the listener rests, the server goes on.
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class _Poller:
+    """``selectors.EpollSelector`` cut to what the serving loop needs.
+
+    ``poll`` returns (data, EVENT_* mask) pairs straight from epoll, without
+    the per-event key objects of :mod:`selectors` (its select() cost as much
+    as the rest of a READ's handling).
+    """
+
+    def __init__(self) -> None:
+        self._ep = select.epoll()
+        self._data: dict[int, object] = {}
+
+    @staticmethod
+    def _events(mask: int) -> int:
+        ev = 0
+        if mask & selectors.EVENT_READ:
+            ev |= select.EPOLLIN
+        if mask & selectors.EVENT_WRITE:
+            ev |= select.EPOLLOUT
+        return ev
+
+    def register(self, sock: socket.socket, mask: int, data: object) -> None:
+        fd = sock.fileno()
+        if fd < 0 or fd in self._data:
+            raise KeyError(fd)
+        self._ep.register(fd, self._events(mask))
+        self._data[fd] = data
+
+    def modify(self, sock: socket.socket, mask: int, data: object) -> None:
+        fd = sock.fileno()
+        if fd not in self._data:
+            raise KeyError(fd)
+        self._ep.modify(fd, self._events(mask))
+        self._data[fd] = data
+
+    def unregister(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        del self._data[fd]  # KeyError if unknown, as selectors
+        with contextlib.suppress(OSError):
+            self._ep.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[object, int]]:
+        data = self._data
+        out = []
+        for fd, ev in self._ep.poll(timeout):
+            if fd not in data:
+                continue  # no longer registered
+            # As EpollSelector: anything but EPOLLOUT reads, anything but EPOLLIN writes.
+            if ev == select.EPOLLIN:
+                out.append((data[fd], selectors.EVENT_READ))
+                continue
+            mask = (selectors.EVENT_READ if ev & ~select.EPOLLOUT else 0) | (
+                selectors.EVENT_WRITE if ev & ~select.EPOLLIN else 0
+            )
+            out.append((data[fd], mask))
+        return out
+
+    def close(self) -> None:
+        self._ep.close()
+        self._data.clear()
 
 
 @dataclass(slots=True)
 class _Client:
     sock: socket.socket
     conn: Connection
-    out: bytearray = field(default_factory=bytearray)
-    writing: bool = False  # registered for EVENT_WRITE (only while output is stuck)
+    mask: int = selectors.EVENT_READ  # what the selector watches for this client
+    #: send() failed (the peer is gone): dropped by the serving thread.
+    broken: bool = False
+
+    def sink(self, data: bytes) -> int:
+        """The connection's sink (called under the store lock, from any thread)."""
+        if self.broken:
+            return 0
+        try:
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            self.broken = True
+            return 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """A snapshot of one client's output queue (for CONTROL ``quota`` and tests)."""
+
+    domid: int
+    queued: int
+    outstanding: int
+    dropped_events: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +164,15 @@ class XenstoredServer:
         socket_path: str,
         ro_socket_path: str | None = None,
         domain_sockets: Mapping[int, str] | None = None,
+        *,
+        backlog_max: int = BACKLOG_MAX,
     ) -> None:
         self.store = store
+        self.backlog_max = backlog_max
         self.socket_path = socket_path
         self.ro_socket_path = ro_socket_path
         self.domain_sockets = dict(domain_sockets or {})
-        self._sel = selectors.DefaultSelector()
+        self._sel = _Poller()
         self._listeners: list[_Listener] = []
         self._clients: dict[int, _Client] = {}
         self._thread: threading.Thread | None = None
@@ -66,17 +182,31 @@ class XenstoredServer:
         self._wake_w.setblocking(False)
         self._dirty: set[int] = set()
         self._dirty_lock = threading.Lock()
+        #: When listeners rest after accept() ran out of fds: resume at this time.
+        self._resume_at: float | None = None
+        #: accept() failures survived, and clients dropped for an unread backlog.
+        self.accept_failures = 0
+        self._told_exhausted = False
+        self.overflow_drops = 0
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
-        """Bind every socket and serve from a daemon thread."""
-        self._bind(self.socket_path, 0, False)
-        if self.ro_socket_path:
-            self._bind(self.ro_socket_path, 0, True)
-        for domid, path in self.domain_sockets.items():
-            if not self.store.is_introduced(domid):
-                self.store.introduce_domain(domid)
-            self._bind(path, domid, False)
+        """Bind every socket and serve from a daemon thread.
+
+        Raises OSError (nothing left bound) if a socket cannot be made: a
+        missing directory, a path longer than ``sun_path`` allows...
+        """
+        try:
+            self._bind(self.socket_path, 0, False)
+            if self.ro_socket_path:
+                self._bind(self.ro_socket_path, 0, True)
+            for domid, path in self.domain_sockets.items():
+                if not self.store.is_introduced(domid):
+                    self.store.introduce_domain(domid)
+                self._bind(path, domid, False)
+        except BaseException:
+            self._close_listeners()
+            raise
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._thread = threading.Thread(target=self._run, name="xenstored", daemon=True)
         self._thread.start()
@@ -90,16 +220,21 @@ class XenstoredServer:
             self._thread = None
         for client in list(self._clients.values()):
             self._drop(client)
-        for lst in self._listeners:
-            lst.sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(lst.path)
-        self._listeners.clear()
+        self._close_listeners()
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(self._wake_r)
         self._sel.close()
         self._wake_r.close()
         self._wake_w.close()
+
+    def _close_listeners(self) -> None:
+        for lst in self._listeners:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(lst.sock)
+            lst.sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(lst.path)
+        self._listeners.clear()
 
     def __enter__(self) -> XenstoredServer:
         self.start()
@@ -117,14 +252,38 @@ class XenstoredServer:
         while not self._stop.wait(0.2):
             pass
 
+    def stats(self) -> list[ClientStats]:
+        """Every connected client's queue, in accept order."""
+        # Under the store lock: a send and the count of what it took are one step.
+        with self.store.lock:
+            return [
+                ClientStats(
+                    c.conn.domid, c.conn.out_bytes, c.conn.outstanding, c.conn.dropped_events
+                )
+                for c in list(self._clients.values())
+            ]
+
     # -- internals ---------------------------------------------------------------
     def _bind(self, path: str, domid: int, readonly: bool) -> None:
+        if len(os.fsencode(path)) >= SUN_PATH_MAX:
+            # Python would say only "AF_UNIX path too long".
+            raise OSError(
+                errno.ENAMETOOLONG,
+                f"longer than a Unix socket path allows ({SUN_PATH_MAX - 1} bytes)",
+                path,
+            )
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a stale socket from an earlier run, as C does
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(64)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(64)
+        except OSError as e:
+            sock.close()
+            if e.filename is None:  # bind() names no path in its error
+                e.filename = path
+            raise
         sock.setblocking(False)
         lst = _Listener(sock, path, domid, readonly)
         self._listeners.append(lst)
@@ -136,31 +295,56 @@ class XenstoredServer:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for key, mask in self._sel.select(timeout=1.0):
-                data = key.data
-                if data is None:
+            timeout = 1.0
+            if self._resume_at is not None:
+                timeout = max(0.0, self._resume_at - time.monotonic())
+                if timeout == 0.0:
+                    self._resume_listeners()
+                    timeout = 1.0
+            for data, mask in self._sel.poll(timeout):
+                if type(data) is _Client:  # the common case first
+                    try:
+                        if mask & selectors.EVENT_READ:
+                            self._read(data)
+                        if mask & selectors.EVENT_WRITE and data.sock.fileno() >= 0:
+                            self._flush(data)
+                    except Exception as e:  # a bug must cost one client, not the daemon
+                        _log.error("xenstored: dropped a client after %r", e)
+                        self._drop(data)
+                elif data is None:
                     with contextlib.suppress(BlockingIOError):
                         self._wake_r.recv(4096)
-                elif isinstance(data, _Listener):
-                    self._accept(data)
                 else:
-                    assert isinstance(data, _Client)
-                    if mask & selectors.EVENT_READ:
-                        self._read(data)
-                    if mask & selectors.EVENT_WRITE and data.sock.fileno() >= 0:
-                        self._flush(data)
+                    assert isinstance(data, _Listener)
+                    self._accept(data)
+            if not self._dirty:
+                continue
             with self._dirty_lock:
                 dirty, self._dirty = self._dirty, set()
             for fd in dirty:
                 client = self._clients.get(fd)
                 if client is not None:
-                    client.out += b"".join(client.conn.take_output())
-                    self._flush(client)
+                    try:
+                        self._flush(client)
+                    except Exception as e:  # as above
+                        _log.error("xenstored: dropped a client after %r", e)
+                        self._drop(client)
 
+    # -- accepting ---------------------------------------------------------------
     def _accept(self, lst: _Listener) -> None:
         try:
             sock, _ = lst.sock.accept()
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as e:
+            self.accept_failures += 1
+            if e.errno in _ACCEPT_EXHAUSTED:
+                # The peer stays in the listen backlog; try again once an fd
+                # is free. Polling the listener meanwhile would only spin.
+                if not self._told_exhausted:  # once: it may recur at every free fd
+                    self._told_exhausted = True
+                    _log.warning("xenstored: accept on %s: %s; still serving", lst.path, e.strerror)
+                self._rest_listeners()
             return
         sock.setblocking(False)
         conn = self.store.connection(lst.domid, lst.readonly)
@@ -175,9 +359,27 @@ class XenstoredServer:
                 self._wake()
 
         conn.notify = notify
+        conn.sink = client.sink
         self._clients[fd] = client
         self._sel.register(sock, selectors.EVENT_READ, client)
 
+    def _rest_listeners(self) -> None:
+        if self._resume_at is not None:
+            return
+        self._resume_at = time.monotonic() + ACCEPT_RETRY
+        for lst in self._listeners:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(lst.sock)
+
+    def _resume_listeners(self) -> None:
+        if self._resume_at is None:
+            return
+        self._resume_at = None
+        for lst in self._listeners:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.register(lst.sock, selectors.EVENT_READ, lst)
+
+    # -- per client ----------------------------------------------------------------
     def _read(self, client: _Client) -> None:
         try:
             data = client.sock.recv(65536)
@@ -188,42 +390,51 @@ class XenstoredServer:
         if not data:
             self._drop(client)
             return
-        out = client.conn.feed(data)
-        client.out += b"".join(out)
-        if client.conn.closed:
+        conn = client.conn
+        conn.feed(data)  # replies go to the sink, or wait in the queue
+        if conn.closed:
             # Framing violation: C drops the connection without a reply.
             self._drop(client)
             return
-        self._flush(client)
+        if conn.out_bytes or client.broken or not conn.privileged or client.mask != _READ:
+            self._flush(client)
+        # else: all sent, still read, nothing for the selector to change
 
     def _flush(self, client: _Client) -> None:
-        if not client.conn.privileged and len(client.out) > self.store.quotas["memory"]:
-            # A domain that never reads its events would grow our memory without
-            # bound; C xenstored caps it with the per-domain memory quota
-            # (XSA-326). We drop that peer alone.
+        """Send what is queued, then watch the socket for what must happen next."""
+        conn = client.conn
+        if conn.out_bytes:
+            conn.flush()
+        if client.broken:
             self._drop(client)
             return
-        if client.out:
-            try:
-                n = client.sock.send(client.out)
-                del client.out[:n]
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                self._drop(client)
-                return
+        if conn.privileged and conn.out_bytes > self.backlog_max:
+            # It does not read while events keep coming: C would hold them all.
+            self.overflow_drops += 1
+            self._drop(client)
+            return
         # Change the selector registration only when it must change: an
         # epoll_ctl per request would cost as much as the request itself.
-        if bool(client.out) != client.writing:
-            client.writing = bool(client.out)
-            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.writing else 0)
+        # A client whose input is not read is still watched for writability,
+        # which also reports its hang-up.
+        mask = (selectors.EVENT_READ if conn.can_read() else 0) | (
+            selectors.EVENT_WRITE if conn.out_bytes else 0
+        )
+        if mask != client.mask:
+            old, client.mask = client.mask, mask
             with contextlib.suppress(KeyError, ValueError):
-                self._sel.modify(client.sock, want, client)
+                if not mask:
+                    self._sel.unregister(client.sock)
+                elif not old:
+                    self._sel.register(client.sock, mask, client)
+                else:
+                    self._sel.modify(client.sock, mask, client)
 
     def _drop(self, client: _Client) -> None:
         fd = client.sock.fileno()
         self._clients.pop(fd, None)
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(client.sock)
+        client.conn.close("peer gone")  # first: no thread sends on the closed socket
         client.sock.close()
-        client.conn.close("peer gone")
+        self._resume_listeners()  # an fd is free again

@@ -1,62 +1,80 @@
-"""XenStore transactions (``xenstored_transaction.c``).
+"""XenStore transactions as C xenstored 4.17 runs them (``xenstored_transaction.c``).
 
-Deliberate difference from C 4.17: a transaction sees a full snapshot of the
-store taken at TRANSACTION_START (the spec's wording, and what pyxs's
-``test_transaction_commit_retry`` needs), not per-node copies made at first
-access. Every path it touches is remembered with the node it had in the
-snapshot; at commit each must be unchanged in the live store (same generation,
-or still absent; a removed subtree must be untouched), else EAGAIN. The
-transaction's modifications are then replayed on the live tree, and their
-watch events fire only then.
+A transaction reads lazily: the first access to a node inside it records the
+node as it is *then* (a private copy of the record and its generation, or
+``NO_GENERATION`` if missing); later accesses in the transaction see that
+copy. Nodes never touched show the live store, writes made after
+TRANSACTION_START included. Commit (``finalize_transaction``) fails with
+EAGAIN if any node first accessed by a read has another generation now;
+otherwise each modified record replaces the live one, in first-access order,
+and each modified node fires one watch event. So a blind write (first access
+after another client's change) commits, and a node created then removed in the
+transaction fires nothing (it has no perms and no live node to check).
+
+A failed write inside the transaction (``fail_transaction``) makes the commit
+fail with ENOMEM. Nodes-per-domain deltas are kept per transaction and checked
+at commit (``transaction_fix_domains``).
+
+Cost: an access costs O(1) plus a copy of that one record; a commit costs
+O(records accessed). No request is ever replayed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 from xenpci.xenstore.perms import Perms
-from xenpci.xenstore.tree import Node, Tree
-
-# One recorded modification: applies itself to a tree, returns its watch events.
-Op = Callable[[Tree], list["Event"]]
+from xenpci.xenstore.tree import NO_GENERATION, Node
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A change that fires watches: path, exact-or-subtree match, ACLs that may see it."""
+class Accessed:
+    """One node a transaction touched (C ``struct accessed_node``)."""
 
-    path: str
-    exact: bool
-    perms: tuple[Perms, ...]  # Perms of the node (old and new) and of its parent
+    __slots__ = ("check_gen", "exact", "fire", "gen", "kids", "live", "modified", "node", "perms")
+
+    def __init__(self, node: Node | None, gen: int, check_gen: bool, perms: Perms | None) -> None:
+        self.node = node  # the transaction's record, None if missing/deleted
+        self.gen = gen  # generation at first read (check_gen only)
+        self.check_gen = check_gen
+        self.perms = perms  # the ACL at first access, for watch filtering at commit
+        self.modified = False
+        self.fire = False
+        self.exact = False
+        self.kids = False  # the record's child list changed
+        # The live node at first access: removed live nodes are stamped DEAD,
+        # so comparing its generation is the commit's check, without a lookup.
+        self.live: Node | None = None
 
 
-@dataclass(slots=True)
 class Transaction:
-    """One open transaction of one connection."""
+    """One open transaction of one connection (C ``struct transaction``)."""
 
-    id: int
-    base: Node  # the snapshot root
-    tree: Tree  # the transaction's private view (starts at ``base``)
-    touched: dict[str, tuple[bool, Node | None]] = field(default_factory=dict)
-    ops: list[Op] = field(default_factory=list)
+    __slots__ = ("accessed", "fail", "generation", "id", "memory", "node_created", "nodes_delta")
 
-    def touch(self, path: str, *, subtree: bool = False) -> None:
-        """Remember ``path`` as seen in the snapshot (``subtree``: its whole subtree)."""
-        seen = self.touched.get(path)
-        if seen is None or (subtree and not seen[0]):
-            node = Tree(self.base, self.tree.gen_source).get(path)
-            self.touched[path] = (subtree, node)
+    def __init__(self, tid: int, generation: int) -> None:
+        self.id = tid
+        self.generation = generation
+        # path -> entry, in first-access order (C's list_add_tail).
+        self.accessed: dict[str, Accessed] = {}
+        self.fail = False
+        self.node_created = False
+        # owner domid -> change of its node count (C ``changed_domains``).
+        self.nodes_delta: dict[int, int] = {}
+        # Bytes of private records, charged to the connection's domain.
+        self.memory = 0
 
-    def conflicts(self, live: Tree) -> bool:
-        """True if any touched path changed in ``live`` since the snapshot."""
-        for path, (subtree, seen) in self.touched.items():
-            now = live.get(path)
-            if subtree or now is None or seen is None:
-                # A removed subtree must be the very same object: path copying
-                # replaces it on any change below it.
-                if now is not seen:
-                    return True
-            elif now.gen != seen.gen:
-                return True
-        return False
+    def queue_watch(self, path: str, exact: bool) -> None:
+        """C ``queue_watches``: a non-exact event replaces an exact one, not the reverse."""
+        entry = self.accessed.get(path)
+        if entry is None:
+            self.fail = True
+            return
+        if not entry.fire:
+            entry.fire = True
+            entry.exact = exact
+        elif not exact:
+            entry.exact = False
+
+    def entry_delta(self, owner: int, delta: int) -> None:
+        self.nodes_delta[owner] = self.nodes_delta.get(owner, 0) + delta
+
+
+__all__ = ["NO_GENERATION", "Accessed", "Transaction"]

@@ -1,17 +1,24 @@
-"""The XenStore tree: nodes, paths, and path-copying updates.
+"""The XenStore node database: nodes, paths, and the live tree.
 
-Models the node database of C xenstored (``xenstored_core.c``: ``struct node``,
-``is_valid_nodename``, ``canonicalize``, ``get_implicit_path``). Deliberate
-difference: C keeps one mutable hash table plus per-transaction copies of
-touched records; we keep an immutable tree and update it by path copying, so a
-transaction's snapshot of the whole store is one pointer (oxenstored takes the
-same approach). Every change stamps the changed node with a fresh global
-generation; a parent whose child list changes is stamped too.
+Models the node records of C xenstored 4.17 (``xenstored_core.c``: ``struct
+node``, ``is_valid_nodename``, ``canonicalize``, ``get_implicit_path``,
+``walk_node_tree``). C keeps one record per path in a hash table keyed by
+the full path, each record holding the value, the ACL, the generation and the
+NUL-separated child names; a transaction keeps private copies of the records
+it touched (see :mod:`xenpci.xenstore.transaction`).
+
+Deliberate difference: the live store here is a tree of mutable nodes whose
+child table maps a name to the child node, so a lookup walks the path and no
+full path string is stored per node (C's key). Changing a node touches only
+that node and, when a child is added or removed, its parent's table: no
+ancestor is copied, so a write under ``/local/domain/N`` costs the same with 4
+or 4000 domains. Generations follow C: each change stamps the changed record
+with ``++generation``; a parent whose child list changes is rewritten, so it
+is stamped too.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from xenpci.abi.xs_wire import XENSTORE_REL_PATH_MAX
@@ -20,20 +27,29 @@ from xenpci.xenstore.perms import Perms
 
 # C ``valid_chars``: the only bytes a path may hold (pyxs uses the same set).
 VALID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-/_@")
-_VALID = re.compile(r"[A-Za-z0-9/_@-]+\Z")
 LOCAL_DOMAIN = "/local/domain/"
 # The special watch nodes 4.17 knows; other "@" names only ever match nothing.
 SPECIAL_NODES = ("@introduceDomain", "@releaseDomain")
+# C ``NO_GENERATION``: the generation a transaction records for a missing node.
+NO_GENERATION = -1
+# Stamped on a live node when it is removed, so a transaction holding it sees the change.
+DEAD = -2
+# sizeof(struct xs_tdb_record_hdr) and sizeof(struct xs_permissions) in C.
+RECORD_HEADER = 24
+PERM_SIZE = 8
 
-_NO_CHILDREN: dict[str, Node] = {}  # shared by every leaf; never mutated
+_VALID_TABLE = str.maketrans("", "", "".join(sorted(VALID_CHARS)))
+_DIGITS = frozenset("0123456789")
 
 
 class Node:
-    """One node: value bytes, ACL, ordered children, generation.
+    """One node record: value bytes, ACL, generation, ordered children.
 
-    Treated as immutable (never assigned after construction); a plain slotted
-    class rather than a frozen dataclass because the store makes one per
-    update and per node, and frozen-dataclass construction costs twice as much.
+    ``children`` maps each child name to its node in insertion order (C
+    appends to the child blob and removes in place, so DIRECTORY order is
+    insertion order); ``None`` for a leaf, which saves an empty table per
+    leaf. A transaction's private copy of a record is a ``Node`` too: its
+    table is a copy whose values are never followed (lookups go by path).
     """
 
     __slots__ = ("children", "gen", "perms", "value")
@@ -44,24 +60,52 @@ class Node:
         self.value = value
         self.perms = perms
         self.gen = gen
-        self.children: dict[str, Node] = children if children else _NO_CHILDREN
+        self.children: dict[str, Node] | None = children or None
+
+    def names(self) -> list[str]:
+        return list(self.children) if self.children else []
 
     def child_names(self) -> bytes:
         """The child-name blob ``"a\\0b\\0"`` (DIRECTORY's reply, in insertion order)."""
-        return b"".join(n.encode() + b"\0" for n in self.children)
+        if not self.children:
+            return b""
+        return ("\0".join(self.children) + "\0").encode()
+
+    def childlen(self) -> int:
+        """C ``node->childlen``: bytes of the NUL-terminated child names."""
+        kids = self.children
+        if not kids:
+            return 0
+        return sum(map(len, kids)) + len(kids)
 
     def record_size(self) -> int:
-        """C's node record size for the ``node-size`` quota.
+        """C's record size (``write_node_raw``): what the ``node-size`` quota limits.
 
         24-byte record header, 8 bytes per permission, the value and the
         NUL-terminated child names (so 2015 value bytes fit with one perm).
         """
         return (
-            24
-            + 8 * len(self.perms.entries)
-            + len(self.value)
-            + sum(len(n) + 1 for n in self.children)
+            RECORD_HEADER + PERM_SIZE * len(self.perms.entries) + len(self.value) + self.childlen()
         )
+
+    def copy(self) -> Node:
+        """A transaction-private copy of this record (C copies the TDB record)."""
+        return Node(
+            self.value, self.perms, self.gen, dict(self.children) if self.children else None
+        )
+
+
+def prefixes(path: str) -> list[str]:
+    """Every ancestor of a canonical path and itself, by depth: ``["/", "/a", "/a/b"]``."""
+    if path == "/":
+        return ["/"]
+    out = ["/"]
+    i = path.find("/", 1)
+    while i >= 0:
+        out.append(path[:i])
+        i = path.find("/", i + 1)
+    out.append(path)
+    return out
 
 
 def split(path: str) -> list[str]:
@@ -70,9 +114,13 @@ def split(path: str) -> list[str]:
 
 
 def parent_of(path: str) -> str:
-    """Parent of a canonical path other than "/"."""
+    """Parent of a canonical path other than "/" (C ``get_parent``)."""
     i = path.rfind("/")
-    return "/" if i == 0 else path[:i]
+    return "/" if i <= 0 else path[:i]
+
+
+def child_path(parent: str, name: str) -> str:
+    return f"/{name}" if parent == "/" else f"{parent}/{name}"
 
 
 def ancestors(path: str) -> Iterator[str]:
@@ -88,16 +136,50 @@ def implicit_path(domid: int) -> str:
     return f"{LOCAL_DOMAIN}{domid}"
 
 
-def _len_for_quota(path: str) -> int:
-    """Length checked against ``path-max``: the part after ``/local/domain/<N>/``."""
-    if path.startswith(LOCAL_DOMAIN):
-        rest = path[len(LOCAL_DOMAIN) :]
-        i = 0
-        while i < len(rest) and rest[i].isdigit():
-            i += 1
-        if i and (i == len(rest) or rest[i] == "/"):
-            return len(rest[i + 1 :])
-    return len(path)
+def local_offset(path: str) -> int:
+    """C's ``sscanf(node, "/local/domain/%5u/%n", ...)`` prefix length, or 0.
+
+    ``%5u`` reads at most five characters (an optional sign counts), so a
+    six-digit domid does not strip the prefix and its whole path counts.
+    """
+    if not path.startswith(LOCAL_DOMAIN):
+        return 0
+    i = len(LOCAL_DOMAIN)
+    j = i
+    if j < len(path) and path[j] in "+-":
+        j += 1
+    k = j
+    while k < len(path) and k - i < 5 and path[k] in _DIGITS:
+        k += 1
+    if k == j or k >= len(path) or path[k] != "/":
+        return 0
+    return k + 1
+
+
+def is_valid_nodename(path: str, path_max: int) -> bool:
+    """C ``is_valid_nodename`` for an already canonical path."""
+    if not path.startswith("/"):
+        return False
+    if path.endswith("/") and path != "/":
+        return False
+    if "//" in path:
+        return False
+    if len(path) > local_offset(path) + path_max:
+        return False
+    return not path.translate(_VALID_TABLE)
+
+
+def decode_path(raw: bytes) -> str:
+    """Request bytes as a path string (latin-1: every byte survives, invalid ones fail later)."""
+    return raw.decode("latin-1")
+
+
+def canonical(raw: bytes, domid: int) -> str:
+    """C ``canonicalize``: prefix a relative path with the implicit path; no checks."""
+    text = decode_path(raw)
+    if text.startswith(("/", "@")):
+        return text
+    return f"{implicit_path(domid)}/{text}"
 
 
 def canonicalize(
@@ -106,155 +188,113 @@ def canonicalize(
     """Validate a request path and make it absolute (C ``canonicalize`` + checks).
 
     Relative paths are rooted at ``/local/domain/<domid>``. Bad characters,
-    ``//``, a trailing ``/``, the empty path and over-long paths are EINVAL; so
-    is an ``@`` name where the operation does not take one. ``path_max`` is the
-    store's ``path-max`` quota (C ``quota_max_path_len``), which binds dom0 too.
+    ``//``, a trailing ``/``, the empty path and over-long paths are EINVAL
+    (``is_valid_nodename``); ``@`` names only where the op takes one
+    (``check_watch_path``: only their length is checked).
     """
-    try:
-        text = raw.decode("ascii")
-    except UnicodeDecodeError:
-        raise XsError("EINVAL", "path is not ASCII") from None
-    if not text:
-        raise XsError("EINVAL", "empty path")
-    if text[0] == "@":
-        if not allow_special:
-            raise XsError("EINVAL", f"special path {text[:40]!r} not allowed here")
-        if len(text) > XENSTORE_REL_PATH_MAX or not _VALID.match(text):
-            raise XsError("EINVAL", "bad special path")
+    text = canonical(raw, domid)
+    if text.startswith("@"):
+        if not allow_special or len(text) > XENSTORE_REL_PATH_MAX:
+            raise XsError("EINVAL", "special path not allowed here")
         return text
-    path = text if text[0] == "/" else f"{implicit_path(domid)}/{text}"
-    if not _VALID.match(path):
-        raise XsError("EINVAL", "invalid character in path")
-    if "//" in path or (path != "/" and path.endswith("/")):
-        raise XsError("EINVAL", "empty path component")
-    if _len_for_quota(path) > path_max:
-        raise XsError("EINVAL", "path too long")
-    return path
+    if not raw or not is_valid_nodename(text, path_max):
+        raise XsError("EINVAL", "invalid path")
+    return text
 
 
 def watch_path_for(path: str, relative_to: str | None) -> str:
-    """The event path reported to a watch registered relative to ``relative_to``."""
-    if relative_to is not None and path.startswith(relative_to + "/"):
-        return path[len(relative_to) + 1 :]
+    """C ``get_watch_path``: the event path reported to a watch."""
+    if relative_to is not None and path.startswith(relative_to):
+        rest = path[len(relative_to) :]
+        return rest[1:] if rest.startswith("/") else rest
     return path
 
 
 class Tree:
-    """A handle on a root that is updated by path copying.
+    """The live node tree with per-owner accounting.
 
-    ``owned`` counts nodes per owner domid: absolute for the live tree, a
-    delta for a transaction's private tree (quotas add the two).
+    ``owned`` counts nodes per owner domid (C ``nbentry``); ``memory`` the
+    bytes of node records per owner as C 4.17 charges them (record size plus
+    the path, its TDB key).
     """
 
-    __slots__ = ("gen_source", "owned", "root")
+    __slots__ = ("memory", "owned", "root")
 
-    def __init__(self, root: Node, gen_source: list[int], owned: dict[int, int] | None = None):
+    def __init__(self, root: Node) -> None:
         self.root = root
-        self.gen_source = gen_source  # one-element list: shared global generation counter
-        self.owned = owned if owned is not None else {}
-
-    def next_gen(self) -> int:
-        self.gen_source[0] += 1
-        return self.gen_source[0]
+        self.owned: dict[int, int] = {root.perms.owner: 1}
+        self.memory: dict[int, int] = {root.perms.owner: root.record_size() + 1}
 
     def get(self, path: str) -> Node | None:
         node: Node | None = self.root
-        for name in split(path):
-            assert node is not None
-            node = node.children.get(name)
+        if path == "/":
+            return node
+        for name in path[1:].split("/"):
+            kids = node.children  # type: ignore[union-attr]
+            if kids is None:
+                return None
+            node = kids.get(name)
             if node is None:
                 return None
         return node
 
-    def nearest(self, path: str) -> tuple[str, Node]:
-        """The deepest existing node on ``path`` (itself if it exists) and its path."""
+    def chain(self, path: str) -> list[Node]:
+        """The existing nodes along ``path``: root first, up to the first missing one.
+
+        One walk, so looking at every ancestor of a deep path costs O(depth).
+        """
         node = self.root
-        at = "/"
-        for name in split(path):
-            child = node.children.get(name)
+        out = [node]
+        if path == "/":
+            return out
+        for name in path[1:].split("/"):
+            kids = node.children
+            if kids is None:
+                break
+            child = kids.get(name)
             if child is None:
                 break
             node = child
-            at = f"{at}{name}" if at == "/" else f"{at}/{name}"
-        return at, node
+            out.append(node)
+        return out
 
-    def _replace(self, names: list[str], new: Node | None, parent_gen: bool) -> None:
-        """Put ``new`` at ``names`` (None removes it), copying every ancestor.
-
-        ``parent_gen``: the parent's child list changes, so it gets a new generation.
-        """
-        chain = [self.root]
-        for name in names[:-1]:
-            chain.append(chain[-1].children[name])
-        child: Node | None = new
-        for depth in range(len(names) - 1, -1, -1):
-            parent = chain[depth]
-            kids = dict(parent.children)
-            name = names[depth]
-            if child is None:
-                del kids[name]
-            else:
-                kids[name] = child
-            gen = parent.gen
-            if depth == len(names) - 1 and parent_gen:
-                gen = self.next_gen()
-            child = Node(parent.value, parent.perms, gen, kids or _NO_CHILDREN)
-        assert child is not None
-        self.root = child
-
-    def _count(self, owner: int, delta: int) -> None:
-        self.owned[owner] = self.owned.get(owner, 0) + delta
-
-    def set_value(self, path: str, value: bytes) -> None:
-        """Replace an existing node's value (new generation)."""
-        old = self.get(path)
-        assert old is not None
-        new = Node(value, old.perms, self.next_gen(), old.children)
-        if path == "/":
-            self.root = new
-        else:
-            self._replace(split(path), new, parent_gen=False)
-
-    def set_perms(self, path: str, perms: Perms) -> None:
-        old = self.get(path)
-        assert old is not None
-        self._count(old.perms.owner, -1)
-        self._count(perms.owner, +1)
-        new = Node(old.value, perms, self.next_gen(), old.children)
-        if path == "/":
-            self.root = new
-        else:
-            self._replace(split(path), new, parent_gen=False)
-
-    def create(self, path: str, value: bytes, perms: Perms) -> None:
-        """Add a new leaf under an existing parent."""
-        self._count(perms.owner, +1)
-        self._replace(split(path), Node(value, perms, self.next_gen()), parent_gen=True)
-
-    def remove(self, path: str) -> list[tuple[str, Node]]:
-        """Delete ``path`` and its subtree; return the removed nodes, children first."""
-        node = self.get(path)
-        assert node is not None and path != "/"
-        removed = list(walk(path, node, post_order=True))
-        for _, n in removed:
-            self._count(n.perms.owner, -1)
-        self._replace(split(path), None, parent_gen=True)
-        return removed
+    def account(self, node: Node, path_len: int, sign: int) -> None:
+        """Add (``sign`` 1) or remove (-1) ``node``'s record from its owner's counts."""
+        owner = node.perms.owner
+        self.owned[owner] = self.owned.get(owner, 0) + sign
+        self.memory[owner] = self.memory.get(owner, 0) + sign * (node.record_size() + path_len)
 
 
 def walk(path: str, node: Node, *, post_order: bool = False) -> list[tuple[str, Node]]:
-    """Every (path, node) of a subtree, parents first or (post_order) children first.
+    """Every (path, node) of a subtree in C's ``walk_node_tree`` order.
 
-    Iterative: a path of 2048 bytes can be 1024 levels deep, past Python's recursion limit.
+    Children are visited in child-list order; ``post_order`` lists each node
+    after its whole subtree (C's ``exit`` callback, the order RM deletes
+    and fires in), otherwise before it. Iterative: a 2048-byte path can be
+    1024 levels deep, past Python's recursion limit.
     """
     out: list[tuple[str, Node]] = []
-    stack = [(path, node)]
-    while stack:
-        p, n = stack.pop()
-        out.append((p, n))
-        prefix = "" if p == "/" else p
-        stack.extend((f"{prefix}/{name}", c) for name, c in reversed(n.children.items()))
-    if post_order:
-        # Reversed pre-order visits every child before its parent.
-        out.reverse()
+    if not post_order:
+        stack = [(path, node)]
+        while stack:
+            p, n = stack.pop()
+            out.append((p, n))
+            if n.children:
+                prefix = "" if p == "/" else p
+                stack.extend((f"{prefix}/{k}", c) for k, c in reversed(n.children.items()))
+        return out
+    # Post-order: (path, node, iterator over its children).
+    it_stack: list[tuple[str, Node, Iterator[tuple[str, Node]]]] = [
+        (path, node, iter(node.children.items() if node.children else ()))
+    ]
+    while it_stack:
+        p, n, it = it_stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            it_stack.pop()
+            out.append((p, n))
+            continue
+        k, c = nxt
+        cp = f"/{k}" if p == "/" else f"{p}/{k}"
+        it_stack.append((cp, c, iter(c.children.items() if c.children else ())))
     return out

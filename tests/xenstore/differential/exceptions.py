@@ -1,7 +1,7 @@
 """Every known difference between ours and the oracle, named, with its reason.
 
-``xfail`` entries are differences issue 14 §2 says we must close (being fixed
-on branch xs-core): the tests are ``xfail(strict=True)``, so they turn into
+``xfail`` entries are differences we must still close (none is left: issue
+14 §2 is closed): the tests are ``xfail(strict=True)``, so they turn into
 failures the moment ours matches, and the entry must then be deleted.
 ``skip`` entries are the oracle's own bugs that we do not copy; the test is
 skipped with the reason, and test_oracle_harness.py asserts that the bug is
@@ -31,114 +31,16 @@ class Known:
 
 
 EXCEPTIONS: dict[str, Known] = {
-    "lazy-tx-reads": Known(
-        "xfail",
-        "issue 14 §2.1: C reads an untouched node lazily, so a write after "
-        "TRANSACTION_START is visible and the commit succeeds",
-    ),
-    "blind-writes": Known(
-        "xfail",
-        "issue 14 §2.13: a transaction that writes a node it never read commits in C",
-    ),
-    "commit-events": Known(
-        "xfail",
-        "issue 14 §2.2: C fires one event per changed node at commit, in path "
-        "order, none for a node created and removed in the transaction",
-    ),
-    "tx-id-ops": Known(
-        "xfail",
-        "issue 14 §2.9: an unknown tx_id on GET_DOMAIN_PATH, RESET_WATCHES, "
-        "IS_DOMAIN_INTRODUCED and CONTROL gives ENOENT in C",
-    ),
-    "guest-event-filter": Known(
-        "xfail",
-        "issue 14 §2.5: a guest gets an event if it may read the node or its parent (XSA-115)",
-    ),
-    "missing-node-perm": Known(
-        "xfail",
-        "issue 14 §2.6: for a missing node C checks the nearest ancestor for "
-        "the operation's own permission",
-    ),
-    "tx-failed-write": Known(
-        "xfail",
-        "issue 14 §2.7: a write that failed inside a transaction makes the commit fail with ENOMEM",
-    ),
-    "dirpart-atoi": Known(
-        "xfail",
-        "issue 14 §2.8: DIRECTORY_PART's offset is parsed with atoi",
-    ),
-    "path-length-domid": Known(
-        "xfail",
-        "issue 14 §2.11: the /local/domain/N/ prefix is stripped before the "
-        "path-length check only for N of at most 5 digits",
-    ),
-    "unwatch-invalid": Known("xfail", "issue 14 §2.10: UNWATCH of an invalid path gives ENOENT"),
-    "watch-order": Known(
-        "xfail",
-        "issue 14 §2.4: several matching watches on one connection fire in registration order",
-    ),
-    "rm-child-order": Known(
-        "xfail", "issue 14 §2.4: a subtree removal fires its descendants in C's child order"
-    ),
-    "duplicate-events": Known(
-        "xfail",
-        "issue 14 §2.3: C drops an event identical to one still queued for that "
-        "connection (XSA-326)",
-    ),
-    "set-perms-missing-domain": Known(
-        "xfail",
-        "issue 14 §2.12: C answers ENOENT when entry 0 (the owner) names a domain "
-        "that does not run",
-    ),
-    "control-help": Known(
-        "xfail",
-        "issue 14 §2.14: CONTROL help lists live-update with its parameters and 'help' without one",
-    ),
-    "control-args": Known(
-        "xfail",
-        "issue 14 §2.14: 'help x', 'check x' and 'logfile' without a file are EINVAL in C",
-    ),
-    "control-quota-text": Known(
-        "xfail", "issue 14 §2.14: C's quota order and descriptions (quota, quota-soft)"
-    ),
-    "control-atoi": Known("xfail", "issue 14 §2.14: 'quota x' is atoi('x') = domain 0 in C"),
-    "control-quota-soft-set": Known(
-        "xfail", "issue 14 §2.14: 'quota-soft set memory N' is accepted by C"
-    ),
-    "control-live-update": Known(
-        "xfail", "issue 14 §2.14: 'live-update -a' answers 'No live-update session active.'"
-    ),
-    "memory-accounting": Known(
-        "xfail",
-        "issue 14 §3: C counts a domain's memory (nodes, watches, transactions, "
-        "queued output): 'quota 0' shows 132 bytes for the 3 initial nodes; ours 0",
-    ),
-    # Found by this oracle, not listed in issue 14 §2 (reported to the coordinator).
-    "perm-strtol": Known(
-        "xfail",
-        "new: C parses a permission's domid with strtol(..., 0), so r0x10 is r16; ours: EINVAL",
-    ),
-    "extra-args": Known(
-        "xfail",
-        "new: C answers READ with two NUL-terminated arguments ENOENT (onearg() "
-        "fails and nothing is found); ours: EINVAL",
-    ),
-    "dirpart-gen": Known(
-        "xfail",
-        "new: DIRECTORY_PART's generation counts differently from C's global "
-        "generation (244 vs 246 after the same 122 changes); clients only "
-        "compare it between chunks, so other tests number generations by first "
-        "appearance instead",
-    ),
-    "mkdir-extra-args": Known(
-        "xfail", "new: C answers MKDIR with two arguments ENOMEM; ours: EINVAL"
-    ),
-    "introduce-atoi": Known(
-        "xfail",
-        "new: C parses INTRODUCE's numbers with atoi and tests the port as "
-        "unsigned, so '9 x -1' introduces domain 9; ours: EINVAL",
-    ),
     # The oracle's own bugs: not copied.
+    "c-stale-errno": Known(
+        "skip",
+        "C bug: a one-argument op (READ, MKDIR, RM, DIRECTORY...) given two "
+        "NUL-terminated arguments gets NULL from onearg() and answers with "
+        "whatever errno an earlier call left: ENOENT after a lookup, EINVAL "
+        "after an EINVAL, EAGAIN on a guest's ring (its event channel read); "
+        "MKDIR and RM turn a stale ENOENT into ENOMEM. Not a rule a client can "
+        "rely on; ours answers EINVAL as onearg() intends",
+    ),
     "c-no-nul": Known(
         "skip",
         "C bug: READ/DIRECTORY without the trailing NUL read the request "

@@ -95,3 +95,26 @@ def test_c_bug_guest_set_perms_on_watched_special_still_aborts() -> None:
             ("g5", w.XS_SET_PERMS, b"@releaseDomain\0n5\0"),
         ]
     )
+
+
+def test_c_bug_extra_argument_answers_a_stale_errno() -> None:
+    # exceptions.py "c-stale-errno": the same request gets whatever the call
+    # before it left in errno, so C's answer is no rule to copy.
+    from .scenario import Op, run
+
+    two = b"/a\0b\0"
+    got = run(
+        "c",
+        [
+            Op("a", w.XS_READ, b"/missing\0"),
+            Op("a", w.XS_READ, two),
+            Op("a", w.XS_READ, b"bad//path\0"),
+            Op("a", w.XS_READ, two),
+        ],
+    )
+    assert [line.split("b'")[-1] for line in got] == [
+        "ENOENT\\x00'",
+        "ENOENT\\x00'",
+        "EINVAL\\x00'",
+        "EINVAL\\x00'",
+    ]
