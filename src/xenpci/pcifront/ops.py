@@ -230,10 +230,12 @@ class PciOpChannel:
                 deadline = ex.clock.now() + self.timeout
                 self._notify()
                 # The answer's upcall is not needed (the page is polled): no Event here.
-                # Fast path: the backend's upcall is usually the next item of the run
-                # queue, so one step answers the op; else the bounded wait goes on.
-                answered = (ex.run_one() and self._answered()) or ex.run_until(
-                    self._answered, deadline=deadline
+                # Fast path: the backend's upcall is queued behind at most the previous
+                # answer's upcall to this guest, so two steps answer the op; else the
+                # bounded wait goes on (the same steps, in the same order).
+                run_one, done = ex.run_one, self._answered
+                answered = (run_one() and (done() or (run_one() and done()))) or ex.run_until(
+                    done, deadline=deadline
                 )
                 if self._halted:
                     return pciif.XEN_PCI_ERR_dev_not_found, value
