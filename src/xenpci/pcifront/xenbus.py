@@ -192,7 +192,10 @@ class Pcifront:
 
     # -- ops for the guest PCI core (struct pci_ops) ------------------------
     def read(self, domain: int, bus: int, devfn: int, offset: int, size: int) -> tuple[int, int]:
-        return ops.conf_read(self._chan(), domain, bus, devfn, offset, size)
+        chan = self.chan  # ``_chan`` inlined: every devfn of every rescan comes here
+        if chan is None:
+            chan = self._chan()  # raises NotConnected
+        return ops.conf_read(chan, domain, bus, devfn, offset, size)
 
     def write(self, domain: int, bus: int, devfn: int, offset: int, size: int, value: int) -> int:
         return ops.conf_write(self._chan(), domain, bus, devfn, offset, size, value)
