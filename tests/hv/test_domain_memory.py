@@ -17,7 +17,7 @@ from xenpci.hv import (
     NoSuchDomain,
     OutOfMemory,
 )
-from xenpci.hv.memory import MachineMemory
+from xenpci.hv.memory import RAM_BASE_MFN, MachineMemory
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -168,6 +168,24 @@ def test_reallocated_frames_are_scrubbed_whichever_set_is_smaller(touched: int) 
     assert all(bytes(mem.frame(m)) == bytes(PAGE_SIZE) for m in again)
     assert all(mem.owner(m) == 2 for m in again)
     assert bytes(mem.frame(mfns[touched - 1]))[:6] == (b"secret" if touched > 3 else b"\0" * 6)
+
+
+def test_an_allocation_of_reused_and_fresh_frames_scrubs_the_reused_ones() -> None:
+    """Allocation scrubs only the reused frames: a fresh frame was never allocated, so
+    it cannot have been touched (``frame`` refuses it), which is what lets it skip them."""
+    mem = MachineMemory(8)
+    with pytest.raises(InvalidArgument):
+        mem.frame(RAM_BASE_MFN + 7)  # never allocated: no bytes can exist for it
+    first = mem.allocate(4, owner=1)
+    for mfn in first:
+        mem.frame(mfn)[:6] = b"secret"
+    mem.free(first[2:])
+    mixed = mem.allocate(4, owner=2)
+    assert mixed[:2] == [first[3], first[2]]  # reused first, most recently freed first
+    assert mixed[2:] == [RAM_BASE_MFN + 4, RAM_BASE_MFN + 5]  # then fresh ones
+    assert all(bytes(mem.frame(m)) == bytes(PAGE_SIZE) for m in mixed)
+    assert all(mem.owner(m) == 2 for m in mixed)
+    assert bytes(mem.frame(first[0]))[:6] == b"secret"  # still owned by 1: untouched
 
 
 def test_domids_are_not_reused_at_once_and_wrap_to_1(hv: Hypervisor) -> None:

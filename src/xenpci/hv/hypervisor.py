@@ -187,7 +187,10 @@ class Hypervisor:
                 _, source = self._pirqs.pop(pirq)
                 del self._pirq_of_source[source]
             mfns = dom.p2m.mfns
-            self.machine.free([m for m in mfns if m not in pinned] if pinned else mfns)
+            # filterfalse walks the domain's tens of thousands of frames in C, in order.
+            self.machine.free(
+                list(itertools.filterfalse(pinned.__contains__, mfns)) if pinned else mfns
+            )
         if devices:
             self.trace.record("devices_returned", 0, "hypervisor", target=domid, sbdfs=devices)
         dom.vcpu.stop()

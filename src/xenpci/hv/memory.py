@@ -72,11 +72,14 @@ class MachineMemory:
             out.extend(range(self._next, self._next + fresh))
             self._next += fresh
             # Scrub on allocation: a new owner never sees the previous owner's bytes.
-            # Only frames ever touched have bytes (``keys() & out`` walks ``out`` in C).
+            # Only frames ever touched have bytes, and only allocated frames can be
+            # touched (``frame`` refuses others): of ``out`` only the reused ones may
+            # have bytes (``keys() & ...`` walks them in C); fresh ones never had any.
             frames = self._frames
-            for mfn in frames.keys() & out:
-                frames[mfn][:] = bytes(PAGE_SIZE)
-            self._owner.update(dict.fromkeys(out, owner))
+            if take:
+                for mfn in frames.keys() & out[:take]:
+                    frames[mfn][:] = bytes(PAGE_SIZE)
+            self._owner.update(zip(out, repeat(owner)))  # no intermediate dict
             return out
 
     def free(self, mfns: list[int]) -> None:
@@ -118,8 +121,7 @@ class P2M:
         self.mfns = mfns
         self._lock = threading.Lock()
         # Lowest free gfn first (a stack popped from the end), like a fresh buddy allocator.
-        self._free = list(range(len(mfns)))
-        self._free.reverse()
+        self._free = list(range(len(mfns) - 1, -1, -1))
         self._in_use: set[int] = set()
 
     @property

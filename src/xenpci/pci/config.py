@@ -94,7 +94,10 @@ class ConfigSpace:
     # --- bus-side accesses ------------------------------------------------------
     def read(self, offset: int, size: int) -> int:
         """Read ``size`` bytes at ``offset`` as a little-endian integer."""
-        self._check(offset, size)
+        # The checks of ``_check``, inlined for the valid case: every config read
+        # of every scan and op lands here.
+        if size not in _VALID_SIZES or offset < 0 or offset + size > self._size:
+            self._check(offset, size)
         return int.from_bytes(self._data[offset : offset + size], "little")
 
     def write(self, offset: int, size: int, value: int) -> None:

@@ -112,6 +112,9 @@ class OpResult:
             raise ValueError(f"err {self.err} / value {self.value} do not fit the wire fields")
 
 
+_NOT_FOUND: Final = OpResult(pciif.XEN_PCI_ERR_dev_not_found, 0)
+
+
 def control_isr(dd: DevData, *, reset: bool = False) -> None:
     """``xen_pcibk_control_isr``: install/remove the fake INTx handler that keeps a
     shared host line acknowledged while the guest owns the device."""
@@ -252,6 +255,9 @@ def handle_op(op: xen_pci_op | OpHeader, backend: Backend, platform: InterruptPl
     """``xen_pcibk_do_one_op`` on a private copy of the request."""
     psdev = backend.get(op.domain, op.bus, op.devfn)
     if psdev is None:
+        # A scan's empty devfn (most ops of a rescan): one shared frozen answer.
+        if op.value == 0:
+            return _NOT_FOUND
         return OpResult(pciif.XEN_PCI_ERR_dev_not_found, op.value)
     dd = psdev.dev_data
     owner = psdev.owner if psdev.owner is not None else 0

@@ -192,7 +192,10 @@ class Pcifront:
 
     # -- ops for the guest PCI core (struct pci_ops) ------------------------
     def read(self, domain: int, bus: int, devfn: int, offset: int, size: int) -> tuple[int, int]:
-        return ops.conf_read(self._chan(), domain, bus, devfn, offset, size)
+        chan = self.chan  # ``_chan`` inlined: every devfn of every rescan comes here
+        if chan is None:
+            chan = self._chan()  # raises NotConnected
+        return ops.conf_read(chan, domain, bus, devfn, offset, size)
 
     def write(self, domain: int, bus: int, devfn: int, offset: int, size: int, value: int) -> int:
         return ops.conf_write(self._chan(), domain, bus, devfn, offset, size, value)
@@ -263,7 +266,8 @@ class Pcifront:
             on_vcpu=self.on_vcpu,
             executor=self.executor,
         )
-        hc.evtchn_set_handler(port, lambda _p: self._handle_event(chan))
+        # A partial (no lambda frame): this runs once per op, for the backend's answer.
+        hc.evtchn_set_handler(port, functools.partial(self._handle_event, chan))
         self.gfn, self.gref, self.evtchn, self.chan = gfn, gref, port, chan
 
         def body(t: XsTransaction) -> None:
@@ -274,9 +278,10 @@ class Pcifront:
 
         self.xs.retry_transaction(body)
 
-    def _handle_event(self, chan: ops.PciOpChannel) -> None:
+    def _handle_event(self, chan: ops.PciOpChannel, _port: int = 0) -> None:
         # pcifront_handler_aer: wake the op waiter; answer AER requests at once.
-        chan.on_event()
+        if self.executor is None:  # deterministic mode polls the page: nobody to wake
+            chan.on_event()
         if chan.page[0] & pciif.XEN_PCIB_active:  # little-endian flags: the bit is in byte 0
             info = chan.info
             info.aer_op.err = 1  # PCI_ERS_RESULT_NONE: no guest driver handles AER
