@@ -154,10 +154,6 @@ class Machine:
     ) -> None:
         if guest_xenstore not in ("ring", "in-process"):
             raise MachineError(f"guest_xenstore: 'ring' or 'in-process', not {guest_xenstore!r}")
-        if deterministic:
-            # The ring transports still read on threads of their own; in-process
-            # connections carry the same frames to the same store on this thread.
-            guest_xenstore = "in-process"
         self.guest_xenstore = guest_xenstore
         self.trace = trace if trace is not None else Trace()
         #: deterministic: the whole machine runs on the caller's thread, as tasks of one
@@ -166,7 +162,11 @@ class Machine:
         ex = self.hv.scheduler
         if ex is not None:
             self.trace.use_clock(ex.clock.now)
-        dom0_lane = self.hv.dom0.vcpu if isinstance(self.hv.dom0.vcpu, SteppedVcpu) else None
+        # Deterministic mode: dom0's kernel watch callbacks (pciback's) run on a lane of
+        # their own, Linux's xenwatch kthread, so dom0's vCPU stays free for the event
+        # upcalls that xenstored's ring service runs from: a busy watch handler does
+        # not stop the guests' XenStore, as in Linux.
+        dom0_lane = ex.lane("xenwatch") if ex is not None else None
         self.op_timeout = op_timeout
         # SET_PERMS naming a domain asks the hypervisor whether it runs, as C does.
         self.store = XenStore(trace=self.trace, domain_exists=self._domain_exists)
@@ -387,15 +387,16 @@ class Machine:
             for sub in ("error", "data", "drivers", "feature"):
                 t.write(f"{home}/{sub}", "")
                 t.set_perms(f"{home}/{sub}", rw)
+        # Deterministic mode: the guest's watch callbacks are tasks on its vCPU.
+        lane = dom.vcpu if isinstance(dom.vcpu, SteppedVcpu) else None
         if self.guest_xenstore == "ring":
             # The guest's xenbus_comms: its own page granted to dom0 plus an
             # event channel, introduced to xenstored (XS_INTRODUCE).
             ring = GuestRing(dom)
             self.store.introduce_domain(domid, ring.gref, ring.port)
-            client = XsClient.ring(ring)
+            client = XsClient.ring(ring, lane=lane)
         else:
             self.store.introduce_domain(domid)
-            lane = dom.vcpu if isinstance(dom.vcpu, SteppedVcpu) else None
             client = XsClient.in_process(self.store, domid, lane=lane)
         kernel = GuestKernel(dom, client, op_timeout=self.op_timeout, trace=self.trace)
         with self._lock:

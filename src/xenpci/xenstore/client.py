@@ -259,9 +259,13 @@ class XsClient:
         return self.lane.scheduler if self.lane is not None else None
 
     @classmethod
-    def ring(cls, transport: Transport) -> XsClient:
-        """Over a guest's ring page (see :mod:`xenpci.xenstore.ring`)."""
-        return cls(transport)
+    def ring(cls, transport: Transport, *, lane: SteppedVcpu | None = None) -> XsClient:
+        """Over a guest's ring page (see :mod:`xenpci.xenstore.ring`).
+
+        In deterministic mode pass the guest's vCPU as ``lane``: watch callbacks
+        then run there as tasks, as for an in-process client.
+        """
+        return cls(transport, lane=lane)
 
     def close(self) -> None:
         self._t.close()

@@ -28,8 +28,17 @@ quota of events in dom0. To keep one busy guest from holding dom0's vCPU, one
 service pass handles at most ``_BATCH`` requests and then queues itself
 behind the other work.
 
-Guest-side requests block for their reply, so they must not be issued from
-the guest's own vCPU thread (where the event upcall runs). Closing the guest's
+Threaded mode: guest-side requests block for their reply, so they must not
+be issued from the guest's own vCPU thread (where the event upcall runs).
+Deterministic mode (the guest's vCPU is a lane of the machine's executor,
+:mod:`xenpci.hv.scheduler`): nothing blocks and no thread exists. xenstored's
+service is a task on dom0's vCPU lane, woken by the event channel; a guest
+request queues its whole frame and runs the executor until its reply is on
+the rsp ring, reading the ring itself while it waits (as Linux's xenbus does
+when polled), so a request made on the guest's own lane, from a watch
+callback, is answered too, and one nested in another's wait queues behind
+it. Replies are matched to requests by order (xenstored answers a connection
+in order); a missing reply fails at a deadline on the virtual clock. Closing the guest's
 end (the domain is being destroyed) fails a request waiting for its reply or
 for ring space at once with ``ConnectionClosed``: a paused guest's vCPU never
 delivers that reply, and a destroy must not wait out the reply timeout.
@@ -46,6 +55,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from xenpci.abi import xs_wire as w
+from xenpci.hv.errors import HvError
+from xenpci.hv.scheduler import Scheduler, SteppedVcpu
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XenstoreError
 from xenpci.xenstore.wire import HEADER, HEADER_SIZE, Frame, FrameDecoder
 
@@ -71,6 +82,8 @@ SIZE = w.XENSTORE_RING_SIZE
 _CLOSED = object()
 #: Requests one service pass takes off a guest's ring before yielding dom0's vCPU.
 _BATCH = 8
+#: Seconds (of virtual time, in deterministic mode) a guest request waits for its reply.
+REPLY_TIMEOUT = 30.0
 
 
 class RingIndexError(XenstoreError):
@@ -110,7 +123,9 @@ def ring_read(
     return bytes(out)
 
 
-def ring_write(buf: memoryview, data: int, prod_off: int, cons_off: int, src: bytes) -> int:
+def ring_write(
+    buf: memoryview, data: int, prod_off: int, cons_off: int, src: bytes | bytearray
+) -> int:
     """Produce as much of ``src`` as fits; return how many bytes were written."""
     cons, prod = _get(buf, cons_off), _get(buf, prod_off)
     used = (prod - cons) & 0xFFFFFFFF
@@ -312,7 +327,21 @@ class GuestRing:
         self._space = threading.Condition()
         self._lock = threading.Lock()
         self._closed = False
-        hc.evtchn_set_handler(self.port, self._upcall)
+        # Deterministic mode (the guest's vCPU is a lane of the machine's executor):
+        # no thread ever blocks here; a request queues its frame and runs the
+        # executor until its reply is on the rsp ring (see _pump).
+        vcpu = guest.vcpu
+        self.executor: Scheduler | None = vcpu.scheduler if isinstance(vcpu, SteppedVcpu) else None
+        #: Deterministic mode: request bytes not yet on the req ring (whole frames, in order).
+        self._out = bytearray()
+        #: Deterministic mode: replies by request sequence number (xenstored answers in order).
+        self._answers: dict[int, Frame] = {}
+        self._sent = 0
+        self._answered = 0
+        self._failed = False
+        hc.evtchn_set_handler(
+            self.port, self._upcall if self.executor is None else self._pump_upcall
+        )
 
     @property
     def error(self) -> int:
@@ -339,7 +368,75 @@ class GuestRing:
         with self._space:
             self._space.notify_all()
 
+    def _pump_upcall(self, _port: int) -> None:
+        self._pump()
+
+    def _pump(self) -> None:
+        """Deterministic mode: move queued request bytes onto req and replies off rsp.
+
+        Run by the guest's event upcall and by a waiting request's predicate, so
+        a request made on the guest's own lane (a watch callback's read) gets
+        its reply although the upcall cannot run meanwhile: the kernel reads
+        its rsp ring, as Linux's xenbus does when polled.
+        """
+        if self._closed or self._failed:
+            return
+        buf = self.buf
+        try:
+            if self._out:
+                n = ring_write(buf, REQ, REQ_PROD, REQ_CONS, self._out)
+                if n:
+                    del self._out[:n]
+                    self._kick()
+            data = ring_read(buf, RSP, RSP_PROD, RSP_CONS)
+            frames = self._decoder.feed(data) if data else []
+        except (RingIndexError, ProtocolError):
+            self._failed = True
+            return
+        for f in frames:
+            if f.type == w.XS_WATCH_EVENT:
+                self.on_event(f)
+            else:
+                self._answers[self._answered] = f
+                self._answered += 1
+        if data:
+            self._kick()  # room on rsp: xenstored may write more
+        if _get(buf, ERROR) != w.XENSTORE_ERROR_NONE:
+            self._failed = True
+
+    def _kick(self) -> None:
+        # notify_remote_via_evtchn: nothing to report if xenstored has not bound the
+        # port yet; it reads the ring when it introduces the domain.
+        with contextlib.suppress(HvError):
+            self.hc.evtchn_send(self.port)
+
+    def _request_on_executor(self, ex: Scheduler, data: bytes) -> Frame:
+        # No lock: one thread runs everything, and a request nested in another's
+        # wait (a watch callback's read) queues its frame whole behind the first.
+        if self._closed:
+            raise ConnectionClosed("ring closed")
+        seq = self._sent
+        self._sent += 1
+        self._out += data
+        answers = self._answers
+
+        def answered() -> bool:
+            self._pump()
+            return seq in answers or self._closed or self._failed
+
+        if not ex.wait_until(answered, REPLY_TIMEOUT):
+            raise ConnectionClosed("no reply from xenstored")
+        reply = answers.pop(seq, None)
+        if reply is not None:
+            return reply
+        if self._closed:
+            raise ConnectionClosed("ring closed while waiting for the reply")
+        raise ConnectionClosed(f"ring error {self.error}")
+
     def request(self, data: bytes) -> Frame:
+        ex = self.executor
+        if ex is not None:
+            return self._request_on_executor(ex, data)
         if self.guest.vcpu.on_this_vcpu():
             raise XenstoreError("xenstore requests cannot be made from the guest's vCPU thread")
         with self._lock:
@@ -363,7 +460,7 @@ class GuestRing:
                     if self._closed:
                         raise ConnectionClosed("ring closed while waiting for space")
             try:
-                reply = self._replies.get(timeout=30)
+                reply = self._replies.get(timeout=REPLY_TIMEOUT)
             except queue.Empty:
                 raise ConnectionClosed("no reply from xenstored") from None
             if reply is _CLOSED:

@@ -92,9 +92,13 @@ class _Poller:
             self._ep.unregister(fd)
 
     def poll(self, timeout: float) -> list[tuple[object, int]]:
+        return self.masks(self._ep.poll(timeout))
+
+    def masks(self, events: list[tuple[int, int]]) -> list[tuple[object, int]]:
+        """epoll's (fd, events) pairs as (data, EVENT_* mask), unregistered fds left out."""
         data = self._data
         out = []
-        for fd, ev in self._ep.poll(timeout):
+        for fd, ev in events:
             if fd not in data:
                 continue  # no longer registered
             # As EpollSelector: anything but EPOLLOUT reads, anything but EPOLLIN writes.
@@ -294,18 +298,40 @@ class XenstoredServer:
             self._wake_w.send(b"x")
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        sel = self._sel
+        epoll_wait, registered = sel._ep.poll, sel._data
+        read, epollin = self._read, select.EPOLLIN
+        stop = self._stop
+        while not stop.is_set():
             timeout = 1.0
             if self._resume_at is not None:
                 timeout = max(0.0, self._resume_at - time.monotonic())
                 if timeout == 0.0:
                     self._resume_listeners()
                     timeout = 1.0
-            for data, mask in self._sel.poll(timeout):
+            events = epoll_wait(timeout)
+            while len(events) == 1 and self._resume_at is None:
+                # The hot path: one client's request, nothing else ready. Straight
+                # from epoll, without building _Poller.poll's list or checking the
+                # stop flag (a READ's Python work is a few microseconds; every call
+                # shows). stop() wakes the loop through the wake fd, which leaves it.
+                fd, ev = events[0]
+                data = registered.get(fd)
+                if ev != epollin or type(data) is not _Client:
+                    break
+                try:
+                    read(data)
+                except Exception as e:  # a bug must cost one client, not the daemon
+                    _log.error("xenstored: dropped a client after %r", e)
+                    self._drop(data)
+                if self._dirty:
+                    self._flush_dirty()
+                events = epoll_wait(1.0)
+            for data, mask in sel.masks(events):
                 if type(data) is _Client:  # the common case first
                     try:
                         if mask & selectors.EVENT_READ:
-                            self._read(data)
+                            read(data)
                         if mask & selectors.EVENT_WRITE and data.sock.fileno() >= 0:
                             self._flush(data)
                     except Exception as e:  # a bug must cost one client, not the daemon
@@ -317,18 +343,21 @@ class XenstoredServer:
                 else:
                     assert isinstance(data, _Listener)
                     self._accept(data)
-            if not self._dirty:
-                continue
-            with self._dirty_lock:
-                dirty, self._dirty = self._dirty, set()
-            for fd in dirty:
-                client = self._clients.get(fd)
-                if client is not None:
-                    try:
-                        self._flush(client)
-                    except Exception as e:  # as above
-                        _log.error("xenstored: dropped a client after %r", e)
-                        self._drop(client)
+            if self._dirty:
+                self._flush_dirty()
+
+    def _flush_dirty(self) -> None:
+        """Send what other connections' requests queued for our clients (watch events)."""
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+        for fd in dirty:
+            client = self._clients.get(fd)
+            if client is not None:
+                try:
+                    self._flush(client)
+                except Exception as e:  # as above
+                    _log.error("xenstored: dropped a client after %r", e)
+                    self._drop(client)
 
     # -- accepting ---------------------------------------------------------------
     def _accept(self, lst: _Listener) -> None:

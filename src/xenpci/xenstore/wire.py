@@ -123,7 +123,13 @@ class FrameDecoder:
             # Nothing buffered and exactly one whole frame: the usual request.
             type_, req_id, tx_id, length = HEADER.unpack_from(data)
             if length <= self.max_payload and len(data) == HEADER_SIZE + length:
-                return [_decoded(type_, req_id, tx_id, data[HEADER_SIZE:])]
+                # _decoded inlined: once per request.
+                f: Frame = _new_frame(Frame)
+                _set_type(f, type_)
+                _set_req_id(f, req_id)
+                _set_tx_id(f, tx_id)
+                _set_payload(f, data[HEADER_SIZE:])
+                return [f]
         self._buf += data
         frames: list[Frame] = []
         buf = self._buf
