@@ -400,7 +400,7 @@ def test_device_added_while_the_connect_is_still_queued_is_exported(machine: Mac
     held: list[Pcifront] = []
 
     def hold(_ev: object) -> None:
-        # Runs as a task on dom0's vCPU, where pciback's watch events run too: until
+        # Runs as a task on dom0's xenwatch lane, where pciback's watch events run too: until
         # it returns, pciback handles nothing, exactly as a busy event thread.
         machine.xs.write(fe_state, machine.xs.read(fe_state))  # queues pciback's fe event
         lp.device_pci_add_xenstore(
