@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from xenpci.hv.scheduler import Scheduler
 from xenpci.kthread import Kthread
 
@@ -41,7 +42,7 @@ def test_thread_mode_runs_on_its_own_thread_and_stops() -> None:
     k = Kthread("worker", work, None)
     assert k.thread_ident is not None and k.thread_ident != threading.get_ident()
     k.kick()
-    assert ran.wait(10)
+    assert ran.wait(OS_EDGE_TIMEOUT)  # a real thread: the OS edge
     assert where[0] == k.thread_ident
     thread = next(t for t in threading.enumerate() if t.ident == k.thread_ident)
     k.stop()

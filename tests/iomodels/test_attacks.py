@@ -13,6 +13,7 @@ import struct
 
 import pytest
 
+from tests.conftest import THREADED_MODEL_TIMEOUT
 from xenpci.abi import blkif
 from xenpci.blkfront.blkfront import Blkfront
 from xenpci.toolstack.iomodels import IoModelsHost
@@ -143,7 +144,7 @@ def test_bogus_req_prod_halts_only_that_ring(
     back = host.blkback.devices[(evil.domid, evil.devid)]
     assert back.server is not None
     server = back.server
-    assert server.halt_event.wait(10)
+    assert server.halt_event.wait(THREADED_MODEL_TIMEOUT)
     assert any("bogus ring requests" in r.getMessage() for r in caplog.records)
     assert server.served == 0
     still_works(host, good)

@@ -14,6 +14,7 @@ import logging
 
 import pytest
 
+from tests.conftest import THREADED_MODEL_TIMEOUT
 from xenpci.abi import ioreq as abi
 from xenpci.emu.device_model import SYNC_RULES, TRACE_DM_REFUSED, XenDeviceModel
 from xenpci.guest.drivers.nvme import NvmeDriver
@@ -45,7 +46,7 @@ def answer(dm: XenDeviceModel, g: Hypercalls, slot: abi.ioreq) -> None:
     dm.server.answered.clear()
     slot.state = abi.STATE_IOREQ_READY
     g.evtchn_send(dm.server.vcpu_port)
-    assert dm.server.answered.wait(10)
+    assert dm.server.answered.wait(THREADED_MODEL_TIMEOUT)
     assert slot.state == abi.STATE_IORESP_READY
     slot.state = abi.STATE_IOREQ_NONE
 
