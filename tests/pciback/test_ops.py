@@ -8,13 +8,12 @@ import pytest
 
 from tests.pciback.conftest import FakePlatform, make_gpu, make_nic, seize
 from xenpci.abi import pciif
-from xenpci.abi.pciif import xen_pci_op, xen_pci_sharedinfo
+from xenpci.abi.pciif import OP_OFFSET, xen_pci_op, xen_pci_sharedinfo
 from xenpci.pci import regs
 from xenpci.pciback.conf_space import DeviceOptions
 from xenpci.pciback.errors import EALREADY, EINVAL, ENXIO
 from xenpci.pciback.pci_stub import PciStub, PcistubDevice
 from xenpci.pciback.pciback_ops import (
-    OP_OFFSET,
     PCI_ERS_RESULT_CAN_RECOVER,
     PCI_ERS_RESULT_DISCONNECT,
     PCI_ERS_RESULT_NONE,

@@ -13,6 +13,7 @@ we keep the bit numbers (``_XEN_PCIF_active``) as well as the masks.
 from __future__ import annotations
 
 import ctypes
+import struct
 from typing import Final
 
 XEN_PCI_MAGIC: Final = "7"
@@ -104,3 +105,22 @@ class xen_pci_sharedinfo(ctypes.LittleEndianStructure):
         ("op", xen_pci_op),
         ("aer_op", xen_pcie_aer_op),
     )
+
+
+# -- the same layout as ``struct`` views, for code that reads and writes the page
+#    in place (one op per event-channel round trip: no ctypes object per op).
+#: Where ``op`` and ``aer_op`` start in the shared page, and the size of ``op``.
+OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
+AER_OP_OFFSET: Final = xen_pci_sharedinfo.aer_op.offset
+OP_SIZE: Final = ctypes.sizeof(xen_pci_op)
+#: ``flags``: the 32-bit word Linux's bit operations act on.
+FLAGS: Final = struct.Struct("<I")
+#: ``op``'s header (cmd, err, domain, bus, devfn, offset, size, value) with C's types...
+OP_HEADER: Final = struct.Struct("<IiIIIiiI")
+#: ...and as pcifront stores it: each field as the 32 bits written (the writer masks).
+OP_HEADER_U32: Final = struct.Struct("<8I")
+#: The two answer fields pciback writes back: ``err`` (int32) and ``value`` (uint32).
+OP_ERR: Final = struct.Struct("<i")
+OP_VALUE: Final = struct.Struct("<I")
+OP_ERR_AT: Final = OP_OFFSET + xen_pci_op.err.offset
+OP_VALUE_AT: Final = OP_OFFSET + xen_pci_op.value.offset

@@ -22,13 +22,11 @@ SR-IOV VFs are not modelled, so "the physical function's COMMAND" in the
 
 from __future__ import annotations
 
-import ctypes
-import struct
 from dataclasses import dataclass
 from typing import Final, Literal, NamedTuple, Protocol
 
 from xenpci.abi import pciif
-from xenpci.abi.pciif import xen_pci_op, xen_pci_sharedinfo
+from xenpci.abi.pciif import OP_OFFSET, OP_SIZE, xen_pci_op, xen_pci_sharedinfo
 from xenpci.errors import XenpciError
 from xenpci.pci import regs
 from xenpci.pciback.conf_space import DevData, config_read, config_write
@@ -38,17 +36,6 @@ from xenpci.pciback.pci_stub import PcistubDevice
 from xenpci.pciback.vpci import GuestAddress
 from xenpci.trace import Kind, Trace
 
-OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
-AER_OP_OFFSET: Final = xen_pci_sharedinfo.aer_op.offset
-OP_SIZE: Final = ctypes.sizeof(xen_pci_op)
-#: The page's ``flags`` word, the op's header fields, and the two answer fields,
-#: read and written with ``struct`` on the page itself (no ctypes object per op).
-_FLAGS: Final = struct.Struct("<I")
-_HEADER: Final = struct.Struct("<IiIIIiiI")
-_ERR: Final = struct.Struct("<i")
-_U32: Final = struct.Struct("<I")
-_ERR_AT: Final = OP_OFFSET + xen_pci_op.err.offset
-_VALUE_AT: Final = OP_OFFSET + xen_pci_op.value.offset
 _ACTIVE: Final = pciif.XEN_PCIF_active
 
 # enum pci_ers_result (include/linux/pci.h) and pci_channel_state.
@@ -285,23 +272,23 @@ def serve_shared_page(
     """One request cycle on the granted page; None if ``_XEN_PCIF_active`` is clear
     (a spurious event: the caller's late EOI should say so). With a ``trace``, each
     answered request is recorded as a ``pci_op`` of the frontend's domain."""
-    if not _FLAGS.unpack_from(page, 0)[0] & _ACTIVE:
+    if not pciif.FLAGS.unpack_from(page, 0)[0] & _ACTIVE:
         return None
     # Copy once (XSA-155); from here on only the private copy is read. The header
     # is unpacked from it; only enable_msix (which reads the entries) gets the
     # whole ctypes structure, from the same copy.
     raw = bytes(page[OP_OFFSET : OP_OFFSET + OP_SIZE])
-    op: xen_pci_op | OpHeader = OpHeader._make(_HEADER.unpack_from(raw))
+    op: xen_pci_op | OpHeader = OpHeader._make(pciif.OP_HEADER.unpack_from(raw))
     if op.cmd == pciif.XEN_PCI_OP_enable_msix:
         op = xen_pci_op.from_buffer_copy(raw)
     result = handle_op(op, backend, platform)
-    _ERR.pack_into(page, _ERR_AT, result.err)
-    _U32.pack_into(page, _VALUE_AT, result.value)
+    pciif.OP_ERR.pack_into(page, pciif.OP_ERR_AT, result.err)
+    pciif.OP_VALUE.pack_into(page, pciif.OP_VALUE_AT, result.value)
     if op.cmd == pciif.XEN_PCI_OP_enable_msix and result.err == 0 and result.msix_vectors:
         shared = xen_pci_sharedinfo.from_buffer(page).op
         for i, vec in enumerate(result.msix_vectors):
             shared.msix_entries[i].vector = vec
-    _FLAGS.pack_into(page, 0, _FLAGS.unpack_from(page, 0)[0] & ~_ACTIVE & 0xFFFFFFFF)
+    pciif.FLAGS.pack_into(page, 0, pciif.FLAGS.unpack_from(page, 0)[0] & ~_ACTIVE & 0xFFFFFFFF)
     if trace is not None:
         trace.record(
             Kind.PCI_OP,

@@ -46,13 +46,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from xenpci.abi import pciif
+from xenpci.abi.pciif import OP_OFFSET
 from xenpci.abi.xenbus import XenbusState
 from xenpci.errors import XenpciError
 from xenpci.pci.address import SBDF
 from xenpci.pciback.conf_space.dom0_pci import InterruptPlatform
 from xenpci.pciback.passthrough import PassthroughBackend
 from xenpci.pciback.pci_stub import PciStub, PcistubDevice
-from xenpci.pciback.pciback_ops import OP_OFFSET, serve_shared_page
+from xenpci.pciback.pciback_ops import serve_shared_page
 from xenpci.pciback.vpci import VpciBackend, format_root, format_vdev
 from xenpci.trace import Kind, Trace
 from xenpci.xenbus import pci_keys

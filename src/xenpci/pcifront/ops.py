@@ -29,7 +29,6 @@ with :class:`NotConnected` rather than deadlocking.
 from __future__ import annotations
 
 import ctypes
-import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,18 +54,9 @@ EINVAL: Final = 22
 DEFAULT_OP_TIMEOUT: Final = 2.0
 
 MONOTONIC: Final = MonotonicClock()
-_OP_OFFSET: Final = xen_pci_sharedinfo.op.offset
-_OP_SIZE: Final = ctypes.sizeof(xen_pci_op)
-#: The shared page's ``flags`` word, and the op's header as pcifront writes it
-#: (cmd, err, domain, bus, devfn, offset, size, value) and reads back (err, value):
-#: packed straight into the page's memoryview, no ctypes object per op. A test
-#: checks these offsets against the ctypes layout.
-_FLAGS: Final = struct.Struct("<I")
-_HEADER: Final = struct.Struct("<8I")
-_ERR: Final = struct.Struct("<i")
-_U32: Final = struct.Struct("<I")
-_ERR_AT: Final = _OP_OFFSET + xen_pci_op.err.offset
-_VALUE_AT: Final = _OP_OFFSET + xen_pci_op.value.offset
+#: pcifront writes the op header with ``pciif.OP_HEADER_U32`` and reads the answer
+#: (``OP_ERR``, ``OP_VALUE``) straight on the page's memoryview: no ctypes object per op.
+#: A test checks these offsets against the ctypes layout.
 _ACTIVE: Final = pciif.XEN_PCIF_active
 _M32: Final = 0xFFFFFFFF
 
@@ -174,7 +164,9 @@ class PciOpChannel:
             if self._halted:
                 raise NotConnected("the guest is being destroyed")
             info = self._info
-            ctypes.memmove(ctypes.addressof(info) + _OP_OFFSET, ctypes.addressof(op), _OP_SIZE)
+            ctypes.memmove(
+                ctypes.addressof(info) + pciif.OP_OFFSET, ctypes.addressof(op), pciif.OP_SIZE
+            )
             self._event.clear()
             info.flags |= pciif.XEN_PCIF_active
             self.ops += 1
@@ -184,7 +176,9 @@ class PciOpChannel:
                     raise NotConnected("the guest is being destroyed")
                 raise BackendTimeout(name or pciif.XEN_PCI_OP_NAMES.get(op.cmd, "?"), self.timeout)
             reply = xen_pci_op()
-            ctypes.memmove(ctypes.addressof(reply), ctypes.addressof(info) + _OP_OFFSET, _OP_SIZE)
+            ctypes.memmove(
+                ctypes.addressof(reply), ctypes.addressof(info) + pciif.OP_OFFSET, pciif.OP_SIZE
+            )
             return reply
 
     def request(
@@ -205,9 +199,9 @@ class PciOpChannel:
             page = self._page
             # Each field truncated to its 32 bits, as the ctypes assignment (and C) does;
             # the signed ones (err, offset, size) have the same bytes either way.
-            _HEADER.pack_into(
+            pciif.OP_HEADER_U32.pack_into(
                 page,
-                _OP_OFFSET,
+                pciif.OP_OFFSET,
                 cmd & _M32,
                 0,
                 domain & _M32,
@@ -217,12 +211,12 @@ class PciOpChannel:
                 size & _M32,
                 value & _M32,
             )
-            _FLAGS.pack_into(page, 0, _FLAGS.unpack_from(page, 0)[0] | _ACTIVE)
+            pciif.FLAGS.pack_into(page, 0, pciif.FLAGS.unpack_from(page, 0)[0] | _ACTIVE)
             self.ops += 1
             if self._executor is None:
                 self._event.clear()
                 self._notify()
-                if _FLAGS.unpack_from(page, 0)[0] & _ACTIVE and not self._wait_answer():
+                if pciif.FLAGS.unpack_from(page, 0)[0] & _ACTIVE and not self._wait_answer():
                     return pciif.XEN_PCI_ERR_dev_not_found, value
             else:
                 ex = self._executor
@@ -242,14 +236,16 @@ class PciOpChannel:
                 if not answered:
                     self._timed_out()
                     return pciif.XEN_PCI_ERR_dev_not_found, value
-            return _ERR.unpack_from(page, _ERR_AT)[0], _U32.unpack_from(page, _VALUE_AT)[0]
+            return pciif.OP_ERR.unpack_from(page, pciif.OP_ERR_AT)[0], pciif.OP_VALUE.unpack_from(
+                page, pciif.OP_VALUE_AT
+            )[0]
 
     def _check_caller(self) -> None:
         if self._executor is None and self._on_vcpu():
             raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
 
     def _answered(self) -> bool:
-        return not _FLAGS.unpack_from(self._page, 0)[0] & _ACTIVE or self._halted
+        return not pciif.FLAGS.unpack_from(self._page, 0)[0] & _ACTIVE or self._halted
 
     def _timed_out(self) -> None:
         """Linux's timeout path: clear the active bit ourselves and count it."""
