@@ -1143,8 +1143,13 @@ class XenStore:
                     parent.children = {}
                 parent.children[name] = live
                 fresh.add(id(live))
-            if id(live) not in fresh:
-                tree.account(live, len(p), -1)
+            # A record replaced in place keeping its owner (the usual commit)
+            # changes only that owner's byte count: its node count and the
+            # path's bytes stay. Else out with the old record, in with the new.
+            replaced = id(live) not in fresh
+            if replaced:
+                old_owner = live.perms.entries[0].domid
+                old_size = live.record_size()
             live.value = rec.value
             live.perms = rec.perms
             live.gen = gens[p]
@@ -1158,6 +1163,14 @@ class XenStore:
                         fresh.add(id(child))
                     new[sys.intern(name)] = child
                 live.children = new or None
+            if replaced and rec.perms.entries[0].domid == old_owner:
+                memory = tree.memory
+                memory[old_owner] = memory.get(old_owner, 0) + live.record_size() - old_size
+                continue
+            if replaced:
+                tree.owned[old_owner] = tree.owned.get(old_owner, 0) - 1
+                memory = tree.memory
+                memory[old_owner] = memory.get(old_owner, 0) - old_size - len(p)
             tree.account(live, len(p), 1)
         # Events in first-access order, checked against the committed store.
         watches = self._watches
