@@ -123,3 +123,19 @@ def test_control_dir_that_is_not_a_directory_is_a_one_line_error() -> None:
         )
     assert r.returncode == 1
     assert r.stderr == f"xenstored: --control-dir {f.name}: not a directory\n"
+
+
+def test_collector_tuning_is_the_daemon_process_s_alone() -> None:
+    # Importing the command leaves a library user's collector as it was; the
+    # daemon's start-up freezes what exists and raises the gen-0 threshold.
+    code = (
+        "import gc; before = gc.get_threshold()\n"
+        "from xenpci.cli import xenstored as x\n"
+        "assert gc.get_threshold() == before and gc.get_freeze_count() == 0\n"
+        "x._tune_gc()\n"
+        "print(gc.get_threshold()[0], x.GC_GEN0, gc.get_freeze_count())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    threshold, wanted, frozen = map(int, out.stdout.split())
+    assert threshold == wanted > 700  # CPython's default gen-0 threshold is 700
+    assert frozen > 1000  # the interpreter's and the modules' objects

@@ -231,3 +231,31 @@ def test_big_subtree_removed_in_transaction_commits(store: XenStore) -> None:
     assert err(c.one(w.XS_READ, strings("/big"))) == "ENOENT"
     assert watcher.events() == [(b"/big/3/7", b"x")]  # exact, as delnode_sub fires
     assert store.tree.owned[0] == 8  # only setup_structure and dom0's nodes remain
+
+
+def test_commit_keeps_per_owner_counts_equal_to_a_recount(store: XenStore) -> None:
+    # The commit updates node and byte counts incrementally (in place when
+    # the owner stays); they must equal a count of the committed tree.
+    from collections import Counter
+
+    from xenpci.xenstore.tree import walk
+
+    c = Sans(store)
+    c.one(w.XS_WRITE, b"/acct/a\0short")
+    c.one(w.XS_WRITE, b"/acct/b\0x")
+    c.one(w.XS_WRITE, b"/acct/gone/kid\0y")
+    t = start(c)
+    c.one(w.XS_WRITE, b"/acct/a\0a much longer value than before", tx=t)  # owner kept
+    c.one(w.XS_SET_PERMS, strings("/acct/b", "n5"), tx=t)  # owner changed
+    c.one(w.XS_WRITE, b"/acct/new/deep\0z", tx=t)  # created, with a parent
+    c.one(w.XS_RM, strings("/acct/gone"), tx=t)
+    assert c.one(w.XS_TRANSACTION_END, strings("T"), tx=t).payload == b"OK\0"
+    owned: Counter[int] = Counter()
+    memory: Counter[int] = Counter()
+    for path, node in walk("/", store.tree.get("/")):  # type: ignore[arg-type]
+        owner = node.perms.entries[0].domid
+        owned[owner] += 1
+        memory[owner] += node.record_size() + len(path)
+    assert {d: n for d, n in store.tree.owned.items() if n} == dict(owned)
+    assert {d: n for d, n in store.tree.memory.items() if n} == dict(memory)
+    assert owned[5] == 1

@@ -7,10 +7,20 @@ missing directory, a path longer than ``sun_path`` allows) is one line on
 stderr and exit status 1, as C xenstored's ``barf_perror``; nothing is left
 bound. ``--control-dir`` is the only place xenstore-control's ``logfile`` and
 ``memreport`` may write.
+
+The daemon process tunes Python's cyclic garbage collector once its start-up
+objects exist: they are frozen out of every later collection, and the
+youngest generation runs after 20,000 net allocations instead of 700. Every
+request allocates a few short-lived objects (its frame, its reply) that
+reference counting frees; the default threshold made a gen-0 pass (and every
+tenth one a gen-1 pass) a regular share of a request's cost, and a big store
+made the rare full pass walk every node. Only this process: a library user's
+collector settings are theirs.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 from types import FrameType
@@ -66,6 +76,7 @@ def xenstored(
             raise typer.Exit(1)
         control.configure(store, control_dir)
     server = XenstoredServer(store, path, ro_socket, domains)
+    _tune_gc()
     try:
         server.start()
     except OSError as e:
@@ -85,6 +96,17 @@ def xenstored(
     finally:
         server.stop()
         typer.echo("xenstored: stopped", err=True)
+
+
+#: Gen-0 threshold in the daemon (CPython's default is 700); see the docstring.
+GC_GEN0 = 20_000
+
+
+def _tune_gc() -> None:
+    gc.collect()
+    gc.freeze()  # start-up objects (modules, typer's app) are never garbage
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0, gen1, gen2)
 
 
 def register(app: typer.Typer) -> None:
