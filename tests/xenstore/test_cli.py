@@ -1,12 +1,14 @@
 """``xenpci xenstored`` in the foreground: serves xenstore-utils, stops on SIGTERM/SIGINT.
 
 Readiness is the daemon's own ``READY=1`` on ``$NOTIFY_SOCKET`` (sd_notify, as C
-xenstored), held to libsystemd's through ``systemd-notify``: a test binds the
-datagram socket and blocks on it instead of polling for the daemon's sockets.
+xenstored), held to libsystemd's ``sd_notify`` itself: a test binds the datagram
+socket and blocks on it instead of polling for the daemon's sockets.
 """
 
 from __future__ import annotations
 
+import ctypes.util
+import errno
 import os
 import signal
 import socket
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import OS_EDGE_TIMEOUT, TOOL_TIMEOUT
-from tests.interop import require_executable
+from tests.interop import require_executable, require_file
 from xenpci.cli.xenstored import sd_notify
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
@@ -62,48 +64,90 @@ def _wait_ready(listener: socket.socket, proc: subprocess.Popen[bytes]) -> None:
 
 
 def _addresses(d: str) -> list[str]:
+    tag = f"{os.getpid()}-{Path(d).name}"
     return [
         f"{d}/notify",  # a path
-        f"@xenpci-notify-{os.getpid()}-{Path(d).name}",  # Linux abstract namespace
+        f"@xenpci-notify-{tag}",  # Linux abstract namespace
         f"{d}/nobody",  # nobody bound there: ENOENT
-        f"@xenpci-nobody-{os.getpid()}-{Path(d).name}",  # ECONNREFUSED
+        f"@xenpci-nobody-{tag}",  # ECONNREFUSED
         "relative/notify",  # not an address: EINVAL
-        "",  # set but empty: EINVAL
+        "",  # set but empty
+        "@",  # an empty abstract name
+        "/" + "n" * 106,  # the longest path sun_path holds: tried, ENOENT
+        "/" + "n" * 107,  # one byte longer
+        "@" + "n" * 106,  # the longest abstract name: tried, ECONNREFUSED
+        "@" + "n" * 107,  # one byte longer
     ]
 
 
-def test_sd_notify_sends_what_libsystemd_sends(
+#: C xenstored's call, made by libsystemd in a child process: its result and
+#: whether NOTIFY_SOCKET is still set afterwards.
+_LIBSYSTEMD_NOTIFY = """
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.sd_notify.argtypes = [ctypes.c_int, ctypes.c_char_p]
+libc = ctypes.CDLL(None)
+libc.getenv.restype = ctypes.c_char_p
+print(lib.sd_notify(1, b"READY=1"), libc.getenv(b"NOTIFY_SOCKET") is not None)
+"""
+
+
+def test_sd_notify_does_what_libsystemd_does(
     notify_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Same NOTIFY_SOCKET values to ``systemd-notify --ready`` (libsystemd's sd_notify)
-    and to ours: the same datagrams arrive, and each says it sent exactly when it did."""
-    tool = require_executable("systemd-notify")
+    """The same NOTIFY_SOCKET values to libsystemd's ``sd_notify(1, "READY=1")`` (C
+    xenstored's call) and to ours: the same datagrams arrive at the same places, the
+    results are equal and neither leaves NOTIFY_SOCKET set."""
+    lib = ctypes.util.find_library("systemd")  # a soname the dynamic loader finds
+    if lib is None:
+        require_file("libsystemd.so.0")  # skip, or fail in CI
+        raise AssertionError("unreachable")
     addresses = _addresses(notify_dir)
     listeners = [_listener(a) for a in addresses[:2]]
     seen = []
     try:
-        for address in addresses:
-            env = {**os.environ, "NOTIFY_SOCKET": address}
+        for address in [None, *addresses]:
+            env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+            if address is not None:
+                env["NOTIFY_SOCKET"] = address
             r = subprocess.run(
-                [tool, "--ready", "--no-block"], env=env, capture_output=True, timeout=TOOL_TIMEOUT
+                [sys.executable, "-c", _LIBSYSTEMD_NOTIFY, lib],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=TOOL_TIMEOUT,
             )
-            theirs = (r.returncode == 0, [_queued(s) for s in listeners])
-            monkeypatch.setenv("NOTIFY_SOCKET", address)
-            ours = (sd_notify("READY=1"), [_queued(s) for s in listeners])
+            result, still_set = r.stdout.split()
+            theirs = (int(result), still_set == "True", [_queued(s) for s in listeners])
+            if address is None:
+                monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+            else:
+                monkeypatch.setenv("NOTIFY_SOCKET", address)
+            ours = (
+                sd_notify("READY=1"),
+                "NOTIFY_SOCKET" in os.environ,
+                [_queued(s) for s in listeners],
+            )
             assert ours == theirs, address
-            assert "NOTIFY_SOCKET" not in os.environ  # sd_notify(1, ...) unsets it
             seen.append(ours)
     finally:
         for s in listeners:
             s.close()
-    # What both did: the two bound addresses got READY=1, the others nothing.
+    # What both did: the two bound addresses got READY=1 (1), nothing else was sent.
     ready = [b"READY=1"]
-    assert seen == [(True, [ready, []]), (True, [[], ready])] + [(False, [[], []])] * 4
-
-
-def test_sd_notify_without_notify_socket_sends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert sd_notify("READY=1") is False
+    assert seen[:3] == [(0, False, [[], []]), (1, False, [ready, []]), (1, False, [[], ready])]
+    assert [result for result, _, _ in seen[3:]] == [
+        -errno.ENOENT,
+        -errno.ECONNREFUSED,
+        -errno.EINVAL,
+        -errno.EINVAL,
+        -errno.EINVAL,
+        -errno.ENOENT,
+        -errno.ENAMETOOLONG,
+        -errno.ECONNREFUSED,
+        -errno.EINVAL,
+    ]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -32,6 +32,7 @@ ready"`` stderr line is not printed (our own "listening on" line says it);
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -112,25 +113,35 @@ def xenstored(
         typer.echo("xenstored: stopped", err=True)
 
 
-def sd_notify(state: str) -> bool:
-    """``sd_notify(1, state)``: tell the service manager ``state``; True if it was sent.
+def sd_notify(state: str) -> int:
+    """``sd_notify(1, state)``: tell the service manager ``state``.
 
-    Whatever the outcome ``NOTIFY_SOCKET`` is gone from the environment
-    afterwards, so nothing this process starts notifies in its name.
+    Returns what libsystemd's does: 1 once sent, 0 without ``NOTIFY_SOCKET``,
+    a negative errno when it could not be sent (``-EINVAL`` for an address
+    that is neither absolute nor abstract, as for libsystemd 252). Whatever the outcome
+    ``NOTIFY_SOCKET`` is gone from the environment afterwards, so nothing this
+    process starts notifies in its name.
     """
-    address = os.environ.pop("NOTIFY_SOCKET", "")
-    if address.startswith("@"):
-        target = "\0" + address[1:]  # Linux abstract namespace
-    elif address.startswith("/"):
+    address = os.environ.pop("NOTIFY_SOCKET", None)
+    if address is None:
+        return 0
+    # sun_path is 108 bytes: a path needs its terminating NUL, an abstract name its
+    # leading one and (as libsystemd counts) a spare byte.
+    name = os.fsencode(address)
+    if address.startswith("/"):
+        if len(name) > 107:
+            return -errno.ENAMETOOLONG
         target = address
+    elif address.startswith("@") and 1 < len(name) <= 107:
+        target = "\0" + address[1:]  # Linux abstract namespace
     else:
-        return False  # unset, or not an address sd_notify accepts (-EINVAL there)
+        return -errno.EINVAL
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
             s.sendto(state.encode(), target)
-    except OSError:
-        return False  # no manager listening: a daemon runs on regardless
-    return True
+    except OSError as e:
+        return -(e.errno or errno.EIO)  # no manager listening: the daemon runs on regardless
+    return 1
 
 
 #: Gen-0 threshold in the daemon (CPython's default is 700); see the docstring.
