@@ -181,6 +181,37 @@ class Connection:
         try:
             if self.closed:
                 return []
+            sink = self.sink
+            if sink is not None and store._depth == 1:
+                frame = self._decoder.one(data)
+                if frame is not None:
+                    # The usual request: one whole frame from a transport. When
+                    # it queued nothing else anywhere (no watch event, no other
+                    # connection to wake), the reply goes straight to the sink:
+                    # what _queue_reply and _push would do, without queueing a
+                    # frame only to take it off again. Otherwise, or if the sink
+                    # takes only part of it, the reply joins the queue as usual.
+                    reply = store.handle(self, frame)
+                    if reply is None:
+                        return []
+                    if not (
+                        self._out
+                        or self.closed
+                        or store._to_push
+                        or store._to_notify
+                        or store._hooks
+                    ):
+                        n = sink(reply)
+                        if n == len(reply):
+                            return []
+                        # The peer is full: the rest waits for the transport's
+                        # next flush, as after a partial _push (no second try now).
+                        self._queue_reply(reply)
+                        self._sent = n
+                        del store._to_push[self.seq]
+                        return []
+                    self._queue_reply(reply)
+                    return []
             try:
                 frames = self._decoder.feed(data)
             except ProtocolError as e:
