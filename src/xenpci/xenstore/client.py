@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from xenpci.abi import xs_wire as w
 from xenpci.errors import XenpciError
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XsError
+from xenpci.xenstore.gate import gate_of
 from xenpci.xenstore.perms import Perms
 from xenpci.xenstore.wire import Frame, FrameDecoder, check_reply, encode, strings
 
@@ -136,21 +137,26 @@ class _InProcessTransport:
         self.conn = conn
         self.on_event: Callable[[Frame], None] = lambda f: None
         self._lock = threading.Lock()
+        self._gate = gate_of(conn.store)
         self._decoder = FrameDecoder()
         conn.notify = self._drain
 
     def _drain(self) -> None:
-        # Called under the store lock when another connection fires our watch.
-        for data in self.conn.take_output():
+        # Called once another connection that fired our watch has left the store.
+        with self._gate:
+            outs = self.conn.take_output()
+        for data in outs:
             for f in FrameDecoder().feed(data):
                 self.on_event(f)
 
     def request(self, data: bytes) -> Frame:
         with self._lock:
-            if self.conn.closed:
-                raise ConnectionClosed(self.conn.close_reason)
+            with self._gate:
+                if self.conn.closed:
+                    raise ConnectionClosed(self.conn.close_reason)
+                outs = self.conn.feed(data)
             reply: Frame | None = None
-            for out in self.conn.feed(data):
+            for out in outs:
                 for f in self._decoder.feed(out):
                     if f.type == w.XS_WATCH_EVENT:
                         self.on_event(f)
@@ -161,7 +167,8 @@ class _InProcessTransport:
             return reply
 
     def close(self) -> None:
-        self.conn.close()
+        with self._gate:
+            self.conn.close()
 
 
 class XsTransaction:
@@ -251,7 +258,9 @@ class XsClient:
         lane: SteppedVcpu | None = None,
     ) -> XsClient:
         """A connection inside this process acting as ``domid`` (dom0 is privileged)."""
-        return cls(_InProcessTransport(store.connection(domid, readonly)), lane=lane)
+        with gate_of(store):
+            conn = store.connection(domid, readonly)
+        return cls(_InProcessTransport(conn), lane=lane)
 
     @property
     def executor(self) -> Scheduler | None:
