@@ -549,16 +549,37 @@ def test_directory_part_builds_the_child_list_once(
     assert len(calls) == 2
 
 
-def test_transports_are_called_outside_the_store_lock(store: XenStore) -> None:
-    """Issue 11: ``notify`` and the INTRODUCE/RELEASE hooks run with the lock released."""
+def test_transports_are_woken_outside_the_gate(store: XenStore) -> None:
+    """Issue 11: the core holds no lock; threads enter through the store's gate, and
+    ``notify`` and the INTRODUCE/RELEASE hooks run only once the caller has left it."""
+    import threading
+
+    from xenpci.xenstore.gate import gate_of
+
+    assert not any(
+        isinstance(v, type(threading.RLock()) | type(threading.Lock()))
+        for v in vars(store).values()
+    )
+    gate = gate_of(store)
+    assert gate_of(store) is gate  # one gate per store, shared by every transport
     held: list[bool] = []
     watcher = store.connection(0)
-    watcher.notify = lambda: held.append(store.lock._is_owned())  # type: ignore[attr-defined]
+    watcher.notify = lambda: held.append(gate._lock._is_owned())  # type: ignore[attr-defined]
     watcher.feed(encode_req(w.XS_WATCH, strings("/nl", "t")))
-    store.on_introduce = lambda dom: held.append(store.lock._is_owned())  # type: ignore[attr-defined]
-    Sans(store).one(w.XS_WRITE, b"/nl/x\0v")
-    store.introduce_domain(12)
+    store.on_introduce = lambda dom: held.append(gate._lock._is_owned())  # type: ignore[attr-defined]
+    writer = store.connection(0)
+    with gate:
+        with gate:  # re-entrant: wake-ups wait for the outermost exit
+            writer.feed(encode_req(w.XS_WRITE, b"/nl/x\0v"))
+        assert held == []
+    assert held == [False]
+    with gate:
+        store.introduce_domain(12)
+        assert held == [False]
     assert held == [False, False]
+    # One thread and no gate (the executor, the xenstored daemon): woken at once.
+    writer.feed(encode_req(w.XS_WRITE, b"/nl/y\0v"))
+    assert held == [False, False, False]
 
 
 def encode_req(type_: int, payload: bytes) -> bytes:

@@ -89,7 +89,8 @@ def xenstored(
             typer.echo(f"xenstored: --control-dir {control_dir}: not a directory", err=True)
             raise typer.Exit(1)
         control.configure(store, control_dir)
-    server = XenstoredServer(store, path, ro_socket, domains)
+    # One thread serves every socket: the only caller of the store.
+    server = XenstoredServer(store, path, ro_socket, domains, sole_user=True)
     _tune_gc()
     try:
         server.start()

@@ -76,6 +76,7 @@ from xenpci.toolstack.xlcfg import DomainConfig, PciSpec
 from xenpci.trace import Trace
 from xenpci.xenstore.client import XsClient
 from xenpci.xenstore.core import XenStore
+from xenpci.xenstore.gate import gate_of
 from xenpci.xenstore.perms import Perms
 from xenpci.xenstore.ring import GuestRing, XenstoredRings
 from xenpci.xenstore.server import XenstoredServer
@@ -393,10 +394,12 @@ class Machine:
             # The guest's xenbus_comms: its own page granted to dom0 plus an
             # event channel, introduced to xenstored (XS_INTRODUCE).
             ring = GuestRing(dom)
-            self.store.introduce_domain(domid, ring.gref, ring.port)
+            with gate_of(self.store):
+                self.store.introduce_domain(domid, ring.gref, ring.port)
             client = XsClient.ring(ring, lane=lane)
         else:
-            self.store.introduce_domain(domid)
+            with gate_of(self.store):
+                self.store.introduce_domain(domid)
             client = XsClient.in_process(self.store, domid, lane=lane)
         kernel = GuestKernel(dom, client, op_timeout=self.op_timeout, trace=self.trace)
         with self._lock:
@@ -457,7 +460,7 @@ class Machine:
                 client.close()
         if kernel is not None:
             kernel.shutdown()
-        with contextlib.suppress(XenpciError):
+        with contextlib.suppress(XenpciError), gate_of(self.store):
             self.store.release_domain(domid)
         with contextlib.suppress(XenpciError):
             self.xs.rm(f"/local/domain/{domid}")

@@ -10,8 +10,8 @@ Public API (other layers use only these names):
   SET_PERMS, every domid exists without it);
   ``.connection(domid, readonly=False) -> Connection``;
   ``Connection.feed(data: bytes) -> list[bytes]`` (replies and watch events),
-  ``Connection.take_output()``, ``Connection.notify`` (called, outside the
-  store lock, when events are queued by other connections),
+  ``Connection.take_output()``, ``Connection.notify`` (called when events
+  are queued by other connections, after the request that queued them),
   ``Connection.close()``, ``.queued`` (frames not yet taken),
   ``.dropped_events`` (duplicates and over-quota events the store dropped),
   ``.can_read()`` (C's ``domain_can_read`` quota rules); a transport sets
@@ -20,6 +20,8 @@ Public API (other layers use only these names):
   until ``flush()`` or the end of a request hands it over;
   ``.introduce_domain(domid, gfn=0, evtchn=1)``, ``.release_domain(domid)``,
   ``.is_introduced(domid)``, ``.memory_used(domid)`` (C 4.17's count).
+  Single-threaded, no lock: threads that share a store enter it through
+  ``xenpci.xenstore.gate.gate_of(store)`` (``with gate: conn.feed(data)``).
 * :class:`xenpci.xenstore.server.XenstoredServer` ``(store, socket_path,
   ro_socket_path=None, domain_sockets={domid: path})`` with ``start()``,
   ``stop()``, ``serve_forever()``; also a context manager.

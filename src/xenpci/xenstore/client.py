@@ -6,12 +6,13 @@ it keeps one request in flight per client, refuses a request too large for
 one frame with E2BIG before sending it, and files watch events aside as
 they arrive (on a reader thread for sockets and rings). Events reach the
 caller either as an iterator (:meth:`XsClient.events`) or through a callback
-registered with :meth:`XsClient.watch`. Where that callback runs: on a
-dispatcher thread the client owns (threaded mode, what an OS edge such as a
-tool on the Unix socket needs), or, given a ``lane`` of the machine's
-deterministic executor (``xenpci.hv.scheduler``), as a task on that lane: the
-owning domain's vCPU for a kernel's client, so watch delivery is ordered with
-everything else the machine does and no thread exists.
+registered with :meth:`XsClient.watch`. Where that callback runs: on the
+``lane`` the client was given, a lane of the machine's deterministic executor
+(``xenpci.hv.scheduler``: the owning domain's vCPU for a kernel's client, so
+watch delivery is ordered with everything else the machine does and no thread
+exists); or, for a client no machine gave a lane (a tool on the Unix socket:
+the OS edge), on a xenwatch worker of its own, the vCPU worker class of
+:mod:`xenpci.hv.domain`, as Linux runs callbacks on its xenwatch kthread.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from xenpci.abi import xs_wire as w
 from xenpci.errors import XenpciError
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XsError
+from xenpci.xenstore.gate import gate_of
 from xenpci.xenstore.perms import Perms
 from xenpci.xenstore.wire import Frame, FrameDecoder, check_reply, encode, strings
 
 if TYPE_CHECKING:
-    from xenpci.hv.scheduler import Scheduler, SteppedVcpu
+    from xenpci.hv.domain import Vcpu
+    from xenpci.hv.scheduler import Scheduler
     from xenpci.xenstore.core import Connection, XenStore
 
 T = TypeVar("T")
@@ -48,6 +51,14 @@ class WatchEvent:
 
     path: str
     token: str
+
+
+class Lane(Protocol):
+    """Where a client's watch callbacks run: an executor lane
+    (:class:`~xenpci.hv.scheduler.SteppedVcpu`) or a vCPU worker
+    (:class:`~xenpci.hv.domain.Vcpu`)."""
+
+    def post(self, item: Callable[[], None]) -> None: ...
 
 
 class Transport(Protocol):
@@ -136,21 +147,26 @@ class _InProcessTransport:
         self.conn = conn
         self.on_event: Callable[[Frame], None] = lambda f: None
         self._lock = threading.Lock()
+        self._gate = gate_of(conn.store)
         self._decoder = FrameDecoder()
         conn.notify = self._drain
 
     def _drain(self) -> None:
-        # Called under the store lock when another connection fires our watch.
-        for data in self.conn.take_output():
+        # Called once another connection that fired our watch has left the store.
+        with self._gate:
+            outs = self.conn.take_output()
+        for data in outs:
             for f in FrameDecoder().feed(data):
                 self.on_event(f)
 
     def request(self, data: bytes) -> Frame:
         with self._lock:
-            if self.conn.closed:
-                raise ConnectionClosed(self.conn.close_reason)
+            with self._gate:
+                if self.conn.closed:
+                    raise ConnectionClosed(self.conn.close_reason)
+                outs = self.conn.feed(data)
             reply: Frame | None = None
-            for out in self.conn.feed(data):
+            for out in outs:
                 for f in self._decoder.feed(out):
                     if f.type == w.XS_WATCH_EVENT:
                         self.on_event(f)
@@ -161,7 +177,8 @@ class _InProcessTransport:
             return reply
 
     def close(self) -> None:
-        self.conn.close()
+        with self._gate:
+            self.conn.close()
 
 
 class XsTransaction:
@@ -221,17 +238,17 @@ class XsTransaction:
 class XsClient:
     """XenStore client. Build with :meth:`unix`, :meth:`in_process` or :meth:`ring`."""
 
-    def __init__(self, transport: Transport, *, lane: SteppedVcpu | None = None) -> None:
+    def __init__(self, transport: Transport, *, lane: Lane | None = None) -> None:
         self._t = transport
-        #: Deterministic mode: watch callbacks run as tasks on this executor lane.
+        #: Where watch callbacks run: a lane of the machine's executor, or a vCPU-style
+        #: worker; None until a callback needs one (then the client's own xenwatch).
         self.lane = lane
+        self._xenwatch: Vcpu | None = None
+        self._lane_lock = threading.Lock()
         self._req_ids = itertools.count()
         self._events: queue.Queue[WatchEvent] = queue.Queue()
         self._callbacks: dict[str, WatchCallback] = {}
-        self._cb_queue: queue.Queue[tuple[WatchCallback, WatchEvent] | None] = queue.Queue()
-        self._cb_thread: threading.Thread | None = None
-        self._cb_lock = threading.Lock()
-        #: Exceptions raised by watch callbacks on the dispatcher thread (threaded mode).
+        #: Exceptions raised by watch callbacks on the client's own xenwatch worker.
         self.callback_errors: list[Exception] = []
         transport.on_event = self._on_event
 
@@ -248,18 +265,21 @@ class XsClient:
         domid: int = 0,
         readonly: bool = False,
         *,
-        lane: SteppedVcpu | None = None,
+        lane: Lane | None = None,
     ) -> XsClient:
         """A connection inside this process acting as ``domid`` (dom0 is privileged)."""
-        return cls(_InProcessTransport(store.connection(domid, readonly)), lane=lane)
+        with gate_of(store):
+            conn = store.connection(domid, readonly)
+        return cls(_InProcessTransport(conn), lane=lane)
 
     @property
     def executor(self) -> Scheduler | None:
         """The deterministic executor this client's callbacks run on (None: threaded)."""
-        return self.lane.scheduler if self.lane is not None else None
+        scheduler: Scheduler | None = getattr(self.lane, "scheduler", None)
+        return scheduler
 
     @classmethod
-    def ring(cls, transport: Transport, *, lane: SteppedVcpu | None = None) -> XsClient:
+    def ring(cls, transport: Transport, *, lane: Lane | None = None) -> XsClient:
         """Over a guest's ring page (see :mod:`xenpci.xenstore.ring`).
 
         In deterministic mode pass the guest's vCPU as ``lane``: watch callbacks
@@ -269,11 +289,8 @@ class XsClient:
 
     def close(self) -> None:
         self._t.close()
-        if self._cb_thread is not None:
-            self._cb_queue.put(None)
-            if threading.current_thread() is not self._cb_thread:
-                self._cb_thread.join(timeout=5)
-            self._cb_thread = None
+        if self._xenwatch is not None:
+            self._xenwatch.stop()  # runs what is queued, then ends (not joined from itself)
 
     def __enter__(self) -> XsClient:
         return self
@@ -344,7 +361,7 @@ class XsClient:
         if callback is not None:
             self._callbacks[token] = callback
             if self.lane is None:
-                self._ensure_cb_thread()
+                self._start_xenwatch()
         try:
             self._call(w.XS_WATCH, strings(path, token))
         except BaseException:
@@ -387,41 +404,51 @@ class XsClient:
         ev = WatchEvent(parts[0].decode("ascii", "replace"), parts[1].decode("ascii", "replace"))
         cb = self._callbacks.get(ev.token)
         if cb is not None:
-            if self.lane is not None:
-                # An exception goes to the lane's owner (a vCPU traces it), never
-                # to stderr: no traceback reaches a user. A lane that has stopped
-                # (its domain is gone) drops the event, as a dead kernel would.
+            lane = self.lane
+            if lane is not None:
+                # On a machine's lane an exception goes to the lane's owner (a vCPU
+                # traces it); on our own xenwatch it is kept and told in one line.
+                # Never a traceback. A lane that has stopped (its domain is gone)
+                # drops the event, as a dead kernel would.
+                item = (
+                    functools.partial(self._run_callback, cb, ev)
+                    if lane is self._xenwatch
+                    else functools.partial(cb, ev)
+                )
                 with contextlib.suppress(XenpciError):
-                    self.lane.post(functools.partial(cb, ev))
-            else:
-                self._cb_queue.put((cb, ev))
+                    lane.post(item)
         else:
             self._events.put(ev)
 
-    def _ensure_cb_thread(self) -> None:
-        with self._cb_lock:
-            if self._cb_thread is None:
-                self._cb_thread = threading.Thread(
-                    target=self._cb_loop, name="xs-watch-callbacks", daemon=True
-                )
-                self._cb_thread.start()
+    def _start_xenwatch(self) -> None:
+        # A client that no machine gave a lane (a tool on the Unix socket, the OS
+        # edge) runs its callbacks on a worker of its own, as Linux runs them on
+        # its xenwatch kthread: never on the thread that reads replies, which a
+        # callback's own requests wait for. The worker is the threaded machine's
+        # vCPU worker (a queue drained in order), not a second implementation.
+        from xenpci.hv.domain import Vcpu
 
-    def _cb_loop(self) -> None:
-        while True:
-            item = self._cb_queue.get()
-            if item is None:
-                return
-            cb, ev = item
-            try:
-                cb(ev)
-            except Exception as exc:  # a broken callback must not kill event delivery
-                # Kept for whoever owns the client, and one line on stderr: a
-                # watch callback's failure is a bug to see, never a traceback.
-                self.callback_errors.append(exc)
-                print(
-                    f"xenpci: watch callback for {ev.path} ({ev.token}) failed: {exc!r}",
-                    file=sys.stderr,
-                )
+        with self._lane_lock:
+            if self.lane is None:
+                self._xenwatch = Vcpu("xenwatch", on_error=self._worker_failed)
+                self.lane = self._xenwatch
+
+    def _worker_failed(self, exc: BaseException) -> None:
+        # Only what _run_callback lets through (KeyboardInterrupt, SystemExit).
+        if isinstance(exc, Exception):
+            self.callback_errors.append(exc)
+
+    def _run_callback(self, cb: WatchCallback, ev: WatchEvent) -> None:
+        try:
+            cb(ev)
+        except Exception as exc:  # a broken callback must not kill event delivery
+            # Kept for whoever owns the client, and one line on stderr: a
+            # watch callback's failure is a bug to see, never a traceback.
+            self.callback_errors.append(exc)
+            print(
+                f"xenpci: watch callback for {ev.path} ({ev.token}) failed: {exc!r}",
+                file=sys.stderr,
+            )
 
     # -- transactions ------------------------------------------------------------
     def transaction(self) -> XsTransaction:

@@ -12,10 +12,10 @@ never sent.
 Watch events are outputs: a change queues them on the watchers' connections
 (``send_event``: an event identical to one still queued there is dropped, as
 XSA-326 made C do; an unprivileged domain over its memory quota loses the
-event) and the connection's ``notify`` is called after the store is
-unlocked. Each connection's queue is C's ``out_list``, the only one: a ring
+event) and the connection's ``notify`` is called once the request is
+done. Each connection's queue is C's ``out_list``, the only one: a ring
 or socket transport sets ``Connection.sink`` (a non-blocking writer), and at
-the end of each request, still under the lock, every connection with new
+the end of each request, still inside the store, every connection with new
 output hands the sink what it takes, as C's main loop writes after each
 request; the rest waits (``flush`` when the peer makes room), counted in
 ``outstanding`` and in the domain's memory. In-process callers have no sink
@@ -24,11 +24,17 @@ Per-domain memory is counted as C 4.17 counts it: node records
 (record plus path) for their owner, transaction-private records, watches and
 queued output for the connection's domain.
 
-Locking: the handler itself is single-threaded logic; the public entry
-points (``Connection.feed``/``take_output``/``close``, ``XenStore.connection``,
-``introduce_domain``, ``release_domain``) take ``lock`` around it and call
-transports (``notify``, ``on_introduce``/``on_release`` hooks) only after
-releasing it (a sink excepted: it only copies bytes and never blocks).
+Threads: none. The core is single-threaded, as C xenstored is one thread;
+it holds no lock. Each public entry point (``Connection.feed``/``take_output``/
+``flush``/``close``, ``XenStore.connection``, ``introduce_domain``,
+``release_domain``) handles its request, hands new output to the sinks
+(C's main loop writing after each request: a sink copies bytes and never
+blocks), and then wakes the transports (``notify``, ``on_introduce``/
+``on_release`` hooks). A program that calls one store from several threads
+(the threaded machine) enters it through its :class:`~xenpci.xenstore.gate.Gate`,
+which serializes the calls and runs those wake-ups only after the caller has
+left. The executor and the ``xenpci xenstored`` daemon call it from one
+thread and need no gate.
 
 Deliberate differences: socket clients are dom0 unless a transport says
 otherwise; there is no hypervisor, so INTRODUCE records the domain and tells
@@ -43,7 +49,6 @@ commit), so DIRECTORY_PART's generation equals C's in the differential tests.
 from __future__ import annotations
 
 import sys
-import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,13 +179,43 @@ class Connection:
     def feed(self, data: bytes) -> list[bytes]:
         """Process request bytes; return queued output (replies and events)."""
         store = self.store
-        store.lock.acquire()  # store._enter() inlined: once per request
-        store._depth += 1
+        store._depth += 1  # store._enter() inlined: once per request
         outer = store._feeding
         store._feeding = self
         try:
             if self.closed:
                 return []
+            sink = self.sink
+            if sink is not None and store._depth == 1:
+                frame = self._decoder.one(data)
+                if frame is not None:
+                    # The usual request: one whole frame from a transport. When
+                    # it queued nothing else anywhere (no watch event, no other
+                    # connection to wake), the reply goes straight to the sink:
+                    # what _queue_reply and _push would do, without queueing a
+                    # frame only to take it off again. Otherwise, or if the sink
+                    # takes only part of it, the reply joins the queue as usual.
+                    reply = store.handle(self, frame)
+                    if reply is None:
+                        return []
+                    if not (
+                        self._out
+                        or self.closed
+                        or store._to_push
+                        or store._to_notify
+                        or store._hooks
+                    ):
+                        n = sink(reply)
+                        if n == len(reply):
+                            return []
+                        # The peer is full: the rest waits for the transport's
+                        # next flush, as after a partial _push (no second try now).
+                        self._queue_reply(reply)
+                        self._sent = n
+                        del store._to_push[self.seq]
+                        return []
+                    self._queue_reply(reply)
+                    return []
             try:
                 frames = self._decoder.feed(data)
             except ProtocolError as e:
@@ -261,7 +296,7 @@ class Connection:
     def implicit(self) -> str:
         return implicit_path(self.domid)
 
-    # -- store side (called with the store lock held) ----------------------------
+    # -- store side (called inside a public entry point) ---------------------------
     def _take(self) -> list[bytes]:
         out = list(self._out)
         self._out.clear()
@@ -352,6 +387,17 @@ class Connection:
         self._queue_reply(data)
 
 
+def _notifier(conn: Connection) -> Callable[[], None]:
+    """The wake-up for a connection with output it did not ask for (checked when run:
+    it may have closed meanwhile)."""
+
+    def wake() -> None:
+        if conn.notify is not None and not conn.closed:
+            conn.notify()
+
+    return wake
+
+
 # One row per op, as C's wire_funcs[]: handler, XS_FLAG_PRIV, looks up tx_id, writes.
 Handler = Callable[["XenStore", Connection, Frame, "Transaction | None"], "bytes | None"]
 
@@ -381,8 +427,12 @@ class XenStore:
         trace: Trace | None = None,
         domain_exists: Callable[[int], bool] | None = None,
     ):
-        self.lock = threading.RLock()
+        # Nesting of public entry points: output is pushed and transports woken
+        # when the outermost one returns.
         self._depth = 0
+        # Set by a Gate (xenstore/gate.py) while a thread is inside the store:
+        # wake-ups then wait there until the gate is left.
+        self.deferred: list[Callable[[], None]] | None = None
         self._to_notify: dict[int, Connection] = {}
         # Connections with a sink and new output: pushed once the request is done.
         self._to_push: dict[int, Connection] = {}
@@ -433,44 +483,50 @@ class XenStore:
         self.on_release: Callable[[Domain], None] | None = None
         self.log: list[str] = []
 
-    # -- locking shell -------------------------------------------------------------
+    # -- entry and exit ---------------------------------------------------------------
     def _enter(self) -> None:
-        self.lock.acquire()
         self._depth += 1
 
     def _leave(self) -> None:
         self._depth -= 1
         if self._depth:
-            self.lock.release()
             return
+        to_push = self._to_push
         if not (self._to_notify or self._hooks):
             # The common case (a request that only answers its caller): no
-            # transport to call once the lock is released.
-            to_push = self._to_push
+            # transport to wake afterwards.
             if len(to_push) == 1:
                 _, c = to_push.popitem()  # _push_all for one connection, inlined
                 if not c.closed:
                     c._push()
             elif to_push:
                 self._push_all()
-            self.lock.release()
             return
-        if self._to_push:
+        if to_push:
             self._push_all()
-        conns = list(self._to_notify.values())
+        wake = [self._run_hooks(self._hooks)] if self._hooks else []
+        self._hooks = []
+        for c in self._to_notify.values():
+            if c.notify is not None:
+                wake.append(_notifier(c))
         self._to_notify.clear()
-        hooks, self._hooks = self._hooks, []
-        self.lock.release()
-        # Transports run outside the store lock. A failing hook (a ring that
-        # cannot be mapped) must not take the caller's thread down with it.
-        for hook in hooks:
-            try:
-                hook()
-            except Exception as e:
-                self.log.append(f"transport hook failed: {e}")
-        for c in conns:
-            if c.notify is not None and not c.closed:
-                c.notify()
+        if self.deferred is not None:
+            self.deferred.extend(wake)  # run by the gate once the caller has left it
+            return
+        for fn in wake:
+            fn()
+
+    def _run_hooks(self, hooks: list[Callable[[], None]]) -> Callable[[], None]:
+        def run() -> None:
+            # A failing hook (a ring that cannot be mapped) must not take the
+            # caller's thread down with it.
+            for hook in hooks:
+                try:
+                    hook()
+                except Exception as e:
+                    self.log.append(f"transport hook failed: {e}")
+
+        return run
 
     def _push_all(self) -> None:
         # As C's main loop writes each connection's output once the request

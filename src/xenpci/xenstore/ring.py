@@ -58,6 +58,7 @@ from xenpci.abi import xs_wire as w
 from xenpci.hv.errors import HvError
 from xenpci.hv.scheduler import Scheduler, SteppedVcpu
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XenstoreError
+from xenpci.xenstore.gate import gate_of
 from xenpci.xenstore.wire import HEADER, HEADER_SIZE, Frame, FrameDecoder
 
 if TYPE_CHECKING:
@@ -169,7 +170,7 @@ class _Channel:
     dead: bool = False
 
     def sink(self, data: bytes) -> int:
-        """The connection's sink: what fits on the rsp ring (called under the store lock)."""
+        """The connection's sink: what fits on the rsp ring (called inside the store)."""
         if self.dead or self.broken:
             return 0
         try:
@@ -205,13 +206,15 @@ class XenstoredRings:
         self.dom0 = dom0
         self.hc = dom0.hypercalls
         self.channels: dict[int, _Channel] = {}
+        self._gate = gate_of(store)
         store.on_introduce = self._introduce
         store.on_release = self._release
 
     def _introduce(self, dom: Domain) -> None:
         mapping = self.hc.gnttab_map_grant_ref(dom.domid, dom.gfn, False)
         port = self.hc.evtchn_bind_interdomain(dom.domid, dom.evtchn)
-        conn = self.store.connection(dom.domid)
+        with self._gate:
+            conn = self.store.connection(dom.domid)
         ch = _Channel(dom.domid, mapping, port, conn)
         buf = mapping.view
         _put(buf, SERVER_FEATURES, w.XENSTORE_SERVER_FEATURE_ERROR)
@@ -249,13 +252,15 @@ class XenstoredRings:
 
     def _clear(self, ch: _Channel) -> None:
         ch.inbuf.clear()
-        ch.conn.close("domain released")
+        with self._gate:
+            ch.conn.close("domain released")
 
     def _fail(self, ch: _Channel, error: int) -> None:
         _put(ch.mapping.view, ERROR, error)
         ch.dead = True
         ch.inbuf.clear()
-        ch.conn.close("ring error")
+        with self._gate:
+            ch.conn.close("ring error")
 
     def _service(self, ch: _Channel) -> None:
         """``handle_input`` + ``handle_output`` for one ring (on dom0's vCPU)."""
@@ -266,31 +271,36 @@ class XenstoredRings:
         conn = ch.conn
         kick = False
         taken = 0
+        failed = False
         try:
-            conn.flush()  # the guest may have made room on rsp
-            while not ch.broken:
-                if taken >= _BATCH or not conn.can_read():
-                    break
-                need = _frame_need(ch.inbuf)
-                if need:
-                    data = ring_read(buf, REQ, REQ_PROD, REQ_CONS, need)
-                    if not data:
+            with self._gate:  # the store's other callers run on other threads
+                conn.flush()  # the guest may have made room on rsp
+                while not ch.broken:
+                    if taken >= _BATCH or not conn.can_read():
                         break
-                    kick = True
-                    ch.inbuf += data
-                    if _frame_need(ch.inbuf):
-                        continue  # the rest of the frame is not on the ring yet
-                frame = bytes(ch.inbuf)
-                ch.inbuf.clear()
-                taken += 1
-                ch.requests += 1
-                conn.feed(frame)  # the reply goes to the sink (or waits in the queue)
-                if conn.closed:
-                    self._fail(ch, w.XENSTORE_ERROR_PROTO)
-                    self.hc.evtchn_send(ch.port)
-                    return
+                    need = _frame_need(ch.inbuf)
+                    if need:
+                        data = ring_read(buf, REQ, REQ_PROD, REQ_CONS, need)
+                        if not data:
+                            break
+                        kick = True
+                        ch.inbuf += data
+                        if _frame_need(ch.inbuf):
+                            continue  # the rest of the frame is not on the ring yet
+                    frame = bytes(ch.inbuf)
+                    ch.inbuf.clear()
+                    taken += 1
+                    ch.requests += 1
+                    conn.feed(frame)  # the reply goes to the sink (or waits in the queue)
+                    if conn.closed:
+                        self._fail(ch, w.XENSTORE_ERROR_PROTO)
+                        failed = True
+                        break
         except RingIndexError:
             ch.broken = True
+        if failed:
+            self.hc.evtchn_send(ch.port)  # outside the store: the guest sees the error
+            return
         if ch.broken:
             self._fail(ch, w.XENSTORE_ERROR_RINGIDX)
             return

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from xenpci.xenstore.core import Connection, XenStore
+from xenpci.xenstore.gate import Gate, gate_of
 
 _log = logging.getLogger("xenpci.xenstored")
 _READ = selectors.EVENT_READ
@@ -125,7 +126,7 @@ class _Client:
     broken: bool = False
 
     def sink(self, data: bytes) -> int:
-        """The connection's sink (called under the store lock, from any thread)."""
+        """The connection's sink (called inside the store, from whichever thread entered it)."""
         if self.broken:
             return 0
         try:
@@ -170,8 +171,16 @@ class XenstoredServer:
         domain_sockets: Mapping[int, str] | None = None,
         *,
         backlog_max: int = BACKLOG_MAX,
+        sole_user: bool = False,
     ) -> None:
         self.store = store
+        # Other threads call the same store (the threaded machine): enter it
+        # through its gate. ``sole_user``: this server's thread is the only
+        # caller (the ``xenpci xenstored`` daemon), so it calls straight in.
+        self._gate: Gate | contextlib.nullcontext[XenStore] = (
+            contextlib.nullcontext(store) if sole_user else gate_of(store)
+        )
+        self._shared = not sole_user
         self.backlog_max = backlog_max
         self.socket_path = socket_path
         self.ro_socket_path = ro_socket_path
@@ -205,8 +214,9 @@ class XenstoredServer:
             if self.ro_socket_path:
                 self._bind(self.ro_socket_path, 0, True)
             for domid, path in self.domain_sockets.items():
-                if not self.store.is_introduced(domid):
-                    self.store.introduce_domain(domid)
+                with self._gate:
+                    if not self.store.is_introduced(domid):
+                        self.store.introduce_domain(domid)
                 self._bind(path, domid, False)
         except BaseException:
             self._close_listeners()
@@ -258,8 +268,8 @@ class XenstoredServer:
 
     def stats(self) -> list[ClientStats]:
         """Every connected client's queue, in accept order."""
-        # Under the store lock: a send and the count of what it took are one step.
-        with self.store.lock:
+        # Inside the store: a send and the count of what it took are one step.
+        with self._gate:
             return [
                 ClientStats(
                     c.conn.domid, c.conn.out_bytes, c.conn.outstanding, c.conn.dropped_events
@@ -376,12 +386,13 @@ class XenstoredServer:
                 self._rest_listeners()
             return
         sock.setblocking(False)
-        conn = self.store.connection(lst.domid, lst.readonly)
+        with self._gate:
+            conn = self.store.connection(lst.domid, lst.readonly)
         client = _Client(sock, conn)
         fd = sock.fileno()
 
         def notify() -> None:
-            # Called under the store lock by whichever thread caused an event.
+            # Called by whichever thread caused an event, once it left the store.
             with self._dirty_lock:
                 self._dirty.add(fd)
             if threading.current_thread() is not self._thread:
@@ -420,7 +431,11 @@ class XenstoredServer:
             self._drop(client)
             return
         conn = client.conn
-        conn.feed(data)  # replies go to the sink, or wait in the queue
+        if self._shared:
+            with self._gate:
+                conn.feed(data)  # replies go to the sink, or wait in the queue
+        else:
+            conn.feed(data)
         if conn.closed:
             # Framing violation: C drops the connection without a reply.
             self._drop(client)
@@ -433,7 +448,8 @@ class XenstoredServer:
         """Send what is queued, then watch the socket for what must happen next."""
         conn = client.conn
         if conn.out_bytes:
-            conn.flush()
+            with self._gate:
+                conn.flush()
         if client.broken:
             self._drop(client)
             return
@@ -464,6 +480,7 @@ class XenstoredServer:
         self._clients.pop(fd, None)
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(client.sock)
-        client.conn.close("peer gone")  # first: no thread sends on the closed socket
+        with self._gate:
+            client.conn.close("peer gone")  # first: no thread sends on the closed socket
         client.sock.close()
         self._resume_listeners()  # an fd is free again

@@ -115,6 +115,26 @@ class FrameDecoder:
         self.max_payload = max_payload
         self.error: ProtocolError | None = None
 
+    def one(self, data: bytes) -> Frame | None:
+        """The frame if ``data`` is exactly one whole frame and nothing is buffered
+        (the usual request), else None with nothing consumed: then use :meth:`feed`."""
+        if (
+            self._buf
+            or self.error is not None
+            or type(data) is not bytes
+            or len(data) < HEADER_SIZE
+        ):
+            return None
+        type_, req_id, tx_id, length = HEADER.unpack_from(data)
+        if length > self.max_payload or len(data) != HEADER_SIZE + length:
+            return None
+        f: Frame = _new_frame(Frame)
+        _set_type(f, type_)
+        _set_req_id(f, req_id)
+        _set_tx_id(f, tx_id)
+        _set_payload(f, data[HEADER_SIZE:])
+        return f
+
     def feed(self, data: bytes) -> list[Frame]:
         """Add bytes; return every complete frame (ProtocolError if the stream is broken)."""
         if self.error is not None:
