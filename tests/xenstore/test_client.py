@@ -59,7 +59,7 @@ def test_watch_iterator_and_callback(client: XsClient, daemon: Daemon) -> None:
         other.write("/w/x", "1")
         other.write("/cb/y", "2")
     assert client.next_event(timeout=OS_EDGE_TIMEOUT) == WatchEvent("/w/x", "it")
-    assert done.wait(OS_EDGE_TIMEOUT)  # the client's callback thread
+    assert done.wait(OS_EDGE_TIMEOUT)  # the client's xenwatch worker, a thread
     assert got == [WatchEvent("/cb", "cbtok"), WatchEvent("/cb/y", "cbtok")]
     client.unwatch("/w", "it")
     with pytest.raises(XsError) as ei:

@@ -116,7 +116,7 @@ def test_watch_over_ring_and_release(machine: Machine) -> None:
 
     g.watch("backend", "be", cb)
     machine.dom0.write(f"/local/domain/{domid}/backend/pci", "x")
-    assert seen.wait(OS_EDGE_TIMEOUT)  # the client's callback thread
+    assert seen.wait(OS_EDGE_TIMEOUT)  # the client's xenwatch worker, a thread
     assert got == [WatchEvent("backend", "be"), WatchEvent("backend/pci", "be")]
     machine.dom0.release_domain(domid)
     with pytest.raises(XsError):
