@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from xenpci.xenstore import XenStore
 from xenpci.xenstore.server import XenstoredServer
 from xenpci.xenstore.wire import Frame, FrameDecoder, encode
@@ -54,7 +55,7 @@ class RawConn:
 
     def __init__(self, path: str) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(5)
+        self.sock.settimeout(OS_EDGE_TIMEOUT)  # only turns a hang into a failure
         self.sock.connect(path)
         self.dec = FrameDecoder()
         self.pending: list[Frame] = []

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT
 from tests.interop import require_executable
 from tests.split.helpers import boot_guest_with
 from xenpci.abi import xs_wire as w
@@ -75,8 +76,10 @@ class Victim:
 @pytest.fixture
 def machine() -> Iterator[Machine]:
     # Guests on real ring pages served by xenstored's ring transport: the
-    # attacks are on that transport (a deterministic machine has none).
-    m = Machine(op_timeout=2.0, guest_xenstore="ring")
+    # attacks are on that transport (a deterministic machine has none). The
+    # victim's op timeout is a real-time deadline in this threaded machine: the
+    # suite's bound for one, so a loaded CI box cannot pass for a starved victim.
+    m = Machine(op_timeout=THREADED_MODEL_TIMEOUT, guest_xenstore="ring")
     try:
         yield m
     finally:
@@ -365,7 +368,7 @@ def test_accept_failing_with_emfile_keeps_the_server_serving(
     server.start()
     early = RawConn(path)
     late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # its fd exists already
-    late.settimeout(30)  # only to turn a hang into a failure
+    late.settimeout(OS_EDGE_TIMEOUT)  # only to turn a hang into a failure
     try:
         assert early.request(w.XS_WRITE, b"/local/domain/0/x\0" + b"1").payload == b"OK\0"
         with _no_free_fds():
@@ -407,7 +410,7 @@ def test_daemon_under_a_low_fd_limit_serves_every_client_in_turn(sock_dir: str) 
         assert "listening on" in line, line
         for i in range(64):
             c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            c.settimeout(30)  # only to turn a hang into a failure
+            c.settimeout(OS_EDGE_TIMEOUT)  # only to turn a hang into a failure
             c.connect(path)
             c.sendall(encode(w.XS_GET_DOMAIN_PATH, i, 0, f"{i}\0".encode()))
             clients.append(c)
@@ -423,6 +426,6 @@ def test_daemon_under_a_low_fd_limit_serves_every_client_in_turn(sock_dir: str) 
         for c in clients:
             c.close()
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=OS_EDGE_TIMEOUT)
     assert err.decode() == "xenstored: stopped\n"  # nothing else, no traceback
     assert proc.returncode == 0

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from xenpci.xenstore import Perms, XenStore, XsError
 from xenpci.xenstore.client import WatchEvent, XsClient, XsTransaction
 
@@ -43,7 +44,7 @@ def test_crud(client: XsClient) -> None:
 
 def test_watch_iterator_and_callback(client: XsClient, daemon: Daemon) -> None:
     client.watch("/w", "it")
-    assert client.next_event(timeout=5) == WatchEvent("/w", "it")
+    assert client.next_event(timeout=OS_EDGE_TIMEOUT) == WatchEvent("/w", "it")
     got: list[WatchEvent] = []
     done = threading.Event()
 
@@ -57,8 +58,8 @@ def test_watch_iterator_and_callback(client: XsClient, daemon: Daemon) -> None:
     with XsClient.in_process(daemon.store) as other:
         other.write("/w/x", "1")
         other.write("/cb/y", "2")
-    assert client.next_event(timeout=5) == WatchEvent("/w/x", "it")
-    assert done.wait(5)
+    assert client.next_event(timeout=OS_EDGE_TIMEOUT) == WatchEvent("/w/x", "it")
+    assert done.wait(OS_EDGE_TIMEOUT)  # the client's xenwatch worker, a thread
     assert got == [WatchEvent("/cb", "cbtok"), WatchEvent("/cb/y", "cbtok")]
     client.unwatch("/w", "it")
     with pytest.raises(XsError) as ei:
@@ -106,7 +107,8 @@ def test_concurrent_increments_are_serialisable(daemon: Daemon) -> None:
     for th in threads:
         th.start()
     for th in threads:
-        th.join(timeout=20)
+        th.join(timeout=OS_EDGE_TIMEOUT)
+        assert not th.is_alive()
     with XsClient.in_process(daemon.store) as c:
         assert c.read("/ctr") == b"100"
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from tests.interop import require_module
 
 from .conftest import Daemon
@@ -112,5 +113,6 @@ def test_many_threads_share_one_socket(daemon: Daemon) -> None:
         for t in threads:
             t.start()
         for t in threads:
-            t.join(timeout=30)
+            t.join(timeout=OS_EDGE_TIMEOUT)
+            assert not t.is_alive()
     assert not errors

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import TOOL_TIMEOUT
 from tests.interop import require_executable
 from xenpci.abi import xs_wire as w
 from xenpci.xenstore import control as xs_control
@@ -44,7 +45,7 @@ def require_xen_tool(name: str) -> str:
 def control(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     exe = require_xen_tool("xenstore-control")
     return subprocess.run(
-        [exe, *args], env=daemon.env(), capture_output=True, text=True, timeout=20
+        [exe, *args], env=daemon.env(), capture_output=True, text=True, timeout=TOOL_TIMEOUT
     )
 
 
@@ -145,7 +146,7 @@ def _ours() -> Any:
 def _run(path: str, *args: str) -> tuple[int, str, str]:
     exe = require_xen_tool("xenstore-control")
     env = {**os.environ, "XENSTORED_PATH": path}
-    r = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=20)
+    r = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
     return r.returncode, r.stdout, r.stderr
 
 
@@ -257,10 +258,12 @@ def test_xen_own_xenstore_test_suite_passes(daemon: Daemon) -> None:
     transactions (including the conflict case) and exits non-zero on any
     mismatch with what C xenstored answers."""
     exe = require_xen_tool("test-xenstore")
-    r = subprocess.run([exe], env=daemon.env(), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [exe], env=daemon.env(), capture_output=True, text=True, timeout=TOOL_TIMEOUT
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     listed = subprocess.run(
-        [exe, "-l"], env=daemon.env(), capture_output=True, text=True, timeout=20
+        [exe, "-l"], env=daemon.env(), capture_output=True, text=True, timeout=TOOL_TIMEOUT
     )
     names = [ln.split(":")[0].strip() for ln in listed.stdout.splitlines() if ":" in ln]
     assert "ta err" in names

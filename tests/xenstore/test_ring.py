@@ -1,15 +1,23 @@
-"""A model guest reaches xenstored over its own ring page and event channel."""
+"""A model guest reaches xenstored over its own ring page and event channel.
+
+The threaded machine: each domain's vCPU is a thread (the deterministic one is
+in test_ring_executor.py). Nothing here sleeps or polls. xenstored's ring
+service runs as dom0's event upcall, and an upcall is queued on dom0's vCPU when
+the guest signals; so a call queued on dom0's vCPU after the signal returns only
+once xenstored has handled it (:func:`_dom0_barrier`). Waits for another thread
+are bounded by the suite's OS-edge bound.
+"""
 
 from __future__ import annotations
 
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from xenpci.abi import xs_wire as w
 from xenpci.hv import Hypervisor
 from xenpci.xenstore import Perms, XenStore, XsError
@@ -19,8 +27,11 @@ from xenpci.xenstore.ring import (
     REQ,
     REQ_CONS,
     REQ_PROD,
+    RSP_CONS,
+    RSP_PROD,
     GuestRing,
     XenstoredRings,
+    _get,
     ring_read,
     ring_write,
 )
@@ -48,6 +59,11 @@ def machine() -> Iterator[Machine]:
     finally:
         dom0.close()
         hv.shutdown()
+
+
+def _dom0_barrier(m: Machine) -> None:
+    """Return once dom0's vCPU has run everything queued on it before this call."""
+    m.hv.dom0.call(lambda: None, timeout=OS_EDGE_TIMEOUT)
 
 
 def boot_guest(m: Machine, name: str) -> tuple[int, GuestRing, XsClient]:
@@ -100,7 +116,7 @@ def test_watch_over_ring_and_release(machine: Machine) -> None:
 
     g.watch("backend", "be", cb)
     machine.dom0.write(f"/local/domain/{domid}/backend/pci", "x")
-    assert seen.wait(10)
+    assert seen.wait(OS_EDGE_TIMEOUT)  # the client's xenwatch worker, a thread
     assert got == [WatchEvent("backend", "be"), WatchEvent("backend/pci", "be")]
     machine.dom0.release_domain(domid)
     with pytest.raises(XsError):
@@ -127,9 +143,7 @@ def test_bad_ring_indexes_cut_off_that_guest_only(machine: Machine) -> None:
             "<I", ring.buf, REQ_PROD, struct.unpack_from("<I", ring.buf, REQ_CONS)[0] + 4000
         )
         ring.hc.evtchn_send(ring.port)
-        deadline = time.monotonic() + 10
-        while ring.error == w.XENSTORE_ERROR_NONE and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _dom0_barrier(machine)  # xenstored has looked at the ring
         assert ring.error == w.XENSTORE_ERROR_RINGIDX
         with pytest.raises(ConnectionClosed):
             g.read("ok")
@@ -170,7 +184,9 @@ def test_requests_are_traced_with_the_guest_domid() -> None:
         hv.shutdown()
 
 
-def test_close_fails_a_request_waiting_for_its_reply_at_once(machine: Machine) -> None:
+def test_close_fails_a_request_waiting_for_its_reply_at_once(
+    machine: Machine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The guest's vCPU is paused, so the reply it would deliver never comes; closing the
     ring (the domain is being destroyed) fails the waiting request with ConnectionClosed
     instead of leaving it for the 30 s reply timeout."""
@@ -178,6 +194,15 @@ def test_close_fails_a_request_waiting_for_its_reply_at_once(machine: Machine) -
     g.write("data/x", "1")
     machine.hv.dom0.hypercalls.domctl_pausedomain(domid)
     outcome: list[BaseException | bytes] = []
+    sent = threading.Event()
+    real_send = ring.hc.evtchn_send
+
+    def send(port: int) -> None:
+        real_send(port)
+        if port == ring.port:
+            sent.set()  # the request is on the req ring and xenstored is signalled
+
+    monkeypatch.setattr(ring.hc, "evtchn_send", send)
 
     def read() -> None:
         try:
@@ -188,16 +213,24 @@ def test_close_fails_a_request_waiting_for_its_reply_at_once(machine: Machine) -
     t = threading.Thread(target=read)
     t.start()
     try:
-        time.sleep(0.2)
-        assert t.is_alive() and outcome == []  # in flight: the reply waits on the vCPU
-        t0 = time.monotonic()
+        assert sent.wait(OS_EDGE_TIMEOUT)
+        _dom0_barrier(machine)  # xenstored has answered...
+        # ...onto rsp, where it stays: the vCPU that would read it is paused.
+        assert _get(ring.buf, RSP_PROD) != _get(ring.buf, RSP_CONS)
+        assert t.is_alive() and outcome == []  # in flight
         ring.close()
-        t.join(5)
-        assert not t.is_alive() and time.monotonic() - t0 < 1.0
+        t.join(OS_EDGE_TIMEOUT)
+        assert not t.is_alive()
     finally:
         ring.close()
         machine.hv.dom0.hypercalls.domctl_unpausedomain(domid)
-        t.join(5)
+        t.join(OS_EDGE_TIMEOUT)
     assert len(outcome) == 1 and isinstance(outcome[0], ConnectionClosed), outcome
+    # Woken by the close, not by the reply timeout ("no reply from xenstored"). The
+    # request may be past its send but not yet waiting for the reply: either wording.
+    assert str(outcome[0]) in (
+        "ring closed while waiting for the reply",
+        "ring closed while waiting for space",
+    )
     with pytest.raises(ConnectionClosed):
         g.read("data/x")  # and nothing more goes through a closed ring

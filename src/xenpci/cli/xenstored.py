@@ -16,13 +16,27 @@ reference counting frees; the default threshold made a gen-0 pass (and every
 tenth one a gen-1 pass) a regular share of a request's cost, and a big store
 made the rare full pass walk every node. Only this process: a library user's
 collector settings are theirs.
+
+Readiness: once its sockets are bound and its signal handlers are set, the
+daemon sends ``READY=1`` to the service manager as C xenstored does
+(``sd_notify(1, "READY=1")`` in ``xenstored_core.c``'s ``main`` after
+``initialize_fds``): one datagram on the ``AF_UNIX`` socket named by
+``$NOTIFY_SOCKET`` (an absolute path, or ``@name`` for the abstract
+namespace), which is then removed from the environment (``unset_environment``
+= 1). No ``NOTIFY_SOCKET``, or one that cannot be reached, changes nothing:
+C ignores ``sd_notify``'s result too. Deliberate differences: libsystemd is
+not used (the protocol is one datagram); C's ``SD_NOTICE "xenstored is
+ready"`` stderr line is not printed (our own "listening on" line says it);
+``vsock:`` addresses are not supported.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
+import socket
 from types import FrameType
 from typing import Annotated
 
@@ -92,11 +106,43 @@ def xenstored(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     typer.echo(f"xenstored: listening on {path}", err=True)
+    sd_notify("READY=1")
     try:
         server.serve_forever()
     finally:
         server.stop()
         typer.echo("xenstored: stopped", err=True)
+
+
+def sd_notify(state: str) -> int:
+    """``sd_notify(1, state)``: tell the service manager ``state``.
+
+    Returns what libsystemd's does: 1 once sent, 0 without ``NOTIFY_SOCKET``,
+    a negative errno when it could not be sent (``-EINVAL`` for an address
+    that is neither absolute nor abstract, as for libsystemd 252). Whatever the outcome
+    ``NOTIFY_SOCKET`` is gone from the environment afterwards, so nothing this
+    process starts notifies in its name.
+    """
+    address = os.environ.pop("NOTIFY_SOCKET", None)
+    if address is None:
+        return 0
+    # sun_path is 108 bytes: a path needs its terminating NUL, an abstract name its
+    # leading one and (as libsystemd counts) a spare byte.
+    name = os.fsencode(address)
+    if address.startswith("/"):
+        if len(name) > 107:
+            return -errno.ENAMETOOLONG
+        target = address
+    elif address.startswith("@") and 1 < len(name) <= 107:
+        target = "\0" + address[1:]  # Linux abstract namespace
+    else:
+        return -errno.EINVAL
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode(), target)
+    except OSError as e:
+        return -(e.errno or errno.EIO)  # no manager listening: the daemon runs on regardless
+    return 1
 
 
 #: Gen-0 threshold in the daemon (CPython's default is 700); see the docstring.

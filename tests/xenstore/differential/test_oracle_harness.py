@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from tests.conftest import OS_EDGE_TIMEOUT
 from xenpci.abi import xs_wire as w
 from xenpci.testing.xs_oracle import RealXenstored, ShimRingClient, start_daemon
 
@@ -76,7 +77,9 @@ def _c_aborts(script: list[tuple[str, int, bytes]]) -> bool:
         conns[last_who].send_frame(last_type, last_payload)
         proc = d._proc
         assert proc is not None
-        return proc.wait(timeout=30) == -signal.SIGABRT and "Assertion" in d.stderr_text()
+        return (
+            proc.wait(timeout=OS_EDGE_TIMEOUT) == -signal.SIGABRT and "Assertion" in d.stderr_text()
+        )
 
 
 def test_c_bug_read_without_nul_after_rm_still_aborts() -> None:
