@@ -18,7 +18,7 @@ from xenpci.hv import (
     NoSuchDomain,
     OutOfMemory,
 )
-from xenpci.hv.memory import RAM_BASE_MFN, MachineMemory
+from xenpci.hv.memory import P2M, RAM_BASE_MFN, MachineMemory
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -264,3 +264,26 @@ def test_freeing_keeps_the_pinned_frames_owned_and_touchable() -> None:
     assert mem.allocate(6, owner=4) == [mfns[7], mfns[6], mfns[4], mfns[3], mfns[1], mfns[0]]
     with pytest.raises(InvalidArgument):
         mem.allocate(1, owner=-1)
+
+
+def test_alloc_page_gives_gfns_in_the_order_of_a_stack_of_all_free_gfns() -> None:
+    """The domain's page allocator hands out the lowest never-used gfn, a freed one
+    first: the order of a stack holding every free gfn, lowest on top."""
+    mem = MachineMemory(16)
+    p2m = P2M(mem, mem.allocate(8, owner=1))
+    stack = list(range(7, -1, -1))  # the reference
+    rnd = random.Random(3)
+    held: list[int] = []
+    for _ in range(200):
+        if held and (rnd.random() < 0.45 or not stack):
+            gfn = held.pop(rnd.randrange(len(held)))
+            p2m.free_page(gfn)
+            stack.append(gfn)
+        elif stack:
+            gfn = p2m.alloc_page()
+            assert gfn == stack.pop()
+            held.append(gfn)
+    while stack:
+        assert p2m.alloc_page() == stack.pop()
+    with pytest.raises(OutOfMemory):
+        p2m.alloc_page()

@@ -41,8 +41,10 @@ class MachineMemory:
     Who owns each frame is one ``array`` of C ints indexed by ``mfn - RAM_BASE_MFN``
     (``_FREE`` for a free frame), as Xen's ``frame_table`` keeps a ``page_info`` per
     frame: a guest's tens of thousands of fresh frames are handed out, and a dying
-    guest's contiguous RAM given back, as slice assignments in C (no dict entry per
-    frame to build or pop).
+    guest's contiguous RAM given back, as slice operations in C (no dict entry per
+    frame to build or pop). The table covers the frames ever handed out (up to
+    ``_next``) and grows with fresh allocations: a frame beyond it was never
+    allocated, so it is free.
     """
 
     def __init__(self, nr_frames: int = DEFAULT_RAM_FRAMES) -> None:
@@ -53,7 +55,7 @@ class MachineMemory:
         self._frames: dict[int, bytearray] = {}
         self._next = RAM_BASE_MFN
         self._freed: list[int] = []
-        self._own = array("i", (_FREE,)) * nr_frames
+        self._own = array("i")
         self._nr_owned = 0
 
     @property
@@ -83,8 +85,7 @@ class MachineMemory:
             for mfn in out:
                 own[mfn - RAM_BASE_MFN] = owner
             fresh = count - take
-            first = self._next - RAM_BASE_MFN
-            own[first : first + fresh] = array("i", (owner,)) * fresh
+            own.extend(array("i", (owner,)) * fresh)  # fresh frames start at the table's end
             out.extend(range(self._next, self._next + fresh))
             self._next += fresh
             self._nr_owned += count
@@ -107,7 +108,8 @@ class MachineMemory:
         """
         with self._lock:
             if not self._free_range(mfns, keep):
-                own, freed, n = self._own, self._freed, self.nr_frames
+                own, freed = self._own, self._freed
+                n = len(own)
                 for mfn in mfns:
                     i = mfn - RAM_BASE_MFN
                     if 0 <= i < n and own[i] != _FREE and mfn not in keep:
@@ -124,11 +126,11 @@ class MachineMemory:
             return True
         lo = mfns[0]
         first = lo - RAM_BASE_MFN
-        if first < 0 or first + count > self.nr_frames or mfns[-1] != lo + count - 1:
+        own = self._own
+        if first < 0 or first + count > len(own) or mfns[-1] != lo + count - 1:
             return False
         if mfns != list(range(lo, lo + count)):  # one C comparison, no duplicates or gaps
             return False
-        own = self._own
         was = own[first : first + count]
         if was.count(_FREE):
             return False
@@ -147,10 +149,9 @@ class MachineMemory:
     def owner(self, mfn: int) -> int | None:
         """The domain owning RAM frame ``mfn`` (``None`` if free or not RAM)."""
         i = mfn - RAM_BASE_MFN
-        if not 0 <= i < self.nr_frames:
-            return None
         with self._lock:
-            who = self._own[i]
+            own = self._own
+            who = own[i] if 0 <= i < len(own) else _FREE
         return None if who == _FREE else who
 
     def frame(self, mfn: int) -> bytearray:
@@ -160,7 +161,8 @@ class MachineMemory:
             return frame
         with self._lock:
             i = mfn - RAM_BASE_MFN
-            if not 0 <= i < self.nr_frames or self._own[i] == _FREE:
+            own = self._own
+            if not 0 <= i < len(own) or own[i] == _FREE:
                 raise InvalidArgument(f"mfn {mfn:#x} is not allocated RAM", mfn=mfn)
             return self._frames.setdefault(mfn, bytearray(PAGE_SIZE))
 
@@ -181,8 +183,11 @@ class P2M:
         self.machine = machine
         self.mfns = mfns
         self._lock = threading.Lock()
-        # Lowest free gfn first (a stack popped from the end), like a fresh buddy allocator.
-        self._free = list(range(len(mfns) - 1, -1, -1))
+        # Lowest free gfn first, like a fresh buddy allocator; a freed gfn is given
+        # again first (a stack). Never-used gfns are the range from ``_unused`` on,
+        # so a domain of tens of thousands of pages builds no list of them.
+        self._unused = 0
+        self._free: list[int] = []
         self._in_use: set[int] = set()
 
     @property
@@ -201,9 +206,13 @@ class P2M:
 
     def alloc_page(self) -> int:
         with self._lock:
-            if not self._free:
+            if self._free:
+                gfn = self._free.pop()
+            elif self._unused < len(self.mfns):
+                gfn = self._unused
+                self._unused += 1
+            else:
                 raise OutOfMemory("no free page left in the domain's memory")
-            gfn = self._free.pop()
             self._in_use.add(gfn)
         self.frame(gfn)[:] = bytes(PAGE_SIZE)
         return gfn
