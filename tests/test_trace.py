@@ -209,3 +209,34 @@ def test_a_trace_on_a_virtual_clock_records_virtual_times(tmp_path: Path) -> Non
     later.use_clock(ex.clock.now)  # switched after construction: time 0 is now
     later.record(Kind.TOOLSTACK, 0, "dom0")
     assert later.events[0].t == 0.0
+
+
+@pytest.mark.parametrize("max_events", [None, 3])
+def test_path_counts_are_a_recount_of_the_stored_records(max_events: int | None) -> None:
+    """The per-(kind, path) totals kept as records are stored equal a recount of
+    ``events``: through ``record`` and recorders, count-only kinds (never stored),
+    records ``max_events`` pushed out, and ``clear``."""
+    t = Trace(max_events=max_events, count_only={"mmio_read"})
+    send = t.recorder("evtchn_send", 1, "direct", ("port",))
+    send0 = t.recorder("evtchn_send", 0, "dom0", ("port",))
+
+    def recount() -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for e in t.events:
+            out[e.kind, e.path] = out.get((e.kind, e.path), 0) + 1
+        return out
+
+    steps = [
+        lambda: send((1,)),
+        lambda: send0((2,)),
+        lambda: t.record("pci_op", 2, "dom0", cmd="conf_read"),
+        lambda: t.record("evtchn_send", 3, "direct", port=4),
+        lambda: t.record("mmio_read", 2, "direct"),
+    ]
+    for i in range(23):
+        steps[(i * 7) % len(steps)]()
+        assert t.path_counts() == recount()
+        if i == 11:
+            t.clear()
+            assert t.path_counts() == {} == recount()
+    assert sum(t.path_counts().values()) == len(t.events)

@@ -253,6 +253,11 @@ class Trace:
         self._tallies: dict[tuple[str, int], Tally] = {}
         self._raw: deque[_Raw] = deque(maxlen=max_events)
         self._counts: dict[tuple[str, int], int] = {}
+        #: Stored records per (kind, path), kept as they are stored (under the lock):
+        #: ``record``'s in this dict, each recorder's in its own one-slot counter
+        #: (``_recorder_counts``), so :meth:`path_counts` reads totals, not records.
+        self._paths: dict[tuple[str, str], int] = {}
+        self._recorder_counts: list[tuple[tuple[str, str], list[int]]] = []
         self._seq = itertools.count()  # ``next`` under the lock: seq follows time
         #: Where record times come from: ``perf_counter``, or the machine's virtual
         #: clock in deterministic mode (then two runs give byte-identical traces).
@@ -313,11 +318,17 @@ class Trace:
                 self._counts[key] = self._counts.get(key, 0) + 1
             else:
                 raw = self._raw
+                paths = self._paths
                 if len(raw) == self.max_events:
-                    _, _, k, d, _, _ = _unpack(raw.popleft())  # keep its count exact
+                    _, _, k, d, p, _ = _unpack(raw.popleft())  # keep its count exact
                     self._counts[(k, d)] = self._counts.get((k, d), 0) + 1
+                    # No longer stored (a bounded trace has no recorders: all its
+                    # records come through here).
+                    paths[(k, p)] = paths.get((k, p), 0) - 1
                 # Time taken under the lock so that time order and seq order agree.
                 raw.append((self._now(), next(self._seq), kind, domid, path, args))
+                stored_as = (kind, path)
+                paths[stored_as] = paths.get(stored_as, 0) + 1
         finally:
             lock.release()
 
@@ -357,11 +368,15 @@ class Trace:
 
             return bounded
         static = (kind, domid, path, names)
+        stored = [0]  # this recorder's stored records (see ``_paths``)
+        with lock:
+            self._recorder_counts.append(((kind, path), stored))
 
         def rec(values: tuple[Any, ...]) -> None:
             lock.acquire()  # as in ``record``: time taken under the lock, with its seq
             try:
                 raw.append((self._now(), next(seq), static, values))
+                stored[0] += 1
             finally:
                 lock.release()
 
@@ -419,11 +434,14 @@ class Trace:
         return Counter({key: n for key, n in unstored.items() if key[0] in only})
 
     def path_counts(self) -> Counter[tuple[str, str]]:
-        """Stored records per (kind, path), read off the raw records (no
-        :class:`TraceEvent` is built: the demo's path table asks this of every run)."""
+        """Stored records per (kind, path): the totals kept as records are stored (no
+        pass over the records: the demo's path table asks this of every run)."""
         with self._lock:
-            raw = list(self._raw)
-        return Counter((r[2], r[4]) if len(r) == 6 else (r[2][0], r[2][2]) for r in raw)
+            out = Counter({key: n for key, n in self._paths.items() if n})
+            for key, stored in self._recorder_counts:
+                if stored[0]:
+                    out[key] += stored[0]
+        return out
 
     def counts(self) -> dict[str, int]:
         """Totals per kind."""
@@ -437,6 +455,9 @@ class Trace:
         with self._lock:
             self._raw.clear()
             self._counts.clear()
+            self._paths.clear()
+            for _key, stored in self._recorder_counts:
+                stored[0] = 0
             for tally in self._tallies.values():
                 tally.base = tally.n
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 
 import pytest
@@ -17,7 +18,7 @@ from xenpci.hv import (
     NoSuchDomain,
     OutOfMemory,
 )
-from xenpci.hv.memory import RAM_BASE_MFN, MachineMemory
+from xenpci.hv.memory import P2M, RAM_BASE_MFN, MachineMemory
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -199,3 +200,90 @@ def test_domids_are_not_reused_at_once_and_wrap_to_1(hv: Hypervisor) -> None:
     assert c.domid == a.domid == 1  # wrapped; 1 is free again, b's id is taken
     d = hv.create_domain("d", 16)
     assert d.domid == b.domid + 1
+
+
+class _DictMemory:
+    """The reference: one dict entry per owned frame, freed frames on a stack."""
+
+    def __init__(self, nr_frames: int) -> None:
+        self.nr_frames, self.next, self.freed = nr_frames, RAM_BASE_MFN, []
+        self.owner: dict[int, int] = {}
+
+    def allocate(self, count: int, owner: int) -> list[int]:
+        out = [self.freed.pop() for _ in range(min(count, len(self.freed)))]
+        fresh = count - len(out)
+        out += range(self.next, self.next + fresh)
+        self.next += fresh
+        self.owner.update(dict.fromkeys(out, owner))
+        return out
+
+    def free(self, mfns: list[int], keep: set[int]) -> None:
+        for mfn in mfns:
+            if mfn not in keep and self.owner.pop(mfn, None) is not None:
+                self.freed.append(mfn)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_owner_table_matches_a_dict_per_frame(seed: int) -> None:
+    """Allocations and frees (whole runs, runs with kept frames, scattered lists, frames
+    already free, duplicates, non-RAM mfns) leave the same owners, count and reuse order
+    as a dict with one entry per frame."""
+    rnd = random.Random(seed)
+    mem, ref = MachineMemory(64), _DictMemory(64)
+    held: list[list[int]] = []
+    for _ in range(60):
+        free_now = len(ref.freed) + RAM_BASE_MFN + 64 - ref.next
+        if held and (rnd.random() < 0.5 or free_now == 0):
+            mfns = held.pop(rnd.randrange(len(held)))
+            shape = rnd.randrange(4)
+            if shape == 1:  # a scattered list, a duplicate, a free or non-RAM frame
+                mfns = rnd.sample(mfns, len(mfns)) + mfns[:1] + [RAM_BASE_MFN - 1, 0]
+            keep = set(rnd.sample(mfns, min(len(mfns), rnd.randrange(3)))) if shape else set()
+            mem.free(mfns, keep=keep)
+            ref.free(mfns, keep)
+        else:
+            count, owner = rnd.randint(0, free_now), rnd.randrange(5)
+            got = mem.allocate(count, owner)
+            assert got == ref.allocate(count, owner)
+            held.append(got)
+        assert mem.allocated == len(ref.owner)
+        for mfn in range(RAM_BASE_MFN - 1, RAM_BASE_MFN + 65):
+            assert mem.owner(mfn) == ref.owner.get(mfn)
+
+
+def test_freeing_keeps_the_pinned_frames_owned_and_touchable() -> None:
+    mem = MachineMemory(8)
+    mfns = mem.allocate(8, owner=3)
+    mem.free(mfns, keep={mfns[2], mfns[5]})
+    assert [mem.owner(m) for m in mfns] == [None, None, 3, None, None, 3, None, None]
+    assert mem.allocated == 2
+    mem.frame(mfns[2])[:1] = b"x"  # still RAM of its (dying) owner
+    with pytest.raises(InvalidArgument):
+        mem.frame(mfns[0])
+    # Reuse: the most recently freed first, as the reference stack does.
+    assert mem.allocate(6, owner=4) == [mfns[7], mfns[6], mfns[4], mfns[3], mfns[1], mfns[0]]
+    with pytest.raises(InvalidArgument):
+        mem.allocate(1, owner=-1)
+
+
+def test_alloc_page_gives_gfns_in_the_order_of_a_stack_of_all_free_gfns() -> None:
+    """The domain's page allocator hands out the lowest never-used gfn, a freed one
+    first: the order of a stack holding every free gfn, lowest on top."""
+    mem = MachineMemory(16)
+    p2m = P2M(mem, mem.allocate(8, owner=1))
+    stack = list(range(7, -1, -1))  # the reference
+    rnd = random.Random(3)
+    held: list[int] = []
+    for _ in range(200):
+        if held and (rnd.random() < 0.45 or not stack):
+            gfn = held.pop(rnd.randrange(len(held)))
+            p2m.free_page(gfn)
+            stack.append(gfn)
+        elif stack:
+            gfn = p2m.alloc_page()
+            assert gfn == stack.pop()
+            held.append(gfn)
+    while stack:
+        assert p2m.alloc_page() == stack.pop()
+    with pytest.raises(OutOfMemory):
+        p2m.alloc_page()

@@ -223,3 +223,14 @@ def test_walkers_terminate_on_hostile_spaces(case: tuple[ConfigSpace, int]) -> N
         with pytest.raises(CapabilityError):
             walk_capabilities(cs, strict=True)
             walk_extended_capabilities(cs, strict=True)
+
+
+@given(_pointer_rich_spaces())
+def test_find_stops_at_the_first_match_with_the_walks_answer(case: tuple[ConfigSpace, int]) -> None:
+    """``find_capability`` stops at the first match (as ``pci_find_capability``); on any
+    list, hostile ones included, it answers what the full walk's first match is."""
+    cs, _ = case
+    std = walk_capabilities(cs)
+    for cap_id in {c.id for c in std} | {0x01, 0x05, 0x10, 0x11, 0xFE}:
+        first = next((c.offset for c in std if c.id == cap_id), None)
+        assert find_capability(cs, cap_id) == first

@@ -17,6 +17,8 @@ from xenpci.pciback.pciback_ops import (
     PCI_ERS_RESULT_CAN_RECOVER,
     PCI_ERS_RESULT_DISCONNECT,
     PCI_ERS_RESULT_NONE,
+    OpHeader,
+    _new_header,
     aer_kills_guest,
     aer_poll,
     aer_post,
@@ -337,3 +339,15 @@ def test_faulting_device_is_an_op_failure(stub: PciStub, vpci: VpciBackend, plat
     assert r.err == pciif.XEN_PCI_ERR_op_failed
     r = handle_op(op(pciif.XEN_PCI_OP_conf_read), vpci, platform)
     assert r.err == 0 and r.value == hw.config_read(0, 4)
+
+
+def test_the_op_header_tuple_matches_the_struct_and_the_ctypes_layout() -> None:
+    """``serve_shared_page`` builds an ``OpHeader`` straight from ``OP_HEADER``'s
+    unpacked fields: same count, same order as ``struct xen_pci_op``'s header."""
+    assert len(OpHeader._fields) == len(pciif.OP_HEADER.unpack(bytes(pciif.OP_HEADER.size)))
+    assert (
+        list(OpHeader._fields) == [name for name, _ in xen_pci_op._fields_][: len(OpHeader._fields)]
+    )
+    op = xen_pci_op(cmd=1, err=-2, domain=3, bus=4, devfn=5, offset=-6, size=7, value=8)
+    raw = bytes(op)
+    assert _new_header(OpHeader, pciif.OP_HEADER.unpack_from(raw)) == (1, -2, 3, 4, 5, -6, 7, 8)

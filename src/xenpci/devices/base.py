@@ -250,16 +250,23 @@ class DeviceModel(PciFunction):
         return bool(self.config.read(regs.PCI_BASE_ADDRESS_0 + 4 * bar, 4) & 1)
 
     def _locate(self, bar: int, offset: int, size: int) -> tuple[Region | None, int]:
-        where = f"{self.sbdf} BAR {bar}"
+        # The error's location is formatted only for an error: this runs per access.
         total = self.bar_sizes.get(bar)
         if total is None:
-            raise MmioError(where, offset, size, "BAR not implemented")
+            raise MmioError(f"{self.sbdf} BAR {bar}", offset, size, "BAR not implemented")
         if size not in (1, 2, 4, 8) or offset < 0 or offset + size > total:
-            raise MmioError(where, offset, size, f"outside the {total:#x}-byte BAR")
-        for region in self.regions.get(bar, []):
+            raise MmioError(
+                f"{self.sbdf} BAR {bar}", offset, size, f"outside the {total:#x}-byte BAR"
+            )
+        for region in self.regions.get(bar, ()):
             if region.offset <= offset < region.offset + region.size:
                 if offset + size > region.offset + region.size:
-                    raise MmioError(where, offset, size, f"access crosses the end of {region.name}")
+                    raise MmioError(
+                        f"{self.sbdf} BAR {bar}",
+                        offset,
+                        size,
+                        f"access crosses the end of {region.name}",
+                    )
                 return region, offset - region.offset
         return None, 0
 

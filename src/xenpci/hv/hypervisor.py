@@ -186,11 +186,8 @@ class Hypervisor:
             for pirq in [p for p, (d, _) in self._pirqs.items() if d == domid]:
                 _, source = self._pirqs.pop(pirq)
                 del self._pirq_of_source[source]
-            mfns = dom.p2m.mfns
-            # filterfalse walks the domain's tens of thousands of frames in C, in order.
-            self.machine.free(
-                list(itertools.filterfalse(pinned.__contains__, mfns)) if pinned else mfns
-            )
+            # The pinned frames (still mapped by another domain) stay owned until unmapped.
+            self.machine.free(dom.p2m.mfns, keep=pinned)
         if devices:
             self.trace.record("devices_returned", 0, "hypervisor", target=domid, sbdfs=devices)
         dom.vcpu.stop()

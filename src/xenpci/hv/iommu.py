@@ -23,6 +23,7 @@ A multi-page DMA is checked entirely before any byte moves.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from xenpci.trace import Trace
 HARDWARE_DOMID = 0
 
 
+@functools.lru_cache(maxsize=256)  # every DMA record names its device: formatted once
 def format_sbdf(sbdf: int) -> str:
     return f"{sbdf >> 16:04x}:{(sbdf >> 8) & 0xFF:02x}:{(sbdf >> 3) & 0x1F:02x}.{sbdf & 7}"
 

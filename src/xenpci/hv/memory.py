@@ -15,14 +15,15 @@ collide with the MMIO window devices register on the I/O bus (below 4 GiB,
 from __future__ import annotations
 
 import threading
-from functools import partial
-from itertools import compress, repeat
-from operator import is_not
+from array import array
+from collections.abc import Collection
 
 from xenpci.hv.errors import InvalidArgument, OutOfMemory
 
-#: ``x is not None`` as a C-level callable (no Python frame per frame).
-_NOT_NONE = partial(is_not, None)
+#: The owner of a free frame in :class:`MachineMemory`'s owner table.
+_FREE = -1
+#: The largest owner the table holds (a C int; domids are 16-bit).
+_MAX_OWNER = 0x7FFFFFFF
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -35,7 +36,16 @@ MMIO_BASE = 0xE000_0000
 
 
 class MachineMemory:
-    """All machine RAM frames: allocation, freeing and access by mfn (thread-safe)."""
+    """All machine RAM frames: allocation, freeing and access by mfn (thread-safe).
+
+    Who owns each frame is one ``array`` of C ints indexed by ``mfn - RAM_BASE_MFN``
+    (``_FREE`` for a free frame), as Xen's ``frame_table`` keeps a ``page_info`` per
+    frame: a guest's tens of thousands of fresh frames are handed out, and a dying
+    guest's contiguous RAM given back, as slice operations in C (no dict entry per
+    frame to build or pop). The table covers the frames ever handed out (up to
+    ``_next``) and grows with fresh allocations: a frame beyond it was never
+    allocated, so it is free.
+    """
 
     def __init__(self, nr_frames: int = DEFAULT_RAM_FRAMES) -> None:
         if nr_frames <= 0:
@@ -45,7 +55,8 @@ class MachineMemory:
         self._frames: dict[int, bytearray] = {}
         self._next = RAM_BASE_MFN
         self._freed: list[int] = []
-        self._owner: dict[int, int] = {}
+        self._own = array("i")
+        self._nr_owned = 0
 
     @property
     def end_mfn(self) -> int:
@@ -58,19 +69,26 @@ class MachineMemory:
         """``count`` zeroed frames for domain ``owner`` (all or nothing)."""
         if count < 0:
             raise InvalidArgument(f"negative frame count {count}")
+        if not 0 <= owner <= _MAX_OWNER:
+            raise InvalidArgument(f"owner {owner} is not a domain id")
         with self._lock:
             available = len(self._freed) + (self.end_mfn - self._next)
             if count > available:
                 raise OutOfMemory(f"{count} frames requested, {available} free", requested=count)
             # Reused frames first, most recently freed first; then fresh ones. Whole
-            # slices, no per-frame Python step: a guest's RAM is tens of thousands.
-            freed = self._freed
+            # slices, no per-frame Python step for the fresh ones: a guest's RAM is
+            # tens of thousands of them.
+            freed, own = self._freed, self._own
             take = min(count, len(freed))
             out = freed[len(freed) - take :][::-1]
             del freed[len(freed) - take :]
+            for mfn in out:
+                own[mfn - RAM_BASE_MFN] = owner
             fresh = count - take
+            own.extend(array("i", (owner,)) * fresh)  # fresh frames start at the table's end
             out.extend(range(self._next, self._next + fresh))
             self._next += fresh
+            self._nr_owned += count
             # Scrub on allocation: a new owner never sees the previous owner's bytes.
             # Only frames ever touched have bytes, and only allocated frames can be
             # touched (``frame`` refuses others): of ``out`` only the reused ones may
@@ -79,19 +97,62 @@ class MachineMemory:
             if take:
                 for mfn in frames.keys() & out[:take]:
                     frames[mfn][:] = bytes(PAGE_SIZE)
-            self._owner.update(zip(out, repeat(owner)))  # no intermediate dict
             return out
 
-    def free(self, mfns: list[int]) -> None:
+    def free(self, mfns: list[int], keep: Collection[int] = ()) -> None:
+        """Give back the owned frames of ``mfns`` except those in ``keep`` (which stay
+        with their owner: a dying domain's frames still mapped by another one).
+
+        Frames not owned (or not RAM) are ignored. Freed frames are reused later
+        in the reverse of this order (the most recently freed first).
+        """
         with self._lock:
-            # The frames that were owned (owner 0 is dom0: compare with None), in order.
-            was = map(self._owner.pop, mfns, repeat(None))
-            self._freed.extend(compress(mfns, map(_NOT_NONE, was)))
+            if not self._free_range(mfns, keep):
+                own, freed = self._own, self._freed
+                n = len(own)
+                for mfn in mfns:
+                    i = mfn - RAM_BASE_MFN
+                    if 0 <= i < n and own[i] != _FREE and mfn not in keep:
+                        own[i] = _FREE
+                        freed.append(mfn)
+                        self._nr_owned -= 1
+
+    def _free_range(self, mfns: list[int], keep: Collection[int]) -> bool:
+        """:meth:`free`'s fast path (caller holds the lock): ``mfns`` is one run of
+        consecutive owned RAM frames, as a domain's memory is when it was allocated
+        fresh. False (nothing done) when it is not."""
+        count = len(mfns)
+        if not count:
+            return True
+        lo = mfns[0]
+        first = lo - RAM_BASE_MFN
+        own = self._own
+        if first < 0 or first + count > len(own) or mfns[-1] != lo + count - 1:
+            return False
+        if mfns != list(range(lo, lo + count)):  # one C comparison, no duplicates or gaps
+            return False
+        was = own[first : first + count]
+        if was.count(_FREE):
+            return False
+        own[first : first + count] = array("i", (_FREE,)) * count
+        # Slices of ``mfns`` (its int objects, not new ones) around the kept frames.
+        kept = sorted(k - lo for k in keep if lo <= k < lo + count)
+        start = 0
+        for k in kept:
+            own[first + k] = was[k]
+            self._freed.extend(mfns[start:k])
+            start = k + 1
+        self._freed.extend(mfns[start:])
+        self._nr_owned -= count - len(kept)
+        return True
 
     def owner(self, mfn: int) -> int | None:
         """The domain owning RAM frame ``mfn`` (``None`` if free or not RAM)."""
+        i = mfn - RAM_BASE_MFN
         with self._lock:
-            return self._owner.get(mfn)
+            own = self._own
+            who = own[i] if 0 <= i < len(own) else _FREE
+        return None if who == _FREE else who
 
     def frame(self, mfn: int) -> bytearray:
         """The live bytes of an allocated frame (created on first touch)."""
@@ -99,14 +160,16 @@ class MachineMemory:
         if frame is not None:
             return frame
         with self._lock:
-            if mfn not in self._owner:
+            i = mfn - RAM_BASE_MFN
+            own = self._own
+            if not 0 <= i < len(own) or own[i] == _FREE:
                 raise InvalidArgument(f"mfn {mfn:#x} is not allocated RAM", mfn=mfn)
             return self._frames.setdefault(mfn, bytearray(PAGE_SIZE))
 
     @property
     def allocated(self) -> int:
         with self._lock:
-            return len(self._owner)
+            return self._nr_owned
 
 
 class P2M:
@@ -120,8 +183,11 @@ class P2M:
         self.machine = machine
         self.mfns = mfns
         self._lock = threading.Lock()
-        # Lowest free gfn first (a stack popped from the end), like a fresh buddy allocator.
-        self._free = list(range(len(mfns) - 1, -1, -1))
+        # Lowest free gfn first, like a fresh buddy allocator; a freed gfn is given
+        # again first (a stack). Never-used gfns are the range from ``_unused`` on,
+        # so a domain of tens of thousands of pages builds no list of them.
+        self._unused = 0
+        self._free: list[int] = []
         self._in_use: set[int] = set()
 
     @property
@@ -140,9 +206,13 @@ class P2M:
 
     def alloc_page(self) -> int:
         with self._lock:
-            if not self._free:
+            if self._free:
+                gfn = self._free.pop()
+            elif self._unused < len(self.mfns):
+                gfn = self._unused
+                self._unused += 1
+            else:
                 raise OutOfMemory("no free page left in the domain's memory")
-            gfn = self._free.pop()
             self._in_use.add(gfn)
         self.frame(gfn)[:] = bytes(PAGE_SIZE)
         return gfn

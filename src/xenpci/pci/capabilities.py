@@ -17,6 +17,7 @@ reported as truncation, never read as made-up bytes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from xenpci.pci import regs
@@ -134,12 +135,19 @@ def capability_name(cap_id: int, *, extended: bool = False) -> str:
 
 
 def _walk_std(cs: ConfigSpace) -> tuple[list[Capability], list[CapabilityError]]:
-    caps: list[Capability] = []
     problems: list[CapabilityError] = []
+    caps = [Capability(i, pos, capability_name(i)) for pos, i in _std_chain(cs, problems)]
+    return caps, problems
+
+
+def _std_chain(cs: ConfigSpace, problems: list[CapabilityError]) -> Iterator[tuple[int, int]]:
+    """(offset, ID) of each standard capability in chain order; why the walk stopped
+    early goes to ``problems``. A caller may stop at the entry it wants, as Linux's
+    ``pci_find_capability`` does (no :class:`Capability` built for the others)."""
     if cs.known_size < regs.PCI_CAPABILITY_LIST + 1:
-        return caps, problems
+        return
     if not cs.read(regs.PCI_STATUS, 2) & regs.PCI_STATUS_CAP_LIST:
-        return caps, problems
+        return
     ptr_reg = (
         regs.PCI_CB_CAPABILITY_LIST
         if cs.header_type == regs.PCI_HEADER_TYPE_CARDBUS
@@ -171,10 +179,9 @@ def _walk_std(cs: ConfigSpace) -> tuple[list[Capability], list[CapabilityError]]
             # An all-ones ID means nothing answers there; Linux stops too.
             problems.append(CapabilityError(pos, "capability ID 0xff (no device data)"))
             break
-        caps.append(Capability(cap_id, pos, capability_name(cap_id)))
+        yield pos, cap_id
         from_off = pos + regs.PCI_CAP_LIST_NEXT
         pos = cs.read(from_off, 1) & ~3
-    return caps, problems
 
 
 def has_extended_space(cs: ConfigSpace) -> bool:
@@ -273,7 +280,7 @@ def capability_problems(cs: ConfigSpace) -> list[CapabilityError]:
 
 def find_capability(cs: ConfigSpace, cap_id: int) -> int | None:
     """Offset of the first standard capability ``cap_id`` (``pci_find_capability``)."""
-    return next((c.offset for c in walk_capabilities(cs) if c.id == cap_id), None)
+    return next((pos for pos, i in _std_chain(cs, []) if i == cap_id), None)
 
 
 def find_ext_capability(cs: ConfigSpace, cap_id: int) -> int | None:

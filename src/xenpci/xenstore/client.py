@@ -306,10 +306,12 @@ class XsClient:
             raise XsError("E2BIG", f"request payload of {len(payload)} bytes")
         req_id = next(self._req_ids) & 0xFFFFFFFF
         reply = self._t.request(encode(type_, req_id, tx, payload))
+        if reply.type == type_ != w.XS_ERROR:
+            return reply.payload  # the usual answer: what check_reply returns, without the call
         return check_reply(type_, reply)
 
     def read(self, path: str, *, tx: int = 0) -> bytes:
-        return self._call(w.XS_READ, strings(path), tx)
+        return self._call(w.XS_READ, path.encode() + b"\0", tx)  # strings(path), inlined
 
     def write(self, path: str, value: bytes | str, *, tx: int = 0) -> None:
         data = value.encode() if isinstance(value, str) else value
