@@ -20,6 +20,15 @@ disconnected, so it cannot grow the daemon without bound. Also an optional
 read-only socket (writes get EROFS, as 4.15+ would if it still had one) and
 "domain sockets" whose peers act as an unprivileged domain, a test hook so
 permissions and quotas can be driven by the stock CLI.
+
+Executors: without one (``xenpci xenstored``) this server's one thread IS the
+executor: it handles each request itself, in its epoll loop, as C xenstored
+does. Given a machine's real-time executor (``executor=``, the machine
+daemon's), the server thread only moves bytes: what it reads is handled as one
+executor task (:meth:`xenpci.hv.scheduler.Scheduler.submit`), and that
+client is not read again until the task has run, so a flooding client has one
+task in flight at most; replies still go out through the connection's
+non-blocking sink, and what stays queued is flushed by the server thread.
 """
 
 from __future__ import annotations
@@ -35,8 +44,12 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xenpci.xenstore.core import Connection, XenStore
+
+if TYPE_CHECKING:
+    from xenpci.hv.scheduler import Scheduler
 
 _log = logging.getLogger("xenpci.xenstored")
 _READ = selectors.EVENT_READ
@@ -170,8 +183,10 @@ class XenstoredServer:
         domain_sockets: Mapping[int, str] | None = None,
         *,
         backlog_max: int = BACKLOG_MAX,
+        executor: Scheduler | None = None,
     ) -> None:
         self.store = store
+        self.executor = executor
         self.backlog_max = backlog_max
         self.socket_path = socket_path
         self.ro_socket_path = ro_socket_path
@@ -419,6 +434,9 @@ class XenstoredServer:
         if not data:
             self._drop(client)
             return
+        if self.executor is not None:
+            self._submit(client, data)
+            return
         conn = client.conn
         conn.feed(data)  # replies go to the sink, or wait in the queue
         if conn.closed:
@@ -428,6 +446,31 @@ class XenstoredServer:
         if conn.out_bytes or client.broken or not conn.privileged or client.mask != _READ:
             self._flush(client)
         # else: all sent, still read, nothing for the selector to change
+
+    def _submit(self, client: _Client, data: bytes) -> None:
+        """Executor mode: hand ``data`` to the executor; stop reading until it ran."""
+        executor = self.executor
+        assert executor is not None
+        if client.mask:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(client.sock)
+            client.mask = 0
+        conn, fd = client.conn, client.sock.fileno()
+
+        def handle() -> None:  # on the executor's thread
+            try:
+                conn.feed(data)
+            except Exception as e:  # a bug must cost one client, not the machine
+                _log.error("xenstored: dropped a client after %r", e)
+                client.broken = True
+            if conn.closed:
+                client.broken = True  # a framing violation: dropped, no reply (as C)
+            # The server thread flushes and reads this client again (_flush_dirty).
+            with self._dirty_lock:
+                self._dirty.add(fd)
+            self._wake()
+
+        executor.submit(handle)
 
     def _flush(self, client: _Client) -> None:
         """Send what is queued, then watch the socket for what must happen next."""
