@@ -187,6 +187,9 @@ class XenstoredServer:
     ) -> None:
         self.store = store
         self.executor = executor
+        #: requests run on a lane of their own: a toolstack step waiting on the
+        #: executor (its lane busy) still gets the XenStore writes it waits for
+        self._lane = executor.lane("xenstored") if executor is not None else None
         self.backlog_max = backlog_max
         self.socket_path = socket_path
         self.ro_socket_path = ro_socket_path
@@ -470,7 +473,7 @@ class XenstoredServer:
                 self._dirty.add(fd)
             self._wake()
 
-        executor.submit(handle)
+        executor.submit(handle, self._lane)
 
     def _flush(self, client: _Client) -> None:
         """Send what is queued, then watch the socket for what must happen next."""
