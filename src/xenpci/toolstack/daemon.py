@@ -280,9 +280,11 @@ class MachineDaemon:
                 rec.cancel.cancel()
 
     def serve_forever(self) -> None:
-        """Block until stop is requested (signal handler or ``shutdown`` op), then stop."""
-        while not self._stop.wait(0.2):
-            pass
+        """Block until stop is requested (signal handler or ``shutdown`` op), then stop.
+
+        No polling: a signal handler runs on this (the main) thread inside the wait
+        and sets the event; a ``shutdown`` op's connection thread sets it too."""
+        self._stop.wait()
         self.stop()
 
     def request_stop(self) -> None:
