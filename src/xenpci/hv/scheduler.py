@@ -246,11 +246,25 @@ class Scheduler:
         """Run the oldest item whose lane is free and not paused; return whether one ran."""
         if self.realtime:
             return self._run_one_timed()
-        entry = self._pop_runnable()
-        if entry is None:
-            return False
-        vcpu, item = entry
-        running = self._running
+        # _pop_runnable inlined: this is the event hot path of the virtual executor
+        queue, running, lock = self._queue, self._running, self._lock
+        lock.acquire()
+        try:
+            if not queue:
+                return False
+            vcpu, item = queue[0]
+            if not vcpu.paused and vcpu not in running:
+                queue.popleft()
+            else:
+                for i, entry in enumerate(queue):
+                    if not entry[0].paused and entry[0] not in running:
+                        del queue[i]
+                        vcpu, item = entry
+                        break
+                else:
+                    return False
+        finally:
+            lock.release()
         running.append(vcpu)
         self.steps += 1
         try:
