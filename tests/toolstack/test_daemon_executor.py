@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT, TOOL_TIMEOUT
 from tests.interop import require_executable
 from tests.toolstack.test_libxl_machine import wait_node
+from xenpci.hv.scheduler import ExecutorStopped
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.control import Request, decode_response
 from xenpci.toolstack.daemon import ControlClient, MachineDaemon
@@ -220,3 +221,23 @@ def test_a_decoded_reply_names_its_request(daemon: MachineDaemon) -> None:
     bad, good = decode_response(first), decode_response(second)
     assert bad.id == 7 and not bad.ok
     assert good.id == 8 and good.ok
+
+
+def test_shutdown_op_stops_the_executor_and_every_edge_thread(tmp_path: Path) -> None:
+    d = MachineDaemon(tmp_path / "m", HostDescription(), timeout=THREADED_MODEL_TIMEOUT)
+    d.start()
+    server = threading.Thread(target=d.serve_forever, name="main-loop")
+    server.start()
+    try:
+        call(d, "shutdown")
+        server.join(OS_EDGE_TIMEOUT)
+        assert not server.is_alive()
+    finally:
+        d.stop()
+    assert d.executor.stopping
+    assert d._executor_thread is not None and not d._executor_thread.is_alive()
+    with pytest.raises(ExecutorStopped):  # late work fails at once, never hangs
+        d.executor.submit(lambda: None).result(0)
+    alive = {t.name for t in threading.enumerate()}
+    assert not alive & {EXECUTOR, "xenpci-control"}, alive
+    assert not (tmp_path / "m").exists()  # the directory it made is gone, sockets first

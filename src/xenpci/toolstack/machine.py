@@ -33,6 +33,12 @@ Dom0's MSI set-up is pciback's
 model device's messages to it, so each reaches the guest's event channel
 through ``Hypervisor.raise_pirq``.
 
+Executors: threaded (a thread per vCPU, the default), ``deterministic=True``
+(everything as tasks of one executor on a virtual clock, driven by the caller),
+or a given ``executor`` (the machine daemon's real-time one, whose serving
+thread runs all machine work; ``serve_xenstore`` then only moves bytes on its
+thread and posts each client's requests to that executor).
+
 Deliberate differences: the host-bridge allocator is a bump allocator over
 three fixed windows (no bridge windows are programmed); devices from dumps
 and sysfs keep their host addresses and have nothing behind their BARs.

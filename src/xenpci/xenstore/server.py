@@ -25,9 +25,10 @@ Executors: without one (``xenpci xenstored``) this server's one thread IS the
 executor: it handles each request itself, in its epoll loop, as C xenstored
 does. Given a machine's real-time executor (``executor=``, the machine
 daemon's), the server thread only moves bytes: what it reads is handled as one
-executor task (:meth:`xenpci.hv.scheduler.Scheduler.submit`), and that
-client is not read again until the task has run, so a flooding client has one
-task in flight at most; replies still go out through the connection's
+executor task (:meth:`xenpci.hv.scheduler.Scheduler.submit`, in order, on
+the executor's ``xenstored`` lane), and that client is not read again until
+the task has run (or a watch event for it is flushed meanwhile), so a flooding
+client cannot pile up tasks; replies still go out through the connection's
 non-blocking sink, and what stays queued is flushed by the server thread.
 """
 
