@@ -123,9 +123,20 @@ def test_stop_fails_what_is_left_and_what_comes_later() -> None:
 
     nested = ex.submit(wait_forever)
     assert waiting.wait(OS_EDGE_TIMEOUT)
+    bounded_waiting = threading.Event()
+
+    def wait_bounded() -> bool:
+        bounded_waiting.set()
+        # far beyond the join's bound below: only the stop can end it in time
+        return ex.wait_until(lambda: False, 10 * OS_EDGE_TIMEOUT)
+
+    bounded = ex.submit(wait_bounded, ex.lane("other"))
+    assert bounded_waiting.wait(OS_EDGE_TIMEOUT)
     ex.stop()
     t.join(OS_EDGE_TIMEOUT)
     assert not t.is_alive()
+    # a stop ends a bounded wait at once, as a timeout; an unbounded one as a Deadlock
+    assert bounded.result(0) is False
     with pytest.raises(Deadlock):
         nested.result(0)
     with pytest.raises(ExecutorStopped):

@@ -351,6 +351,10 @@ class Scheduler:
             if deadline is not None and clock.now() >= deadline:
                 return done()
             if self._stopping:
+                # nothing will be posted any more: a bounded wait ends now, as if
+                # timed out; an unbounded one can never end otherwise
+                if deadline is not None:
+                    return done()
                 raise Deadlock("the executor stopped during a wait", op="scheduler")
             self._sleep(deadline)
 
