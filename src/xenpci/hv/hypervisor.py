@@ -56,13 +56,17 @@ class Hypervisor:
         ram_frames: int = DEFAULT_RAM_FRAMES,
         dom0_memory_kib: int = DOM0_MEMORY_KIB,
         deterministic: bool = False,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.trace = trace if trace is not None else Trace()
         #: The console ring (``xl dmesg``): faults and refusals, where they are detected.
         self.console = Console()
         #: With ``deterministic=True`` no vCPU threads exist: work runs on the caller's
         #: thread when driven (``run_until_idle``, ``Domain.call``), in FIFO order.
-        self.scheduler = Scheduler() if deterministic else None
+        #: A given ``scheduler`` (the daemon's real-time executor) implies deterministic.
+        if scheduler is None and deterministic:
+            scheduler = Scheduler()
+        self.scheduler = scheduler
         self.machine = MachineMemory(ram_frames)
         self.grants = GrantTables(self.machine)
         self.evtchn = EventChannels()

@@ -33,6 +33,23 @@ from xenpci.toolstack.xlcfg import (
 )
 
 MAX_LINE = 1 << 20  # an xl.cfg file fits many times over; a hostile client cannot grow us
+#: Ops that take libxl's context lock or a domain's lock and may wait holding it.
+#: On the machine's one executor thread two of them cannot block each other as two
+#: threads would (the locks are re-entrant, and a nested op would walk through), so
+#: the daemon runs these one at a time on the toolstack's lane; the others (list,
+#: pause, unpause, status...) run on their connection's own lane and so also while
+#: one of these waits, as a second xl process would.
+SERIAL_OPS = frozenset(
+    {
+        "create",
+        "destroy",
+        "pci-attach",
+        "pci-detach",
+        "pci-assignable-add",
+        "pci-assignable-remove",
+        "pci-assignable-list",
+    }
+)
 
 
 class ControlProtocolError(ToolstackError):
@@ -279,6 +296,24 @@ class ControlService:
             # A bug below must cost this request, not the daemon: answer it and go on.
             return Response.failure(req.id, ToolstackError(f"internal error: {e}"))
 
+    def cancel_waits(self, req: Request) -> None:
+        """Before a queued ``destroy``: cancel what the domain's running op waits on.
+
+        ``Libxl.domain_destroy`` does this first itself; the daemon calls this
+        ahead of queueing a destroy behind that very op (:data:`SERIAL_OPS`), so
+        the op ends (:class:`DomainGone`) and the destroy can run. Anything else
+        (a malformed request, an unknown domain) is left to ``handle`` to answer.
+        """
+        if req.op != "destroy":
+            return
+        try:
+            dom = _domain(req.args)
+        except ControlProtocolError:
+            return
+        for rec in list(self.libxl.domains.values()):
+            if dom in (rec.domid, rec.name):
+                rec.cancel.cancel()
+
     def handle_line(self, line: bytes) -> Response:
         try:
             req = decode_request(line)
@@ -330,6 +365,7 @@ class ControlService:
 
 __all__ = [
     "MAX_LINE",
+    "SERIAL_OPS",
     "ControlProtocolError",
     "ControlService",
     "LineFramer",

@@ -17,7 +17,17 @@ while its process holds that lock (``/proc/locks``): a pid reused by an
 unrelated process after a crash reads as stale.
 
 This module is the thin IO shell: sockets and threads only; the protocol and
-the toolstack logic live in ``control`` and ``libxl``.
+the toolstack logic live in ``control`` and ``libxl``. The machine runs on one
+real-time executor (:class:`xenpci.hv.scheduler.Scheduler` on a
+``MonotonicClock``, thread ``xenpci-machine``): booting, every control op,
+every XenStore request from the socket and the teardown are its tasks, and its
+thread is the only one that runs machine work. The other threads are OS edges:
+the control socket's accept loop and one thread per control connection, which
+frame lines and wait on the executor's future for each, and the XenStore
+socket's server thread, which only moves bytes. Control ops that take libxl's
+locks run one at a time on the toolstack's lane (:data:`control.SERIAL_OPS`);
+the others on their connection's own lane, so ``xl unpause`` or ``xl list``
+still answer while an attach waits on a paused guest.
 """
 
 from __future__ import annotations
@@ -33,14 +43,18 @@ from pathlib import Path
 from typing import Any
 
 from xenpci.devices.base import DeviceModel
+from xenpci.hv.clock import MonotonicClock
+from xenpci.hv.scheduler import ExecutorStopped, Scheduler, SteppedVcpu
 from xenpci.pci import regs
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.control import (
+    SERIAL_OPS,
     ControlProtocolError,
     ControlService,
     LineFramer,
     Request,
     Response,
+    decode_request,
     decode_response,
 )
 from xenpci.toolstack.errors import LibxlErrorCode, ToolstackError
@@ -142,6 +156,12 @@ class MachineDaemon:
         self.machine: Machine | None = None
         self.libxl: Libxl | None = None
         self.service: ControlService | None = None
+        #: the machine's one executor (real time) and its thread
+        self.executor = Scheduler(MonotonicClock())
+        self._executor_thread: threading.Thread | None = None
+        #: control ops that take libxl's locks run here, one at a time
+        self._xl_lane = self.executor.lane("xl")
+        self._conn_seq = 0
         self._created_dir = False
         self._lock_fd: int | None = None
 
@@ -207,12 +227,11 @@ class MachineDaemon:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         try:
-            self.machine = boot_machine(self.host)
-            self.machine.serve_xenstore(str(self.xenstored_path))
-            self.libxl = Libxl(
-                self.machine, self.machine.xs, timeout=self.timeout, trace=self.machine.trace
+            self._executor_thread = threading.Thread(
+                target=self.executor.serve, name="xenpci-machine", daemon=True
             )
-            self.service = ControlService(self.libxl, self.status)
+            self._executor_thread.start()
+            self.executor.submit(self._boot).result()
             lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             lst.bind(str(self.control_path))
             # The control socket is dom0's toolstack: only its owner may drive it.
@@ -231,10 +250,41 @@ class MachineDaemon:
             self.stop()
             raise
 
+    def _boot(self) -> None:
+        """On the executor: the machine, its XenStore socket, the toolstack."""
+        self.machine = boot_machine(self.host, executor=self.executor)
+        self.machine.serve_xenstore(str(self.xenstored_path))
+        self.libxl = Libxl(
+            self.machine, self.machine.xs, timeout=self.timeout, trace=self.machine.trace
+        )
+        self.service = ControlService(self.libxl, self.status)
+
+    def _teardown(self) -> None:
+        """On the executor (toolstack lane): guests, then devices back to dom0, then the
+        machine."""
+        # Guests first (their devices are detached, revoked, reset), then give devices back.
+        if self.libxl is not None:
+            for rec in list(self.libxl.domains.values()):
+                with contextlib.suppress(Exception):
+                    self.libxl.domain_destroy(rec.domid)
+            for dev in self.libxl.assignable_list():
+                with contextlib.suppress(Exception):
+                    self.libxl.assignable_remove(str(dev.sbdf))
+        if self.machine is not None:
+            self.machine.shutdown()
+
+    def _cancel_all(self) -> None:
+        """On the executor: end every op's wait, so the teardown queued behind them runs."""
+        if self.libxl is not None:
+            for rec in list(self.libxl.domains.values()):
+                rec.cancel.cancel()
+
     def serve_forever(self) -> None:
-        """Block until stop is requested (signal handler or ``shutdown`` op), then stop."""
-        while not self._stop.wait(0.2):
-            pass
+        """Block until stop is requested (signal handler or ``shutdown`` op), then stop.
+
+        No polling: a signal handler runs on this (the main) thread inside the wait
+        and sets the event; a ``shutdown`` op's connection thread sets it too."""
+        self._stop.wait()
         self.stop()
 
     def request_stop(self) -> None:
@@ -256,25 +306,25 @@ class MachineDaemon:
             and self._accept_thread is not threading.current_thread()
         ):
             self._accept_thread.join(timeout=5)
-        # Guests first (their devices are detached, revoked, reset), then give devices back.
-        if self.libxl is not None:
-            for rec in list(self.libxl.domains.values()):
-                with contextlib.suppress(Exception):
-                    self.libxl.domain_destroy(rec.domid)
-            for dev in self.libxl.assignable_list():
-                with contextlib.suppress(Exception):
-                    self.libxl.assignable_remove(str(dev.sbdf))
+        if self._executor_thread is not None and self._executor_thread.is_alive():
+            # An op still waiting (an attach on a wedged guest) is cancelled, then the
+            # teardown runs on the toolstack lane once that op has unwound.
+            self.executor.submit(self._cancel_all)
+            with contextlib.suppress(Exception):
+                self.executor.submit(self._teardown, self._xl_lane).result()
         with self._lock:
             conns = list(self._conns)
             threads = list(self._conn_threads)
         for c in conns:
             with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
+        # Connections still waiting on an op get ExecutorStopped once it stops.
+        self.executor.stop()
+        if self._executor_thread is not None:
+            self._executor_thread.join(timeout=5)
         for t in threads:
             if t is not threading.current_thread():
                 t.join(timeout=5)
-        if self.machine is not None:
-            self.machine.shutdown()
         if self._lock_fd is None:
             return  # never owned DIR: nothing in it is ours
         for p in (self.control_path, self.xenstored_path, self.pid_path, self.lock_path):
@@ -347,9 +397,28 @@ class MachineDaemon:
         assert self._listener is not None
         return self._listener.accept()
 
+    def _handle(self, line: bytes, lane: SteppedVcpu) -> Response:
+        """Post one request line to the executor and wait for its answer (OS edge)."""
+        service = self.service
+        assert service is not None
+        try:
+            req = decode_request(line)
+        except ControlProtocolError:
+            # answered (with the error) on the executor, as every line is
+            return self.executor.submit(lambda: service.handle_line(line), lane).result()
+        if req.op in SERIAL_OPS:
+            if req.op == "destroy":
+                # ahead of the queue: the op that holds the domain's lock ends now
+                self.executor.submit(lambda: service.cancel_waits(req), lane)
+            lane = self._xl_lane
+        return self.executor.submit(lambda: service.handle(req), lane).result()
+
     def _serve(self, conn: socket.socket) -> None:
         assert self.service is not None
         framer = LineFramer()
+        with self._lock:
+            self._conn_seq += 1
+            lane = self.executor.lane(f"ctl-{self._conn_seq}")
         try:
             while True:
                 data = conn.recv(65536)
@@ -362,11 +431,11 @@ class MachineDaemon:
                     _linger_close(conn)
                     return  # fatal framing error: drop this client only
                 for line in lines:
-                    resp = self.service.handle_line(line)
+                    resp = self._handle(line, lane)
                     conn.sendall(resp.encode())
                     if self.service.shutdown_requested:
                         self._stop.set()
-        except OSError:
+        except (OSError, ExecutorStopped):
             return
         finally:
             conn.close()

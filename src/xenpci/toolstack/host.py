@@ -37,6 +37,7 @@ from pathlib import Path
 
 from xenpci.devices.base import DeviceModel
 from xenpci.errors import XenpciError
+from xenpci.hv.scheduler import Scheduler
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
@@ -187,16 +188,19 @@ def load_host(path: str | Path) -> HostDescription:
     return parse_host(text, str(p))
 
 
-def boot_machine(host: HostDescription, *, deterministic: bool = False) -> Machine:
+def boot_machine(
+    host: HostDescription, *, deterministic: bool = False, executor: Scheduler | None = None
+) -> Machine:
     """A :class:`Machine` with the host's IOMMU setting and every listed device on it.
 
     ``deterministic``: the machine runs on the caller's thread (one executor,
-    a virtual clock), see :class:`Machine`."""
+    a virtual clock); ``executor``: on that one (the daemon's real-time
+    executor), see :class:`Machine`."""
     # Importing the catalog registers the ``model:`` source scheme.
     import xenpci.devices.catalog  # noqa: F401
     from xenpci.pci.sources import open_source
 
-    machine = Machine(iommu=host.iommu, deterministic=deterministic)
+    machine = Machine(iommu=host.iommu, deterministic=deterministic, executor=executor)
     try:
         for src in host.sources:
             try:

@@ -58,7 +58,7 @@ from typing import Protocol
 from xenpci.check.host import HostFacts
 from xenpci.check.rules import refusals as check_refusals
 from xenpci.errors import XenpciError
-from xenpci.hv import Hypercalls, Hypervisor
+from xenpci.hv import Hypercalls, Hypervisor, SteppedVcpu
 from xenpci.hv.errors import HvError
 from xenpci.hv.memory import PAGE_SHIFT, PAGE_SIZE
 from xenpci.pci import regs
@@ -952,12 +952,16 @@ def _vcpu_seconds(hv: Hypervisor, domid: int) -> float:
     nanoseconds; else ``stat``'s utime+stime in clock ticks), by the thread's id:
     a thread that ended meanwhile simply reads as 0 (asking a dead thread's
     pthread CPU clock would be undefined behaviour). A domain without a thread
-    (the deterministic scheduler runs work on the caller's) reports 0.
+    reports what its executor lane has used (the daemon's real-time executor
+    charges each lane its tasks' CPU time; a virtual-clock run, 0).
     """
     try:
-        ident = hv.domain(domid).vcpu.ident
+        vcpu = hv.domain(domid).vcpu
     except HvError:
         return 0.0
+    if isinstance(vcpu, SteppedVcpu):
+        return vcpu.cpu_seconds
+    ident = vcpu.ident
     thread = next((t for t in threading.enumerate() if t.ident == ident), None)
     if ident is None or thread is None or thread.native_id is None:
         return 0.0

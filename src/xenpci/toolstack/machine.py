@@ -33,6 +33,12 @@ Dom0's MSI set-up is pciback's
 model device's messages to it, so each reaches the guest's event channel
 through ``Hypervisor.raise_pirq``.
 
+Executors: threaded (a thread per vCPU, the default), ``deterministic=True``
+(everything as tasks of one executor on a virtual clock, driven by the caller),
+or a given ``executor`` (the machine daemon's real-time one, whose serving
+thread runs all machine work; ``serve_xenstore`` then only moves bytes on its
+thread and posts each client's requests to that executor).
+
 Deliberate differences: the host-bridge allocator is a bump allocator over
 three fixed windows (no bridge windows are programmed); devices from dumps
 and sysfs keep their host addresses and have nothing behind their BARs.
@@ -60,6 +66,7 @@ from xenpci.guest.kernel import GuestKernel
 from xenpci.guest.lspci import guest_function
 from xenpci.hv import HvError, Hypercalls, Hypervisor, SteppedVcpu
 from xenpci.hv.domain import Domain
+from xenpci.hv.scheduler import Scheduler
 from xenpci.pci import regs
 from xenpci.pci.address import SBDF
 from xenpci.pci.function import PciFunction
@@ -152,6 +159,7 @@ class Machine:
         permissive: bool = False,
         guest_xenstore: str = "ring",
         deterministic: bool = False,
+        executor: Scheduler | None = None,
     ) -> None:
         if guest_xenstore not in ("ring", "in-process"):
             raise MachineError(f"guest_xenstore: 'ring' or 'in-process', not {guest_xenstore!r}")
@@ -159,7 +167,11 @@ class Machine:
         self.trace = trace if trace is not None else Trace()
         #: deterministic: the whole machine runs on the caller's thread, as tasks of one
         #: executor (``self.hv.scheduler``) on a virtual clock; runs replay identically.
-        self.hv = Hypervisor(iommu=iommu, trace=self.trace, deterministic=deterministic)
+        #: ``executor``: the machine runs as tasks of that one instead (the daemon's
+        #: real-time executor, whose thread is then the only one running machine work).
+        self.hv = Hypervisor(
+            iommu=iommu, trace=self.trace, deterministic=deterministic, scheduler=executor
+        )
         ex = self.hv.scheduler
         if ex is not None:
             self.trace.use_clock(ex.clock.now)
@@ -476,7 +488,17 @@ class Machine:
     # -- XenStore over a socket ---------------------------------------------------------
     def serve_xenstore(self, socket_path: str, ro_socket_path: str | None = None) -> None:
         """Also expose this machine's XenStore on a Unix socket (for xenstore-utils)."""
-        server = XenstoredServer(self.store, socket_path, ro_socket_path)
+        # With a real-time executor the server thread only moves bytes: the requests
+        # it reads are handled as the executor's tasks, like all machine work. (A
+        # virtual-clock executor runs only when its caller drives it: the server
+        # serves on its own thread, as in threaded mode.)
+        ex = self.hv.scheduler
+        server = XenstoredServer(
+            self.store,
+            socket_path,
+            ro_socket_path,
+            executor=ex if ex is not None and ex.realtime else None,
+        )
         server.start()
         self._servers.append(server)
 

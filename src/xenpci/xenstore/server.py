@@ -20,6 +20,16 @@ disconnected, so it cannot grow the daemon without bound. Also an optional
 read-only socket (writes get EROFS, as 4.15+ would if it still had one) and
 "domain sockets" whose peers act as an unprivileged domain, a test hook so
 permissions and quotas can be driven by the stock CLI.
+
+Executors: without one (``xenpci xenstored``) this server's one thread IS the
+executor: it handles each request itself, in its epoll loop, as C xenstored
+does. Given a machine's real-time executor (``executor=``, the machine
+daemon's), the server thread only moves bytes: what it reads is handled as one
+executor task (:meth:`xenpci.hv.scheduler.Scheduler.submit`, in order, on
+the executor's ``xenstored`` lane), and that client is not read again until
+the task has run (or a watch event for it is flushed meanwhile), so a flooding
+client cannot pile up tasks; replies still go out through the connection's
+non-blocking sink, and what stays queued is flushed by the server thread.
 """
 
 from __future__ import annotations
@@ -35,9 +45,13 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xenpci.xenstore.core import Connection, XenStore
 from xenpci.xenstore.gate import Gate, gate_of
+
+if TYPE_CHECKING:
+    from xenpci.hv.scheduler import Scheduler
 
 _log = logging.getLogger("xenpci.xenstored")
 _READ = selectors.EVENT_READ
@@ -172,6 +186,7 @@ class XenstoredServer:
         *,
         backlog_max: int = BACKLOG_MAX,
         sole_user: bool = False,
+        executor: Scheduler | None = None,
     ) -> None:
         self.store = store
         # Other threads call the same store (the threaded machine): enter it
@@ -181,6 +196,10 @@ class XenstoredServer:
             contextlib.nullcontext(store) if sole_user else gate_of(store)
         )
         self._shared = not sole_user
+        self.executor = executor
+        #: requests run on a lane of their own: a toolstack step waiting on the
+        #: executor (its lane busy) still gets the XenStore writes it waits for
+        self._lane = executor.lane("xenstored") if executor is not None else None
         self.backlog_max = backlog_max
         self.socket_path = socket_path
         self.ro_socket_path = ro_socket_path
@@ -430,6 +449,9 @@ class XenstoredServer:
         if not data:
             self._drop(client)
             return
+        if self.executor is not None:
+            self._submit(client, data)
+            return
         conn = client.conn
         if self._shared:
             with self._gate:
@@ -443,6 +465,33 @@ class XenstoredServer:
         if conn.out_bytes or client.broken or not conn.privileged or client.mask != _READ:
             self._flush(client)
         # else: all sent, still read, nothing for the selector to change
+
+    def _submit(self, client: _Client, data: bytes) -> None:
+        """Executor mode: hand ``data`` to the executor; stop reading until it ran."""
+        executor = self.executor
+        assert executor is not None
+        if client.mask:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(client.sock)
+            client.mask = 0
+        conn, fd = client.conn, client.sock.fileno()
+
+        def handle() -> None:  # on the executor's thread
+            try:
+                # In the gate: this thread's flushes and accepts touch the store too.
+                with self._gate:
+                    conn.feed(data)
+            except Exception as e:  # a bug must cost one client, not the machine
+                _log.error("xenstored: dropped a client after %r", e)
+                client.broken = True
+            if conn.closed:
+                client.broken = True  # a framing violation: dropped, no reply (as C)
+            # The server thread flushes and reads this client again (_flush_dirty).
+            with self._dirty_lock:
+                self._dirty.add(fd)
+            self._wake()
+
+        executor.submit(handle, self._lane)
 
     def _flush(self, client: _Client) -> None:
         """Send what is queued, then watch the socket for what must happen next."""
