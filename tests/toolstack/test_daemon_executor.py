@@ -198,7 +198,10 @@ def test_a_client_gone_mid_op_and_a_flooding_client_stall_nothing(
     assert call(daemon, "status")["domains"] == 2
     assert any(d["name"] == "g" and d["state"] == "--p---" for d in call(daemon, "list"))
     call(daemon, "unpause", domain="g")
-    # pci-list runs after the attach on the toolstack's lane: it saw the attach end
+    # pci-assignable-list is a serial op: it queues on the toolstack's lane behind
+    # the abandoned attach, so its answer means the attach has ended. (pci-list is
+    # not serial, as libxl_device_pci_list takes no lock: it could run mid-attach.)
+    call(daemon, "pci-assignable-list")
     bdfs = {e["bdf"] for e in call(daemon, "pci-list", domain="g")}
     assert bdfs == {"0000:03:00.0", "0000:04:00.0", "0000:07:00.0"}, bdfs
     flood.close()
