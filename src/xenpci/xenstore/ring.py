@@ -132,7 +132,8 @@ def ring_write(
 ) -> int:
     """Produce as much of ``src`` as fits; return how many bytes were written."""
     unpack = _U32.unpack_from  # ``_get`` inlined: once per request and per reply
-    cons, prod = unpack(buf, cons_off)[0], unpack(buf, prod_off)[0]
+    cons: int = unpack(buf, cons_off)[0]
+    prod: int = unpack(buf, prod_off)[0]
     used = (prod - cons) & 0xFFFFFFFF
     if used > SIZE:
         raise RingIndexError(prod, cons)
