@@ -418,8 +418,10 @@ class XsClient:
                     if lane is self._xenwatch
                     else functools.partial(cb, ev)
                 )
-                with contextlib.suppress(XenpciError):
+                try:  # noqa: SIM105 - once per event: no context manager
                     lane.post(item)
+                except XenpciError:
+                    pass
         else:
             self._events.put(ev)
 
