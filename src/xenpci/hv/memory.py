@@ -4,8 +4,10 @@ Models Xen's page allocator (``common/page_alloc.c``) and the PV phys-to-machine
 table (``arch/x86/mm.c``'s ``get_page``/``put_page`` reference counting) in the
 small: machine RAM is a sparse set of ``bytearray(4096)`` frames indexed by
 machine frame number (mfn), allocated lazily; a domain's memory is a dense
-gfn -> mfn list fixed at creation. Deliberate differences: no ballooning, no
-superpages, and frames are scrubbed (zeroed) when allocated rather than freed.
+gfn -> mfn sequence fixed at creation (a ``range`` when its frames were fresh, so a
+guest of tens of thousands of pages holds no int per frame). Deliberate
+differences: no ballooning, no superpages, and frames are scrubbed (zeroed)
+when allocated rather than freed.
 
 RAM mfns start at ``RAM_BASE_MFN`` so that machine addresses of RAM never
 collide with the MMIO window devices register on the I/O bus (below 4 GiB,
