@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Sequence
 
 import pytest
 
@@ -230,21 +231,21 @@ def test_the_owner_table_matches_a_dict_per_frame(seed: int) -> None:
     as a dict with one entry per frame."""
     rnd = random.Random(seed)
     mem, ref = MachineMemory(64), _DictMemory(64)
-    held: list[list[int]] = []
+    held: list[Sequence[int]] = []
     for _ in range(60):
         free_now = len(ref.freed) + RAM_BASE_MFN + 64 - ref.next
         if held and (rnd.random() < 0.5 or free_now == 0):
             mfns = held.pop(rnd.randrange(len(held)))
             shape = rnd.randrange(4)
             if shape == 1:  # a scattered list, a duplicate, a free or non-RAM frame
-                mfns = rnd.sample(mfns, len(mfns)) + mfns[:1] + [RAM_BASE_MFN - 1, 0]
+                mfns = rnd.sample(mfns, len(mfns)) + list(mfns[:1]) + [RAM_BASE_MFN - 1, 0]
             keep = set(rnd.sample(mfns, min(len(mfns), rnd.randrange(3)))) if shape else set()
             mem.free(mfns, keep=keep)
             ref.free(mfns, keep)
         else:
             count, owner = rnd.randint(0, free_now), rnd.randrange(5)
-            got = mem.allocate(count, owner)
-            assert got == ref.allocate(count, owner)
+            got = mem.allocate(count, owner)  # a range when all fresh: freed as such
+            assert list(got) == ref.allocate(count, owner)
             held.append(got)
         assert mem.allocated == len(ref.owner)
         for mfn in range(RAM_BASE_MFN - 1, RAM_BASE_MFN + 65):
@@ -287,3 +288,42 @@ def test_alloc_page_gives_gfns_in_the_order_of_a_stack_of_all_free_gfns() -> Non
         assert p2m.alloc_page() == stack.pop()
     with pytest.raises(OutOfMemory):
         p2m.alloc_page()
+
+
+def _same(mem: MachineMemory, ref: _DictMemory) -> None:
+    assert mem.allocated == len(ref.owner)
+    for mfn in range(RAM_BASE_MFN - 1, RAM_BASE_MFN + 65):
+        assert mem.owner(mfn) == ref.owner.get(mfn)
+
+
+@pytest.mark.parametrize("already_free", [[], [0], [39], [5, 30]])
+def test_a_fresh_run_is_a_range_freed_as_one_unless_part_of_it_is_free(
+    already_free: list[int],
+) -> None:
+    """A fresh allocation comes back as one ``range`` (no int per frame). Freeing it
+    takes the one-run path only when every frame is still owned: with some already
+    free (first, last, middle ones) the frames are freed one by one, as the
+    dict-per-frame reference does (same owners, count and reuse order)."""
+    mem, ref = MachineMemory(64), _DictMemory(64)
+    run = mem.allocate(40, owner=2)
+    assert type(run) is range
+    assert list(run) == ref.allocate(40, 2)
+    part = [run[i] for i in already_free]
+    mem.free(part)
+    ref.free(part, set())
+    mem.free(run, keep={run[1]})
+    ref.free(list(run), {run[1]})
+    _same(mem, ref)
+    assert list(mem.allocate(24, owner=3)) == ref.allocate(24, 3)  # reuse order too
+    _same(mem, ref)
+
+
+def test_a_run_of_the_largest_owner_is_still_one_owned_run() -> None:
+    """The largest owner (0x7FFFFFFF: every byte 0xFF but the sign byte) is owned, not
+    free: its run is freed whole like any other."""
+    mem, ref = MachineMemory(8), _DictMemory(8)
+    run = mem.allocate(8, owner=0x7FFFFFFF)
+    assert list(run) == ref.allocate(8, 0x7FFFFFFF)
+    mem.free(run)
+    ref.free(list(run), set())
+    _same(mem, ref)

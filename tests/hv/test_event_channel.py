@@ -173,3 +173,26 @@ def test_destroying_a_domain_unbinds_its_peers(hv: Hypervisor, guest: Domain) ->
     assert hv.dom0.hypercalls.evtchn_status(p0).state is PortState.UNBOUND
     with pytest.raises(EvtchnError):
         hv.dom0.hypercalls.evtchn_send(p0)
+
+
+def test_a_refused_send_is_traced_with_its_errno_and_nothing_is_signalled(
+    hv: Hypervisor, guest: Domain
+) -> None:
+    """``evtchn_send`` on a port that is not connected: one ``evtchn_send`` record with
+    the port and the error (no ``to_domid``), the exception raised, no peer pending;
+    a good send then records where it went, and ``EventChannels.send`` returns it."""
+    pg, p0 = connect(guest, hv.dom0)
+    unbound = guest.hypercalls.evtchn_alloc_unbound(0)
+    with pytest.raises(EvtchnError) as e:
+        guest.hypercalls.evtchn_send(unbound)
+    assert e.value.errno == "ENOTCONN"
+    sends = [ev for ev in hv.trace.events if ev.kind == "evtchn_send"]
+    assert [(ev.domid, dict(ev.args)) for ev in sends] == [
+        (guest.domid, {"port": unbound, "error": "ENOTCONN"})
+    ]
+    assert not hv.evtchn.pending(0, p0)
+    assert hv.evtchn.send(guest.domid, pg) == (0, p0)
+    assert hv.evtchn.pending(0, p0)
+    guest.hypercalls.evtchn_send(pg)  # coalesced: still one pending bit, but recorded
+    sends = [ev for ev in hv.trace.events if ev.kind == "evtchn_send"]
+    assert dict(sends[-1].args) == {"port": pg, "to_domid": 0, "to_port": p0}

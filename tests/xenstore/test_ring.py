@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import OS_EDGE_TIMEOUT
 from xenpci.abi import xs_wire as w
@@ -30,6 +32,7 @@ from xenpci.xenstore.ring import (
     RSP_CONS,
     RSP_PROD,
     GuestRing,
+    RingIndexError,
     XenstoredRings,
     _get,
     ring_read,
@@ -234,3 +237,54 @@ def test_close_fails_a_request_waiting_for_its_reply_at_once(
     )
     with pytest.raises(ConnectionClosed):
         g.read("data/x")  # and nothing more goes through a closed ring
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.integers(0, 0xFFFFFFFF),
+    steps=st.lists(
+        st.tuples(st.booleans(), st.integers(0, 1500), st.one_of(st.none(), st.integers(0, 1100))),
+        max_size=25,
+    ),
+)
+def test_ring_read_and_write_match_a_byte_queue(
+    start: int, steps: list[tuple[bool, int, int | None]]
+) -> None:
+    """Writes and reads of any size, at any free-running index (wrapping the ring and
+    the u32), move exactly the bytes a FIFO of XENSTORE_RING_SIZE bytes would, and the
+    indexes advance by what moved (an empty read or a full write leaves them as
+    they were, with the other half of the page untouched)."""
+    page = bytearray(4096)
+    buf = memoryview(page)
+    struct.pack_into("<II", buf, REQ_CONS, start, start)
+    queue_ = bytearray()
+    counter = 0
+    for is_write, n, limit in steps:
+        cons, prod = struct.unpack_from("<II", buf, REQ_CONS)
+        before = bytes(page[w.XENSTORE_RING_SIZE : REQ_CONS])  # the rsp ring: never touched
+        if is_write:
+            src = bytes((counter + i) & 0xFF for i in range(n))
+            counter += n
+            took = ring_write(buf, REQ, REQ_PROD, REQ_CONS, src)
+            assert took == min(n, w.XENSTORE_RING_SIZE - len(queue_))
+            queue_ += src[:took]
+            assert struct.unpack_from("<II", buf, REQ_CONS) == (cons, (prod + took) & 0xFFFFFFFF)
+        else:
+            got = ring_read(buf, REQ, REQ_PROD, REQ_CONS, limit)
+            want = bytes(queue_[: len(queue_) if limit is None else limit])
+            assert got == want
+            del queue_[: len(got)]
+            assert struct.unpack_from("<II", buf, REQ_CONS) == (
+                (cons + len(got)) & 0xFFFFFFFF,
+                prod,
+            )
+        assert bytes(page[w.XENSTORE_RING_SIZE : REQ_CONS]) == before
+
+
+def test_ring_read_and_write_refuse_indexes_more_than_a_ring_apart() -> None:
+    buf = memoryview(bytearray(4096))
+    struct.pack_into("<II", buf, REQ_CONS, 5, 5 + w.XENSTORE_RING_SIZE + 1)
+    with pytest.raises(RingIndexError):
+        ring_read(buf, REQ, REQ_PROD, REQ_CONS)
+    with pytest.raises(RingIndexError):
+        ring_write(buf, REQ, REQ_PROD, REQ_CONS, b"x")

@@ -66,16 +66,6 @@ def _no_upcall() -> None:
     return None
 
 
-def wake(post: Post | None, upcall: Callable[[], None]) -> None:
-    """Post ``upcall`` to the receiver's vCPU (the second half of a deferred send)."""
-    if post is None:
-        return
-    try:  # noqa: SIM105 - the event hot path: no context manager per event
-        post(upcall)
-    except HvError:
-        pass  # racing with the receiver's destruction: lost, as on real Xen
-
-
 class _Port:
     __slots__ = (
         "handler",
@@ -190,38 +180,62 @@ class EventChannels:
     # -- signalling -------------------------------------------------------
     def send(self, domid: int, number: int) -> tuple[int, int]:
         """Notify the other end; return the ``(domid, port)`` that was signalled."""
-        to_domid, to_port, post, upcall = self.send_deferred(domid, number)
-        wake(post, upcall)
+        signalled: list[tuple[int, int, int]] = []
+        self.sender(domid, signalled.append)(number)
+        _, to_domid, to_port = signalled[0]
         return to_domid, to_port
 
-    def send_deferred(
-        self, domid: int, number: int
-    ) -> tuple[int, int, Post | None, Callable[[], None]]:
-        """Set the peer's pending bit; return it and the wake-up still to be done.
+    def sender(
+        self,
+        domid: int,
+        sent: Callable[[tuple[int, int, int]], None] | None = None,
+        failed: Callable[[int, HvError], None] | None = None,
+    ) -> Callable[[int], None]:
+        """``evtchn_send`` for ``domid``, bound once: ``send(port)`` notifies the other end.
 
-        The hot path of every split driver. The caller does ``wake(post,
-        upcall)`` (``post`` is None when no upcall is due) after its own
-        bookkeeping, so the sender's trace record always precedes anything the
-        woken handler does. An upcall that runs after the port was closed finds
-        it gone and does nothing.
+        The hot path of every split driver, one Python frame per event: it sets
+        the peer's pending bit under the lock, then (outside it) reports
+        ``sent((port, to_domid, to_port))`` and only then posts the upcall, so
+        the sender's trace record always precedes anything the woken handler
+        does. A refused send reports ``failed(port, error)`` and raises. An
+        upcall that runs after the port was closed finds it gone and does
+        nothing.
         """
-        lock = self._lock
-        lock.acquire()  # explicit acquire/release: measurably cheaper than ``with`` here
-        try:
-            dom = self._doms.get(domid)
-            port = dom.ports.get(number) if dom is not None else None
-            if port is None or port.state is not _INTERDOMAIN:
-                raise self._send_error(domid, number)
-            rport, rdom = port.peer, port.peer_dom
-            assert rport is not None and rdom is not None  # set with INTERDOMAIN
-            post = None
-            if not rport.pending:
-                rport.pending = True
-                if not rport.masked and rport.handler is not None:
-                    post = rdom.post
-            return rdom.domid, rport.number, post, rport.upcall
-        finally:
-            lock.release()
+        lock, doms, send_error = self._lock, self._doms, self._send_error
+
+        def send(number: int) -> None:
+            lock.acquire()  # explicit acquire/release: measurably cheaper than ``with`` here
+            try:
+                dom = doms.get(domid)
+                port = dom.ports.get(number) if dom is not None else None
+                if port is None or port.state is not _INTERDOMAIN:
+                    error: HvError | None = send_error(domid, number)
+                else:
+                    error = None
+                    rport, rdom = port.peer, port.peer_dom
+                    assert rport is not None and rdom is not None  # set with INTERDOMAIN
+                    post = None
+                    if not rport.pending:
+                        rport.pending = True
+                        if not rport.masked and rport.handler is not None:
+                            post = rdom.post
+                    to_domid, to_port, upcall = rdom.domid, rport.number, rport.upcall
+            finally:
+                lock.release()
+            if error is not None:
+                if failed is not None:
+                    failed(number, error)
+                raise error
+            if sent is not None:
+                sent((number, to_domid, to_port))
+            if post is not None:
+                # Posted to the receiver's vCPU after the lock and the record.
+                try:  # noqa: SIM105 - the event hot path: no context manager per event
+                    post(upcall)
+                except HvError:
+                    pass  # racing with the receiver's destruction: lost, as on real Xen
+
+        return send
 
     def _send_error(self, domid: int, number: int) -> HvError:
         try:

@@ -4,8 +4,10 @@ Models Xen's page allocator (``common/page_alloc.c``) and the PV phys-to-machine
 table (``arch/x86/mm.c``'s ``get_page``/``put_page`` reference counting) in the
 small: machine RAM is a sparse set of ``bytearray(4096)`` frames indexed by
 machine frame number (mfn), allocated lazily; a domain's memory is a dense
-gfn -> mfn list fixed at creation. Deliberate differences: no ballooning, no
-superpages, and frames are scrubbed (zeroed) when allocated rather than freed.
+gfn -> mfn sequence fixed at creation (a ``range`` when its frames were fresh, so a
+guest of tens of thousands of pages holds no int per frame). Deliberate
+differences: no ballooning, no superpages, and frames are scrubbed (zeroed)
+when allocated rather than freed.
 
 RAM mfns start at ``RAM_BASE_MFN`` so that machine addresses of RAM never
 collide with the MMIO window devices register on the I/O bus (below 4 GiB,
@@ -14,9 +16,10 @@ collide with the MMIO window devices register on the I/O bus (below 4 GiB,
 
 from __future__ import annotations
 
+import sys
 import threading
 from array import array
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from xenpci.hv.errors import InvalidArgument, OutOfMemory
 
@@ -24,6 +27,10 @@ from xenpci.hv.errors import InvalidArgument, OutOfMemory
 _FREE = -1
 #: The largest owner the table holds (a C int; domids are 16-bit).
 _MAX_OWNER = 0x7FFFFFFF
+#: Where the sign bit of each owner-table entry sits in the table's bytes: owners are
+#: non-negative, so an entry is ``_FREE`` exactly when this byte has its top bit set.
+_ITEM = array("i").itemsize
+_SIGN_BYTE = _ITEM - 1 if sys.byteorder == "little" else 0
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -65,8 +72,13 @@ class MachineMemory:
     def is_ram(self, mfn: int) -> bool:
         return RAM_BASE_MFN <= mfn < self.end_mfn
 
-    def allocate(self, count: int, owner: int) -> list[int]:
-        """``count`` zeroed frames for domain ``owner`` (all or nothing)."""
+    def allocate(self, count: int, owner: int) -> Sequence[int]:
+        """``count`` zeroed frames for domain ``owner`` (all or nothing).
+
+        A run of fresh frames only (a guest's memory, as a rule) comes back as a
+        ``range``: no int object per frame, and :meth:`free` knows it is one run
+        without comparing it frame by frame. Otherwise a list.
+        """
         if count < 0:
             raise InvalidArgument(f"negative frame count {count}")
         if not 0 <= owner <= _MAX_OWNER:
@@ -80,6 +92,12 @@ class MachineMemory:
             # tens of thousands of them.
             freed, own = self._freed, self._own
             take = min(count, len(freed))
+            if not take:
+                own.extend(array("i", (owner,)) * count)  # the table's end: fresh frames
+                run = range(self._next, self._next + count)
+                self._next += count
+                self._nr_owned += count
+                return run  # fresh frames never had bytes: nothing to scrub
             out = freed[len(freed) - take :][::-1]
             del freed[len(freed) - take :]
             for mfn in out:
@@ -99,7 +117,7 @@ class MachineMemory:
                     frames[mfn][:] = bytes(PAGE_SIZE)
             return out
 
-    def free(self, mfns: list[int], keep: Collection[int] = ()) -> None:
+    def free(self, mfns: Sequence[int], keep: Collection[int] = ()) -> None:
         """Give back the owned frames of ``mfns`` except those in ``keep`` (which stay
         with their owner: a dying domain's frames still mapped by another one).
 
@@ -117,7 +135,7 @@ class MachineMemory:
                         freed.append(mfn)
                         self._nr_owned -= 1
 
-    def _free_range(self, mfns: list[int], keep: Collection[int]) -> bool:
+    def _free_range(self, mfns: Sequence[int], keep: Collection[int]) -> bool:
         """:meth:`free`'s fast path (caller holds the lock): ``mfns`` is one run of
         consecutive owned RAM frames, as a domain's memory is when it was allocated
         fresh. False (nothing done) when it is not."""
@@ -129,10 +147,13 @@ class MachineMemory:
         own = self._own
         if first < 0 or first + count > len(own) or mfns[-1] != lo + count - 1:
             return False
-        if mfns != list(range(lo, lo + count)):  # one C comparison, no duplicates or gaps
+        # One run, no duplicates or gaps: a step-1 range is one by construction (what
+        # ``allocate`` hands out fresh); a list is compared in C.
+        if not (type(mfns) is range and mfns.step == 1) and mfns != list(range(lo, lo + count)):
             return False
         was = own[first : first + count]
-        if was.count(_FREE):
+        # Any entry ``_FREE``? Its sign byte, read for all entries at once in C.
+        if not was.tobytes()[_SIGN_BYTE::_ITEM].isascii():
             return False
         own[first : first + count] = array("i", (_FREE,)) * count
         # Slices of ``mfns`` (its int objects, not new ones) around the kept frames.
@@ -179,7 +200,7 @@ class P2M:
     page allocator would); the map itself never changes after creation.
     """
 
-    def __init__(self, machine: MachineMemory, mfns: list[int]) -> None:
+    def __init__(self, machine: MachineMemory, mfns: Sequence[int]) -> None:
         self.machine = machine
         self.mfns = mfns
         self._lock = threading.Lock()

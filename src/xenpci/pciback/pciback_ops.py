@@ -248,10 +248,22 @@ def handle_op(op: xen_pci_op | OpHeader, backend: Backend, platform: InterruptPl
     """``xen_pcibk_do_one_op`` on a private copy of the request."""
     psdev = backend.get(op.domain, op.bus, op.devfn)
     if psdev is None:
-        # A scan's empty devfn (most ops of a rescan): one shared frozen answer.
-        if op.value == 0:
-            return _NOT_FOUND
-        return OpResult(pciif.XEN_PCI_ERR_dev_not_found, op.value)
+        return _not_found(op.value)
+    return _do_one_op(op, psdev, platform)
+
+
+def _not_found(value: int) -> OpResult:
+    """The answer for a devfn with no device (``err`` set, ``value`` echoed)."""
+    # A scan's empty devfn (most ops of a rescan): one shared frozen answer.
+    if value == 0:
+        return _NOT_FOUND
+    return OpResult(pciif.XEN_PCI_ERR_dev_not_found, value)
+
+
+def _do_one_op(
+    op: xen_pci_op | OpHeader, psdev: PcistubDevice, platform: InterruptPlatform
+) -> OpResult:
+    """:func:`handle_op` once the device is found."""
     dd = psdev.dev_data
     owner = psdev.owner if psdev.owner is not None else 0
     test_intx = dd.enable_intx
@@ -288,7 +300,14 @@ def serve_shared_page(
     op: xen_pci_op | OpHeader = _new_header(OpHeader, pciif.OP_HEADER.unpack_from(page, OP_OFFSET))
     if op.cmd == pciif.XEN_PCI_OP_enable_msix:
         op = xen_pci_op.from_buffer_copy(bytes(page[OP_OFFSET : OP_OFFSET + OP_SIZE]))
-    result = handle_op(op, backend, platform)
+    # handle_op, with the empty devfn's answer (most ops of a rescan) in line.
+    psdev = backend.get(op.domain, op.bus, op.devfn)
+    if psdev is not None:
+        result = _do_one_op(op, psdev, platform)
+    elif op.value == 0:
+        result = _NOT_FOUND
+    else:
+        result = _not_found(op.value)
     pciif.OP_ERR.pack_into(page, pciif.OP_ERR_AT, result.err)
     pciif.OP_VALUE.pack_into(page, pciif.OP_VALUE_AT, result.value)
     if op.cmd == pciif.XEN_PCI_OP_enable_msix and result.err == 0 and result.msix_vectors:

@@ -111,8 +111,10 @@ class PciOpChannel:
     ) -> None:
         if timeout <= 0:
             raise ValueError("op timeout must be positive")
-        self._page = page
-        self._info = xen_pci_sharedinfo.from_buffer(page)
+        #: The live shared page (read on every upcall: a plain attribute, no property frame).
+        self.page = page
+        #: The shared page as ``struct xen_pci_sharedinfo`` (a live view).
+        self.info = xen_pci_sharedinfo.from_buffer(page)
         self._notify = notify
         self._on_vcpu = on_vcpu
         self._executor = executor
@@ -125,16 +127,6 @@ class PciOpChannel:
         self._halted = False
         self.timeouts = 0
         self.ops = 0
-
-    @property
-    def page(self) -> memoryview:
-        """The live shared page."""
-        return self._page
-
-    @property
-    def info(self) -> xen_pci_sharedinfo:
-        """The shared page as ``struct xen_pci_sharedinfo`` (a live view)."""
-        return self._info
 
     def on_event(self) -> None:
         """The event-channel upcall: the backend answered (or an AER request arrived).
@@ -163,7 +155,7 @@ class PciOpChannel:
         with self._lock:
             if self._halted:
                 raise NotConnected("the guest is being destroyed")
-            info = self._info
+            info = self.info
             ctypes.memmove(
                 ctypes.addressof(info) + pciif.OP_OFFSET, ctypes.addressof(op), pciif.OP_SIZE
             )
@@ -196,7 +188,7 @@ class PciOpChannel:
         with self._lock:
             if self._halted:
                 return pciif.XEN_PCI_ERR_dev_not_found, value
-            page = self._page
+            page = self.page
             # Each field truncated to its 32 bits, as the ctypes assignment (and C) does;
             # the signed ones (err, offset, size) have the same bytes either way.
             pciif.OP_HEADER_U32.pack_into(
@@ -255,11 +247,11 @@ class PciOpChannel:
             raise NotConnected("a pci op cannot wait on the vCPU that must run its upcall")
 
     def _answered(self) -> bool:
-        return not pciif.FLAGS.unpack_from(self._page, 0)[0] & _ACTIVE or self._halted
+        return not pciif.FLAGS.unpack_from(self.page, 0)[0] & _ACTIVE or self._halted
 
     def _timed_out(self) -> None:
         """Linux's timeout path: clear the active bit ourselves and count it."""
-        self._info.flags &= ~_ACTIVE
+        self.info.flags &= ~_ACTIVE
         self.timeouts += 1
 
     def _wait_answer(self) -> bool:
@@ -269,7 +261,7 @@ class PciOpChannel:
         is cleared here, as ``do_pci_op`` does. A spurious upcall (or one for
         AER) just loops.
         """
-        info, active = self._info, pciif.XEN_PCIF_active
+        info, active = self.info, pciif.XEN_PCIF_active
         if self._executor is not None:
             # Deterministic: run the machine (the backend's upcall included) until
             # the bit clears or the deadline passes on the virtual clock. This
