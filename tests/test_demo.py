@@ -274,3 +274,28 @@ def test_path_table_matches_a_count_over_every_record(report: DemoReport) -> Non
             want["hypervisor"],
         )
     assert sum(r.dom0 + r.direct + r.hypervisor for r in report.counts) > 0
+
+
+def test_demo_restores_the_callers_gc_thresholds() -> None:
+    """The demo collects young objects less often while it runs (a batch of
+    long-lived machine objects), and gives the caller its thresholds back."""
+    import gc
+
+    from xenpci.demo import scenario
+
+    before = gc.get_threshold()
+    seen: list[tuple[int, int, int]] = []
+    real = scenario._run_steps
+
+    def spy(*args: object) -> object:
+        seen.append(gc.get_threshold())
+        raise RuntimeError("stop here")
+
+    scenario._run_steps = spy  # type: ignore[assignment]
+    try:
+        with pytest.raises(RuntimeError):
+            scenario.run_demo(deterministic=True)
+    finally:
+        scenario._run_steps = real  # type: ignore[assignment]
+    assert seen == [(scenario.DEMO_GC_GEN0, before[1], before[2])]
+    assert gc.get_threshold() == before

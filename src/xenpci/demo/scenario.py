@@ -20,9 +20,10 @@ on a virtual clock, and two runs record byte-identical traces.
 from __future__ import annotations
 
 import contextlib
+import gc
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -357,6 +358,41 @@ def run_demo(
     deterministic: bool = False,
 ) -> DemoReport:
     """Run :data:`STEPS`; raise :class:`DemoError` if any step misbehaves."""
+    with _batch_gc():
+        return _run_steps(iommu, frames, blocks, progress, timeout, seed, deterministic)
+
+
+#: Allocations between young-generation collections while the demo runs.
+DEMO_GC_GEN0 = 50_000
+
+
+@contextlib.contextmanager
+def _batch_gc() -> Iterator[None]:
+    """Fewer young-generation collections while the demo runs, restored after.
+
+    A machine is mostly long-lived objects (its frames, device models, trace
+    records): at CPython's default (one young collection per 700 allocations)
+    the demo spent ~2 ms a run scanning them for nothing. Garbage is still
+    collected, just in fewer passes; the caller's thresholds come back
+    whatever happens.
+    """
+    old = gc.get_threshold()
+    gc.set_threshold(DEMO_GC_GEN0, old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+
+
+def _run_steps(
+    iommu: bool,
+    frames: int,
+    blocks: int,
+    progress: Progress | None,
+    timeout: float,
+    seed: int,
+    deterministic: bool,
+) -> DemoReport:
     say = progress or (lambda _s: None)
     run = DemoRun(iommu=iommu, frames=frames, blocks=blocks, timeout=timeout, seed=seed)
     t0 = time.perf_counter()

@@ -398,6 +398,10 @@ def _notifier(conn: Connection) -> Callable[[], None]:
     return wake
 
 
+#: The trace's name of each request type (an enum lookup per request costs frames).
+_OP_NAMES: dict[int, str] = {int(t): t.name for t in w.xsd_sockmsg_type}
+
+
 # One row per op, as C's wire_funcs[]: handler, XS_FLAG_PRIV, looks up tx_id, writes.
 Handler = Callable[["XenStore", Connection, Frame, "Transaction | None"], "bytes | None"]
 
@@ -619,10 +623,7 @@ class XenStore:
 
     def _trace(self, conn: Connection, req: Frame, result: str) -> None:
         if self.trace is not None:
-            try:
-                op = w.xsd_sockmsg_type(req.type).name
-            except ValueError:
-                op = str(req.type)
+            op = _OP_NAMES.get(req.type) or str(req.type)
             arg = req.payload.split(b"\0", 1)[0][:80].decode("ascii", "replace")
             self.trace.record("xenstore_request", conn.domid, "dom0", op=op, arg=arg, result=result)
 
