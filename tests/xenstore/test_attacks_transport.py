@@ -14,6 +14,7 @@ off the ring and put exactly as many reply bytes on it.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import resource
 import socket
@@ -23,11 +24,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT
-from tests.interop import require_executable
+from tests.interop import require_executable, require_file
 from tests.split.helpers import boot_guest_with
 from xenpci.abi import xs_wire as w
 from xenpci.devices import catalog
@@ -223,6 +225,10 @@ def test_flood_takes_what_c_xenstored_takes() -> None:
                 rounds.append(_flood(buf, g._kick, lambda d=d, a=a: d.settle(a), base))
                 ring_read(buf, RSP, RSP_PROD, RSP_CONS)  # the guest reads once
                 g._kick()
+            # A flood is not a ring error: a daemon that cut the guest off
+            # (XENSTORE_ERROR_RINGIDX, as C did when our index stores tore)
+            # would merely look stalled in the counts.
+            assert g.ring_error == 0, f"{kind} cut the guest off: error {g.ring_error}"
             results[kind] = rounds
         finally:
             d.close()
@@ -231,6 +237,105 @@ def test_flood_takes_what_c_xenstored_takes() -> None:
     assert results["c"][0] == (first_taken, SIZE)
     # Each read of the full rsp ring lets exactly one more ring of replies out.
     assert [answered for _, answered in results["c"]] == [SIZE, 2 * SIZE, 3 * SIZE]
+
+
+#: xenstored's side of a ring in a C process, run while the test drives the
+#: guest's side: it takes whatever is on req[] (its readchn: ``check_indexes``
+#: then ``req_cons += len``) and fills rsp[] (writechn: ``check_indexes`` then
+#: ``rsp_prod += len``), counting the checks that find the guest's indexes
+#: more than a ring apart. Each side stores only its own indexes, so a correct
+#: guest can never fail a check. argv: the page file, the offset of its stop
+#: word and of its progress word. Prints "<broken checks> <checks>".
+_XENSTORED_SIDE = r"""
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <xen/io/xs_wire.h>
+int main(int argc, char **argv) {
+    int fd = argc == 4 ? open(argv[1], O_RDWR) : -1;
+    void *page = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    volatile struct xenstore_domain_interface *intf = page;
+    volatile uint32_t *stop, *progress;
+    unsigned long checks = 0, broken = 0;
+    if (page == MAP_FAILED)
+        return 2;
+    stop = (volatile uint32_t *)((char *)page + atoi(argv[2]));
+    progress = (volatile uint32_t *)((char *)page + atoi(argv[3]));
+    while (!*stop) {
+        XENSTORE_RING_IDX cons = intf->req_cons, prod = intf->req_prod;
+        if (prod - cons > XENSTORE_RING_SIZE)
+            broken++;
+        else
+            intf->req_cons = prod;
+        cons = intf->rsp_cons;
+        prod = intf->rsp_prod;
+        if (prod - cons > XENSTORE_RING_SIZE)
+            broken++;
+        else
+            intf->rsp_prod = cons + XENSTORE_RING_SIZE;
+        if ((checks += 2) % 2048 == 0)
+            *progress = (uint32_t)(checks / 2048);
+    }
+    printf("%lu %lu\n", broken, checks);
+    return 0;
+}
+"""
+
+
+@pytest.mark.interop
+def test_a_peer_process_never_sees_a_broken_index(tmp_path: Path) -> None:
+    """The ring helpers store an index as one whole word, as a peer process sees it.
+
+    The flood against C xenstored found this: ``struct.pack_into`` zeroes the
+    word before it stores the value, so C now and then read ``req_prod`` or
+    ``rsp_cons`` as 0, found the indexes more than a ring apart and cut the
+    guest off with XENSTORE_ERROR_RINGIDX (the flood then "stopped" early,
+    at whatever it had taken). Here xenstored's side runs in a C process while
+    the guest's side produces req[] and consumes rsp[] through ``ring_write``
+    and ``ring_read``; not one of its checks may find the indexes broken.
+    (With pack_into it found hundreds to millions per run.)
+    """
+    gcc = require_executable("gcc")
+    require_file("/usr/include/xen/io/xs_wire.h")
+    src, exe, page = tmp_path / "xsside.c", tmp_path / "xsside", tmp_path / "ring"
+    src.write_text(_XENSTORED_SIDE)
+    subprocess.run([gcc, "-O2", "-o", str(exe), str(src)], check=True, timeout=OS_EDGE_TIMEOUT)
+    # Indexes whose every byte is non-zero and whose low byte wraps soon: a
+    # zeroed or torn store shows as a producer far more than a ring ahead.
+    start = 0x010101F0
+    init = bytearray(4096)
+    struct.pack_into("<IIII", init, REQ_CONS, start, start, start, start)
+    page.write_bytes(bytes(init))
+    stop_off, progress_off = 4088, 4092  # the page's tail, past the interface
+    with open(page, "r+b") as f:
+        mm = mmap.mmap(f.fileno(), 4096)
+    buf = memoryview(mm)
+    proc = subprocess.Popen(
+        [str(exe), str(page), str(stop_off), str(progress_off)], stdout=subprocess.PIPE, text=True
+    )
+    stores = 0
+    try:
+        # Until the C side has made 64 progress steps (128k checks) while the
+        # guest stores: a wait on its progress, not on time.
+        seen, last = 0, _idx(buf, progress_off)
+        while seen < 64:
+            assert proc.poll() is None, "xenstored's side died"
+            for _ in range(256):
+                stores += ring_write(buf, REQ, REQ_PROD, REQ_CONS, b"x" * 64) > 0
+                stores += len(ring_read(buf, RSP, RSP_PROD, RSP_CONS)) > 0
+            now = _idx(buf, progress_off)
+            seen += now != last
+            last = now
+    finally:
+        struct.pack_into("<I", buf, stop_off, 1)
+        out, _ = proc.communicate(timeout=OS_EDGE_TIMEOUT)
+        buf.release()
+        mm.close()
+    broken, checks = map(int, out.split())
+    assert checks >= 64 * 2048 and stores > 0
+    assert broken == 0
 
 
 # -- 2. a guest never reads its ring while watches fire --------------------------------

@@ -349,6 +349,13 @@ class ShimRingClient(_RingClient):
         self._sock.settimeout(HUNG_AFTER)
 
     def _kick(self) -> None:
+        # A full datagram queue (max_dgram_qlen) drops this kick, and that is an
+        # event channel's coalescing, not a lost event: the queue is full only
+        # while evtchn.sock is readable, so the daemon's poll() returns anyway.
+        # C xenstored 4.17 then scans every connection (handle_event ignores
+        # which port fired, and initialize_fds polls with timeout 0 while a
+        # domain can read, or can write with output queued): no ring waits for
+        # its own kick.
         with contextlib.suppress(BlockingIOError):
             self._sock.sendto(_KICK.pack(_KICK_DOMAIN, self.domid), self._evtchn)
 

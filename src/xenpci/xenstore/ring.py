@@ -50,6 +50,7 @@ import contextlib
 import functools
 import queue
 import struct
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ SERVER_FEATURES = _IFACE.server_features.offset
 CONNECTION = _IFACE.connection.offset
 ERROR = _IFACE.error.offset
 _U32 = struct.Struct("<I")
+#: The page is little-endian (x86, Arm); _put stores native words.
+_LITTLE_ENDIAN = sys.byteorder == "little"
 SIZE = w.XENSTORE_RING_SIZE
 #: Put on the reply queue by GuestRing.close to wake a request waiting for its reply.
 _CLOSED = object()
@@ -97,11 +100,26 @@ class RingIndexError(XenstoreError):
 
 
 def _get(buf: memoryview, off: int) -> int:
+    # One 4-byte load (struct's native unpack is a memcpy of the word), like C's
+    # ``cons = intf->req_cons``: a peer's single-store update is seen whole.
     return int(_U32.unpack_from(buf, off)[0])
 
 
 def _put(buf: memoryview, off: int, value: int) -> None:
-    _U32.pack_into(buf, off, value & 0xFFFFFFFF)
+    """Store one ring word in a single aligned 32-bit write (``intf->rsp_prod += len``).
+
+    The page may be shared with another process (C xenstored through the
+    xs-oracle shim), which reads the indexes while we write them. So this is
+    not ``struct.pack_into``: CPython's pack zeroes the destination before it
+    stores the value, and a peer that reads the word in between sees the index
+    0, i.e. a producer ``prod - cons > XENSTORE_RING_SIZE`` ahead, and cuts the
+    ring off with XENSTORE_ERROR_RINGIDX as Xen's ``check_indexes`` requires.
+    A typed memoryview item assignment is one ``unsigned int`` store.
+    """
+    value &= 0xFFFFFFFF
+    if not _LITTLE_ENDIAN:
+        value = int.from_bytes(value.to_bytes(4, "little"), sys.byteorder)
+    memoryview(buf)[off : off + 4].cast("I")[0] = value
 
 
 def ring_read(
