@@ -18,12 +18,33 @@ netif's ``smartpoll_active`` or the ``msg`` byte.
 from __future__ import annotations
 
 import ctypes
+import sys
 from typing import Final
 
 RING_IDX = ctypes.c_uint32
 #: ``offsetof(struct X_sring, ring)``: the header before the entries.
 SRING_HEADER_SIZE: Final = 64
 RING_IDX_MASK: Final = 0xFFFF_FFFF
+
+
+_LITTLE_ENDIAN: Final = sys.byteorder == "little"
+
+
+def store_idx(page: memoryview | bytearray, off: int, value: int) -> None:
+    """Publish a 32-bit ring index (little-endian, as the page is) in ONE aligned store.
+
+    What C does with ``sring->req_prod = idx``. The page may be mapped by a
+    peer process (C xenstored through the xs-oracle shim, a gcc-built blkfront)
+    that reads the index while we write it, so this is not
+    ``struct.pack_into``: CPython's pack zeroes the destination bytes before it
+    stores the value, and a peer reading in between sees an index of 0, a
+    producer a whole ring (or more) away. A typed memoryview item assignment
+    is a single ``unsigned int`` store.
+    """
+    value &= RING_IDX_MASK
+    if not _LITTLE_ENDIAN:
+        value = int.from_bytes(value.to_bytes(4, "little"), sys.byteorder)
+    memoryview(page)[off : off + 4].cast("I")[0] = value
 
 
 class sring_pvt(ctypes.Union):

@@ -45,7 +45,7 @@ class BackRing:
         return value
 
     def _set(self, off: int, value: int) -> None:
-        _IDX.pack_into(self.page, off, r.idx(value))
+        r.store_idx(self.page, off, value)  # one store: the frontend may be reading
 
     @property
     def req_prod(self) -> int:

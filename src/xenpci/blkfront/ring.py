@@ -34,7 +34,7 @@ class FrontRing:
         # SHARED_RING_INIT: producers 0, events 1, private and padding bytes zeroed.
         page[:_RING] = bytes(_RING)
         for off, value in ((REQ_PROD, 0), (RSP_PROD, 0), (REQ_EVENT, 1), (RSP_EVENT, 1)):
-            _IDX.pack_into(page, off, value)
+            r.store_idx(page, off, value)
         self.req_prod_pvt = 0
         self.rsp_cons = 0
 
@@ -58,7 +58,7 @@ class FrontRing:
         """``RING_PUSH_REQUESTS_AND_CHECK_NOTIFY``."""
         old = self._get(REQ_PROD)
         new = self.req_prod_pvt
-        _IDX.pack_into(self.page, REQ_PROD, new)
+        r.store_idx(self.page, REQ_PROD, new)  # one store: the backend may be reading
         return r.push_check_notify(old, new, self._get(REQ_EVENT))
 
     def unconsumed_responses(self) -> int:
@@ -79,5 +79,5 @@ class FrontRing:
         """``RING_FINAL_CHECK_FOR_RESPONSES``."""
         if self.unconsumed_responses():
             return True
-        _IDX.pack_into(self.page, RSP_EVENT, r.idx(self.rsp_cons + 1))
+        r.store_idx(self.page, RSP_EVENT, self.rsp_cons + 1)
         return bool(self.unconsumed_responses())

@@ -50,13 +50,13 @@ import contextlib
 import functools
 import queue
 import struct
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from xenpci.abi import xs_wire as w
+from xenpci.abi.ring import store_idx
 from xenpci.hv.errors import HvError
 from xenpci.hv.scheduler import Scheduler, SteppedVcpu
 from xenpci.xenstore.errors import ConnectionClosed, ProtocolError, XenstoreError
@@ -80,8 +80,6 @@ SERVER_FEATURES = _IFACE.server_features.offset
 CONNECTION = _IFACE.connection.offset
 ERROR = _IFACE.error.offset
 _U32 = struct.Struct("<I")
-#: The page is little-endian (x86, Arm); _put stores native words.
-_LITTLE_ENDIAN = sys.byteorder == "little"
 SIZE = w.XENSTORE_RING_SIZE
 #: Put on the reply queue by GuestRing.close to wake a request waiting for its reply.
 _CLOSED = object()
@@ -106,20 +104,9 @@ def _get(buf: memoryview, off: int) -> int:
 
 
 def _put(buf: memoryview, off: int, value: int) -> None:
-    """Store one ring word in a single aligned 32-bit write (``intf->rsp_prod += len``).
-
-    The page may be shared with another process (C xenstored through the
-    xs-oracle shim), which reads the indexes while we write them. So this is
-    not ``struct.pack_into``: CPython's pack zeroes the destination before it
-    stores the value, and a peer that reads the word in between sees the index
-    0, i.e. a producer ``prod - cons > XENSTORE_RING_SIZE`` ahead, and cuts the
-    ring off with XENSTORE_ERROR_RINGIDX as Xen's ``check_indexes`` requires.
-    A typed memoryview item assignment is one ``unsigned int`` store.
-    """
-    value &= 0xFFFFFFFF
-    if not _LITTLE_ENDIAN:
-        value = int.from_bytes(value.to_bytes(4, "little"), sys.byteorder)
-    memoryview(buf)[off : off + 4].cast("I")[0] = value
+    """Store one ring word in a single 32-bit write (``intf->rsp_prod += len``): the
+    page may be read by a peer process meanwhile (see :func:`store_idx`)."""
+    store_idx(buf, off, value)
 
 
 def ring_read(
@@ -142,7 +129,7 @@ def ring_read(
     else:
         first = SIZE - start
         out = bytes(buf[data + start : data + SIZE]) + bytes(buf[data : data + avail - first])
-    _U32.pack_into(buf, cons_off, (cons + avail) & 0xFFFFFFFF)
+    store_idx(buf, cons_off, cons + avail)  # one store: a peer process may be reading
     return out
 
 
@@ -164,7 +151,7 @@ def ring_write(
     buf[data + start : data + start + first] = src[:first]
     if first < written:  # wrapped: the rest from the ring's start
         buf[data : data + written - first] = src[first:written]
-    _U32.pack_into(buf, prod_off, (prod + written) & 0xFFFFFFFF)
+    store_idx(buf, prod_off, prod + written)  # one store: a peer process may be reading
     return written
 
 
