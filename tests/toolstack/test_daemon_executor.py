@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT, TOOL_TIMEOUT
 from tests.interop import require_executable
+from tests.toolstack.daemon_helpers import running_daemon
 from tests.toolstack.test_libxl_machine import wait_node
 from xenpci.hv.scheduler import ExecutorStopped
 from xenpci.toolstack import libxl_pci as lp
@@ -38,16 +39,8 @@ EXECUTOR = "xenpci-machine"
 
 @pytest.fixture
 def daemon() -> Iterator[MachineDaemon]:
-    d = MachineDaemon(
-        Path(f"/tmp/xenpci-dex-{os.getpid()}-{threading.get_ident() % 10000}"),
-        HostDescription(),
-        timeout=THREADED_MODEL_TIMEOUT,
-    )
-    d.start()
-    try:
+    with running_daemon("dex") as d:
         yield d
-    finally:
-        d.stop()
 
 
 def call(d: MachineDaemon, op: str, **args: Any) -> Any:

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT, TOOL_TIMEOUT
+from tests.conftest import OS_EDGE_TIMEOUT, TOOL_TIMEOUT
 from tests.interop import require_executable, require_file
+from tests.toolstack.daemon_helpers import running_daemon
 from xenpci.cli.main import app
 from xenpci.hv import Hypervisor
 from xenpci.hv.domain import DOMID_FIRST_RESERVED
@@ -31,7 +32,6 @@ from xenpci.hv.errors import DmaFault, HvError
 from xenpci.pci.address import SBDF
 from xenpci.toolstack import libxl_pci as lp
 from xenpci.toolstack.daemon import ControlClient, MachineDaemon
-from xenpci.toolstack.host import HostDescription
 from xenpci.toolstack.libxl import DEFAULT_MEMORY_MIB, Libxl
 from xenpci.toolstack.xlcfg import load_domain_config
 
@@ -61,14 +61,8 @@ class Xl:
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[MachineDaemon]:
-    d = MachineDaemon(
-        Path(f"/tmp/xenpci-xlc-{os.getpid()}"), HostDescription(), timeout=THREADED_MODEL_TIMEOUT
-    )
-    d.start()
-    try:
+    with running_daemon("xlc") as d:
         yield d
-    finally:
-        d.stop()
 
 
 @pytest.fixture(scope="module")

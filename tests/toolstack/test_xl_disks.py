@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import OS_EDGE_TIMEOUT, THREADED_MODEL_TIMEOUT, TOOL_TIMEOUT
+from tests.conftest import OS_EDGE_TIMEOUT, TOOL_TIMEOUT
 from tests.interop import require_executable
+from tests.toolstack.daemon_helpers import running_daemon
 from xenpci.cli.main import app
 from xenpci.devices import catalog
 from xenpci.toolstack.daemon import MachineDaemon
-from xenpci.toolstack.host import HostDescription
 from xenpci.toolstack.machine import Machine
 from xenpci.toolstack.xlcfg import UnsupportedDomainType, load_domain_config, require_supported_type
 from xenpci.xenstore.client import XsClient
@@ -36,14 +36,8 @@ XVDA = 51712  # libxl__device_disk_dev_number("xvda"): 202 << 8
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[MachineDaemon]:
-    d = MachineDaemon(
-        Path(f"/tmp/xenpci-xld-{os.getpid()}"), HostDescription(), timeout=THREADED_MODEL_TIMEOUT
-    )
-    d.start()
-    try:
+    with running_daemon("xld") as d:
         yield d
-    finally:
-        d.stop()
 
 
 def machine(d: MachineDaemon) -> Machine:
